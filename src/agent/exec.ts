@@ -1,0 +1,80 @@
+/**
+ * Runs one process for an exec channel: stdin from stream 0 (if asked), stdout and stderr to
+ * streams 1 and 2, kept apart, and an exit message once all output has been sent.
+ */
+import { spawn } from 'node:child_process';
+import os from 'node:os';
+import type { Readable } from 'node:stream';
+import type { ExecRequest } from '../protocol/messages';
+import { STDERR, STDIN, STDOUT, type Channel } from '../protocol/mux';
+
+export function runExec(request: ExecRequest, channel: Channel): void {
+  if (!Array.isArray(request.argv) || request.argv.length === 0) {
+    channel.send({ type: 'error', message: 'exec: empty command' });
+    channel.close();
+    return;
+  }
+  const child = spawn(request.argv[0]!, request.argv.slice(1), {
+    cwd: request.cwd ?? '/',
+    env: { ...baseEnv(), ...(request.env ?? {}) },
+    stdio: [request.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+  });
+  let spawnFailed = false;
+  child.on('error', (err) => {
+    spawnFailed = true;
+    channel.send({ type: 'error', message: `exec ${request.argv[0]}: ${err.message}` });
+    channel.close();
+  });
+
+  if (child.stdin) {
+    const stdin = child.stdin;
+    stdin.on('error', () => undefined); // the process may exit without reading its input
+    channel.setDataHandler((stream, data) => {
+      if (stream !== STDIN || stdin.destroyed) return;
+      if (!stdin.write(data)) return new Promise<void>((resolve) => {
+        const done = (): void => { stdin.off('drain', done); stdin.off('close', done); resolve(); };
+        stdin.on('drain', done);
+        stdin.on('close', done);
+      });
+      return;
+    });
+    channel.on('eof', (stream: number) => { if (stream === STDIN) stdin.end(); });
+  } else {
+    channel.setDataHandler(() => undefined);
+  }
+
+  channel.on('message', (message: Record<string, unknown>) => {
+    if (message.type === 'signal' && typeof message.signal === 'string') {
+      try { child.kill(message.signal as NodeJS.Signals); } catch { /* unknown signal name */ }
+    }
+  });
+  // The host went away (or the session was reset): nobody will read the output. Stop the process.
+  channel.on('close', () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  });
+
+  const pumps = [pump(child.stdout!, channel, STDOUT), pump(child.stderr!, channel, STDERR)];
+  child.on('exit', (code, signal) => {
+    void Promise.all(pumps).then(() => {
+      if (spawnFailed) return;
+      channel.send({ type: 'exit', code, signal });
+      channel.close();
+    });
+  });
+}
+
+/** Copies a child's output to a channel stream, pausing the child's pipe while credit is short. */
+async function pump(readable: Readable, channel: Channel, stream: number): Promise<void> {
+  for await (const chunk of readable) {
+    await channel.write(stream, chunk as Buffer);
+  }
+  channel.end(stream);
+}
+
+function baseEnv(): Record<string, string> {
+  return {
+    PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+    HOME: '/root',
+    HOSTNAME: os.hostname(),
+  };
+}

@@ -1,0 +1,66 @@
+/**
+ * The shoal guest agent: PID 2 inside the VM (under tini), serving the host over one stream.
+ */
+// Blocking reads of the serial port hold one thread-pool thread for good; give the pool room.
+process.env.UV_THREADPOOL_SIZE = process.env.UV_THREADPOOL_SIZE ?? '8';
+
+import fs from 'node:fs';
+import net from 'node:net';
+import { serveSession } from './session';
+import { AGENT_VSOCK_PORT, openSerialPort } from './transport';
+
+function log(message: string): void {
+  try {
+    fs.appendFileSync('/dev/kmsg', `shoal-agent: ${message}\n`);
+  } catch {
+    process.stderr.write(`shoal-agent: ${message}\n`);
+  }
+}
+
+function kernelParam(name: string): string | undefined {
+  const cmdline = fs.readFileSync('/proc/cmdline', 'utf8');
+  for (const word of cmdline.trim().split(/\s+/)) {
+    if (word.startsWith(`${name}=`)) return word.slice(name.length + 1);
+  }
+  return undefined;
+}
+
+async function serveSerial(): Promise<void> {
+  const port = await openSerialPort(30_000);
+  const mux = serveSession(port, log);
+  // The host end closed: what is buffered belongs to a host that is gone.
+  port.onHostGone = () => {
+    if (mux.openChannels > 0) log('host disconnected; dropping channels');
+    mux.reset();
+  };
+  log('agent ready on virtio-serial');
+}
+
+async function serveVsock(): Promise<void> {
+  // Loaded lazily: only the vsock transport needs the native addon.
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  const native = require(process.env.SHOAL_NATIVE_ADDON ?? '/run/shoal/agent/native/shoal_native.node') as {
+    vsockListen(port: number): number;
+    vsockAccept(fd: number): Promise<number>;
+    vsockBridge(fd: number): number;
+  };
+  const listenFd = native.vsockListen(AGENT_VSOCK_PORT);
+  log(`agent ready on vsock port ${AGENT_VSOCK_PORT}`);
+  for (;;) {
+    const fd = await native.vsockAccept(listenFd);
+    const socket = new net.Socket({ fd: native.vsockBridge(fd), readable: true, writable: true });
+    socket.on('error', () => undefined);
+    serveSession(socket, log);
+  }
+}
+
+async function main(): Promise<void> {
+  const transport = kernelParam('shoal.transport') ?? 'serial';
+  if (transport === 'vsock') await serveVsock();
+  else await serveSerial();
+}
+
+main().catch((err: Error) => {
+  log(`fatal: ${err.stack ?? err.message}`);
+  process.exit(1);
+});

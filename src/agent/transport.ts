@@ -1,0 +1,82 @@
+/**
+ * The guest end of the host-guest byte stream.
+ *
+ * serial: the virtio-serial port /dev/virtio-ports/shoal.agent. A character device, so Node's
+ *   net.Socket cannot wrap it (libuv sees a FILE); we read and write it with fs on the thread
+ *   pool. A read of 0 bytes means "no host connected" (virtio_console returns EOF while the
+ *   host end is closed), so we poll until a host arrives.
+ * vsock: Firecracker's hybrid vsock. We listen on AF_VSOCK port 1024 through the native addon
+ *   (Node has no AF_VSOCK) and get each accepted connection as a Unix-socket bridge.
+ */
+import fs from 'node:fs';
+import { Duplex } from 'node:stream';
+
+export const AGENT_VSOCK_PORT = 1024;
+export const SERIAL_PORT_PATH = '/dev/virtio-ports/shoal.agent';
+
+/** A duplex over a character device, reopening reads when the host side disconnects. */
+export class SerialPortStream extends Duplex {
+  private reading = false;
+  private readonly buf = Buffer.allocUnsafe(256 * 1024);
+  /** Called when a read reports "host disconnected", so the session can resync. */
+  onHostGone: () => void = () => undefined;
+
+  constructor(private readonly fd: number) {
+    super();
+  }
+
+  override _read(): void {
+    if (this.reading) return;
+    this.reading = true;
+    const loop = (): void => {
+      fs.read(this.fd, this.buf, 0, this.buf.length, null, (err, n) => {
+        if (err) {
+          // EAGAIN/ENOTCONN-like conditions: back off and retry; anything else is fatal.
+          if (['EAGAIN', 'ENOTCONN', 'EINTR'].includes((err as NodeJS.ErrnoException).code ?? '')) {
+            setTimeout(loop, 50);
+            return;
+          }
+          this.destroy(err);
+          return;
+        }
+        if (n === 0) {
+          this.onHostGone();
+          setTimeout(loop, 50);
+          return;
+        }
+        const more = this.push(Buffer.from(this.buf.subarray(0, n)));
+        if (more) loop();
+        else this.reading = false;
+      });
+    };
+    loop();
+  }
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, done: (err?: Error | null) => void): void {
+    const writeAll = (offset: number): void => {
+      fs.write(this.fd, chunk, offset, chunk.length - offset, null, (err, n) => {
+        if (err) {
+          // No host connected: the bytes have nowhere to go. Drop them; the host resyncs on connect.
+          done();
+          return;
+        }
+        if (offset + n < chunk.length) writeAll(offset + n);
+        else done();
+      });
+    };
+    writeAll(0);
+  }
+}
+
+export async function openSerialPort(timeoutMs: number): Promise<SerialPortStream> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      const fd = fs.openSync(SERIAL_PORT_PATH, 'r+');
+      return new SerialPortStream(fd);
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+}

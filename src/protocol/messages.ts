@@ -1,0 +1,64 @@
+/**
+ * The requests and messages that travel on channels. Shared by the host and the guest agent
+ * (Node built-ins only). Every channel starts with one request (the Open frame's JSON).
+ */
+
+/** Run a process in the guest OS, with stdio on the channel (stream 0 in, 1 out, 2 err). */
+export interface ExecRequest {
+  kind: 'exec';
+  argv: string[];
+  env?: Record<string, string>;
+  cwd?: string;
+  /** Attach stdin: when false, the process's stdin is /dev/null. */
+  stdin: boolean;
+}
+
+/** Facts about the guest: what the user asked for must be visible here. */
+export interface InfoRequest {
+  kind: 'info';
+}
+
+export interface GuestInfo {
+  memTotalKiB: number;
+  cpus: number;
+  uptimeSeconds: number;
+  kernel: string;
+  hostname: string;
+}
+
+/** Flush disks and power the guest off. */
+export interface PowerOffRequest {
+  kind: 'poweroff';
+}
+
+export type AgentRequest = ExecRequest | InfoRequest | PowerOffRequest;
+
+/** Session start, host to guest, after the sync marker. */
+export interface Hello {
+  session: string;
+  /** Host wall clock in ms, so a restored guest can step its clock. */
+  timeMs: number;
+  /** Fresh host randomness (hex) mixed into the guest's pool, so clones never share random state. */
+  seed: string;
+}
+
+export interface HelloAck {
+  session: string;
+  agentVersion: string;
+}
+
+/** Messages on an exec channel. */
+export type ExecMessage =
+  /** guest -> host: the process ended (after all its output was sent). */
+  | { type: 'exit'; code: number | null; signal: string | null }
+  /** guest -> host: the process could not be started. */
+  | { type: 'error'; message: string }
+  /** host -> guest: deliver a signal to the process. */
+  | { type: 'signal'; signal: string };
+
+/** Conventional shell exit code for a process killed by a signal. */
+export function exitCodeOf(code: number | null, signal: string | null, signals: Record<string, number>): number {
+  if (code !== null) return code;
+  if (signal && signals[signal] !== undefined) return 128 + signals[signal]!;
+  return 255;
+}
