@@ -1,0 +1,402 @@
+/**
+ * FirecrackerBackend: VmmBackend over Firecracker's REST API.
+ *
+ * boot:    spawn `firecracker --api-sock <runDir>/fc.sock --id <id>` (under
+ *          `setpriv --pdeathsig KILL`), wait for the socket, GET /version,
+ *          configure (logger, metrics, machine, boot source, drives, NIC,
+ *          vsock, entropy), PUT /actions InstanceStart.
+ * restore: spawn, GET /version, logger/metrics, PUT /snapshot/load (paused),
+ *          PATCH /drives for per-clone disks, PATCH /vm Resumed.
+ * handle:  agent stream = hybrid vsock CONNECT 1024 on <runDir>/vsock.sock;
+ *          pause/resume = PATCH /vm; snapshot = PUT /snapshot/create;
+ *          shutdown = SendCtrlAltDel (x86_64 only) then SIGKILL after the timeout.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Duplex } from 'node:stream';
+import type { RestoreSpec, SnapshotFiles, SnapshotKind, VmExit, VmHandle, VmmBackend, VmSpec } from '../backend';
+import { ShoalError } from '../../util/errors';
+import { FirecrackerApiClient, waitForSocket } from './api-client';
+import { connectHybridVsock, VsockConnectError } from './hybrid-vsock';
+import { installedPaths, releaseArch } from './install';
+import type { JailerOptions } from './jailer';
+import { jailedLaunch, plainLaunch, type Launch } from './launch';
+import {
+  AGENT_VSOCK_PORT,
+  bootSequence,
+  parseVersion,
+  pauseVm,
+  restoreSequence,
+  resumeVm,
+  runFiles,
+  sendCtrlAltDel,
+  snapshotCreate,
+  type ApiRequest,
+  type LogLevel,
+  type Version,
+} from './requests';
+
+export interface FirecrackerBackendOptions {
+  /** Configured path of the firecracker binary (e.g. from `--firecracker PATH`). */
+  binary?: string;
+  /** Environment to read SHOAL_FIRECRACKER and PATH from (default process.env). */
+  env?: NodeJS.ProcessEnv;
+  /** Cache root searched for a `shoal setup` install (default util/paths cacheDir()). */
+  cacheDir?: string;
+  /** Default /dev/kvm. */
+  kvmDevice?: string;
+  /** The KVM boot probe (src/assets); absent means "not probed". */
+  kvmUsable?: () => Promise<boolean>;
+  /** setpriv binary for --pdeathsig, or false to spawn directly. Default: `setpriv` from PATH if present. */
+  setpriv?: string | false;
+  /** Run under the jailer (`--jailer`). */
+  jailer?: Omit<JailerOptions, 'id' | 'firecrackerBinary'>;
+  /** How long to wait for the API socket after spawning (default 5 s). */
+  startTimeoutMs?: number;
+  /** Per-request API timeout (default 10 s); snapshot create/load get max(this, 120 s). */
+  apiTimeoutMs?: number;
+  logLevel?: LogLevel;
+  /** Configure /metrics (default true). */
+  metrics?: boolean;
+  /** Enable dirty page tracking (needed for efficient diff snapshots; default false). */
+  trackDirtyPages?: boolean;
+  /** Attach virtio-rng (default true). */
+  entropy?: boolean;
+  /** Node arch, for arch-specific behaviour (default process.arch). */
+  arch?: string;
+}
+
+const SNAPSHOT_TIMEOUT_MS = 120_000;
+
+function searchPath(name: string, envPath: string | undefined): string | null {
+  for (const dir of (envPath ?? '').split(':')) {
+    if (!dir) continue;
+    const p = path.join(dir, name);
+    try {
+      fs.accessSync(p, fs.constants.X_OK);
+      if (fs.statSync(p).isFile()) return p;
+    } catch {
+      /* keep looking */
+    }
+  }
+  return null;
+}
+
+function isExecutable(p: string): boolean {
+  try {
+    fs.accessSync(p, fs.constants.X_OK);
+    return fs.statSync(p).isFile();
+  } catch {
+    return false;
+  }
+}
+
+/** Where the firecracker binary is: configured path, SHOAL_FIRECRACKER, the setup cache, then PATH. */
+export function findFirecrackerBinary(opts: Pick<FirecrackerBackendOptions, 'binary' | 'env' | 'cacheDir' | 'arch'> = {}): { path: string | null; tried: string[] } {
+  const env = opts.env ?? process.env;
+  const tried: string[] = [];
+  const candidates: Array<[string, string | undefined]> = [
+    ['configured path', opts.binary],
+    ['SHOAL_FIRECRACKER', env.SHOAL_FIRECRACKER],
+  ];
+  try {
+    candidates.push(['shoal setup cache', installedPaths(undefined, releaseArch(opts.arch ?? process.arch), opts.cacheDir).firecracker]);
+  } catch {
+    /* unsupported arch: no cache location */
+  }
+  for (const [label, p] of candidates) {
+    if (!p) continue;
+    tried.push(`${label} ${p}`);
+    if (isExecutable(p)) return { path: p, tried };
+  }
+  tried.push('PATH');
+  return { path: searchPath('firecracker', env.PATH), tried };
+}
+
+function tail(file: string, max = 2000): string {
+  try {
+    const text = fs.readFileSync(file, 'utf8');
+    return text.slice(-max).trim();
+  } catch {
+    return '';
+  }
+}
+
+function exitText(e: VmExit): string {
+  return e.signal ? `signal ${e.signal}` : `code ${e.code}`;
+}
+
+export class FirecrackerBackend implements VmmBackend {
+  readonly kind = 'firecracker' as const;
+
+  constructor(private readonly opts: FirecrackerBackendOptions = {}) {}
+
+  async unavailableReason(): Promise<string | null> {
+    const arch = this.opts.arch ?? process.arch;
+    if (arch !== 'x64' && arch !== 'arm64') return `Firecracker runs on x86_64 and aarch64 hosts only, not ${arch}.`;
+    if (!this.binaryPath()) {
+      return 'Firecracker is not installed: no binary at --firecracker, SHOAL_FIRECRACKER, the `shoal setup --vmm firecracker` cache, or on PATH; run `shoal setup --vmm firecracker` or pass --firecracker PATH.';
+    }
+    if (this.opts.jailer && !isExecutable(this.opts.jailer.jailerBinary)) {
+      return `--jailer was given but the jailer binary ${this.opts.jailer.jailerBinary} is not an executable file.`;
+    }
+    const kvm = this.opts.kvmDevice ?? '/dev/kvm';
+    try {
+      await fs.promises.access(kvm, fs.constants.R_OK | fs.constants.W_OK);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return `${kvm} is missing: Firecracker needs KVM (hardware virtualisation); use --vmm qemu on this machine.`;
+      return `${kvm} is not readable and writable by this user (${code}); add the user to the kvm group or use --vmm qemu.`;
+    }
+    if (this.opts.kvmUsable && !(await this.opts.kvmUsable())) {
+      return `${kvm} exists but the KVM boot probe failed (a test VM did not boot); Firecracker cannot run here, use --vmm qemu.`;
+    }
+    return null;
+  }
+
+  private binaryPath(): string | null {
+    return findFirecrackerBinary(this.opts).path;
+  }
+
+  private setprivPath(): string | false {
+    if (this.opts.setpriv !== undefined) return this.opts.setpriv;
+    return searchPath('setpriv', (this.opts.env ?? process.env).PATH) ?? false;
+  }
+
+  private launch(id: string, runDir: string): Launch {
+    const binary = this.binaryPath();
+    if (!binary) throw new ShoalError('Firecracker is not installed; run `shoal setup --vmm firecracker` or pass --firecracker PATH');
+    const setpriv = this.setprivPath();
+    if (this.opts.jailer) {
+      // The jailer needs an absolute exec file.
+      return jailedLaunch({ jailer: this.opts.jailer, binary: path.resolve(binary), id, setpriv });
+    }
+    return plainLaunch({ binary, id, runDir, setpriv });
+  }
+
+  /** Spawns the VMM and returns a connected client; the caller configures it. */
+  private async start(id: string, runDir: string, consoleLog: string, launch: Launch): Promise<{ vm: FirecrackerVm; version: Version }> {
+    await fs.promises.mkdir(runDir, { recursive: true });
+    for (const f of launch.staleFiles) await fs.promises.rm(f, { force: true });
+    await fs.promises.mkdir(path.dirname(consoleLog), { recursive: true });
+    const stderrFile = path.join(runDir, 'firecracker.stderr');
+    const out = fs.openSync(consoleLog, 'a');
+    const err = fs.openSync(stderrFile, 'w');
+    let child: ChildProcess;
+    try {
+      // Serial console -> stdout -> consoleLog; Firecracker's own early messages -> stderr file.
+      child = spawn(launch.argv[0]!, launch.argv.slice(1), { stdio: ['ignore', out, err], detached: false });
+    } finally {
+      fs.closeSync(out);
+      fs.closeSync(err);
+    }
+    const vm = new FirecrackerVm(child, new FirecrackerApiClient(launch.apiSocket, { timeoutMs: this.opts.apiTimeoutMs }), launch.vsockHost, stderrFile, this.opts.arch ?? process.arch, this.opts.apiTimeoutMs);
+    await vm.spawned;
+    try {
+      await waitForSocket(launch.apiSocket, {
+        timeoutMs: this.opts.startTimeoutMs ?? 5000,
+        abortReason: () => (vm.exitInfo ? `Firecracker exited (${exitText(vm.exitInfo)}) before opening its API socket: ${tail(stderrFile) || 'no output'}` : null),
+      });
+      for (const f of [launch.logHost, ...(this.opts.metrics ?? true ? [launch.metricsHost] : [])]) {
+        await fs.promises.writeFile(f, '', { flag: 'a' });
+      }
+      const version = parseVersion(await vm.client.version());
+      return { vm, version };
+    } catch (e) {
+      vm.kill();
+      await vm.exited;
+      throw this.explain(e, `Firecracker for ${id} failed to start`, stderrFile);
+    }
+  }
+
+  private explain(e: unknown, what: string, stderrFile: string): Error {
+    const msg = e instanceof Error ? e.message : String(e);
+    const extra = tail(stderrFile, 500);
+    return new ShoalError(`${what}: ${msg}${extra && !msg.includes(extra) ? ` (stderr: ${extra.replace(/\s+/g, ' ')})` : ''}`);
+  }
+
+  private async run(vm: FirecrackerVm, reqs: ApiRequest[], what: string): Promise<void> {
+    try {
+      for (const r of reqs) {
+        const slow = r.path.startsWith('/snapshot/');
+        await vm.client.send(r, slow ? Math.max(this.opts.apiTimeoutMs ?? 0, SNAPSHOT_TIMEOUT_MS) : undefined);
+      }
+    } catch (e) {
+      vm.kill();
+      await vm.exited;
+      throw this.explain(e, what, vm.stderrFile);
+    }
+  }
+
+  async boot(spec: VmSpec): Promise<VmHandle> {
+    const launch = this.launch(spec.id, spec.runDir);
+    const { vm } = await this.start(spec.id, spec.runDir, spec.consoleLog, launch);
+    const mapped: VmSpec = {
+      ...spec,
+      kernel: launch.place(spec.kernel, 'kernel'),
+      initrd: spec.initrd ? launch.place(spec.initrd, 'initrd') : undefined,
+      drives: spec.drives.map((d) => ({ ...d, path: launch.place(d.path, `drive-${d.id.toLowerCase()}`) })),
+    };
+    await launch.materialise();
+    const reqs = bootSequence(mapped, {
+      vsockPath: launch.vsockForVmm,
+      logPath: launch.logForVmm,
+      logLevel: this.opts.logLevel,
+      metricsPath: this.opts.metrics ?? true ? launch.metricsForVmm : undefined,
+      trackDirtyPages: this.opts.trackDirtyPages,
+      entropy: this.opts.entropy,
+    });
+    await this.run(vm, reqs, `booting ${spec.id} with Firecracker failed`);
+    return vm;
+  }
+
+  async restore(spec: RestoreSpec): Promise<VmHandle> {
+    const launch = this.launch(spec.id, spec.runDir);
+    const { vm, version } = await this.start(spec.id, spec.runDir, spec.consoleLog, launch);
+    let mapped: RestoreSpec;
+    let sourceVsock: string;
+    if (launch.jail) {
+      // Inside a jail every VM names its files alike, so a clone keeps the snapshot's
+      // in-jail names and only the host files behind them change: no overrides needed.
+      const srcDrives = new Map(spec.source.drives.map((d) => [d.id, d]));
+      mapped = {
+        ...spec,
+        snapshot: { stateFile: launch.place(spec.snapshot.stateFile, 'state'), memoryFile: spec.snapshot.memoryFile },
+        memory: spec.memory.kind === 'file' ? { kind: 'file', path: launch.place(spec.memory.path, 'mem') } : { kind: 'uffd', socketPath: launch.place(spec.memory.socketPath, 'uffd') },
+        drives: spec.drives.map((d) => {
+          const s = srcDrives.get(d.id);
+          const name = `/drive-${d.id.toLowerCase()}-${path.basename(s ? s.path : d.path)}`;
+          return { ...d, path: launch.placeAs(d.path, name) };
+        }),
+        source: { ...spec.source, drives: spec.source.drives.map((d) => ({ ...d, path: `/drive-${d.id.toLowerCase()}-${path.basename(d.path)}` })) },
+      };
+      sourceVsock = launch.vsockForVmm;
+    } else {
+      mapped = spec;
+      sourceVsock = runFiles(spec.source.runDir).vsock;
+    }
+    await launch.materialise();
+    let reqs: ApiRequest[];
+    try {
+      reqs = restoreSequence(mapped, {
+        version,
+        vsockPath: launch.vsockForVmm,
+        sourceVsockPath: sourceVsock,
+        logPath: launch.logForVmm,
+        logLevel: this.opts.logLevel,
+        metricsPath: this.opts.metrics ?? true ? launch.metricsForVmm : undefined,
+        trackDirtyPages: this.opts.trackDirtyPages,
+      });
+    } catch (e) {
+      vm.kill();
+      await vm.exited;
+      throw e;
+    }
+    await this.run(vm, reqs, `restoring ${spec.id} from ${spec.snapshot.stateFile} failed`);
+    return vm;
+  }
+}
+
+export class FirecrackerVm implements VmHandle {
+  readonly kind = 'firecracker' as const;
+  readonly exited: Promise<VmExit>;
+  /** Resolves once the process is running (rejects if it could not be spawned). */
+  readonly spawned: Promise<void>;
+  exitInfo: VmExit | null = null;
+
+  constructor(
+    private readonly child: ChildProcess,
+    readonly client: FirecrackerApiClient,
+    readonly vsockPath: string,
+    readonly stderrFile: string,
+    private readonly arch: string,
+    private readonly apiTimeoutMs?: number,
+  ) {
+    this.exited = new Promise<VmExit>((resolve) => {
+      child.once('exit', (code, signal) => {
+        this.exitInfo = { code, signal };
+        resolve(this.exitInfo);
+      });
+      child.once('error', () => {
+        // spawn failure: 'exit' may never come.
+        if (!this.exitInfo) {
+          this.exitInfo = { code: null, signal: null };
+          resolve(this.exitInfo);
+        }
+      });
+    });
+    this.spawned = new Promise<void>((resolve, reject) => {
+      child.once('spawn', () => resolve());
+      child.once('error', (e) => reject(new ShoalError(`cannot start Firecracker: ${e.message}`)));
+    });
+  }
+
+  get pid(): number {
+    return this.child.pid ?? -1;
+  }
+
+  async connectAgent(timeoutMs: number): Promise<Duplex> {
+    const deadline = Date.now() + timeoutMs;
+    let last: Error | null = null;
+    for (;;) {
+      if (this.exitInfo) throw new ShoalError(`Firecracker exited (${exitText(this.exitInfo)}) before the guest agent answered`);
+      const left = deadline - Date.now();
+      if (left <= 0) break;
+      try {
+        return await connectHybridVsock(this.vsockPath, AGENT_VSOCK_PORT, left);
+      } catch (e) {
+        last = e as Error;
+        // Before the guest agent listens, Firecracker refuses (closes) the connection: retry.
+        if (!(e instanceof VsockConnectError) || e.reason === 'bad-reply') throw e;
+        if (e.reason === 'timeout') break;
+      }
+      await sleep(Math.min(50, Math.max(0, deadline - Date.now())));
+    }
+    throw new ShoalError(`the guest agent did not answer on vsock port ${AGENT_VSOCK_PORT} within ${timeoutMs} ms${last ? ` (${last.message})` : ''}`);
+  }
+
+  pause(): Promise<void> {
+    return this.client.send(pauseVm());
+  }
+
+  resume(): Promise<void> {
+    return this.client.send(resumeVm());
+  }
+
+  snapshot(files: SnapshotFiles, kind: SnapshotKind): Promise<void> {
+    return this.client.send(snapshotCreate(files, kind), Math.max(this.apiTimeoutMs ?? 0, SNAPSHOT_TIMEOUT_MS));
+  }
+
+  async shutdown(timeoutMs: number): Promise<VmExit> {
+    if (this.exitInfo) return this.exitInfo;
+    // SendCtrlAltDel exists on x86_64 only (emulated i8042); elsewhere there is no graceful path.
+    if (this.arch === 'x64') {
+      try {
+        await this.client.send(sendCtrlAltDel(), Math.max(1, Math.min(timeoutMs, 2000)));
+      } catch {
+        /* the process may already be going away; the timeout below decides */
+      }
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<'timeout'>((resolve) => {
+        timer = setTimeout(() => resolve('timeout'), timeoutMs);
+      });
+      const r = await Promise.race([this.exited, timedOut]);
+      clearTimeout(timer);
+      if (r !== 'timeout') return r;
+    }
+    this.kill();
+    return this.exited;
+  }
+
+  kill(): void {
+    if (!this.exitInfo && this.child.pid !== undefined) {
+      try {
+        this.child.kill('SIGKILL');
+      } catch {
+        /* already gone */
+      }
+    }
+  }
+}
