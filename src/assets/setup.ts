@@ -1,0 +1,173 @@
+/**
+ * `shoal setup`: makes sure the guest kernel, vmlinux, initramfs and rootfs
+ * exist in the cache and that the accelerator has been decided, and records
+ * the current set in `<cache>/assets.json` for loadAssets().
+ *
+ * A cached run touches no network and runs no apt: the resolved kernel
+ * package version is remembered in assets.json and re-resolved only on the
+ * first setup or with force.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Accelerator } from '../vmm/backend';
+import { ShoalError } from '../util/errors';
+import { cacheDir } from '../util/paths';
+import { isBuilt, writeFileAtomic } from './cache';
+import { ensureInitramfs, type AgentPayload } from './initramfs';
+import { ensureKernel, loadKernel, resolveKernelPackage, type KernelPackage } from './kernel';
+import { ensureAccel, readAccel } from './probe';
+import { ensureRootfs } from './rootfs';
+
+/**
+ * Kernel command line every shoal guest starts from (the VMM layer appends
+ * shoal.* keys). Measured under TCG on QEMU microvm: the extra keys skip
+ * probing of hardware a microVM does not have.
+ */
+export const BASE_CMDLINE =
+  'console=ttyS0 quiet no_timer_check tsc=reliable panic=-1 reboot=t 8250.nr_uarts=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd random.trust_cpu=on cryptomgr.notests';
+
+export interface GuestAssets {
+  /** uname -r of the guest kernel. */
+  kernelVersion: string;
+  /** bzImage (QEMU). */
+  vmlinuz: string;
+  /** Uncompressed ELF kernel (Firecracker). */
+  vmlinux: string;
+  /** initramfs, gzipped newc cpio. */
+  initrd: string;
+  /** Read-only ext4 root image (vda). */
+  rootfs: string;
+  accel: Accelerator;
+  accelReason: string;
+  /** The cache root the assets live in. */
+  dir: string;
+  /** BASE_CMDLINE, for convenience. */
+  cmdline: string;
+}
+
+interface Manifest {
+  version: 1;
+  kernelPackage: KernelPackage;
+  kernelHash: string;
+  initramfsHash: string;
+  rootfsHash: string;
+  updatedAt: string;
+}
+
+function manifestPath(root: string): string {
+  return path.join(root, 'assets.json');
+}
+
+function readManifest(root: string): Manifest | null {
+  try {
+    const m = JSON.parse(fs.readFileSync(manifestPath(root), 'utf8')) as Manifest;
+    if (m.version === 1 && m.kernelPackage && m.kernelHash) return m;
+  } catch {
+    /* absent */
+  }
+  return null;
+}
+
+export interface EnsureAssetsOptions {
+  /** Re-resolve the kernel package, rebuild every asset and re-probe KVM. */
+  force?: boolean;
+  progress?: (msg: string) => void;
+  /** Cache root (default cacheDir()). */
+  root?: string;
+  /** Agent payload for the initramfs (default: this checkout's dist/ and native/). */
+  payload?: AgentPayload;
+}
+
+/** Builds whatever is missing and returns the guest assets. Idempotent; well under a second when cached. */
+export async function ensureAssets(opts: EnsureAssetsOptions = {}): Promise<GuestAssets> {
+  const root = opts.root ?? cacheDir();
+  const progress = opts.progress ?? (() => undefined);
+  const force = opts.force ?? false;
+  const t0 = Date.now();
+  fs.mkdirSync(root, { recursive: true, mode: 0o755 });
+
+  const prev = readManifest(root);
+  let pkg: KernelPackage;
+  if (prev && !force) pkg = prev.kernelPackage;
+  else {
+    progress('resolving the kernel package');
+    pkg = await resolveKernelPackage(progress);
+  }
+  const common = { root, force, progress, onWait: (o: { pid: number }) => progress(`waiting for another shoal setup (pid ${o.pid})`) };
+
+  const kernel = await ensureKernel(pkg, common);
+  if (kernel.built) progress(`kernel ${kernel.version} ready (${kernel.dir})`);
+  const initramfs = await ensureInitramfs(kernel, { ...common, ...(opts.payload ? { payload: opts.payload } : {}) });
+  if (initramfs.built) progress(`initramfs ready (${initramfs.path})`);
+  const rootfs = await ensureRootfs(kernel, common);
+  if (rootfs.built) progress(`rootfs ready (${rootfs.path})`);
+  const accel = await ensureAccel({
+    kernel: kernel.vmlinuz,
+    initrd: initramfs.path,
+    kernelHash: kernel.hash,
+    baseCmdline: BASE_CMDLINE,
+    force,
+    root,
+    progress,
+  });
+
+  const next: Manifest = {
+    version: 1,
+    kernelPackage: pkg,
+    kernelHash: kernel.hash,
+    initramfsHash: initramfs.hash,
+    rootfsHash: rootfs.hash,
+    updatedAt: new Date().toISOString(),
+  };
+  if (
+    !prev ||
+    prev.kernelHash !== next.kernelHash ||
+    prev.initramfsHash !== next.initramfsHash ||
+    prev.rootfsHash !== next.rootfsHash ||
+    prev.kernelPackage.version !== pkg.version
+  ) {
+    writeFileAtomic(manifestPath(root), JSON.stringify(next, null, 2) + '\n');
+  }
+  if (kernel.built || initramfs.built || rootfs.built || accel.probed) {
+    progress(`guest assets ready in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  }
+  return {
+    kernelVersion: kernel.version,
+    vmlinuz: kernel.vmlinuz,
+    vmlinux: kernel.vmlinux,
+    initrd: initramfs.path,
+    rootfs: rootfs.path,
+    accel: accel.accel,
+    accelReason: accel.reason,
+    dir: root,
+    cmdline: BASE_CMDLINE,
+  };
+}
+
+/**
+ * The assets recorded by the last successful setup, without building
+ * anything. Note the initramfs is the one built then: after changing the
+ * agent, run ensureAssets() (fast: only the initramfs is rebuilt).
+ */
+export function loadAssets(root: string = cacheDir()): GuestAssets {
+  const missing = new ShoalError('guest assets missing: run `shoal setup`');
+  const m = readManifest(root);
+  if (!m) throw missing;
+  if (!isBuilt('kernel', m.kernelHash, root) || !isBuilt('initramfs', m.initramfsHash, root) || !isBuilt('rootfs', m.rootfsHash, root)) {
+    throw missing;
+  }
+  const accel = readAccel(root);
+  if (!accel || accel.kernelHash !== m.kernelHash) throw missing;
+  const kernel = loadKernel(path.join(root, `kernel-${m.kernelHash}`), m.kernelHash);
+  return {
+    kernelVersion: kernel.version,
+    vmlinuz: kernel.vmlinuz,
+    vmlinux: kernel.vmlinux,
+    initrd: path.join(root, `initramfs-${m.initramfsHash}`, 'initrd.gz'),
+    rootfs: path.join(root, `rootfs-${m.rootfsHash}`, 'rootfs.ext4'),
+    accel: accel.accel,
+    accelReason: accel.reason,
+    dir: root,
+    cmdline: BASE_CMDLINE,
+  };
+}
