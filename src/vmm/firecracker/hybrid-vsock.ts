@@ -36,8 +36,8 @@ function checkPort(port: number): void {
  * along with it are put back (unshift), so the caller reads them first.
  */
 export function connectHybridVsock(udsPath: string, port: number, timeoutMs: number): Promise<net.Socket> {
-  checkPort(port);
   return new Promise<net.Socket>((resolve, reject) => {
+    checkPort(port); // throwing here rejects
     const sock = net.createConnection(udsPath);
     let buf = Buffer.alloc(0);
     let done = false;
