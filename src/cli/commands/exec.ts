@@ -1,0 +1,44 @@
+/**
+ * `shoal exec NAME [--vm] [-i] -- CMD...`: runs a command in the VM's container (or, with --vm,
+ * in the guest OS) with the same stdio and exit-code rules as run.
+ */
+import { parseEnv } from '../../container/podman-argv';
+import { attachChannel } from '../../host/exec-client';
+import { StateStore, statusOf } from '../../state/store';
+import { ShoalError } from '../../util/errors';
+import { connectSupervisor } from '../control-client';
+
+export interface ExecFlags {
+  vm?: boolean;
+  interactive?: boolean;
+  env: string[];
+}
+
+export async function execCommand(nameOrId: string, command: string[], flags: ExecFlags): Promise<number> {
+  const store = new StateStore();
+  const record = store.get(nameOrId);
+  const status = statusOf(record);
+  if (status !== 'running') throw new ShoalError(`VM ${record.config.name} is ${status}, not running`);
+  const argv = command[0] === '--' ? command.slice(1) : command;
+  if (argv.length === 0) throw new ShoalError('exec needs a command to run');
+  let env: Record<string, string>;
+  try {
+    env = parseEnv(flags.env);
+  } catch (err) {
+    throw new ShoalError(`invalid --env: ${(err as Error).message}`);
+  }
+  const mux = await connectSupervisor(store, record);
+  const channel = mux.open({ kind: 'exec', argv, env, interactive: flags.interactive === true, vm: flags.vm === true });
+  const forward = (signal: NodeJS.Signals): void => channel.send({ type: 'signal', signal });
+  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+  for (const signal of signals) process.on(signal, forward);
+  try {
+    const io: Parameters<typeof attachChannel>[1] = { stdout: process.stdout, stderr: process.stderr };
+    if (flags.interactive) io.stdin = process.stdin;
+    return await attachChannel(channel, io);
+  } finally {
+    for (const signal of signals) process.off(signal, forward);
+    process.stdin.pause();
+    mux.destroy();
+  }
+}

@@ -1,0 +1,66 @@
+/**
+ * `shoal ls [--json]`: every VM, with what it is now (a VM whose supervisor died is dead).
+ */
+import { StateStore, statusOf } from '../../state/store';
+import type { VmRecord } from '../../state/vm-record';
+import { formatDuration, table } from '../output';
+
+export interface VmListing {
+  name: string;
+  id: string;
+  state: string;
+  backend: string;
+  accel: string;
+  pid: number | null;
+  vmmPid: number | null;
+  image: string;
+  cpus: number;
+  memoryMiB: number;
+  createdAt: string;
+  startedAt: string | null;
+  uptimeSeconds: number | null;
+  exitCode: number | null;
+  error: string | null;
+}
+
+export function listing(record: VmRecord): VmListing {
+  const state = statusOf(record);
+  const live = state === 'running' || state === 'starting' || state === 'stopping';
+  return {
+    name: record.config.name,
+    id: record.id,
+    state,
+    backend: record.backend,
+    accel: record.accel,
+    pid: live ? record.supervisorPid ?? null : null,
+    vmmPid: live ? record.vmmPid ?? null : null,
+    image: record.config.image,
+    cpus: record.config.cpus,
+    memoryMiB: record.config.memoryMiB,
+    createdAt: record.createdAt,
+    startedAt: record.startedAt ?? null,
+    uptimeSeconds: live && record.startedAt ? Math.floor((Date.now() - Date.parse(record.startedAt)) / 1000) : null,
+    exitCode: record.exitCode ?? null,
+    error: record.error ?? null,
+  };
+}
+
+export function lsCommand(flags: { json?: boolean }): number {
+  const vms = new StateStore().list().map(listing);
+  if (flags.json) {
+    process.stdout.write(`${JSON.stringify(vms, null, 2)}\n`);
+    return 0;
+  }
+  const rows = vms.map((vm) => [
+    vm.name,
+    vm.id,
+    vm.state === 'stopped' && vm.exitCode !== null ? `stopped (${vm.exitCode})` : vm.state,
+    vm.backend,
+    vm.accel,
+    vm.pid === null ? '-' : String(vm.pid),
+    vm.uptimeSeconds === null ? '-' : formatDuration(vm.uptimeSeconds),
+    vm.image,
+  ]);
+  process.stdout.write(table(['NAME', 'ID', 'STATE', 'BACKEND', 'ACCEL', 'PID', 'UPTIME', 'IMAGE'], rows));
+  return 0;
+}

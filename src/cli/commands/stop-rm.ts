@@ -1,0 +1,32 @@
+/**
+ * `shoal stop NAME...` and `shoal rm [-f] NAME...`.
+ */
+import { StateStore } from '../../state/store';
+import { ShoalError } from '../../util/errors';
+import { isRunning, killVm, stopVm } from '../vm-lifecycle';
+
+export async function stopCommand(names: string[]): Promise<number> {
+  const store = new StateStore();
+  const records = names.map((name) => store.get(name));
+  for (const record of records) {
+    await stopVm(store, record);
+    process.stdout.write(`${record.config.name}\n`);
+  }
+  return 0;
+}
+
+export async function rmCommand(names: string[], flags: { force?: boolean }): Promise<number> {
+  const store = new StateStore();
+  const records = names.map((name) => store.get(name));
+  for (const record of records) {
+    if (isRunning(record) && !flags.force) {
+      throw new ShoalError(`VM ${record.config.name} is running: stop it first, or use rm -f`);
+    }
+  }
+  for (const record of records) {
+    await killVm(store, record);
+    store.remove(record);
+    process.stdout.write(`${record.config.name}\n`);
+  }
+  return 0;
+}

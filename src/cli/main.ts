@@ -1,0 +1,116 @@
+/**
+ * shoal: run OCI containers inside microVMs. The command tree; each command lives in
+ * commands/. Errors meant for the user print as one line and exit non-zero (125, like podman,
+ * for shoal's own errors; the container's code otherwise).
+ */
+import { Command, CommanderError } from 'commander';
+import { ShoalError } from '../util/errors';
+import { execCommand } from './commands/exec';
+import { logsCommand } from './commands/logs';
+import { lsCommand } from './commands/ls';
+import { runCommand } from './commands/run';
+import { setupCommand } from './commands/setup';
+import { rmCommand, stopCommand } from './commands/stop-rm';
+import { collect } from './options';
+
+type Action = (...args: never[]) => number | Promise<number>;
+
+/** Runs a command action and turns its result or error into the process exit code. */
+function act<A extends Action>(action: A): (...args: Parameters<A>) => Promise<void> {
+  return async (...args: Parameters<A>) => {
+    process.exitCode = await action(...args);
+  };
+}
+
+function buildProgram(): Command {
+  const program = new Command('shoal')
+    .description('Run OCI containers inside microVMs, fast, with snapshots and fork(n).')
+    .version('0.1.0')
+    .enablePositionalOptions()
+    .showHelpAfterError(false)
+    .exitOverride();
+
+  program
+    .command('setup')
+    .description('build and cache the guest kernel, initramfs and rootfs; probe whether KVM works here')
+    .option('--force', 'rebuild everything and probe again')
+    .option('--json', 'print the asset paths as JSON')
+    .action(act((flags: { force?: boolean; json?: boolean }) => setupCommand(flags)));
+
+  program
+    .command('run')
+    .description('run a container in a new microVM')
+    .argument('<image>', 'registry reference, docker-archive:PATH or oci-archive:PATH')
+    .argument('[command...]', 'command and arguments for the container')
+    .option('--name <name>', 'name of the VM')
+    .option('--cpus <n>', 'vCPUs', '1')
+    .option('--memory <MiB>', 'guest memory in MiB', '1024')
+    .option('-e, --env <KEY=VALUE>', 'set an environment variable (repeatable)', collect, [])
+    .option('-d, --detach', 'run in the background and print the name')
+    .option('--rm', 'remove the VM when the container exits')
+    .option('-i, --interactive', 'pass stdin to the container')
+    .option('--vmm <vmm>', 'auto, qemu or firecracker', 'auto')
+    .passThroughOptions()
+    .action(act((image: string, command: string[], flags: Parameters<typeof runCommand>[2]) => runCommand(image, command, flags)));
+
+  program
+    .command('exec')
+    .description('run a command in a running VM\'s container (or, with --vm, in the guest OS)')
+    .argument('<name>', 'VM name or id')
+    .argument('<command...>', 'command and arguments (after --)')
+    .option('--vm', 'run in the guest OS instead of the container')
+    .option('-i, --interactive', 'pass stdin')
+    .option('-e, --env <KEY=VALUE>', 'set an environment variable (repeatable)', collect, [])
+    .action(act((name: string, command: string[], flags: Parameters<typeof execCommand>[2]) => execCommand(name, command, flags)));
+
+  program
+    .command('ls')
+    .alias('ps')
+    .description('list VMs')
+    .option('--json', 'machine-readable output')
+    .action(act((flags: { json?: boolean }) => lsCommand(flags)));
+
+  program
+    .command('stop')
+    .description('stop VMs (the container gets SIGTERM, then the VM powers off)')
+    .argument('<names...>')
+    .action(act((names: string[]) => stopCommand(names)));
+
+  program
+    .command('rm')
+    .description('remove VMs')
+    .argument('<names...>')
+    .option('-f, --force', 'kill and remove running VMs')
+    .action(act((names: string[], flags: { force?: boolean }) => rmCommand(names, flags)));
+
+  program
+    .command('logs')
+    .description('print a VM\'s container output (or its guest console)')
+    .argument('<name>')
+    .option('--console', 'print the guest serial console instead')
+    .action(act((name: string, flags: { console?: boolean }) => logsCommand(name, flags)));
+
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // commander already printed its message (help, version or a usage error).
+      process.exitCode = err.exitCode === 0 ? 0 : 125;
+      return;
+    }
+    if (err instanceof ShoalError) {
+      process.stderr.write(`shoal: ${err.message}\n`);
+      process.exitCode = err.exitCode;
+      return;
+    }
+    process.stderr.write(`shoal: internal error: ${(err as Error).stack ?? String(err)}\n`);
+    process.exitCode = 125;
+  }
+}
+
+if (require.main === module) void main(process.argv);

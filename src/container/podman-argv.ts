@@ -1,0 +1,53 @@
+/**
+ * The podman command lines the guest runs. Built on the host so the agent stays a generic
+ * process runner. One container per VM, named MAIN_CONTAINER; it shares the VM's network
+ * namespace (the VM is the isolation boundary), and conmon keeps stdout and stderr apart.
+ */
+
+export const MAIN_CONTAINER = 'main';
+
+export interface RunOptions {
+  image: string;
+  command: string[];
+  env: Record<string, string>;
+  interactive: boolean;
+}
+
+export function podmanRunArgv(options: RunOptions): string[] {
+  const argv = ['podman', 'run', '--name', MAIN_CONTAINER, '--network', 'host', '--pull', 'never', '--log-driver', 'none'];
+  if (options.interactive) argv.push('--interactive');
+  for (const [key, value] of Object.entries(options.env)) argv.push('--env', `${key}=${value}`);
+  argv.push(options.image, ...options.command);
+  return argv;
+}
+
+export function podmanExecArgv(command: string[], options: { env: Record<string, string>; interactive: boolean }): string[] {
+  const argv = ['podman', 'exec'];
+  if (options.interactive) argv.push('--interactive');
+  for (const [key, value] of Object.entries(options.env)) argv.push('--env', `${key}=${value}`);
+  argv.push(MAIN_CONTAINER, ...command);
+  return argv;
+}
+
+export function podmanLoadArgv(): string[] {
+  return ['podman', 'load', '--quiet'];
+}
+
+export function podmanPullArgv(reference: string): string[] {
+  return ['podman', 'pull', '--quiet', reference];
+}
+
+/** Parses repeated KEY=VALUE options; a bare KEY takes the value from the host, as podman does. */
+export function parseEnv(pairs: string[], hostEnv: NodeJS.ProcessEnv = process.env): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const pair of pairs) {
+    const eq = pair.indexOf('=');
+    const key = eq < 0 ? pair : pair.slice(0, eq);
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(key)) throw new Error(`invalid environment variable name "${key}"`);
+    if (eq < 0) {
+      const value = hostEnv[key];
+      if (value !== undefined) env[key] = value;
+    } else env[key] = pair.slice(eq + 1);
+  }
+  return env;
+}

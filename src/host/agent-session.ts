@@ -1,0 +1,48 @@
+/**
+ * The host end of a session with the guest agent: connect through the VMM, send the sync
+ * marker and HELLO (repeated until answered: the guest may still be booting, or reading
+ * stale bytes), and wait for the matching HELLO_ACK.
+ */
+import crypto from 'node:crypto';
+import { FrameType } from '../protocol/frames';
+import type { Hello, HelloAck } from '../protocol/messages';
+import { Mux } from '../protocol/mux';
+import { ShoalError } from '../util/errors';
+import type { VmHandle } from '../vmm/backend';
+
+const HELLO_RETRY_MS = 500;
+
+export async function openAgentSession(vm: VmHandle, timeoutMs: number): Promise<Mux> {
+  const deadline = Date.now() + timeoutMs;
+  const stream = await vm.connectAgent(timeoutMs);
+  const mux = new Mux(stream, { side: 'host', startInSync: true });
+  const session = crypto.randomBytes(8).toString('hex');
+  const hello = (): Hello => ({ session, timeMs: Date.now(), seed: crypto.randomBytes(64).toString('hex') });
+  return new Promise<Mux>((resolve, reject) => {
+    let timer: NodeJS.Timeout | undefined;
+    const finish = (err?: Error): void => {
+      clearTimeout(timer);
+      mux.off('helloAck', onAck);
+      mux.off('close', onClose);
+      if (err) {
+        mux.destroy();
+        reject(err);
+      } else resolve(mux);
+    };
+    const onAck = (ack: HelloAck): void => {
+      if (ack.session === session) finish();
+    };
+    const onClose = (): void => finish(new ShoalError('the agent connection closed before the guest answered'));
+    const tick = (): void => {
+      if (Date.now() > deadline) {
+        finish(new ShoalError(`the guest agent did not answer within ${Math.round(timeoutMs / 1000)} s`));
+        return;
+      }
+      mux.sendHello(FrameType.Hello, hello());
+      timer = setTimeout(tick, HELLO_RETRY_MS);
+    };
+    mux.on('helloAck', onAck);
+    mux.on('close', onClose);
+    tick();
+  });
+}

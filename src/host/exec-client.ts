@@ -1,0 +1,99 @@
+/**
+ * Running requests on a channel from the host: collect the output of short commands, or wire
+ * a channel to local streams (stdin in, stdout and stderr out, kept apart).
+ */
+import type { Readable, Writable } from 'node:stream';
+import type { ExecRequest } from '../protocol/messages';
+import { STDERR, STDIN, STDOUT, type Channel, type Mux } from '../protocol/mux';
+import { ShoalError } from '../util/errors';
+import os from 'node:os';
+
+export interface ExecResult {
+  /** Exit code, shell-style: 128+n for death by signal n. */
+  code: number;
+  stdout: Buffer;
+  stderr: Buffer;
+}
+
+export function exitCodeFromMessage(message: Record<string, unknown>): number {
+  if (typeof message.code === 'number') return message.code;
+  if (typeof message.signal === 'string') {
+    const number = (os.constants.signals as Record<string, number>)[message.signal];
+    if (number !== undefined) return 128 + number;
+  }
+  return 255;
+}
+
+/**
+ * Wires a channel to local streams. Resolves with the exit code once the remote side reported
+ * exit and all output was written; rejects with the remote error if the process did not start.
+ */
+export function attachChannel(
+  channel: Channel,
+  io: { stdin?: Readable; stdout: Writable; stderr: Writable; onMessage?: (message: Record<string, unknown>) => void },
+): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    let exitCode: number | undefined;
+    let error: string | undefined;
+    channel.setDataHandler((stream, data) => {
+      const target = stream === STDERR ? io.stderr : stream === STDOUT ? io.stdout : undefined;
+      if (!target) return;
+      if (!target.write(data)) return new Promise<void>((r) => target.once('drain', r));
+      return;
+    });
+    channel.on('message', (message: Record<string, unknown>) => {
+      if (message.type === 'exit') exitCode = exitCodeFromMessage(message);
+      else if (message.type === 'error') error = String(message.message);
+      else io.onMessage?.(message);
+    });
+    channel.on('close', () => {
+      channel.close();
+      if (exitCode !== undefined) resolve(exitCode);
+      else reject(new ShoalError(error ?? 'the connection to the VM was lost'));
+    });
+    if (io.stdin) void pumpStdin(io.stdin, channel);
+  });
+}
+
+async function pumpStdin(stdin: Readable, channel: Channel): Promise<void> {
+  try {
+    for await (const chunk of stdin) {
+      if (channel.closed) break;
+      await channel.write(STDIN, typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer));
+    }
+  } catch {
+    // stdin errors (EPIPE, closed tty) end the input
+  }
+  channel.end(STDIN);
+}
+
+/** Runs a command in the guest and collects its output (for short control commands). */
+export async function execCollect(mux: Mux, request: Omit<ExecRequest, 'kind' | 'stdin'>, stdin?: Readable): Promise<ExecResult> {
+  const channel = mux.open({ kind: 'exec', stdin: stdin !== undefined, ...request });
+  const stdout: Buffer[] = [];
+  const stderr: Buffer[] = [];
+  const sink = (chunks: Buffer[]): Writable =>
+    ({ write: (data: Buffer) => { chunks.push(Buffer.from(data)); return true; }, once: () => undefined }) as unknown as Writable;
+  const io: Parameters<typeof attachChannel>[1] = { stdout: sink(stdout), stderr: sink(stderr) };
+  if (stdin) io.stdin = stdin;
+  const code = await attachChannel(channel, io);
+  return { code, stdout: Buffer.concat(stdout), stderr: Buffer.concat(stderr) };
+}
+
+/** Sends a one-shot request (info, poweroff) and returns its result message. */
+export function request(mux: Mux, body: Record<string, unknown>): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    const channel = mux.open(body);
+    let result: Record<string, unknown> | undefined;
+    channel.setDataHandler(() => undefined);
+    channel.on('message', (message: Record<string, unknown>) => {
+      if (message.type === 'error') reject(new ShoalError(String(message.message)));
+      else result = message;
+    });
+    channel.on('close', () => {
+      channel.close();
+      if (result) resolve(result);
+      else reject(new ShoalError('the connection to the VM was lost'));
+    });
+  });
+}

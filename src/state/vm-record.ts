@@ -1,0 +1,54 @@
+/**
+ * The record of one VM, kept in <state>/vms/<id>/state.json and rewritten atomically by its
+ * supervisor (the only writer while it lives). Readers derive liveness from the supervisor's
+ * pid and start time, so a VM whose supervisor was killed shows as dead, never as running.
+ */
+import type { Accelerator, VmmKind } from '../vmm/backend';
+
+export type RecordedState = 'creating' | 'starting' | 'running' | 'stopping' | 'stopped' | 'failed';
+export type VmStatus = 'creating' | 'starting' | 'running' | 'stopping' | 'stopped' | 'failed' | 'dead';
+
+export interface VmConfig {
+  name: string;
+  /** What the user typed. */
+  image: string;
+  /** The command to run in the container (empty: the image's default). */
+  command: string[];
+  env: Record<string, string>;
+  cpus: number;
+  memoryMiB: number;
+  interactive: boolean;
+  detach: boolean;
+  /** Remove everything when the container exits. */
+  autoRemove: boolean;
+}
+
+export interface VmRecord {
+  id: string;
+  config: VmConfig;
+  backend: VmmKind;
+  accel: Accelerator;
+  state: RecordedState;
+  createdAt: string;
+  startedAt?: string;
+  finishedAt?: string;
+  supervisorPid?: number;
+  supervisorStartTime?: string;
+  vmmPid?: number;
+  /** The image reference inside the guest after loading/pulling. */
+  loadedImage?: string;
+  exitCode?: number;
+  error?: string;
+}
+
+export const NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
+export const NAME_MAX = 63;
+
+/** Returns a one-line problem with the name, or undefined when it is valid. */
+export function nameProblem(name: string): string | undefined {
+  if (name.length === 0) return 'name is empty';
+  if (name.length > NAME_MAX) return `name is longer than ${NAME_MAX} characters`;
+  if (name.includes('/')) return `name "${name}" contains a path separator`;
+  if (!NAME_PATTERN.test(name)) return `name "${name}" must match ${NAME_PATTERN.source}`;
+  return undefined;
+}

@@ -1,0 +1,314 @@
+/**
+ * The supervisor: one detached process per VM, owner of everything the VM has on the host.
+ * It boots the VMM (tied to itself by a parent-death signal), holds the agent session, loads
+ * the image, runs the main container, keeps the record up to date, and serves the control
+ * socket through which CLI processes attach, exec and stop. When the container ends it powers
+ * the VM off and removes what the VM no longer needs (all of it with --rm).
+ */
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { loadAssets, type GuestAssets } from '../assets/setup';
+import { loadedImageFrom, parseImage } from '../container/image-ref';
+import { podmanExecArgv, podmanLoadArgv, podmanPullArgv, podmanRunArgv } from '../container/podman-argv';
+import { execCollect, request } from '../host/exec-client';
+import { openAgentSession } from '../host/agent-session';
+import { STDERR, STDIN, STDOUT, Mux, type Channel } from '../protocol/mux';
+import type { VmRecord, RecordedState } from '../state/vm-record';
+import type { StateStore } from '../state/store';
+import { ShoalError } from '../util/errors';
+import { processStartTime, sleep } from '../util/process';
+import type { VmHandle, VmSpec } from '../vmm/backend';
+import { backendFor } from '../vmm/select';
+import { ContainerLogWriter } from './container-log';
+import { relayChannels } from './relay';
+import { createScratchDisk } from './scratch-disk';
+import { removeSockets, vmFiles } from './vm-files';
+
+/** Boot plus agent start under TCG on a loaded 2-core host stays well inside this. */
+const AGENT_TIMEOUT_MS = 120_000;
+/** How long an attached `shoal run` has to attach before the container starts anyway. */
+const ATTACH_GRACE_MS = 30_000;
+const SHUTDOWN_TIMEOUT_MS = 10_000;
+
+export class Supervisor {
+  private record: VmRecord;
+  private readonly files: ReturnType<typeof vmFiles>;
+  private vm: VmHandle | undefined;
+  private agent: Mux | undefined;
+  private server: net.Server | undefined;
+  /** CLI channels that asked for progress and the final result. */
+  private readonly watchers = new Set<Channel>();
+  /** Watchers that also want the main container's stdio. */
+  private readonly attached = new Set<Channel>();
+  private attachArrived: () => void = () => undefined;
+  private readonly firstAttach = new Promise<void>((resolve) => { this.attachArrived = resolve; });
+  private mainChannel: Channel | undefined;
+  private stopRequested = false;
+  private finished = false;
+
+  constructor(private readonly store: StateStore, id: string) {
+    const record = store.read(id);
+    if (!record) throw new Error(`no record for VM ${id}`);
+    this.record = record;
+    this.files = vmFiles(store.vmDir(id));
+  }
+
+  async main(): Promise<void> {
+    const startTime = processStartTime(process.pid);
+    this.setState('starting', (r) => {
+      r.supervisorPid = process.pid;
+      if (startTime !== undefined) r.supervisorStartTime = startTime;
+    });
+    process.on('SIGTERM', () => void this.stop());
+    process.on('SIGINT', () => void this.stop());
+    await this.listen();
+    let exitCode: number | undefined;
+    try {
+      await this.boot();
+      const image = await this.prepareImage();
+      if (!this.record.config.detach) await Promise.race([this.firstAttach, sleep(ATTACH_GRACE_MS)]);
+      exitCode = await this.runMainContainer(image);
+    } catch (err) {
+      if (!this.stopRequested) {
+        await this.finish('failed', { error: (err as Error).message });
+        return;
+      }
+    }
+    await this.finish('stopped', exitCode === undefined ? {} : { exitCode });
+  }
+
+  /** Graceful stop: the container gets SIGTERM through podman, then the VM powers off. */
+  async stop(): Promise<void> {
+    if (this.stopRequested) return;
+    this.stopRequested = true;
+    this.setState('stopping');
+    if (this.agent && this.mainChannel) {
+      await Promise.race([execCollect(this.agent, { argv: ['podman', 'stop', '--time', '5', 'main'] }).catch(() => undefined), sleep(15_000)]);
+    }
+    // If the container did not end, or never started, finish from here.
+    await sleep(500);
+    await this.finish('stopped', {});
+  }
+
+  private setState(state: RecordedState, change?: (record: VmRecord) => void): void {
+    this.record = this.store.update(this.record.id, (r) => {
+      r.state = state;
+      change?.(r);
+    });
+  }
+
+  private progress(message: string): void {
+    for (const watcher of this.watchers) watcher.send({ type: 'progress', message });
+  }
+
+  private async boot(): Promise<void> {
+    const assets = loadAssets();
+    const backend = backendFor(this.record.backend);
+    this.progress(`booting a ${this.record.backend} microVM (${this.record.accel})`);
+    await createScratchDisk(this.files.scratchDisk);
+    const spec = this.vmSpec(assets);
+    this.vm = await backend.boot(spec);
+    const vm = this.vm;
+    this.setState('starting', (r) => { r.vmmPid = vm.pid; });
+    void vm.exited.then((exit) => {
+      if (!this.finished && !this.stopRequested) {
+        void this.finish('failed', { error: `the VM exited unexpectedly (${exit.signal ?? `code ${exit.code}`}); see \`shoal logs --console ${this.record.config.name}\`` });
+      }
+    });
+    this.agent = await openAgentSession(vm, AGENT_TIMEOUT_MS);
+    this.agent.on('close', () => {
+      if (!this.finished && !this.stopRequested) void this.finish('failed', { error: 'lost the connection to the guest agent' });
+    });
+  }
+
+  private vmSpec(assets: GuestAssets): VmSpec {
+    const { config } = this.record;
+    return {
+      id: this.record.id,
+      runDir: this.files.dir,
+      kernel: this.record.backend === 'firecracker' ? assets.vmlinux : assets.vmlinuz,
+      initrd: assets.initrd,
+      cmdline: `${assets.cmdline} shoal.transport=${this.record.backend === 'firecracker' ? 'vsock' : 'serial'} shoal.hostname=${config.name}`,
+      cpus: config.cpus,
+      memoryMiB: config.memoryMiB,
+      drives: [
+        { id: 'root', path: assets.rootfs, readOnly: true },
+        { id: 'scratch', path: this.files.scratchDisk, readOnly: false },
+      ],
+      accel: this.record.accel,
+      consoleLog: this.files.consoleLog,
+    };
+  }
+
+  /** Brings the image into the guest's podman and returns the reference to run. */
+  private async prepareImage(): Promise<string> {
+    const agent = this.agent!;
+    const source = parseImage(this.record.config.image);
+    let image: string;
+    if (source.kind === 'archive') {
+      this.progress(`copying ${path.basename(source.path)} (${(source.size / 1048576).toFixed(1)} MiB) into the VM`);
+      const result = await execCollect(agent, { argv: podmanLoadArgv() }, fs.createReadStream(source.path));
+      const loaded = loadedImageFrom(result.stdout.toString() + result.stderr.toString());
+      if (result.code !== 0 || !loaded) {
+        throw new ShoalError(`loading ${source.format}:${source.path} failed: ${lastLine(result.stderr) || `podman load exited ${result.code}`}`);
+      }
+      image = loaded;
+    } else {
+      this.progress(`pulling ${source.reference} in the VM`);
+      const result = await execCollect(agent, { argv: podmanPullArgv(source.reference) });
+      if (result.code !== 0) {
+        throw new ShoalError(`pulling ${source.reference} failed: ${lastLine(result.stderr) || `podman pull exited ${result.code}`}`);
+      }
+      image = source.reference;
+    }
+    this.record = this.store.update(this.record.id, (r) => { r.loadedImage = image; });
+    return image;
+  }
+
+  private runMainContainer(image: string): Promise<number> {
+    const agent = this.agent!;
+    const { config } = this.record;
+    const log = new ContainerLogWriter(this.files.containerLog);
+    const channel = agent.open({
+      kind: 'exec',
+      argv: podmanRunArgv({ image, command: config.command, env: config.env, interactive: config.interactive }),
+      stdin: config.interactive,
+    });
+    this.mainChannel = channel;
+    this.setState('running', (r) => { r.startedAt = new Date().toISOString(); });
+    for (const watcher of this.watchers) watcher.send({ type: 'running', name: config.name, id: this.record.id });
+    return new Promise<number>((resolve, reject) => {
+      let exitCode: number | undefined;
+      let error: string | undefined;
+      channel.setDataHandler(async (stream, data) => {
+        if (stream !== STDOUT && stream !== STDERR) return;
+        log.append(stream, data);
+        await Promise.all([...this.attached].map((client) => client.write(stream, data)));
+      });
+      channel.on('eof', (stream: number) => {
+        for (const client of this.attached) client.end(stream);
+      });
+      channel.on('message', (message: Record<string, unknown>) => {
+        if (message.type === 'exit') {
+          exitCode = typeof message.code === 'number' ? message.code : 128 + 9;
+        } else if (message.type === 'error') error = String(message.message);
+      });
+      channel.on('close', () => {
+        channel.close();
+        log.close();
+        this.mainChannel = undefined;
+        if (exitCode !== undefined) resolve(exitCode);
+        else reject(new ShoalError(error ?? 'the container was lost'));
+      });
+    });
+  }
+
+  /** Ends the supervisor: result to watchers, VM off, files cleaned, record final. */
+  private async finish(state: 'stopped' | 'failed', result: { exitCode?: number; error?: string }): Promise<void> {
+    if (this.finished) return;
+    this.finished = true;
+    for (const watcher of this.watchers) {
+      if (result.error !== undefined) watcher.send({ type: 'error', message: result.error });
+      else watcher.send({ type: 'exit', code: result.exitCode ?? null });
+      watcher.close();
+    }
+    await this.powerOff();
+    this.setState(state, (r) => {
+      r.finishedAt = new Date().toISOString();
+      if (result.exitCode !== undefined) r.exitCode = result.exitCode;
+      if (result.error !== undefined) r.error = result.error;
+    });
+    this.server?.close();
+    removeSockets(this.files.dir);
+    fs.rmSync(this.files.scratchDisk, { force: true });
+    if (this.record.config.autoRemove) this.store.remove(this.record);
+    // Let the final frames reach the CLI before the process goes.
+    setTimeout(() => process.exit(0), 200).unref();
+  }
+
+  private async powerOff(): Promise<void> {
+    const vm = this.vm;
+    if (!vm) return;
+    if (this.agent && !this.agent.destroyed) {
+      await Promise.race([request(this.agent, { kind: 'poweroff' }).catch(() => undefined), sleep(2000)]);
+    }
+    await vm.shutdown(SHUTDOWN_TIMEOUT_MS);
+    this.agent?.destroy();
+  }
+
+  // ---- control socket -------------------------------------------------------------------
+
+  private async listen(): Promise<void> {
+    fs.rmSync(this.files.controlSocket, { force: true });
+    this.server = net.createServer((socket) => {
+      socket.on('error', () => undefined);
+      const mux = new Mux(socket, { side: 'guest', startInSync: false });
+      mux.on('open', (channel: Channel) => this.onControlRequest(channel));
+    });
+    await new Promise<void>((resolve, reject) => {
+      this.server!.once('error', reject);
+      this.server!.listen(this.files.controlSocket, resolve);
+    });
+  }
+
+  private onControlRequest(channel: Channel): void {
+    const req = channel.request;
+    switch (req.kind) {
+      case 'attach':
+        this.onAttach(channel, req.stdio === true);
+        return;
+      case 'exec':
+        this.onExec(channel, req);
+        return;
+      case 'stop':
+        channel.setDataHandler(() => undefined);
+        void this.stop();
+        channel.send({ type: 'result' });
+        channel.close();
+        return;
+      default:
+        channel.send({ type: 'error', message: `unknown request ${String(req.kind)}` });
+        channel.close();
+    }
+  }
+
+  private onAttach(channel: Channel, stdio: boolean): void {
+    this.watchers.add(channel);
+    if (stdio) this.attached.add(channel);
+    channel.on('close', () => {
+      this.watchers.delete(channel);
+      this.attached.delete(channel);
+      channel.close();
+    });
+    channel.on('message', (message: Record<string, unknown>) => {
+      if (message.type === 'signal') this.mainChannel?.send(message);
+    });
+    if (stdio && this.record.config.interactive) {
+      channel.setDataHandler((stream, data) => (stream === STDIN && this.mainChannel ? this.mainChannel.write(STDIN, data) : undefined));
+      channel.on('eof', (stream: number) => { if (stream === STDIN) this.mainChannel?.end(STDIN); });
+    } else channel.setDataHandler(() => undefined);
+    if (this.record.state === 'running') channel.send({ type: 'running', name: this.record.config.name, id: this.record.id });
+    this.attachArrived();
+  }
+
+  private onExec(channel: Channel, req: Record<string, unknown>): void {
+    if (!this.agent || this.agent.destroyed || this.record.state !== 'running') {
+      channel.send({ type: 'error', message: `VM ${this.record.config.name} is not running` });
+      channel.close();
+      return;
+    }
+    const command = Array.isArray(req.argv) ? req.argv.map(String) : [];
+    const env = (req.env ?? {}) as Record<string, string>;
+    const interactive = req.interactive === true;
+    const argv = req.vm === true ? command : podmanExecArgv(command, { env, interactive });
+    const agentRequest: Record<string, unknown> = { kind: 'exec', argv, stdin: interactive };
+    if (req.vm === true) agentRequest.env = env;
+    relayChannels(channel, this.agent.open(agentRequest));
+  }
+}
+
+function lastLine(buffer: Buffer): string {
+  const lines = buffer.toString('utf8').trim().split('\n');
+  return (lines[lines.length - 1] ?? '').replace(/^Error:\s*/, '');
+}

@@ -1,0 +1,80 @@
+/**
+ * Turns a VmSpec into a qemu-system-x86_64 command line for the microvm machine.
+ * Pure, so the device layout can be unit-tested without starting QEMU.
+ */
+import path from 'node:path';
+import type { DriveSpec, NetSpec, VmSpec } from '../backend';
+
+export interface QemuPaths {
+  qmpSocket: string;
+  agentSocket: string;
+}
+
+export function qemuPaths(runDir: string): QemuPaths {
+  return { qmpSocket: path.join(runDir, 'qmp.sock'), agentSocket: path.join(runDir, 'agent.sock') };
+}
+
+export interface QemuLaunch {
+  spec: VmSpec;
+  drives: DriveSpec[];
+  net?: NetSpec;
+  consoleLog: string;
+  paths: QemuPaths;
+  /**
+   * Guest RAM in a file: shared (the source of future snapshots; writes land in the file) or
+   * private (a clone: MAP_PRIVATE of the snapshot's file, so clones share its pages in the page
+   * cache and copy only what they write).
+   */
+  memory?: { path: string; share: boolean };
+  /** Wait for an incoming migration stream (restore) instead of booting. */
+  incoming?: boolean;
+}
+
+export function buildQemuArgv(launch: QemuLaunch): string[] {
+  const { spec } = launch;
+  const kvm = spec.accel === 'kvm';
+  const argv = [
+    '-machine', 'microvm,x-option-roms=off,isa-serial=on,rtc=on',
+    '-accel', kvm ? 'kvm' : 'tcg',
+    '-cpu', kvm ? 'host' : 'max',
+    '-smp', String(spec.cpus),
+    '-m', `${spec.memoryMiB}M`,
+    '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
+    '-chardev', `file,id=console,path=${launch.consoleLog},append=on`,
+    '-serial', 'chardev:console',
+    '-kernel', spec.kernel,
+    '-append', spec.cmdline,
+    '-qmp', `unix:${launch.paths.qmpSocket},server=on,wait=off`,
+    '-device', 'virtio-rng-device',
+    '-device', 'virtio-serial-device',
+    '-chardev', `socket,id=agent,path=${launch.paths.agentSocket},server=on,wait=off`,
+    '-device', 'virtserialport,chardev=agent,name=shoal.agent',
+  ];
+  if (spec.initrd) argv.push('-initrd', spec.initrd);
+  if (launch.memory) {
+    argv.push(
+      '-object', `memory-backend-file,id=ram,size=${spec.memoryMiB}M,mem-path=${launch.memory.path},share=${launch.memory.share ? 'on' : 'off'}`,
+      '-machine', 'memory-backend=ram',
+    );
+  }
+  for (const drive of launch.drives) {
+    argv.push(
+      '-drive', `id=${drive.id},file=${drive.path},format=raw,if=none,readonly=${drive.readOnly ? 'on' : 'off'}`,
+      '-device', `virtio-blk-device,drive=${drive.id},serial=${drive.id}`,
+    );
+  }
+  if (launch.net) argv.push(...netArgs(launch.net));
+  if (launch.incoming) argv.push('-incoming', 'defer');
+  return argv;
+}
+
+function netArgs(net: NetSpec): string[] {
+  if (net.userMode) {
+    const forwards = net.userMode.forwards.map((f) => `,hostfwd=${f.proto}:${f.hostAddress}:${f.hostPort}-:${f.guestPort}`).join('');
+    return ['-netdev', `user,id=net0${forwards}`, '-device', `virtio-net-device,netdev=net0,mac=${net.mac}`];
+  }
+  if (net.tap) {
+    return ['-netdev', `tap,id=net0,ifname=${net.tap},script=no,downscript=no`, '-device', `virtio-net-device,netdev=net0,mac=${net.mac}`];
+  }
+  return [];
+}
