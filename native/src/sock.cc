@@ -262,6 +262,7 @@ Napi::Value SendFds(const Napi::CallbackInfo& info) {
 // Received fds are O_CLOEXEC (MSG_CMSG_CLOEXEC). If the sender sent more fds
 // than maxFds the kernel drops (closes) the extras and sets MSG_CTRUNC, which
 // we report as truncatedFds so the caller can reject the message.
+// maxFds may be 0 (plain data); then any fds sent are closed and reported.
 Napi::Value RecvFds(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = ArgFd(info, 0, "fd");
@@ -290,6 +291,7 @@ Napi::Value RecvFds(const Napi::CallbackInfo& info) {
   }
   Napi::Array fds = Napi::Array::New(env);
   uint32_t nfds = 0;
+  bool truncated = (msg.msg_flags & MSG_CTRUNC) != 0;
   for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
     if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
     size_t cnt = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
@@ -297,6 +299,13 @@ Napi::Value RecvFds(const Napi::CallbackInfo& info) {
     for (size_t i = 0; i < cnt; i++) {
       int rfd;
       memcpy(&rfd, p + i, sizeof(int));
+      // CMSG_SPACE rounds up, so the kernel may deliver a few more than asked:
+      // close those ourselves so the caller gets at most maxFds.
+      if (nfds >= maxFds) {
+        close(rfd);
+        truncated = true;
+        continue;
+      }
       fds.Set(nfds++, Napi::Number::New(env, rfd));
     }
   }
@@ -305,7 +314,7 @@ Napi::Value RecvFds(const Napi::CallbackInfo& info) {
   o.Set("data", Napi::Buffer<char>::Copy(env, buf.data(), static_cast<size_t>(n)));
   // n == 0 with no fds on a stream socket: the peer closed its end.
   o.Set("eof", Napi::Boolean::New(env, n == 0 && nfds == 0));
-  o.Set("truncatedFds", Napi::Boolean::New(env, (msg.msg_flags & MSG_CTRUNC) != 0));
+  o.Set("truncatedFds", Napi::Boolean::New(env, truncated));
   return o;
 }
 
