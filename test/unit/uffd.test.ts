@@ -139,6 +139,57 @@ describe('userfaultfd primitives', () => {
   });
 });
 
+describe('a page-fault handler written in JS with the primitives', () => {
+  it('receives the uffd over SCM_RIGHTS, reads pagefault/remove events and resolves them', async () => {
+    const sockPath = path.join(dir, 'js-handler.sock');
+    const listenFd = N.unixListen(sockPath);
+    const peer = UffdPeer.spawn();
+    try {
+      const setup = peer.setup({ socketPath: sockPath, regions: [{ size: 4 * PAGE, offset: 40 * PAGE }] });
+      const conn = await N.acceptFd(listenFd);
+      const msg = await N.recvFds(conn, 1, 4096, { timeoutMs: 5000 });
+      await setup;
+      assert.equal(msg.fds.length, 1);
+      const uffd = msg.fds[0]!;
+      const [m] = parseUffdMappings(msg.data, fileBytes.length);
+      assert.ok(m);
+      const seen: N.UffdEvent[] = [];
+      let removed = false;
+      let stop = false;
+      const loop = (async () => {
+        while (!stop) {
+          await N.waitFd(uffd, 'readable', { ref: false });
+          for (const ev of N.uffdReadEvents(uffd)) {
+            seen.push(ev);
+            if (ev.type === 'remove') removed = true;
+            if (ev.type !== 'pagefault') continue;
+            const page = ev.address - (ev.address % PAGE);
+            if (removed) N.uffdZeropage(uffd, page, PAGE);
+            else N.uffdCopy(uffd, page, filePage((m.offset + page - m.base_host_virt_addr) / PAGE));
+          }
+        }
+      })();
+      assert.ok((await peer.read(0, 2 * PAGE, PAGE)).equals(filePage(42)));
+      await peer.dontneed(0, 2 * PAGE, PAGE);
+      assert.ok((await peer.read(0, 2 * PAGE, PAGE)).equals(Buffer.alloc(PAGE)));
+      assert.deepEqual(
+        seen.map((e) => e.type),
+        ['pagefault', 'remove', 'pagefault'],
+      );
+      const rm = seen[1] as { start: number; end: number };
+      assert.deepEqual([rm.start, rm.end], [m.base_host_virt_addr + 2 * PAGE, m.base_host_virt_addr + 3 * PAGE]);
+      stop = true;
+      N.closeFd(uffd); // cancels the pending waitFd
+      await loop.catch((err: NodeJS.ErrnoException) => assert.equal(err.code, 'ECANCELED'));
+      N.closeFd(conn);
+    } finally {
+      await peer.kill();
+      N.closeFd(listenFd);
+      fs.rmSync(sockPath, { force: true });
+    }
+  });
+});
+
 describe('UffdServer with Firecracker-like peers', () => {
   // Regions deliberately out of file order and with gaps between them.
   const regions = [
