@@ -17,14 +17,9 @@ import { ensureInitramfs, type AgentPayload } from './initramfs';
 import { ensureKernel, loadKernel, resolveKernelPackage, type KernelPackage } from './kernel';
 import { ensureAccel, readAccel } from './probe';
 import { ensureRootfs } from './rootfs';
+import { BASE_CMDLINE, guestCmdline } from './cmdline';
 
-/**
- * Kernel command line every shoal guest starts from (the VMM layer appends
- * shoal.* keys). Measured under TCG on QEMU microvm: the extra keys skip
- * probing of hardware a microVM does not have.
- */
-export const BASE_CMDLINE =
-  'console=ttyS0 quiet no_timer_check tsc=reliable panic=-1 reboot=t 8250.nr_uarts=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd random.trust_cpu=on cryptomgr.notests';
+export { BASE_CMDLINE, guestCmdline, hostTscKhz } from './cmdline';
 
 export interface GuestAssets {
   /** uname -r of the guest kernel. */
@@ -41,7 +36,11 @@ export interface GuestAssets {
   accelReason: string;
   /** The cache root the assets live in. */
   dir: string;
-  /** BASE_CMDLINE, for convenience. */
+  /**
+   * The kernel command line to boot with: BASE_CMDLINE plus what this host
+   * needs for `accel` (under TCG, tsc_early_khz; see cmdline.ts). The VMM
+   * layer appends shoal.* keys.
+   */
   cmdline: string;
 }
 
@@ -140,7 +139,7 @@ export async function ensureAssets(opts: EnsureAssetsOptions = {}): Promise<Gues
     accel: accel.accel,
     accelReason: accel.reason,
     dir: root,
-    cmdline: BASE_CMDLINE,
+    cmdline: guestCmdline(accel.accel),
   };
 }
 
@@ -168,6 +167,6 @@ export function loadAssets(root: string = cacheDir()): GuestAssets {
     accel: accel.accel,
     accelReason: accel.reason,
     dir: root,
-    cmdline: BASE_CMDLINE,
+    cmdline: guestCmdline(accel.accel),
   };
 }
