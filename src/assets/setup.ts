@@ -14,7 +14,7 @@ import { ShoalError } from '../util/errors';
 import { cacheDir } from '../util/paths';
 import { isBuilt, writeFileAtomic } from './cache';
 import { ensureInitramfs, type AgentPayload } from './initramfs';
-import { ensureKernel, loadKernel, resolveKernelPackage, type KernelPackage } from './kernel';
+import { ensureKernel, loadKernel, resolveKernelPackage, type KernelAsset, type KernelPackage } from './kernel';
 import { ensureAccel, readAccel } from './probe';
 import { ensureRootfs } from './rootfs';
 import { BASE_CMDLINE, guestCmdline } from './cmdline';
@@ -143,6 +143,13 @@ export async function ensureAssets(opts: EnsureAssetsOptions = {}): Promise<Gues
   };
 }
 
+/** The kernel asset recorded by the last successful setup (for building test initramfs variants). */
+export function currentKernel(root: string = cacheDir()): KernelAsset {
+  const m = readManifest(root);
+  if (!m || !isBuilt('kernel', m.kernelHash, root)) throw new ShoalError('guest assets missing: run `shoal setup`');
+  return loadKernel(path.join(root, `kernel-${m.kernelHash}`), m.kernelHash);
+}
+
 /**
  * The assets recorded by the last successful setup, without building
  * anything. Note the initramfs is the one built then: after changing the
@@ -157,7 +164,7 @@ export function loadAssets(root: string = cacheDir()): GuestAssets {
   }
   const accel = readAccel(root);
   if (!accel || accel.kernelHash !== m.kernelHash) throw missing;
-  const kernel = loadKernel(path.join(root, `kernel-${m.kernelHash}`), m.kernelHash);
+  const kernel = currentKernel(root);
   return {
     kernelVersion: kernel.version,
     vmlinuz: kernel.vmlinuz,
