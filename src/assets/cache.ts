@@ -271,3 +271,34 @@ export async function ensureAsset(
     lockOpts,
   );
 }
+
+/**
+ * Removes built folders `<name>-<hash16>` other than `keepHash`, sparing the
+ * `spare` most recently built ones (a running VM may still boot from one).
+ * Returns the removed folder names.
+ */
+export function pruneAssets(name: string, keepHash: string, spare: number, root: string = cacheDir()): string[] {
+  const re = new RegExp(`^${name.replace(/[^a-z0-9]/gi, '\\$&')}-[0-9a-f]{16}$`);
+  let names: string[];
+  try {
+    names = fs.readdirSync(root);
+  } catch {
+    return [];
+  }
+  const old = names
+    .filter((n) => re.test(n) && n !== `${name}-${keepHash}`)
+    .map((n) => ({ n, mtime: fs.statSync(path.join(root, n)).mtimeMs }))
+    .sort((a, b) => b.mtime - a.mtime)
+    .slice(spare);
+  for (const o of old) {
+    // Rename first so nothing ever sees a half-deleted asset under its final name.
+    const grave = path.join(root, `.old-${o.n}-0-x-${crypto.randomBytes(4).toString('hex')}`);
+    try {
+      fs.renameSync(path.join(root, o.n), grave);
+      fs.rmSync(grave, { recursive: true, force: true });
+    } catch {
+      /* another setup got there first */
+    }
+  }
+  return old.map((o) => o.n);
+}

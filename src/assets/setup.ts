@@ -12,7 +12,7 @@ import path from 'node:path';
 import type { Accelerator } from '../vmm/backend';
 import { ShoalError } from '../util/errors';
 import { cacheDir } from '../util/paths';
-import { isBuilt, writeFileAtomic } from './cache';
+import { isBuilt, pruneAssets, writeFileAtomic } from './cache';
 import { ensureInitramfs, type AgentPayload } from './initramfs';
 import { ensureKernel, loadKernel, resolveKernelPackage, type KernelAsset, type KernelPackage } from './kernel';
 import { ensureAccel, readAccel } from './probe';
@@ -97,7 +97,11 @@ export async function ensureAssets(opts: EnsureAssetsOptions = {}): Promise<Gues
   const kernel = await ensureKernel(pkg, common);
   if (kernel.built) progress(`kernel ${kernel.version} ready (${kernel.dir})`);
   const initramfs = await ensureInitramfs(kernel, { ...common, ...(opts.payload ? { payload: opts.payload } : {}) });
-  if (initramfs.built) progress(`initramfs ready (${initramfs.path})`);
+  if (initramfs.built) {
+    progress(`initramfs ready (${initramfs.path})`);
+    // Each agent change makes a new initramfs: keep the current one and a few recent ones.
+    pruneAssets('initramfs', initramfs.hash, 3, root);
+  }
   const rootfs = await ensureRootfs(kernel, common);
   if (rootfs.built) progress(`rootfs ready (${rootfs.path})`);
   const accel = await ensureAccel({

@@ -15,6 +15,7 @@ import {
   hashParts,
   isBuilt,
   processStartTime,
+  pruneAssets,
   stableJson,
   sweepStale,
   tryLock,
@@ -219,5 +220,22 @@ describe('assets cache: locks', () => {
     writeFileAtomic(f, 'two');
     assert.equal(fs.readFileSync(f, 'utf8'), 'two');
     assert.deepEqual(fs.readdirSync(root), ['accel.json']);
+  });
+});
+
+describe('assets cache: pruning', () => {
+  it('keeps the current asset and the most recent spares, ignores other names', () => {
+    const root = fresh('prune');
+    const hashes = ['1111111111111111', '2222222222222222', '3333333333333333', '4444444444444444'];
+    hashes.forEach((h, i) => {
+      const d = path.join(root, `initramfs-${h}`);
+      fs.mkdirSync(d);
+      const t = new Date(Date.now() - (10 - i) * 60_000);
+      fs.utimesSync(d, t, t);
+    });
+    fs.mkdirSync(path.join(root, 'rootfs-5555555555555555'));
+    const removed = pruneAssets('initramfs', '1111111111111111', 1, root);
+    assert.deepEqual(removed.sort(), ['initramfs-2222222222222222', 'initramfs-3333333333333333']);
+    assert.deepEqual(fs.readdirSync(root).sort(), ['initramfs-1111111111111111', 'initramfs-4444444444444444', 'rootfs-5555555555555555']);
   });
 });
