@@ -11,7 +11,7 @@ import { AGENT_VSOCK_PORT, openSerialPort } from './transport';
 
 function log(message: string): void {
   try {
-    fs.appendFileSync('/dev/kmsg', `shoal-agent: ${message}\n`);
+    fs.appendFileSync('/dev/kmsg', `<3>shoal-agent: ${message}\n`);
   } catch {
     process.stderr.write(`shoal-agent: ${message}\n`);
   }
@@ -25,12 +25,15 @@ function kernelParam(name: string): string | undefined {
   return undefined;
 }
 
+/** shoal.debug=1 on the kernel command line traces every frame to the console. */
+const debug = kernelParam('shoal.debug') === '1';
+
 async function serveSerial(): Promise<void> {
   const port = await openSerialPort(30_000);
-  const mux = serveSession(port, log);
+  const mux = serveSession(port, log, debug);
   // The host end closed: what is buffered belongs to a host that is gone.
   port.onHostGone = () => {
-    if (mux.openChannels > 0) log('host disconnected; dropping channels');
+    if (debug || mux.openChannels > 0) log('host disconnected; dropping channels');
     mux.reset();
   };
   log('agent ready on virtio-serial');
@@ -50,7 +53,7 @@ async function serveVsock(): Promise<void> {
     const fd = await native.vsockAccept(listenFd);
     const socket = new net.Socket({ fd: native.vsockBridge(fd), readable: true, writable: true });
     socket.on('error', () => undefined);
-    serveSession(socket, log);
+    serveSession(socket, log, debug);
   }
 }
 

@@ -15,8 +15,12 @@ import { runExec } from './exec';
 
 export const AGENT_VERSION = '1';
 
-export function serveSession(stream: Duplex, log: (msg: string) => void): Mux {
-  const mux = new Mux(stream, { side: 'guest', startInSync: true });
+export function serveSession(stream: Duplex, log: (msg: string) => void, debug = false): Mux {
+  const mux = new Mux(stream, {
+    side: 'guest',
+    startInSync: true,
+    ...(debug ? { trace: (dir: string, ch: number, type: number, len: number) => log(`${dir} ch=${ch} type=${FrameType[type]} len=${len}`) } : {}),
+  });
   let session = '';
   mux.on('hello', (hello: Hello) => {
     if (hello.session === session) {
@@ -29,7 +33,10 @@ export function serveSession(stream: Duplex, log: (msg: string) => void): Mux {
     applyHostState(hello, log);
     mux.sendHello(FrameType.HelloAck, { session, agentVersion: AGENT_VERSION });
   });
-  mux.on('open', (channel: Channel) => handleRequest(channel.request as unknown as AgentRequest, channel, log));
+  mux.on('open', (channel: Channel) => {
+    if (debug) log(`open ${channel.id} ${JSON.stringify(channel.request).slice(0, 200)}`);
+    handleRequest(channel.request as unknown as AgentRequest, channel, log);
+  });
   return mux;
 }
 
@@ -87,10 +94,12 @@ function applyHostState(hello: Hello, log: (msg: string) => void): void {
 }
 
 function powerOff(): void {
-  // Flush the scratch disk, then power off at once: there is no init system to ask.
+  // Flush the scratch disk, then power off at once: there is no init system to ask. Firecracker
+  // has no ACPI power-off, so there the guest reboots instead (reboot=k ends the VMM).
+  const reboot = fs.readFileSync('/proc/cmdline', 'utf8').includes('shoal.poweroff=reboot');
   execFile('sync', () => {
     try {
-      fs.writeFileSync('/proc/sysrq-trigger', 'o');
+      fs.writeFileSync('/proc/sysrq-trigger', reboot ? 'b' : 'o');
     } catch {
       process.exit(0);
     }

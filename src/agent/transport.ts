@@ -1,7 +1,7 @@
 /**
  * The guest end of the host-guest byte stream.
  *
- * serial: the virtio-serial port /dev/virtio-ports/shoal.agent. A character device, so Node's
+ * serial: the virtio-serial port named shoal.agent (/dev/vportNpM). A character device, so Node's
  *   net.Socket cannot wrap it (libuv sees a FILE); we read and write it with fs on the thread
  *   pool. A read of 0 bytes means "no host connected" (virtio_console returns EOF while the
  *   host end is closed), so we poll until a host arrives.
@@ -12,7 +12,29 @@ import fs from 'node:fs';
 import { Duplex } from 'node:stream';
 
 export const AGENT_VSOCK_PORT = 1024;
-export const SERIAL_PORT_PATH = '/dev/virtio-ports/shoal.agent';
+export const SERIAL_PORT_NAME = 'shoal.agent';
+
+/**
+ * Finds the device node of the named virtio-serial port. There is no udev in the guest, so
+ * /dev/virtio-ports/<name> does not exist; sysfs maps each vportNpM to its name.
+ */
+export function findSerialPort(name = SERIAL_PORT_NAME): string | undefined {
+  const base = '/sys/class/virtio-ports';
+  let entries: string[];
+  try {
+    entries = fs.readdirSync(base);
+  } catch {
+    return undefined;
+  }
+  for (const entry of entries) {
+    try {
+      if (fs.readFileSync(`${base}/${entry}/name`, 'utf8').trim() === name) return `/dev/${entry}`;
+    } catch {
+      // port without a name attribute yet
+    }
+  }
+  return undefined;
+}
 
 /** A duplex over a character device, reopening reads when the host side disconnects. */
 export class SerialPortStream extends Duplex {
@@ -71,8 +93,10 @@ export class SerialPortStream extends Duplex {
 export async function openSerialPort(timeoutMs: number): Promise<SerialPortStream> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
+    const path = findSerialPort();
     try {
-      const fd = fs.openSync(SERIAL_PORT_PATH, 'r+');
+      if (!path) throw new Error(`virtio-serial port ${SERIAL_PORT_NAME} not found`);
+      const fd = fs.openSync(path, 'r+');
       return new SerialPortStream(fd);
     } catch (err) {
       if (Date.now() > deadline) throw err;

@@ -35,7 +35,9 @@ function buildProgram(): Command {
     .description('build and cache the guest kernel, initramfs and rootfs; probe whether KVM works here')
     .option('--force', 'rebuild everything and probe again')
     .option('--json', 'print the asset paths as JSON')
-    .action(act((flags: { force?: boolean; json?: boolean }) => setupCommand(flags)));
+    .option('--vmm <vmm>', 'also install this VMM: qemu (default) or firecracker')
+    .option('--firecracker <path>', 'with --vmm firecracker: use this binary instead of downloading the release')
+    .action(act((flags: Parameters<typeof setupCommand>[0]) => setupCommand(flags)));
 
   program
     .command('run')

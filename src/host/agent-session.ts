@@ -15,7 +15,11 @@ const HELLO_RETRY_MS = 500;
 export async function openAgentSession(vm: VmHandle, timeoutMs: number): Promise<Mux> {
   const deadline = Date.now() + timeoutMs;
   const stream = await vm.connectAgent(timeoutMs);
-  const mux = new Mux(stream, { side: 'host', startInSync: true });
+  // SHOAL_TRACE=1 logs every frame of the agent session on stderr (the supervisor's log).
+  const trace = process.env.SHOAL_TRACE === '1'
+    ? (dir: string, ch: number, type: FrameType, len: number) => process.stderr.write(`${new Date().toISOString()} agent ${dir} ch=${ch} type=${FrameType[type]} len=${len}\n`)
+    : undefined;
+  const mux = new Mux(stream, { side: 'host', startInSync: true, ...(trace ? { trace } : {}) });
   const session = crypto.randomBytes(8).toString('hex');
   const hello = (): Hello => ({ session, timeMs: Date.now(), seed: crypto.randomBytes(64).toString('hex') });
   return new Promise<Mux>((resolve, reject) => {

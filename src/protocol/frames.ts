@@ -110,9 +110,10 @@ export class FrameDecoder {
       const validType = type >= FrameType.Open && type <= FrameType.HelloAck;
       const helloType = type === FrameType.Hello || type === FrameType.HelloAck;
       if (length > MAX_PAYLOAD || !validType || (this.expectHello && !helloType)) {
+        // Most often this "header" is the start of a sync marker (a new HELLO): scan from here,
+        // without dropping a byte, so a marker split across reads is still found.
         this.onDesync(`bad frame header (length ${length}, type ${type})`);
         this.syncing = true;
-        this.buffer = this.buffer.subarray(1);
         continue;
       }
       if (this.buffer.length < HEADER_BYTES + length) return;

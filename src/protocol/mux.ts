@@ -190,6 +190,8 @@ export interface MuxOptions {
   side: 'host' | 'guest';
   /** Start by scanning for the sync marker (host<->guest links), or speak frames at once (control socket). */
   startInSync: boolean;
+  /** Debug hook: called for every frame sent ('out') and received ('in'). */
+  trace?: (direction: 'in' | 'out', channel: number, type: FrameType, length: number) => void;
 }
 
 /**
@@ -202,6 +204,7 @@ export class Mux extends EventEmitter {
   private readonly idBase: number;
   private readonly idLimit: number;
   private readonly decoder: FrameDecoder;
+  private readonly trace: MuxOptions['trace'];
   destroyed = false;
 
   constructor(
@@ -212,7 +215,14 @@ export class Mux extends EventEmitter {
     this.idBase = options.side === 'host' ? 1 : 0x80000001;
     this.idLimit = options.side === 'host' ? 0x7fffffff : 0xfffffffe;
     this.nextId = this.idBase;
-    this.decoder = new FrameDecoder((frame) => this.onFrame(frame), { startInSync: options.startInSync });
+    this.trace = options.trace;
+    this.decoder = new FrameDecoder(
+      (frame) => {
+        this.trace?.('in', frame.channel, frame.type, frame.payload.length);
+        this.onFrame(frame);
+      },
+      { startInSync: options.startInSync },
+    );
     stream.on('data', (chunk: Buffer) => this.decoder.push(chunk));
     stream.on('error', () => this.teardown());
     stream.on('close', () => this.teardown());
@@ -229,14 +239,17 @@ export class Mux extends EventEmitter {
   }
 
   sendHello(type: FrameType.Hello | FrameType.HelloAck, value: unknown): void {
+    this.trace?.('out', 0, type, -1);
     this.write(encodeSync(type, value));
   }
 
   sendFrame(channel: number, type: FrameType, payload?: Buffer): void {
+    this.trace?.('out', channel, type, payload?.length ?? 0);
     this.write(encodeFrame(channel, type, payload));
   }
 
   sendJson(channel: number, type: FrameType, value: unknown): void {
+    this.trace?.('out', channel, type, -1);
     this.write(encodeJson(channel, type, value));
   }
 

@@ -22,6 +22,7 @@ import type { VmHandle, VmSpec } from '../vmm/backend';
 import { backendFor } from '../vmm/select';
 import { ContainerLogWriter } from './container-log';
 import { relayChannels } from './relay';
+import { guestCmdline } from './guest-cmdline';
 import { createScratchDisk } from './scratch-disk';
 import { removeSockets, vmFiles } from './vm-files';
 
@@ -45,6 +46,8 @@ export class Supervisor {
   private readonly firstAttach = new Promise<void>((resolve) => { this.attachArrived = resolve; });
   private mainChannel: Channel | undefined;
   private stopRequested = false;
+  /** Progress so far, replayed to CLIs that attach late. */
+  private readonly progressLog: string[] = [];
   private finished = false;
 
   constructor(private readonly store: StateStore, id: string) {
@@ -99,12 +102,13 @@ export class Supervisor {
   }
 
   private progress(message: string): void {
+    this.progressLog.push(message);
     for (const watcher of this.watchers) watcher.send({ type: 'progress', message });
   }
 
   private async boot(): Promise<void> {
     const assets = loadAssets();
-    const backend = backendFor(this.record.backend);
+    const backend = backendFor(this.record.backend, this.record.accel);
     this.progress(`booting a ${this.record.backend} microVM (${this.record.accel})`);
     await createScratchDisk(this.files.scratchDisk);
     const spec = this.vmSpec(assets);
@@ -129,7 +133,7 @@ export class Supervisor {
       runDir: this.files.dir,
       kernel: this.record.backend === 'firecracker' ? assets.vmlinux : assets.vmlinuz,
       initrd: assets.initrd,
-      cmdline: `${assets.cmdline} shoal.transport=${this.record.backend === 'firecracker' ? 'vsock' : 'serial'} shoal.hostname=${config.name}`,
+      cmdline: guestCmdline(assets.cmdline, this.record.backend, config.name),
       cpus: config.cpus,
       memoryMiB: config.memoryMiB,
       drives: [
@@ -204,15 +208,13 @@ export class Supervisor {
     });
   }
 
-  /** Ends the supervisor: result to watchers, VM off, files cleaned, record final. */
+  /**
+   * Ends the supervisor: VM off, files cleaned, record final, and only then the result to the
+   * watchers, so that when `shoal run` returns the VM is really gone (and with --rm, removed).
+   */
   private async finish(state: 'stopped' | 'failed', result: { exitCode?: number; error?: string }): Promise<void> {
     if (this.finished) return;
     this.finished = true;
-    for (const watcher of this.watchers) {
-      if (result.error !== undefined) watcher.send({ type: 'error', message: result.error });
-      else watcher.send({ type: 'exit', code: result.exitCode ?? null });
-      watcher.close();
-    }
     await this.powerOff();
     this.setState(state, (r) => {
       r.finishedAt = new Date().toISOString();
@@ -223,6 +225,11 @@ export class Supervisor {
     removeSockets(this.files.dir);
     fs.rmSync(this.files.scratchDisk, { force: true });
     if (this.record.config.autoRemove) this.store.remove(this.record);
+    for (const watcher of this.watchers) {
+      if (result.error !== undefined) watcher.send({ type: 'error', message: result.error });
+      else watcher.send({ type: 'exit', code: result.exitCode ?? null });
+      watcher.close();
+    }
     // Let the final frames reach the CLI before the process goes.
     setTimeout(() => process.exit(0), 200).unref();
   }
@@ -275,6 +282,7 @@ export class Supervisor {
 
   private onAttach(channel: Channel, stdio: boolean): void {
     this.watchers.add(channel);
+    for (const message of this.progressLog) channel.send({ type: 'progress', message });
     if (stdio) this.attached.add(channel);
     channel.on('close', () => {
       this.watchers.delete(channel);
@@ -282,7 +290,10 @@ export class Supervisor {
       channel.close();
     });
     channel.on('message', (message: Record<string, unknown>) => {
-      if (message.type === 'signal') this.mainChannel?.send(message);
+      if (message.type !== 'signal') return;
+      // Like podman's sig-proxy once the container runs; before that, a signal aborts the start.
+      if (this.mainChannel) this.mainChannel.send(message);
+      else void this.stop();
     });
     if (stdio && this.record.config.interactive) {
       channel.setDataHandler((stream, data) => (stream === STDIN && this.mainChannel ? this.mainChannel.write(STDIN, data) : undefined));

@@ -28,6 +28,20 @@ test('decoder skips garbage before the sync marker and requires a hello first', 
   assert.equal(frames[1]!.payload.toString('latin1'), '\x01hi');
 });
 
+test('a new hello in the middle of a session resyncs even when its marker is split across reads', () => {
+  const frames: Frame[] = [];
+  const decoder = new FrameDecoder((f) => frames.push(f));
+  decoder.push(encodeSync(FrameType.Hello, { session: 'a' }));
+  const wire = Buffer.concat([encodeSync(FrameType.Hello, { session: 'a' }), encodeFrame(1, FrameType.Open, Buffer.from('{}'))]);
+  // Every split point: the marker may arrive in two pieces, one of them shorter than a header.
+  for (let cut = 1; cut < wire.length; cut++) {
+    frames.length = 0;
+    decoder.push(wire.subarray(0, cut));
+    decoder.push(wire.subarray(cut));
+    assert.deepEqual(frames.map((f) => f.type), [FrameType.Hello, FrameType.Open], `cut at ${cut}`);
+  }
+});
+
 test('decoder drops back to sync mode on a corrupt header', () => {
   const frames: Frame[] = [];
   const reasons: string[] = [];

@@ -53,6 +53,7 @@ export async function runCommand(image: string, command: string[], flags: RunFla
     store.remove(record);
     throw err;
   }
+  progressLine(`using ${selection.reason}`);
   const mux = await connectSupervisor(store, record);
   return config.detach ? waitUntilRunning(mux, config.name) : attach(mux, config.interactive);
 }

@@ -1,27 +1,52 @@
 /**
- * `shoal setup [--force]`: build (or find cached) guest assets and decide the accelerator.
+ * `shoal setup [--force] [--vmm firecracker [--firecracker PATH]]`: build (or find cached) guest
+ * assets, decide the accelerator, and with --vmm firecracker install Firecracker.
  */
 import { ensureAssets } from '../../assets/setup';
+import { ShoalError } from '../../util/errors';
+import { installFirecracker } from '../../vmm/firecracker/install';
 
-export async function setupCommand(flags: { force?: boolean; json?: boolean }): Promise<number> {
-  const assets = await ensureAssets({
-    force: flags.force === true,
-    progress: (message) => process.stderr.write(`shoal setup: ${message}\n`),
-  });
+export interface SetupFlags {
+  force?: boolean;
+  json?: boolean;
+  vmm?: string;
+  firecracker?: string;
+}
+
+export async function setupCommand(flags: SetupFlags): Promise<number> {
+  const vmm = flags.vmm ?? 'qemu';
+  if (vmm !== 'qemu' && vmm !== 'firecracker' && vmm !== 'auto') throw new ShoalError(`invalid --vmm "${vmm}": expected auto, qemu or firecracker`);
+  if (flags.firecracker && vmm !== 'firecracker') throw new ShoalError('--firecracker PATH goes with --vmm firecracker');
+  const progress = (message: string): void => void process.stderr.write(`shoal setup: ${message}\n`);
+  const assets = await ensureAssets({ force: flags.force === true, progress });
+  let firecracker: string | undefined;
+  if (vmm === 'firecracker') {
+    let lastPercent = -1;
+    const installed = await installFirecracker({
+      ...(flags.firecracker ? { fromPath: flags.firecracker } : {}),
+      onProgress: (p) => {
+        if (p.total === null) return;
+        const percent = Math.floor((p.received / p.total) * 10) * 10;
+        if (percent !== lastPercent) progress(`downloading ${p.url}: ${percent}%`);
+        lastPercent = percent;
+      },
+    });
+    firecracker = installed.firecracker;
+  }
   if (flags.json) {
-    process.stdout.write(`${JSON.stringify(assets, null, 2)}\n`);
+    process.stdout.write(`${JSON.stringify({ ...assets, firecracker: firecracker ?? null }, null, 2)}\n`);
     return 0;
   }
-  process.stdout.write(
-    [
-      `guest kernel   ${assets.kernelVersion}`,
-      `kernel image   ${assets.vmlinuz}`,
-      `vmlinux        ${assets.vmlinux}`,
-      `initramfs      ${assets.initrd}`,
-      `rootfs         ${assets.rootfs}`,
-      `accelerator    ${assets.accel} (${assets.accelReason})`,
-      `assets in      ${assets.dir}`,
-    ].join('\n') + '\n',
-  );
+  const lines = [
+    `guest kernel   ${assets.kernelVersion}`,
+    `kernel image   ${assets.vmlinuz}`,
+    `vmlinux        ${assets.vmlinux}`,
+    `initramfs      ${assets.initrd}`,
+    `rootfs         ${assets.rootfs}`,
+    `accelerator    ${assets.accel} (${assets.accelReason})`,
+  ];
+  if (firecracker) lines.push(`firecracker    ${firecracker}`);
+  lines.push(`assets in      ${assets.dir}`);
+  process.stdout.write(`${lines.join('\n')}\n`);
   return 0;
 }

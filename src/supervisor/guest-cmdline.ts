@@ -1,0 +1,15 @@
+/**
+ * The kernel command line of one VM: the assets' base line plus what depends on the VMM and
+ * on the VM (its transport to the agent, its hostname, how it powers off).
+ */
+import type { VmmKind } from '../vmm/backend';
+
+export function guestCmdline(base: string, backend: VmmKind, hostname: string): string {
+  if (backend === 'firecracker') {
+    // Firecracker has no ACPI power-off: the guest ends the VM by rebooting through the
+    // keyboard controller (reboot=k), and the agent reaches the host over vsock.
+    const line = base.replace(/\breboot=\S+/, 'reboot=k');
+    return `${line} shoal.transport=vsock shoal.poweroff=reboot shoal.hostname=${hostname}`;
+  }
+  return `${base} shoal.transport=serial shoal.hostname=${hostname}`;
+}

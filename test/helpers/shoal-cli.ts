@@ -1,0 +1,126 @@
+/**
+ * Driving the real `shoal` CLI from tests: a private state directory per suite (the guest assets
+ * come from the shared cache that `shoal setup` filled), a hard timeout on every command, and a
+ * leak check that nothing of the suite's VMs is left behind.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+export const SHOAL_BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'shoal');
+
+export interface CliResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: Buffer;
+  stderr: Buffer;
+}
+
+export class ShoalSandbox {
+  readonly stateDir: string;
+
+  constructor(label: string) {
+    // Short path: the VM's Unix sockets live under it.
+    this.stateDir = fs.mkdtempSync(path.join(os.tmpdir(), `sh-${label}-`));
+  }
+
+  env(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+    return { ...process.env, SHOAL_STATE_DIR: this.stateDir, ...extra };
+  }
+
+  /** Runs shoal with a hard timeout (SIGKILL on expiry, reported as signal). */
+  run(args: string[], options: { input?: Buffer | string; timeoutMs?: number; env?: Record<string, string> } = {}): Promise<CliResult> {
+    return new Promise((resolve) => {
+      const child = spawn(SHOAL_BIN, args, { env: this.env(options.env), stdio: ['pipe', 'pipe', 'pipe'] });
+      const stdout: Buffer[] = [];
+      const stderr: Buffer[] = [];
+      child.stdout.on('data', (d: Buffer) => stdout.push(d));
+      child.stderr.on('data', (d: Buffer) => stderr.push(d));
+      child.stdin.on('error', () => undefined);
+      if (options.input !== undefined) child.stdin.end(options.input);
+      else child.stdin.end();
+      const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 180_000);
+      child.on('close', (code, signal) => {
+        clearTimeout(timer);
+        resolve({ code, signal, stdout: Buffer.concat(stdout), stderr: Buffer.concat(stderr) });
+      });
+    });
+  }
+
+  async json<T>(args: string[]): Promise<T> {
+    const result = await this.run(args, { timeoutMs: 30_000 });
+    if (result.code !== 0) throw new Error(`shoal ${args.join(' ')} failed: ${result.stderr.toString()}`);
+    return JSON.parse(result.stdout.toString()) as T;
+  }
+
+  /** Pids of processes whose command line mentions this sandbox (supervisors, VMMs). */
+  processes(): number[] {
+    const pids: number[] = [];
+    for (const entry of fs.readdirSync('/proc')) {
+      if (!/^\d+$/.test(entry)) continue;
+      try {
+        const cmdline = fs.readFileSync(`/proc/${entry}/cmdline`, 'utf8');
+        if (cmdline.includes(this.stateDir)) pids.push(Number(entry));
+      } catch {
+        // gone
+      }
+    }
+    return pids;
+  }
+
+  /** Files left in the state directory, relative, excluding the empty skeleton. */
+  leftovers(): string[] {
+    const found: string[] = [];
+    const walk = (dir: string): void => {
+      for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+        const full = path.join(dir, entry.name);
+        if (entry.isDirectory()) walk(full);
+        else found.push(path.relative(this.stateDir, full));
+      }
+    };
+    walk(this.stateDir);
+    return found;
+  }
+
+  /** Removes every VM of the sandbox and the sandbox itself; kills stragglers. */
+  cleanup(): void {
+    spawnSync(SHOAL_BIN, ['rm', '-f', ...this.vmNames()], { env: this.env(), timeout: 60_000 });
+    for (const pid of this.processes()) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // gone
+      }
+    }
+    fs.rmSync(this.stateDir, { recursive: true, force: true });
+  }
+
+  vmNames(): string[] {
+    try {
+      return fs.readdirSync(path.join(this.stateDir, 'names'));
+    } catch {
+      return [];
+    }
+  }
+}
+
+export interface LsEntry {
+  name: string;
+  id: string;
+  state: string;
+  backend: string;
+  accel: string;
+  pid: number | null;
+  vmmPid: number | null;
+  image: string;
+  exitCode: number | null;
+}
+
+export async function waitUntil(what: string, timeoutMs: number, check: () => boolean | Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
