@@ -29,6 +29,11 @@ export function podmanExecArgv(command: string[], options: { env: Record<string,
   return argv;
 }
 
+/** Returns once the main container runs; fails while it does not exist yet. */
+export function podmanWaitRunningArgv(): string[] {
+  return ['podman', 'wait', '--condition', 'running', '--interval', '100ms', MAIN_CONTAINER];
+}
+
 export function podmanLoadArgv(): string[] {
   return ['podman', 'load', '--quiet'];
 }

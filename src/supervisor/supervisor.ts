@@ -10,7 +10,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { loadAssets, type GuestAssets } from '../assets/setup';
 import { loadedImageFrom, parseImage } from '../container/image-ref';
-import { podmanExecArgv, podmanLoadArgv, podmanPullArgv, podmanRunArgv } from '../container/podman-argv';
+import { podmanExecArgv, podmanLoadArgv, podmanPullArgv, podmanRunArgv, podmanWaitRunningArgv } from '../container/podman-argv';
 import { execCollect, request } from '../host/exec-client';
 import { openAgentSession } from '../host/agent-session';
 import { STDERR, STDIN, STDOUT, Mux, type Channel } from '../protocol/mux';
@@ -45,6 +45,8 @@ export class Supervisor {
   private attachArrived: () => void = () => undefined;
   private readonly firstAttach = new Promise<void>((resolve) => { this.attachArrived = resolve; });
   private mainChannel: Channel | undefined;
+  private announceMain: (channel: Channel) => void = () => undefined;
+  private readonly mainStarted = new Promise<Channel>((resolve) => { this.announceMain = resolve; });
   private stopRequested = false;
   /** Progress so far, replayed to CLIs that attach late. */
   private readonly progressLog: string[] = [];
@@ -180,8 +182,8 @@ export class Supervisor {
       stdin: config.interactive,
     });
     this.mainChannel = channel;
-    this.setState('running', (r) => { r.startedAt = new Date().toISOString(); });
-    for (const watcher of this.watchers) watcher.send({ type: 'running', name: config.name, id: this.record.id });
+    this.announceMain(channel);
+    void this.markRunningWhenStarted(channel);
     return new Promise<number>((resolve, reject) => {
       let exitCode: number | undefined;
       let error: string | undefined;
@@ -206,6 +208,24 @@ export class Supervisor {
         else reject(new ShoalError(error ?? 'the container was lost'));
       });
     });
+  }
+
+  /**
+   * `podman run` takes a moment to create and start the container; the VM counts as running
+   * (and `shoal run -d` returns) only once the container really runs, so an exec right after
+   * finds it.
+   */
+  private async markRunningWhenStarted(main: Channel): Promise<void> {
+    const agent = this.agent!;
+    const deadline = Date.now() + 120_000;
+    while (!main.closed && !this.finished && Date.now() < deadline) {
+      const result = await execCollect(agent, { argv: podmanWaitRunningArgv() }).catch(() => undefined);
+      if (result?.code === 0) break;
+      await sleep(100);
+    }
+    if (main.closed || this.finished || this.stopRequested) return;
+    this.setState('running', (r) => { r.startedAt = new Date().toISOString(); });
+    for (const watcher of this.watchers) watcher.send({ type: 'running', name: this.record.config.name, id: this.record.id });
   }
 
   /**
@@ -296,8 +316,13 @@ export class Supervisor {
       else void this.stop();
     });
     if (stdio && this.record.config.interactive) {
-      channel.setDataHandler((stream, data) => (stream === STDIN && this.mainChannel ? this.mainChannel.write(STDIN, data) : undefined));
-      channel.on('eof', (stream: number) => { if (stream === STDIN) this.mainChannel?.end(STDIN); });
+      // Input that arrives before the container starts waits for it (holding back the CLI's credit).
+      channel.setDataHandler(async (stream, data) => {
+        if (stream === STDIN) await (await this.mainStarted).write(STDIN, data);
+      });
+      channel.on('eof', (stream: number) => {
+        if (stream === STDIN) void this.mainStarted.then((main) => main.end(STDIN));
+      });
     } else channel.setDataHandler(() => undefined);
     if (this.record.state === 'running') channel.send({ type: 'running', name: this.record.config.name, id: this.record.id });
     this.attachArrived();

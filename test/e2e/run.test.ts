@@ -68,7 +68,13 @@ describe('shoal run', () => {
   });
 
   test('a container killed by SIGKILL exits 137', async () => {
-    const result = await sandbox.run(['run', '--rm', dockerArchive, '--', 'sh', '-c', 'kill -9 $$']);
+    // The container's PID 1 cannot be SIGKILLed from inside its own PID namespace, so the kill
+    // comes from the guest OS, as `podman kill` on a host would.
+    const attached = sandbox.run(['run', '--rm', '--name', 'victim', dockerArchive, '--', 'sleep', '600']);
+    await waitUntil('victim to run', 120_000, async () => (await sandbox.json<LsEntry[]>(['ls', '--json'])).some((v) => v.name === 'victim' && v.state === 'running'));
+    const kill = await sandbox.run(['exec', '--vm', 'victim', '--', 'podman', 'kill', '--signal', 'KILL', 'main']);
+    assert.equal(kill.code, 0, kill.stderr.toString());
+    const result = await attached;
     assert.equal(result.code, 137, result.stderr.toString());
   });
 

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what shoal needs on a Debian/Ubuntu host (as root): QEMU, the asset builders, and the
+# project's npm dependencies. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+packages=(
+  qemu-system-x86      # the QEMU microvm backend
+  mmdebstrap           # builds the guest rootfs from Debian packages
+  busybox-static       # the initramfs, and the test images
+  e2fsprogs            # mkfs.ext4 -d for the rootfs and scratch disks
+  cpio kmod            # initramfs, depmod
+  util-linux           # setpriv --pdeathsig: a VMM never outlives its supervisor
+  ca-certificates
+  make g++ python3     # node-gyp for the native addon
+)
+missing=()
+for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ "${#missing[@]}" -gt 0 ]; then
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+npm ci --no-audit --no-fund
+npm run build
+npm run build:native
