@@ -14,6 +14,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { cacheDir } from '../util/paths';
 import { ShoalError } from '../util/errors';
+import { isAlive, processStartTime } from '../util/process';
 
 /** sha256 over the parts (each length-prefixed, so boundaries matter), first 16 hex chars. */
 export function hashParts(parts: ReadonlyArray<string | Buffer>): string {
@@ -55,42 +56,15 @@ export function isBuilt(name: string, hash: string, root: string = cacheDir()): 
   }
 }
 
-/** Writes a file by writing a temp sibling and renaming it over the target. */
-export function writeFileAtomic(file: string, data: string | Buffer, mode = 0o644): void {
-  const tmp = `${file}.tmp-${process.pid}-${crypto.randomBytes(4).toString('hex')}`;
-  const fd = fs.openSync(tmp, 'w', mode);
-  try {
-    fs.writeSync(fd, typeof data === 'string' ? Buffer.from(data) : data);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, file);
-}
-
 // ---------------------------------------------------------------- liveness
-
-/** Start time (clock ticks since boot) of a process, or null when it does not exist. */
-export function processStartTime(pid: number): string | null {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // comm may contain spaces and ')'; fields after the last ')' are positional.
-    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return rest[19] ?? null; // field 22 overall = index 19 after pid and comm
-  } catch {
-    return null;
-  }
-}
 
 export interface LockOwner {
   pid: number;
   start: string | null;
 }
 
-export function isAlive(owner: LockOwner): boolean {
-  const start = processStartTime(owner.pid);
-  if (start === null) return false;
-  return owner.start === null || owner.start === start;
+function ownerAlive(owner: LockOwner): boolean {
+  return isAlive(owner.pid, owner.start ?? undefined);
 }
 
 // ---------------------------------------------------------------- locks
@@ -122,7 +96,7 @@ export function tryLock(lockPath: string): boolean {
     try {
       const fd = fs.openSync(lockPath, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o644);
       try {
-        fs.writeSync(fd, JSON.stringify({ pid: process.pid, start: processStartTime(process.pid) }));
+        fs.writeSync(fd, JSON.stringify({ pid: process.pid, start: processStartTime(process.pid) ?? null }));
       } finally {
         fs.closeSync(fd);
       }
@@ -132,7 +106,7 @@ export function tryLock(lockPath: string): boolean {
     }
     const owner = readOwner(lockPath);
     let stale: boolean;
-    if (owner) stale = !isAlive(owner);
+    if (owner) stale = !ownerAlive(owner);
     else {
       // Being written right now, or garbage from a crash between open and write.
       try {
@@ -148,7 +122,7 @@ export function tryLock(lockPath: string): boolean {
     try {
       fs.renameSync(lockPath, grave);
       const again = readOwner(grave);
-      if (again && isAlive(again)) {
+      if (again && ownerAlive(again)) {
         // Someone took it between our read and rename: put it back if we can.
         try {
           fs.linkSync(grave, lockPath);
@@ -208,7 +182,7 @@ export function sweepStale(root: string = cacheDir()): string[] {
     const m = /-(\d+)-(\d+|x)-[0-9a-f]{8}$/.exec(n);
     if (m) {
       const owner: LockOwner = { pid: Number(m[1]), start: m[2] === 'x' ? null : (m[2] ?? null) };
-      if (isAlive(owner)) continue;
+      if (ownerAlive(owner)) continue;
     }
     fs.rmSync(path.join(root, n), { recursive: true, force: true });
     removed.push(n);

@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Accelerator } from '../vmm/backend';
 import { cacheDir } from '../util/paths';
-import { writeFileAtomic } from './cache';
+import { writeFileAtomic } from '../state/atomic';
 import { which } from './tools';
 
 export { missingTools, requireTools, HOST_TOOLS, type MissingTool } from './tools';

@@ -7,6 +7,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import type { VmListing } from '../../src/cli/commands/ls';
 
 export const SHOAL_BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'shoal');
 
@@ -105,17 +106,7 @@ export class ShoalSandbox {
   }
 }
 
-export interface LsEntry {
-  name: string;
-  id: string;
-  state: string;
-  backend: string;
-  accel: string;
-  pid: number | null;
-  vmmPid: number | null;
-  image: string;
-  exitCode: number | null;
-}
+export type LsEntry = VmListing;
 
 export async function waitUntil(what: string, timeoutMs: number, check: () => boolean | Promise<boolean>): Promise<void> {
   const deadline = Date.now() + timeoutMs;

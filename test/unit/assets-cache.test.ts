@@ -14,15 +14,15 @@ import {
   ensureAsset,
   hashParts,
   isBuilt,
-  processStartTime,
   pruneAssets,
   stableJson,
   sweepStale,
   tryLock,
   unlock,
   withLock,
-  writeFileAtomic,
 } from '../../src/assets/cache';
+import { writeFileAtomic } from '../../src/state/atomic';
+import { processStartTime } from '../../src/util/process';
 
 let dir: string;
 before(() => {
