@@ -6,6 +6,8 @@
 import { Command, CommanderError } from 'commander';
 import { ShoalError } from '../util/errors';
 import { execCommand } from './commands/exec';
+import { forkCommand } from './commands/fork';
+import { snapshotCreateCommand, snapshotLsCommand, snapshotRmCommand, snapshotRunCommand } from './commands/snapshot';
 import { logsCommand } from './commands/logs';
 import { lsCommand } from './commands/ls';
 import { runCommand } from './commands/run';
@@ -52,6 +54,8 @@ function buildProgram(): Command {
     .option('--rm', 'remove the VM when the container exits')
     .option('-i, --interactive', 'pass stdin to the container')
     .option('--vmm <vmm>', 'auto, qemu or firecracker', 'auto')
+    .option('--network <mode>', 'rootless (default: user-mode networking), bridged or none')
+    .option('-p, --publish <[ADDR:]HOST:GUEST[/tcp|/udp]>', 'publish a guest port on the host (repeatable, comma-separated)', collect, [])
     .passThroughOptions()
     .action(act((image: string, command: string[], flags: Parameters<typeof runCommand>[2]) => runCommand(image, command, flags)));
 
@@ -91,6 +95,49 @@ function buildProgram(): Command {
     .argument('<name>')
     .option('--console', 'print the guest serial console instead')
     .action(act((name: string, flags: { console?: boolean }) => logsCommand(name, flags)));
+
+  const snapshot = program.command('snapshot').description('snapshots of running VMs, and VMs restored from them');
+  snapshot
+    .command('create')
+    .description('snapshot a running VM (memory, device state, scratch disk); the VM keeps running')
+    .argument('<name>', 'VM name or id')
+    .requiredOption('--tag <tag>', 'name of the snapshot')
+    .option('--json', 'print the manifest as JSON')
+    .action(act((name: string, flags: { tag?: string; json?: boolean }) => snapshotCreateCommand(name, flags)));
+  snapshot
+    .command('ls')
+    .description('list snapshots')
+    .option('--json', 'machine-readable output')
+    .action(act((flags: { json?: boolean }) => snapshotLsCommand(flags)));
+  snapshot
+    .command('rm')
+    .description('remove snapshots (VMs restored from them keep running)')
+    .argument('<tags...>')
+    .action(act((tags: string[]) => snapshotRmCommand(tags)));
+  snapshot
+    .command('run')
+    .description('start a new VM from a snapshot; its container is already running')
+    .requiredOption('--snapshot <tag>', 'the snapshot to restore')
+    .option('--name <name>', 'name of the new VM')
+    .option('--rm', 'remove the VM when its container exits')
+    .option('--exec', 'run the command after -- in the clone\'s container, print its output, exit with its code, remove the clone')
+    .argument('[command...]', 'with --exec: command and arguments (after --)')
+    .passThroughOptions()
+    .action(act((command: string[], flags: Parameters<typeof snapshotRunCommand>[1]) => snapshotRunCommand(command, flags)));
+
+  program
+    .command('fork')
+    .description('snapshot a running VM and start N clones of it at once (NAME-1..NAME-N)')
+    .argument('<name>', 'VM name or id')
+    .option('-n, --count <n>', 'number of clones', '1')
+    .option('--name-prefix <prefix>', 'name the clones PREFIX-1..PREFIX-N')
+    .option('--json', 'print the clones as JSON')
+    .action(act((name: string, flags: { count: string; namePrefix?: string; json?: boolean }) => {
+      const forkFlags: Parameters<typeof forkCommand>[1] = { n: flags.count };
+      if (flags.namePrefix !== undefined) forkFlags.namePrefix = flags.namePrefix;
+      if (flags.json !== undefined) forkFlags.json = flags.json;
+      return forkCommand(name, forkFlags);
+    }));
 
   return program;
 }

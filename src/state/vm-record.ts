@@ -3,7 +3,8 @@
  * supervisor (the only writer while it lives). Readers derive liveness from the supervisor's
  * pid and start time, so a VM whose supervisor was killed shows as dead, never as running.
  */
-import type { Accelerator, VmmKind } from '../vmm/backend';
+import type { NetworkMode } from '../network/mode';
+import type { Accelerator, PortForward, VmmKind } from '../vmm/backend';
 
 export type RecordedState = 'creating' | 'starting' | 'running' | 'stopping' | 'stopped' | 'failed';
 export type VmStatus = 'creating' | 'starting' | 'running' | 'stopping' | 'stopped' | 'failed' | 'dead';
@@ -21,6 +22,8 @@ export interface VmConfig {
   detach: boolean;
   /** Remove everything when the container exits. */
   autoRemove: boolean;
+  network: NetworkMode;
+  publish: PortForward[];
 }
 
 export interface VmRecord {

@@ -1,6 +1,7 @@
 /**
  * `shoal ls [--json]`: every VM, with what it is now (a VM whose supervisor died is dead).
  */
+import { guestAddress } from '../../network/mode';
 import { StateStore, statusOf } from '../../state/store';
 import type { VmRecord } from '../../state/vm-record';
 import { formatDuration, table } from '../output';
@@ -21,6 +22,7 @@ export interface VmListing {
   uptimeSeconds: number | null;
   exitCode: number | null;
   error: string | null;
+  network: { mode: string; guestAddress: string | null; ports: string[] };
 }
 
 export function listing(record: VmRecord): VmListing {
@@ -42,6 +44,11 @@ export function listing(record: VmRecord): VmListing {
     uptimeSeconds: live && record.startedAt ? Math.floor((Date.now() - Date.parse(record.startedAt)) / 1000) : null,
     exitCode: record.exitCode ?? null,
     error: record.error ?? null,
+    network: {
+      mode: record.config.network ?? 'none',
+      guestAddress: guestAddress(record.config.network ?? 'none'),
+      ports: (record.config.publish ?? []).map((f) => `${f.hostAddress}:${f.hostPort}->${f.guestPort}/${f.proto}`),
+    },
   };
 }
 
@@ -59,8 +66,9 @@ export function lsCommand(flags: { json?: boolean }): number {
     vm.accel,
     vm.pid === null ? '-' : String(vm.pid),
     vm.uptimeSeconds === null ? '-' : formatDuration(vm.uptimeSeconds),
+    vm.network.ports.join(',') || '-',
     vm.image,
   ]);
-  process.stdout.write(table(['NAME', 'ID', 'STATE', 'BACKEND', 'ACCEL', 'PID', 'UPTIME', 'IMAGE'], rows));
+  process.stdout.write(table(['NAME', 'ID', 'STATE', 'BACKEND', 'ACCEL', 'PID', 'UPTIME', 'PORTS', 'IMAGE'], rows));
   return 0;
 }

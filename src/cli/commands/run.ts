@@ -9,6 +9,8 @@ import { loadAssets } from '../../assets/setup';
 import { parseImage } from '../../container/image-ref';
 import { parseEnv } from '../../container/podman-argv';
 import { STDERR, STDIN, STDOUT, type Channel, type Mux } from '../../protocol/mux';
+import { checkNetworkSupport, parseNetworkMode } from '../../network/mode';
+import { assertPortsFree, parsePublish } from '../../network/publish';
 import { StateStore } from '../../state/store';
 import { nameProblem, type VmConfig, type VmRecord } from '../../state/vm-record';
 import { vmFiles } from '../../supervisor/vm-files';
@@ -27,6 +29,8 @@ export interface RunFlags {
   rm?: boolean;
   interactive?: boolean;
   vmm: string;
+  network?: string;
+  publish: string[];
 }
 
 export async function runCommand(image: string, command: string[], flags: RunFlags): Promise<number> {
@@ -35,6 +39,10 @@ export async function runCommand(image: string, command: string[], flags: RunFla
   const assets = loadAssets();
   const vmm: VmmChoice = parseVmm(flags.vmm);
   const selection = await selectBackend(vmm, assets.accel, assets.accelReason);
+  // Rootless networking exists on QEMU only so far: a Firecracker VM gets none unless asked.
+  if (flags.network === undefined && selection.backend === 'firecracker' && config.publish.length === 0) config.network = 'none';
+  checkNetworkSupport(config.network, selection.backend, config.publish);
+  await assertPortsFree(config.publish);
 
   const id = store.newId();
   store.claimName(config.name, id);
@@ -79,6 +87,8 @@ function validate(image: string, command: string[], flags: RunFlags): VmConfig {
     interactive: flags.interactive === true,
     detach: flags.detach === true,
     autoRemove: flags.rm === true,
+    network: parseNetworkMode(flags.network ?? 'rootless'),
+    publish: parsePublish(flags.publish),
   };
 }
 
