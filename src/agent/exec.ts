@@ -48,8 +48,11 @@ export function runExec(request: ExecRequest, channel: Channel): void {
       try { child.kill(message.signal as NodeJS.Signals); } catch { /* unknown signal name */ }
     }
   });
-  // The host went away (or the session was reset): nobody will read the output. Stop the process.
+  // The host went away (or the session was reset): nobody will read the output. Stop the process,
+  // unless it is persistent (the main container: it must survive into a clone restored from a
+  // snapshot, whose new host watches it with `podman wait`); its output is then read and dropped.
   channel.on('close', () => {
+    if (request.persistent === true) return;
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   });
 

@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import { request } from '../host/exec-client';
 import { StateStore, statusOf } from '../state/store';
 import type { VmRecord } from '../state/vm-record';
-import { removeSockets, vmFiles } from '../supervisor/vm-files';
+import { memoryFilePath, removeSockets, vmFiles } from '../supervisor/vm-files';
 import { isAlive, sleep } from '../util/process';
 import { connectSupervisor } from './control-client';
 
@@ -86,6 +86,7 @@ async function cleanUpAfterSupervisor(store: StateStore, record: VmRecord): Prom
   const dir = store.vmDir(record.id);
   removeSockets(dir);
   fs.rmSync(vmFiles(dir).scratchDisk, { force: true });
+  fs.rmSync(memoryFilePath(record.id), { force: true });
   const current = store.read(record.id);
   if (current && statusOf(current) === 'dead') {
     store.update(record.id, (r) => {

@@ -11,6 +11,11 @@ export interface ExecRequest {
   cwd?: string;
   /** Attach stdin: when false, the process's stdin is /dev/null. */
   stdin: boolean;
+  /**
+   * Keep the process running when the channel closes or the session resets (its output is then
+   * read and dropped): the main container, which must survive into snapshot clones.
+   */
+  persistent?: boolean;
 }
 
 /** Facts about the guest: what the user asked for must be visible here. */

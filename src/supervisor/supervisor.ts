@@ -5,26 +5,37 @@
  * socket through which CLI processes attach, exec and stop. When the container ends it powers
  * the VM off and removes what the VM no longer needs (all of it with --rm).
  */
+import { execFile } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
+import { promisify } from 'node:util';
 import path from 'node:path';
 import { loadAssets, type GuestAssets } from '../assets/setup';
 import { loadedImageFrom, parseImage } from '../container/image-ref';
 import { podmanExecArgv, podmanLoadArgv, podmanPullArgv, podmanRunArgv, podmanWaitRunningArgv } from '../container/podman-argv';
 import { execCollect, request } from '../host/exec-client';
 import { openAgentSession } from '../host/agent-session';
+import { encodeSync, FrameType } from '../protocol/frames';
+import { GatedStream } from '../protocol/gate';
 import { STDERR, STDIN, STDOUT, Mux, type Channel } from '../protocol/mux';
+import { readSnapshotDir, snapshotFiles } from '../snapshot/store';
+import { readJson } from '../state/atomic';
 import type { VmRecord, RecordedState } from '../state/vm-record';
 import type { StateStore } from '../state/store';
 import { ShoalError } from '../util/errors';
 import { processStartTime, sleep } from '../util/process';
-import type { VmHandle, VmSpec } from '../vmm/backend';
+import type { RestoreSpec, VmHandle, VmSpec } from '../vmm/backend';
 import { backendFor } from '../vmm/select';
 import { ContainerLogWriter } from './container-log';
 import { relayChannels } from './relay';
 import { guestCmdline } from './guest-cmdline';
 import { createScratchDisk } from './scratch-disk';
-import { removeSockets, vmFiles } from './vm-files';
+import { memoryFilePath, removeSockets, restoreInfoPath, vmFiles, type RestoreInfo } from './vm-files';
+
+const execFileAsync = promisify(execFile);
+/** How long the guest has to answer the quiesce request and the re-HELLO around a snapshot. */
+const QUIESCE_TIMEOUT_MS = 30_000;
 
 /** Boot plus agent start under TCG on a loaded 2-core host stays well inside this. */
 const AGENT_TIMEOUT_MS = 120_000;
@@ -51,6 +62,13 @@ export class Supervisor {
   /** Progress so far, replayed to CLIs that attach late. */
   private readonly progressLog: string[] = [];
   private finished = false;
+  /** The write gate on the agent link (held while a snapshot is taken). */
+  private gate: GatedStream | undefined;
+  /** The boot spec of this VM (for a clone: its source's, with its own scratch disk). */
+  private spec: VmSpec | undefined;
+  /** Set when this VM was restored from a snapshot rather than booted. */
+  private restoredFrom: RestoreInfo | undefined;
+  private snapshotting = false;
 
   constructor(private readonly store: StateStore, id: string) {
     const record = store.read(id);
@@ -70,10 +88,17 @@ export class Supervisor {
     await this.listen();
     let exitCode: number | undefined;
     try {
-      await this.boot();
-      const image = await this.prepareImage();
-      if (!this.record.config.detach) await Promise.race([this.firstAttach, sleep(ATTACH_GRACE_MS)]);
-      exitCode = await this.runMainContainer(image);
+      const restore = readJson<RestoreInfo>(restoreInfoPath(this.files.dir));
+      if (restore) {
+        this.restoredFrom = restore;
+        await this.restore(restore);
+        exitCode = await this.watchMainContainer();
+      } else {
+        await this.boot();
+        const image = await this.prepareImage();
+        if (!this.record.config.detach) await Promise.race([this.firstAttach, sleep(ATTACH_GRACE_MS)]);
+        exitCode = await this.runMainContainer(image);
+      }
     } catch (err) {
       if (!this.stopRequested) {
         await this.finish('failed', { error: (err as Error).message });
@@ -114,15 +139,80 @@ export class Supervisor {
     this.progress(`booting a ${this.record.backend} microVM (${this.record.accel})`);
     await createScratchDisk(this.files.scratchDisk);
     const spec = this.vmSpec(assets);
+    this.spec = spec;
     this.vm = await backend.boot(spec);
-    const vm = this.vm;
+    await this.connectVm(this.vm);
+  }
+
+  /**
+   * A clone: its own copy of the snapshot's scratch disk, the snapshot's memory mapped private,
+   * device state loaded, vCPUs resumed; then a fresh agent session (which reseeds the guest's
+   * crng and steps its clock). The container kept running inside the guest.
+   */
+  private async restore(info: RestoreInfo): Promise<void> {
+    const manifest = readSnapshotDir(info.snapshotDir);
+    if (!manifest) throw new ShoalError(`snapshot ${info.tag} is gone`);
+    const files = snapshotFiles(info.snapshotDir);
+    const backend = backendFor(this.record.backend, this.record.accel);
+    this.progress(`restoring snapshot ${info.tag} into a ${this.record.backend} microVM (${this.record.accel})`);
+    await execFileAsync('cp', ['--reflink=auto', '--sparse=always', files.scratch, this.files.scratchDisk]);
+    const drives = manifest.vmSpec.drives.map((d) => (d.id === 'scratch' ? { ...d, path: this.files.scratchDisk } : d));
+    this.spec = { ...manifest.vmSpec, id: this.record.id, runDir: this.files.dir, consoleLog: this.files.consoleLog, drives };
+    delete this.spec.memoryFile;
+    const spec: RestoreSpec = {
+      id: this.record.id,
+      runDir: this.files.dir,
+      snapshot: { stateFile: files.state, memoryFile: files.memory },
+      memory: { kind: 'file', path: files.memory },
+      source: manifest.vmSpec,
+      drives,
+      consoleLog: this.files.consoleLog,
+    };
+    this.vm = await backend.restore(spec);
+    await this.connectVm(this.vm);
+    this.setState('running', (r) => { r.startedAt = new Date().toISOString(); });
+    for (const watcher of this.watchers) watcher.send({ type: 'running', name: this.record.config.name, id: this.record.id });
+  }
+
+  /**
+   * In a clone, the main container's `podman run` belongs to the snapshot's old session (the
+   * agent keeps it running, dropping its output); the clone learns its exit from `podman wait`.
+   */
+  private watchMainContainer(): Promise<number> {
+    const channel = this.agent!.open({ kind: 'exec', argv: ['podman', 'wait', '--interval', '1s', 'main'], stdin: false });
+    this.mainChannel = channel;
+    this.announceMain(channel);
+    return new Promise<number>((resolve, reject) => {
+      const out: Buffer[] = [];
+      let exitCode: number | undefined;
+      channel.setDataHandler((stream, data) => { if (stream === STDOUT) out.push(Buffer.from(data)); });
+      channel.on('message', (message: Record<string, unknown>) => {
+        if (message.type === 'exit') exitCode = typeof message.code === 'number' ? message.code : 255;
+      });
+      channel.on('close', () => {
+        channel.close();
+        this.mainChannel = undefined;
+        const code = Number.parseInt(Buffer.concat(out).toString().trim(), 10);
+        if (exitCode === 0 && Number.isInteger(code)) resolve(code);
+        else reject(new ShoalError('lost track of the container restored from the snapshot'));
+      });
+    });
+  }
+
+  private async connectVm(vm: VmHandle): Promise<void> {
     this.setState('starting', (r) => { r.vmmPid = vm.pid; });
     void vm.exited.then((exit) => {
       if (!this.finished && !this.stopRequested) {
         void this.finish('failed', { error: `the VM exited unexpectedly (${exit.signal ?? `code ${exit.code}`}); see \`shoal logs --console ${this.record.config.name}\`` });
       }
     });
-    this.agent = await openAgentSession(vm, AGENT_TIMEOUT_MS);
+    // The agent link runs through a write gate, so a snapshot can hold the host's frames.
+    const gated = Object.create(vm) as VmHandle;
+    gated.connectAgent = async (timeoutMs: number) => {
+      this.gate = new GatedStream(await vm.connectAgent(timeoutMs));
+      return this.gate;
+    };
+    this.agent = await openAgentSession(gated, AGENT_TIMEOUT_MS);
     this.agent.on('close', () => {
       if (!this.finished && !this.stopRequested) void this.finish('failed', { error: 'lost the connection to the guest agent' });
     });
@@ -144,6 +234,7 @@ export class Supervisor {
       ],
       accel: this.record.accel,
       consoleLog: this.files.consoleLog,
+      memoryFile: memoryFilePath(this.record.id),
     };
   }
 
@@ -180,6 +271,8 @@ export class Supervisor {
       kind: 'exec',
       argv: podmanRunArgv({ image, command: config.command, env: config.env, interactive: config.interactive }),
       stdin: config.interactive,
+      // Survives a session reset: a clone restored from a snapshot keeps running its container.
+      persistent: true,
     });
     this.mainChannel = channel;
     this.announceMain(channel);
@@ -244,6 +337,7 @@ export class Supervisor {
     this.server?.close();
     removeSockets(this.files.dir);
     fs.rmSync(this.files.scratchDisk, { force: true });
+    fs.rmSync(memoryFilePath(this.record.id), { force: true });
     if (this.record.config.autoRemove) this.store.remove(this.record);
     for (const watcher of this.watchers) {
       if (result.error !== undefined) watcher.send({ type: 'error', message: result.error });
@@ -287,6 +381,10 @@ export class Supervisor {
         return;
       case 'exec':
         this.onExec(channel, req);
+        return;
+      case 'snapshot':
+        channel.setDataHandler(() => undefined);
+        void this.onSnapshot(channel, String(req.dir ?? ''));
         return;
       case 'stop':
         channel.setDataHandler(() => undefined);
@@ -342,9 +440,104 @@ export class Supervisor {
     if (req.vm === true) agentRequest.env = env;
     relayChannels(channel, this.agent.open(agentRequest));
   }
+
+  // ---- snapshots ------------------------------------------------------------------------
+
+  /**
+   * Writes state.bin, memory.raw and scratch.img of this VM into dir (the CLI builds the
+   * snapshot directory around them). The agent link is quiesced first: the agent answers and
+   * then holds its writes, the host holds its own, so no frame is half-sent at the snapshot
+   * point. Then pause, migrate device state (RAM stays in its file), copy RAM and disk, resume,
+   * and re-HELLO with resume: true so the agent sends what it held and the session goes on.
+   */
+  private async onSnapshot(channel: Channel, dir: string): Promise<void> {
+    const say = (message: string): void => channel.send({ type: 'progress', message });
+    const fail = (message: string): void => {
+      channel.send({ type: 'error', message });
+      channel.close();
+    };
+    const vm = this.vm;
+    const agent = this.agent;
+    const gate = this.gate;
+    if (!vm || !agent || agent.destroyed || !gate || this.record.state !== 'running' || this.finished || this.stopRequested) {
+      fail(`VM ${this.record.config.name} is not running`);
+      return;
+    }
+    if (this.restoredFrom) {
+      fail(`VM ${this.record.config.name} was restored from a snapshot; its memory is a private mapping of that snapshot, so it cannot be snapshotted itself (snapshot the source instead)`);
+      return;
+    }
+    if (this.snapshotting) {
+      fail(`VM ${this.record.config.name} is already being snapshotted`);
+      return;
+    }
+    if (!dir || !fs.existsSync(dir)) {
+      fail(`snapshot directory ${dir} does not exist`);
+      return;
+    }
+    this.snapshotting = true;
+    const started = Date.now();
+    let pausedAt = 0;
+    let resumedAt = 0;
+    try {
+      say('quiescing the agent link');
+      await withTimeout(request(agent, { kind: 'quiesce' }), QUIESCE_TIMEOUT_MS, 'the guest agent did not quiesce');
+      gate.hold();
+      try {
+        pausedAt = Date.now();
+        await vm.pause();
+        say('saving device state and guest memory');
+        await vm.snapshot({ stateFile: path.join(dir, 'state.bin'), memoryFile: path.join(dir, 'memory.raw') }, 'full');
+        say('copying the scratch disk');
+        await execFileAsync('cp', ['--reflink=auto', '--sparse=always', this.files.scratchDisk, path.join(dir, 'scratch.img')]);
+      } finally {
+        await vm.resume().catch(() => undefined);
+        resumedAt = Date.now();
+        await this.resumeLink(agent, gate);
+      }
+      channel.send({
+        type: 'result',
+        vmSpec: this.spec,
+        config: this.record.config,
+        loadedImage: this.record.loadedImage ?? null,
+        timings: { pausedMs: resumedAt - pausedAt, totalMs: Date.now() - started },
+      });
+      channel.close();
+    } catch (err) {
+      fail(`snapshot of ${this.record.config.name} failed: ${(err as Error).message}`);
+    } finally {
+      this.snapshotting = false;
+    }
+  }
+
+  /** After a snapshot: re-HELLO (resume: true) until the agent answers, then send what we held. */
+  private async resumeLink(agent: Mux, gate: GatedStream): Promise<void> {
+    const acked = new Promise<void>((resolve) => agent.once('helloAck', () => resolve()));
+    const deadline = Date.now() + QUIESCE_TIMEOUT_MS;
+    let done = false;
+    void acked.then(() => { done = true; });
+    while (!done) {
+      if (Date.now() > deadline || agent.destroyed) {
+        void this.finish('failed', { error: 'the guest agent did not answer after a snapshot' });
+        throw new ShoalError('the guest agent did not answer after the snapshot');
+      }
+      gate.bypass(encodeSync(FrameType.Hello, { session: 'resume', resume: true, timeMs: Date.now(), seed: crypto.randomBytes(32).toString('hex') }));
+      await Promise.race([acked, sleep(500)]);
+    }
+    gate.release(true);
+  }
+
 }
 
 function lastLine(buffer: Buffer): string {
   const lines = buffer.toString('utf8').trim().split('\n');
   return (lines[lines.length - 1] ?? '').replace(/^Error:\s*/, '');
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    promise.finally(() => clearTimeout(timer)),
+    new Promise<T>((_, reject) => { timer = setTimeout(() => reject(new ShoalError(message)), ms); }),
+  ]);
 }

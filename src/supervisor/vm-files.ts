@@ -23,3 +23,25 @@ export function removeSockets(dir: string): void {
   }
   for (const entry of entries) if (entry.endsWith('.sock') || /\.sock_\d+$/.test(entry)) fs.rmSync(path.join(dir, entry), { force: true });
 }
+
+/**
+ * Guest RAM of a booted VM: a file on tmpfs (/dev/shm), so a snapshot can take it as is and
+ * guest memory is never written back to a disk. Named by the VM id; removed on every exit path
+ * (the supervisor's finish, `rm -f`, the CLI's cleanup after a dead supervisor).
+ */
+export const MEMORY_FILE_DIR = process.env.SHOAL_SHM_DIR ?? '/dev/shm';
+
+export function memoryFilePath(id: string): string {
+  return path.join(MEMORY_FILE_DIR, `shoal-${id}.ram`);
+}
+
+/** Present in a VM's directory when its supervisor must restore a snapshot instead of booting. */
+export function restoreInfoPath(dir: string): string {
+  return path.join(dir, 'restore.json');
+}
+
+export interface RestoreInfo {
+  /** The snapshot's directory (snapshot.json, state.bin, memory.raw, scratch.img). */
+  snapshotDir: string;
+  tag: string;
+}

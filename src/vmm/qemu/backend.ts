@@ -154,6 +154,13 @@ class QemuVmHandle implements VmHandle {
       }
       const migration = (await this.qmp.execute('query-migrate')) as { status?: string; 'error-desc'?: string };
       if (migration.status === 'failed') throw new Error(migration['error-desc'] ?? 'incoming migration failed');
+      if (migration.status === 'completed' && status.status === 'paused') {
+        // The stream carries the source's run state; a snapshot is taken of a paused source, so
+        // the destination lands paused too and must be started explicitly.
+        if (!expectRunning) return;
+        await this.qmp.execute('cont');
+        continue;
+      }
       await sleep(10);
     }
   }

@@ -1,0 +1,111 @@
+/**
+ * `shoal snapshot create NAME --tag T`, `snapshot ls [--json]`, `snapshot rm T...`,
+ * `snapshot run --snapshot T [--name N] [--rm] [--exec -- CMD...]`.
+ */
+import { startClone, waitUntilRunning } from '../../snapshot/clone';
+import { createSnapshot } from '../../snapshot/create';
+import { findSnapshot, listSnapshots, removeSnapshot, tagProblem } from '../../snapshot/store';
+import { StateStore } from '../../state/store';
+import { ShoalError } from '../../util/errors';
+import { killVm } from '../vm-lifecycle';
+import { formatDuration, progressLine, table } from '../output';
+import { execCommand } from './exec';
+
+export async function snapshotCreateCommand(name: string, flags: { tag?: string; json?: boolean }): Promise<number> {
+  const store = new StateStore();
+  const tag = flags.tag;
+  if (!tag) throw new ShoalError('snapshot create needs --tag');
+  const problem = tagProblem(tag);
+  if (problem) throw new ShoalError(`invalid --tag: ${problem}`);
+  const record = store.get(name);
+  progressLine(`snapshotting ${record.config.name} as ${tag}`);
+  const { manifest } = await createSnapshot(store, record, tag, { progress: progressLine });
+  if (flags.json) process.stdout.write(`${JSON.stringify(manifest, null, 2)}\n`);
+  else process.stdout.write(`${tag}\n`);
+  progressLine(`snapshot ${tag}: source paused ${manifest.timings.pausedMs} ms, ${mib(manifest.bytes.memory)} memory, ${mib(manifest.bytes.scratch)} disk, ${manifest.timings.totalMs} ms in all`);
+  return 0;
+}
+
+export function snapshotLsCommand(flags: { json?: boolean }): number {
+  const entries = listSnapshots(new StateStore());
+  if (flags.json) {
+    const out = entries.map(({ tag, manifest }) => ({
+      tag,
+      source: manifest.source.name,
+      sourceId: manifest.source.id,
+      createdAt: manifest.createdAt,
+      image: manifest.config.image,
+      memoryMiB: manifest.config.memoryMiB,
+      cpus: manifest.config.cpus,
+      bytes: manifest.bytes,
+      pausedMs: manifest.timings.pausedMs,
+    }));
+    process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+    return 0;
+  }
+  const rows = entries.map(({ tag, manifest }) => [
+    tag,
+    manifest.source.name,
+    formatDuration((Date.now() - Date.parse(manifest.createdAt)) / 1000),
+    mib(manifest.bytes.memory),
+    mib(manifest.bytes.scratch),
+    manifest.config.image,
+  ]);
+  process.stdout.write(table(['TAG', 'SOURCE', 'AGE', 'MEMORY', 'DISK', 'IMAGE'], rows));
+  return 0;
+}
+
+export function snapshotRmCommand(tags: string[]): number {
+  const store = new StateStore();
+  for (const tag of tags) findSnapshot(store, tag);
+  for (const tag of tags) {
+    removeSnapshot(store, tag);
+    process.stdout.write(`${tag}\n`);
+  }
+  return 0;
+}
+
+export interface SnapshotRunFlags {
+  snapshot?: string;
+  name?: string;
+  rm?: boolean;
+  exec?: boolean;
+}
+
+export async function snapshotRunCommand(command: string[], flags: SnapshotRunFlags): Promise<number> {
+  const store = new StateStore();
+  if (!flags.snapshot) throw new ShoalError('snapshot run needs --snapshot TAG');
+  const argv = command[0] === '--' ? command.slice(1) : command;
+  if (flags.exec && argv.length === 0) throw new ShoalError('--exec needs a command (after --)');
+  if (!flags.exec && argv.length > 0) throw new ShoalError('a command is only taken with --exec');
+  const { dir, manifest } = findSnapshot(store, flags.snapshot);
+  const name = flags.name ?? `${manifest.source.name}-${Math.random().toString(16).slice(2, 8)}`;
+  // With --exec the clone is removed afterwards whatever happens.
+  const record = startClone(store, dir, manifest, { name, autoRemove: flags.rm === true && !flags.exec });
+  try {
+    await waitUntilRunning(store, record, progressLine);
+  } catch (err) {
+    if (flags.exec || flags.rm) await removeClone(store, name);
+    throw err;
+  }
+  if (!flags.exec) {
+    process.stdout.write(`${name}\n`);
+    return 0;
+  }
+  try {
+    return await execCommand(name, argv, { env: [] });
+  } finally {
+    await removeClone(store, name);
+  }
+}
+
+async function removeClone(store: StateStore, name: string): Promise<void> {
+  const record = store.find(name);
+  if (!record) return;
+  await killVm(store, record);
+  store.remove(record);
+}
+
+function mib(bytes: number): string {
+  return `${(bytes / 1048576).toFixed(1)} MiB`;
+}

@@ -1,0 +1,145 @@
+/**
+ * Snapshots on disk: <state>/snapshots/<tag>/ holds
+ *   snapshot.json  the manifest, written last: a directory without it is not a snapshot
+ *   state.bin      device/VM state (QEMU migration stream, x-ignore-shared)
+ *   memory.raw     guest RAM (clones map it MAP_PRIVATE, so they share its pages)
+ *   scratch.img    the scratch disk (each clone gets its own reflinked or sparse copy)
+ * A snapshot is built in .tmp-<tag>-<pid>/ and renamed into place, so a killed create never
+ * leaves a directory that looks complete; readers skip dot-entries, and listing sweeps temp
+ * directories whose creator is gone. fork keeps its snapshot in .fork-<pid>-<rand>/.
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { readJson, writeJsonAtomic } from '../state/atomic';
+import type { StateStore } from '../state/store';
+import type { Accelerator, VmmKind, VmSpec } from '../vmm/backend';
+import type { VmConfig } from '../state/vm-record';
+import { ShoalError } from '../util/errors';
+import { isAlive } from '../util/process';
+
+export const MANIFEST = 'snapshot.json';
+
+export interface SnapshotManifest {
+  version: 1;
+  tag: string;
+  createdAt: string;
+  source: { id: string; name: string };
+  backend: VmmKind;
+  accel: Accelerator;
+  /** The source VM's configuration (image, command, shape); clones inherit it. */
+  config: VmConfig;
+  loadedImage?: string;
+  /** The boot spec of the source: kernel, cmdline, shape, drives (the scratch drive is replaced per clone). */
+  vmSpec: VmSpec;
+  files: { state: string; memory: string; scratch: string };
+  /** Allocated bytes of each file. */
+  bytes: { state: number; memory: number; scratch: number };
+  /** Milliseconds the source was paused, and the whole create. */
+  timings: { pausedMs: number; totalMs: number };
+}
+
+export interface SnapshotEntry {
+  tag: string;
+  dir: string;
+  manifest: SnapshotManifest;
+}
+
+export function snapshotsDir(store: StateStore): string {
+  return path.join(store.root, 'snapshots');
+}
+
+export function snapshotFiles(dir: string): { state: string; memory: string; scratch: string } {
+  return { state: path.join(dir, 'state.bin'), memory: path.join(dir, 'memory.raw'), scratch: path.join(dir, 'scratch.img') };
+}
+
+export function tagProblem(tag: string): string | undefined {
+  if (!/^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/.test(tag)) return `tag "${tag}" must match [a-zA-Z0-9][a-zA-Z0-9_.-]*`;
+  if (tag.length > 63) return 'tag is longer than 63 characters';
+  return undefined;
+}
+
+/** A fresh temp directory for building a snapshot (named so a sweep can tell whether its creator lives). */
+export function makeTempDir(store: StateStore, label: string, kind: 'tmp' | 'fork' = 'tmp'): string {
+  const base = snapshotsDir(store);
+  fs.mkdirSync(base, { recursive: true });
+  const dir = path.join(base, `.${kind}-${label}-${process.pid}-${crypto.randomBytes(3).toString('hex')}`);
+  fs.mkdirSync(dir);
+  return dir;
+}
+
+/** Writes the manifest last and renames the directory into place; fails if the tag exists. */
+export function publish(store: StateStore, tempDir: string, manifest: SnapshotManifest): string {
+  writeJsonAtomic(path.join(tempDir, MANIFEST), manifest);
+  const final = path.join(snapshotsDir(store), manifest.tag);
+  if (fs.existsSync(final)) throw new ShoalError(`snapshot ${manifest.tag} already exists`);
+  fs.renameSync(tempDir, final);
+  return final;
+}
+
+export function readSnapshotDir(dir: string): SnapshotManifest | undefined {
+  return readJson<SnapshotManifest>(path.join(dir, MANIFEST));
+}
+
+export function findSnapshot(store: StateStore, tag: string): SnapshotEntry {
+  if (tagProblem(tag)) throw new ShoalError(`no such snapshot: ${tag}`);
+  const dir = path.join(snapshotsDir(store), tag);
+  const manifest = readSnapshotDir(dir);
+  if (!manifest) throw new ShoalError(`no such snapshot: ${tag}`);
+  return { tag, dir, manifest };
+}
+
+/** Complete, visible snapshots; sweeps temp directories whose creating process is gone. */
+export function listSnapshots(store: StateStore): SnapshotEntry[] {
+  sweepStale(store);
+  let entries: string[] = [];
+  try {
+    entries = fs.readdirSync(snapshotsDir(store));
+  } catch {
+    return [];
+  }
+  const out: SnapshotEntry[] = [];
+  for (const tag of entries) {
+    if (tag.startsWith('.')) continue;
+    const dir = path.join(snapshotsDir(store), tag);
+    const manifest = readSnapshotDir(dir);
+    if (manifest) out.push({ tag, dir, manifest });
+  }
+  return out.sort((a, b) => a.manifest.createdAt.localeCompare(b.manifest.createdAt));
+}
+
+export function sweepStale(store: StateStore): string[] {
+  const swept: string[] = [];
+  let entries: string[] = [];
+  try {
+    entries = fs.readdirSync(snapshotsDir(store));
+  } catch {
+    return swept;
+  }
+  for (const entry of entries) {
+    const match = /^\.(?:tmp|fork|rm)-.*-(\d+)-[0-9a-f]{6}$/.exec(entry);
+    if (!match) continue;
+    if (isAlive(Number(match[1]))) continue;
+    fs.rmSync(path.join(snapshotsDir(store), entry), { recursive: true, force: true });
+    swept.push(entry);
+  }
+  return swept;
+}
+
+export function removeSnapshot(store: StateStore, tag: string): void {
+  const entry = findSnapshot(store, tag);
+  // Rename first, so a reader never sees a half-deleted snapshot. Clones that run from it keep
+  // working: their QEMU maps memory.raw, and a mapping keeps the file's pages until it goes.
+  const doomed = path.join(snapshotsDir(store), `.rm-${tag}-${process.pid}-${crypto.randomBytes(3).toString('hex')}`);
+  fs.renameSync(entry.dir, doomed);
+  fs.rmSync(doomed, { recursive: true, force: true });
+}
+
+/** Allocated size (st_blocks), which is what a sparse file really costs. */
+export function allocatedBytes(file: string): number {
+  try {
+    return fs.statSync(file).blocks * 512;
+  } catch {
+    return 0;
+  }
+}
