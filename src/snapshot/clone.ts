@@ -12,11 +12,14 @@ import type { StateStore } from '../state/store';
 import { nameProblem, type VmRecord } from '../state/vm-record';
 import { restoreInfoPath, vmFiles, type RestoreInfo } from '../supervisor/vm-files';
 import { ShoalError } from '../util/errors';
+import type { PortForward } from '../vmm/backend';
 import type { SnapshotManifest } from './store';
 
 export interface CloneRequest {
   name: string;
   autoRemove: boolean;
+  /** The clone's own published ports (the source's stay with the source). */
+  publish?: PortForward[];
 }
 
 /** Claims the name, writes the record and restore.json, and starts the clone's supervisor. */
@@ -27,7 +30,7 @@ export function startClone(store: StateStore, snapshotDir: string, manifest: Sna
   store.claimName(request.name, id);
   const record: VmRecord = {
     id,
-    config: { ...manifest.config, name: request.name, detach: true, interactive: false, autoRemove: request.autoRemove },
+    config: { ...manifest.config, name: request.name, detach: true, interactive: false, autoRemove: request.autoRemove, publish: request.publish ?? [] },
     backend: manifest.backend,
     accel: manifest.accel,
     state: 'creating',

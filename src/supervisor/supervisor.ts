@@ -29,6 +29,7 @@ import type { RestoreSpec, VmHandle, VmSpec } from '../vmm/backend';
 import { backendFor } from '../vmm/select';
 import { ContainerLogWriter } from './container-log';
 import { relayChannels } from './relay';
+import { netSpecFor } from '../network/mode';
 import { guestCmdline } from './guest-cmdline';
 import { createScratchDisk } from './scratch-disk';
 import { memoryFilePath, removeSockets, restoreInfoPath, vmFiles, type RestoreInfo } from './vm-files';
@@ -168,6 +169,11 @@ export class Supervisor {
       drives,
       consoleLog: this.files.consoleLog,
     };
+    // A clone keeps the snapshot's network device (its guest state expects it) with its own forwards.
+    if (manifest.vmSpec.net) {
+      spec.net = { ...manifest.vmSpec.net, ...(manifest.vmSpec.net.userMode ? { userMode: { forwards: this.record.config.publish ?? [] } } : {}) };
+      this.spec.net = spec.net;
+    }
     this.vm = await backend.restore(spec);
     await this.connectVm(this.vm);
     this.setState('running', (r) => { r.startedAt = new Date().toISOString(); });
@@ -220,12 +226,13 @@ export class Supervisor {
 
   private vmSpec(assets: GuestAssets): VmSpec {
     const { config } = this.record;
+    const net = netSpecFor(config.network ?? 'none', this.record.id, config.publish ?? []);
     return {
       id: this.record.id,
       runDir: this.files.dir,
       kernel: this.record.backend === 'firecracker' ? assets.vmlinux : assets.vmlinuz,
       initrd: assets.initrd,
-      cmdline: guestCmdline(assets.cmdline, this.record.backend, config.name),
+      cmdline: guestCmdline(assets.cmdline, this.record.backend, config.name, config.network),
       cpus: config.cpus,
       memoryMiB: config.memoryMiB,
       drives: [
@@ -235,6 +242,7 @@ export class Supervisor {
       accel: this.record.accel,
       consoleLog: this.files.consoleLog,
       memoryFile: memoryFilePath(this.record.id),
+      ...(net ? { net } : {}),
     };
   }
 
