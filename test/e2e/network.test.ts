@@ -1,0 +1,106 @@
+/**
+ * Rootless networking on QEMU (user-mode networking): published ports answer on loopback, a
+ * taken port is refused before the VM starts, and nothing is left listening after rm -f.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { buildBusyboxDockerArchive } from '../helpers/images';
+import { ShoalSandbox, waitUntil, type LsEntry } from '../helpers/shoal-cli';
+
+const sandbox = new ShoalSandbox('net');
+const imagesDir = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-images-'));
+let image = '';
+
+before(async () => {
+  image = `docker-archive:${await buildBusyboxDockerArchive(path.join(imagesDir, 'busybox.tar'))}`;
+});
+
+after(() => {
+  sandbox.cleanup();
+  fs.rmSync(imagesDir, { recursive: true, force: true });
+});
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const server = net.createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+function get(port: number): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    const req = http.get({ host: '127.0.0.1', port, path: '/', timeout: 3000 }, (res) => {
+      let body = '';
+      res.on('data', (d: Buffer) => (body += d.toString()));
+      res.on('end', () => resolve(res.statusCode === 200 ? body : undefined));
+    });
+    req.on('error', () => resolve(undefined));
+    req.on('timeout', () => req.destroy());
+  });
+}
+
+test('published ports answer on loopback, several at once; a taken port is refused; rm -f frees them', async () => {
+  const [p1, p2] = [await freePort(), await freePort()];
+  const script = [
+    'mkdir -p /a /b',
+    'echo served-by-8080 > /a/index.html',
+    'echo served-by-8081 > /b/index.html',
+    'httpd -p 8081 -h /b',
+    'exec httpd -f -p 8080 -h /a',
+  ].join(' && ');
+  const run = await sandbox.run(['run', '-d', '--name', 'web', '-p', `127.0.0.1:${p1}:8080`, '--publish', `127.0.0.1:${p2}:8081/tcp`, image, '--', 'sh', '-c', script]);
+  assert.equal(run.code, 0, run.stderr.toString());
+  let first: string | undefined;
+  let second: string | undefined;
+  await waitUntil('both published ports to answer', 60_000, async () => {
+    first = await get(p1);
+    second = await get(p2);
+    return first !== undefined && second !== undefined;
+  });
+  assert.equal(first, 'served-by-8080\n');
+  assert.equal(second, 'served-by-8081\n');
+
+  const [vm] = await sandbox.json<LsEntry[]>(['ls', '--json']);
+  assert.equal(vm?.network.mode, 'rootless');
+  assert.equal(vm?.network.guestAddress, '10.0.2.15');
+  assert.deepEqual(vm?.network.ports, [`127.0.0.1:${p1}->8080/tcp`, `127.0.0.1:${p2}->8081/tcp`]);
+
+  // The same host port again: a one-line error before any VM starts, nothing changed.
+  const before = sandbox.leftovers().sort();
+  const clash = await sandbox.run(['run', '-d', '--name', 'clash', '-p', `127.0.0.1:${p1}:80`, image, '--', 'true'], { timeoutMs: 30_000 });
+  assert.notEqual(clash.code, 0);
+  assert.match(clash.stderr.toString(), new RegExp(`^shoal: cannot publish 127\\.0\\.0\\.1:${p1}/tcp: the port is already in use\\n$`));
+  assert.deepEqual(sandbox.leftovers().sort(), before);
+
+  const rm = await sandbox.run(['rm', '-f', 'web'], { timeoutMs: 60_000 });
+  assert.equal(rm.code, 0, rm.stderr.toString());
+  assert.deepEqual(sandbox.processes(), []);
+  assert.equal(await get(p1), undefined);
+  await new Promise<void>((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(p1, '127.0.0.1', () => server.close(() => resolve()));
+  });
+});
+
+test('the guest reaches the host through user-mode networking', async () => {
+  // A server on the host's loopback, reached from the container as slirp's gateway 10.0.2.2.
+  const server = http.createServer((_req, res) => res.end('from-the-host\n'));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const { port } = server.address() as net.AddressInfo;
+  try {
+    const result = await sandbox.run(['run', '--rm', image, '--', 'wget', '-q', '-O', '-', `http://10.0.2.2:${port}/`]);
+    assert.equal(result.code, 0, result.stderr.toString());
+    assert.equal(result.stdout.toString(), 'from-the-host\n');
+  } finally {
+    server.close();
+  }
+});
