@@ -1,0 +1,69 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { PassThrough } from 'node:stream';
+import { test } from 'node:test';
+import { GatedStream } from '../../src/protocol/gate';
+import { findSnapshot, listSnapshots, makeTempDir, publish, removeSnapshot, snapshotsDir, tagProblem, type SnapshotManifest } from '../../src/snapshot/store';
+import { StateStore } from '../../src/state/store';
+
+function manifest(tag: string): SnapshotManifest {
+  return {
+    version: 1, tag, createdAt: new Date().toISOString(), source: { id: 'abc', name: 'src' }, backend: 'qemu', accel: 'tcg',
+    config: { name: 'src', image: 'x', command: [], env: {}, cpus: 1, memoryMiB: 512, interactive: false, detach: true, autoRemove: false, network: 'none', publish: [] },
+    vmSpec: { id: 'abc', runDir: '/r', kernel: '/k', cmdline: '', cpus: 1, memoryMiB: 512, drives: [], accel: 'tcg', consoleLog: '/c' },
+    files: { state: 'state.bin', memory: 'memory.raw', scratch: 'scratch.img' }, bytes: { state: 0, memory: 0, scratch: 0 }, timings: { pausedMs: 0, totalMs: 0 },
+  };
+}
+
+test('snapshot store: temp dirs are invisible, publish is a rename, stale temps are swept, rm removes', () => {
+  const store = new StateStore(fs.mkdtempSync(path.join(os.tmpdir(), 'snapstore-')));
+  try {
+    const temp = makeTempDir(store, 'a');
+    fs.writeFileSync(path.join(temp, 'state.bin'), 'x');
+    assert.deepEqual(listSnapshots(store), [], 'a snapshot being built is not listed');
+    assert.throws(() => findSnapshot(store, 'a'), /no such snapshot/);
+    publish(store, temp, manifest('a'));
+    assert.deepEqual(listSnapshots(store).map((s) => s.tag), ['a']);
+    assert.ok(!fs.existsSync(temp));
+    // A second publish of the same tag fails and leaves the first alone.
+    const again = makeTempDir(store, 'a');
+    assert.throws(() => publish(store, again, manifest('a')), /already exists/);
+    // A temp dir whose creator is dead (pid 2^22+1 cannot exist) is swept by listing; a live one is kept.
+    const stale = path.join(snapshotsDir(store), `.tmp-b-${4194305}-abcdef`);
+    fs.mkdirSync(stale);
+    fs.writeFileSync(path.join(stale, 'snapshot.json'), JSON.stringify(manifest('b')));
+    listSnapshots(store);
+    assert.ok(!fs.existsSync(stale));
+    assert.ok(fs.existsSync(again), 'our own temp dir is not swept');
+    removeSnapshot(store, 'a');
+    assert.deepEqual(listSnapshots(store), []);
+    assert.match(tagProblem('../x') ?? '', /must match/);
+    assert.equal(tagProblem('ok-1.2'), undefined);
+  } finally {
+    fs.rmSync(store.root, { recursive: true, force: true });
+  }
+});
+
+test('gated stream: held writes queue in order, release(true) sends them, release(false) drops them, bypass goes first', () => {
+  const inner = new PassThrough();
+  const got: string[] = [];
+  inner.on('data', (d: Buffer) => got.push(d.toString()));
+  const gate = new GatedStream(inner);
+  gate.write('a');
+  gate.hold();
+  gate.write('b');
+  gate.write('c');
+  gate.bypass(Buffer.from('H'));
+  gate.release(true);
+  gate.write('d');
+  gate.hold();
+  gate.write('e');
+  gate.release(false);
+  gate.write('f');
+  return new Promise<void>((resolve) => setImmediate(() => {
+    assert.equal(got.join(''), 'aHbcdf');
+    resolve();
+  }));
+});
