@@ -17,6 +17,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { buildBusyboxDockerArchive } from '../test/helpers/images';
+import { pssKiB } from '../test/helpers/process-memory';
 
 const RUNS = Number(process.env.RUNS ?? 3);
 const FORKS = (process.env.FORKS ?? '1,5,10').split(',').map(Number);
@@ -49,17 +50,6 @@ function median(values: number[]): number {
   return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
 }
 
-function pssKiB(pid: number): { total: number; guestRam: number } {
-  const total = Number(/^Pss:\s+(\d+)/m.exec(fs.readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'))?.[1] ?? 0);
-  let guestRam = 0;
-  let inRam = false;
-  for (const line of fs.readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
-    const header = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
-    if (header) inRam = /memory\.raw|shoal-[0-9a-f]+\.ram/.test(header[1] ?? '');
-    else if (inRam && line.startsWith('Pss:')) guestRam += Number(/(\d+)/.exec(line)?.[1] ?? 0);
-  }
-  return { total, guestRam };
-}
 
 async function vmmPids(): Promise<Map<string, number>> {
   const vms = JSON.parse((await shoal(['ls', '--json'])).stdout) as Array<{ name: string; vmmPid: number | null }>;

@@ -10,6 +10,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { buildBusyboxDockerArchive } from '../helpers/images';
 import { ShoalSandbox, waitUntil, type LsEntry } from '../helpers/shoal-cli';
+import { pssKiB } from '../helpers/process-memory';
 
 const sandbox = new ShoalSandbox('snap');
 const imagesDir = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-images-'));
@@ -38,19 +39,6 @@ async function ls(): Promise<LsEntry[]> {
   return vms;
 }
 
-/** PSS of a process in KiB, in all and of its guest RAM mapping (memory.raw or the /dev/shm file). */
-function pss(pid: number): { total: number; guestRam: number } {
-  const rollup = fs.readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
-  const total = Number(/^Pss:\s+(\d+)/m.exec(rollup)?.[1] ?? 0);
-  let guestRam = 0;
-  let inRam = false;
-  for (const line of fs.readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
-    const header = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
-    if (header) inRam = /memory\.raw|shoal-[0-9a-f]+\.ram/.test(header[1] ?? '');
-    else if (inRam && line.startsWith('Pss:')) guestRam += Number(/(\d+)/.exec(line)?.[1] ?? 0);
-  }
-  return { total, guestRam };
-}
 
 describe('snapshots and clones', { timeout: 900_000 }, () => {
   test('a clone sees memory and disk as at the snapshot; later writes stay apart', async () => {
@@ -121,8 +109,8 @@ describe('snapshots and clones', { timeout: 900_000 }, () => {
     const source = vms.find((v) => v.name === 'src')!;
     const clones = vms.filter((v) => /^src-\d$/.test(v.name));
     assert.equal(clones.length, 5);
-    const one = pss(source.vmmPid!);
-    const each = clones.map((c) => pss(c.vmmPid!));
+    const one = pssKiB(source.vmmPid!);
+    const each = clones.map((c) => pssKiB(c.vmmPid!));
     const sum = { total: each.reduce((a, b) => a + b.total, 0), guestRam: each.reduce((a, b) => a + b.guestRam, 0) };
     const figures = {
       sourcePssMiB: +(one.total / 1024).toFixed(1),
