@@ -121,6 +121,7 @@ function buildProgram(): Command {
     .option('--name <name>', 'name of the new VM')
     .option('--rm', 'remove the VM when its container exits')
     .option('--exec', 'run the command after -- in the clone\'s container, print its output, exit with its code, remove the clone')
+    .option('-p, --publish <[ADDR:]HOST:GUEST[/tcp|/udp]>', 'publish a guest port of the clone on the host (repeatable)', collect, [])
     .argument('[command...]', 'with --exec: command and arguments (after --)')
     .passThroughOptions()
     .action(act((command: string[], flags: Parameters<typeof snapshotRunCommand>[1]) => snapshotRunCommand(command, flags)));

@@ -104,3 +104,29 @@ test('the guest reaches the host through user-mode networking', async () => {
     server.close();
   }
 });
+
+test('two clones of one snapshot answer on their own published ports, with their own state', async () => {
+  const script = 'mkdir -p /a && echo source > /a/index.html && exec httpd -f -p 8080 -h /a';
+  const run = await sandbox.run(['run', '-d', '--name', 'origin', image, '--', 'sh', '-c', script]);
+  assert.equal(run.code, 0, run.stderr.toString());
+  const snap = await sandbox.run(['snapshot', 'create', 'origin', '--tag', 'web']);
+  assert.equal(snap.code, 0, snap.stderr.toString());
+  const ports: number[] = [];
+  for (const name of ['c1', 'c2']) {
+    const port = await freePort();
+    ports.push(port);
+    const clone = await sandbox.run(['snapshot', 'run', '--snapshot', 'web', '--name', name, '-p', `127.0.0.1:${port}:8080`]);
+    assert.equal(clone.code, 0, clone.stderr.toString());
+    const write = await sandbox.run(['exec', name, '--', 'sh', '-c', `echo ${name} > /a/index.html`]);
+    assert.equal(write.code, 0, write.stderr.toString());
+  }
+  for (const [i, name] of ['c1', 'c2'].entries()) {
+    let body: string | undefined;
+    await waitUntil(`${name} to answer`, 30_000, async () => (body = await get(ports[i]!)) !== undefined);
+    assert.equal(body, `${name}\n`);
+  }
+  const rm = await sandbox.run(['rm', '-f', 'origin', 'c1', 'c2'], { timeoutMs: 60_000 });
+  assert.equal(rm.code, 0, rm.stderr.toString());
+  assert.equal((await sandbox.run(['snapshot', 'rm', 'web'])).code, 0);
+  assert.deepEqual(sandbox.processes(), []);
+});

@@ -10,6 +10,7 @@ import { ShoalError } from '../../util/errors';
 import { killVm } from '../vm-lifecycle';
 import { formatDuration, progressLine, table } from '../output';
 import { execCommand } from './exec';
+import { assertPortsFree, parsePublish } from '../../network/publish';
 
 export async function snapshotCreateCommand(name: string, flags: { tag?: string; json?: boolean }): Promise<number> {
   const store = new StateStore();
@@ -70,6 +71,7 @@ export interface SnapshotRunFlags {
   name?: string;
   rm?: boolean;
   exec?: boolean;
+  publish?: string[];
 }
 
 export async function snapshotRunCommand(command: string[], flags: SnapshotRunFlags): Promise<number> {
@@ -79,9 +81,12 @@ export async function snapshotRunCommand(command: string[], flags: SnapshotRunFl
   if (flags.exec && argv.length === 0) throw new ShoalError('--exec needs a command (after --)');
   if (!flags.exec && argv.length > 0) throw new ShoalError('a command is only taken with --exec');
   const { dir, manifest } = findSnapshot(store, flags.snapshot);
+  const publish = parsePublish(flags.publish ?? []);
+  if (publish.length > 0 && manifest.config.network !== 'rootless') throw new ShoalError(`--publish needs a network, and snapshot ${flags.snapshot} was taken of a VM without one`);
+  await assertPortsFree(publish);
   const name = flags.name ?? `${manifest.source.name}-${Math.random().toString(16).slice(2, 8)}`;
   // With --exec the clone is removed afterwards whatever happens.
-  const record = startClone(store, dir, manifest, { name, autoRemove: flags.rm === true && !flags.exec });
+  const record = startClone(store, dir, manifest, { name, autoRemove: flags.rm === true && !flags.exec, publish });
   try {
     await waitUntilRunning(store, record, progressLine);
   } catch (err) {
