@@ -24,6 +24,8 @@ export interface VmConfig {
   autoRemove: boolean;
   network: NetworkMode;
   publish: PortForward[];
+  /** Use the automatic image cache (false with --no-snapshot). */
+  imageCache?: boolean;
 }
 
 export interface VmRecord {
@@ -42,6 +44,8 @@ export interface VmRecord {
   loadedImage?: string;
   exitCode?: number;
   error?: string;
+  /** Whether this VM was restored from the image cache (hit) or booted and saved it (miss). */
+  imageCache?: { key: string; hit: boolean };
 }
 
 export const NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;

@@ -30,6 +30,8 @@ import { backendFor } from '../vmm/select';
 import { ContainerLogWriter } from './container-log';
 import { relayChannels } from './relay';
 import { netSpecFor } from '../network/mode';
+import type { SnapshotManifest } from '../snapshot/store';
+import { cachedImageSnapshot, imageCacheKey, imageDigest, newImageCacheTempDir, publishImageCache } from '../snapshot/image-cache';
 import { guestCmdline } from './guest-cmdline';
 import { createScratchDisk } from './scratch-disk';
 import { memoryFilePath, removeSockets, restoreInfoPath, vmFiles, type RestoreInfo } from './vm-files';
@@ -95,8 +97,7 @@ export class Supervisor {
         await this.restore(restore);
         exitCode = await this.watchMainContainer();
       } else {
-        await this.boot();
-        const image = await this.prepareImage();
+        const image = await this.bootOrRestoreFromImageCache();
         if (!this.record.config.detach) await Promise.race([this.firstAttach, sleep(ATTACH_GRACE_MS)]);
         exitCode = await this.runMainContainer(image);
       }
@@ -150,7 +151,7 @@ export class Supervisor {
    * device state loaded, vCPUs resumed; then a fresh agent session (which reseeds the guest's
    * crng and steps its clock). The container kept running inside the guest.
    */
-  private async restore(info: RestoreInfo): Promise<void> {
+  private async restore(info: RestoreInfo, options: { ownMemory?: boolean; announce?: boolean } = {}): Promise<void> {
     const manifest = readSnapshotDir(info.snapshotDir);
     if (!manifest) throw new ShoalError(`snapshot ${info.tag} is gone`);
     const files = snapshotFiles(info.snapshotDir);
@@ -159,12 +160,17 @@ export class Supervisor {
     await execFileAsync('cp', ['--reflink=auto', '--sparse=always', files.scratch, this.files.scratchDisk]);
     const drives = manifest.vmSpec.drives.map((d) => (d.id === 'scratch' ? { ...d, path: this.files.scratchDisk } : d));
     this.spec = { ...manifest.vmSpec, id: this.record.id, runDir: this.files.dir, consoleLog: this.files.consoleLog, drives };
-    delete this.spec.memoryFile;
+    if (options.ownMemory) {
+      // A VM of its own (the image cache), not a clone: it gets a private copy of the memory it
+      // writes into, so it can be snapshotted and forked like a booted VM.
+      await execFileAsync('cp', ['--sparse=always', files.memory, memoryFilePath(this.record.id)]);
+      this.spec.memoryFile = memoryFilePath(this.record.id);
+    } else delete this.spec.memoryFile;
     const spec: RestoreSpec = {
       id: this.record.id,
       runDir: this.files.dir,
       snapshot: { stateFile: files.state, memoryFile: files.memory },
-      memory: { kind: 'file', path: files.memory },
+      memory: options.ownMemory ? { kind: 'file', path: memoryFilePath(this.record.id), shared: true } : { kind: 'file', path: files.memory },
       source: manifest.vmSpec,
       drives,
       consoleLog: this.files.consoleLog,
@@ -176,8 +182,66 @@ export class Supervisor {
     }
     this.vm = await backend.restore(spec);
     await this.connectVm(this.vm);
+    // The guest still carries its source's hostname.
+    await execCollect(this.agent!, { argv: ['sh', '-c', 'echo "$1" > /proc/sys/kernel/hostname', 'sh', this.record.config.name] }).catch(() => undefined);
+    if (options.announce === false) return;
     this.setState('running', (r) => { r.startedAt = new Date().toISOString(); });
     for (const watcher of this.watchers) watcher.send({ type: 'running', name: this.record.config.name, id: this.record.id });
+  }
+
+  /**
+   * The automatic image cache (src/snapshot/image-cache.ts): restore the snapshot of an earlier
+   * run of the same image, command, env and shape, or boot, load the image, and save one.
+   * Returns the image reference to run.
+   */
+  private async bootOrRestoreFromImageCache(): Promise<string> {
+    const { config } = this.record;
+    if (config.imageCache === false || this.record.backend !== 'qemu') {
+      await this.boot();
+      return this.prepareImage();
+    }
+    const digest = await imageDigest(parseImage(config.image));
+    const key = imageCacheKey(digest, config, this.vmSpec(loadAssets()), this.record.backend, this.record.accel);
+    const cached = cachedImageSnapshot(this.store, key);
+    if (cached?.manifest.loadedImage) {
+      this.record = this.store.update(this.record.id, (r) => {
+        r.imageCache = { key, hit: true };
+        r.loadedImage = cached.manifest.loadedImage;
+      });
+      await this.restore({ snapshotDir: cached.dir, tag: 'the image cache' }, { ownMemory: true, announce: false });
+      return cached.manifest.loadedImage;
+    }
+    this.record = this.store.update(this.record.id, (r) => { r.imageCache = { key, hit: false }; });
+    await this.boot();
+    const image = await this.prepareImage();
+    await this.saveImageCache(key).catch((err: Error) => this.progress(`the image cache was not saved: ${err.message}`));
+    return image;
+  }
+
+  private async saveImageCache(key: string): Promise<void> {
+    const temp = newImageCacheTempDir(this.store, key);
+    try {
+      this.progress('saving the loaded image to the image cache');
+      const timings = await this.takeSnapshot(temp, () => undefined);
+      const manifest: SnapshotManifest = {
+        version: 1,
+        tag: `image-cache:${key}`,
+        createdAt: new Date().toISOString(),
+        source: { id: this.record.id, name: this.record.config.name },
+        backend: this.record.backend,
+        accel: this.record.accel,
+        config: this.record.config,
+        vmSpec: this.spec!,
+        files: { state: 'state.bin', memory: 'memory.raw', scratch: 'scratch.img' },
+        bytes: { state: 0, memory: 0, scratch: 0 },
+        timings,
+      };
+      if (this.record.loadedImage) manifest.loadedImage = this.record.loadedImage;
+      publishImageCache(this.store, temp, key, manifest);
+    } catch (err) {
+      fs.rmSync(temp, { recursive: true, force: true });
+      throw err;
+    }
   }
 
   /**
@@ -483,6 +547,26 @@ export class Supervisor {
       fail(`snapshot directory ${dir} does not exist`);
       return;
     }
+    try {
+      const timings = await this.takeSnapshot(dir, say);
+      channel.send({
+        type: 'result',
+        vmSpec: this.spec,
+        config: this.record.config,
+        loadedImage: this.record.loadedImage ?? null,
+        timings,
+      });
+      channel.close();
+    } catch (err) {
+      fail(`snapshot of ${this.record.config.name} failed: ${(err as Error).message}`);
+    }
+  }
+
+  /** Quiesce, pause, state + memory + disk into dir, resume, resume the link. */
+  private async takeSnapshot(dir: string, say: (message: string) => void): Promise<{ pausedMs: number; totalMs: number }> {
+    const vm = this.vm!;
+    const agent = this.agent!;
+    const gate = this.gate!;
     this.snapshotting = true;
     const started = Date.now();
     let pausedAt = 0;
@@ -503,16 +587,7 @@ export class Supervisor {
         resumedAt = Date.now();
         await this.resumeLink(agent, gate);
       }
-      channel.send({
-        type: 'result',
-        vmSpec: this.spec,
-        config: this.record.config,
-        loadedImage: this.record.loadedImage ?? null,
-        timings: { pausedMs: resumedAt - pausedAt, totalMs: Date.now() - started },
-      });
-      channel.close();
-    } catch (err) {
-      fail(`snapshot of ${this.record.config.name} failed: ${(err as Error).message}`);
+      return { pausedMs: resumedAt - pausedAt, totalMs: Date.now() - started };
     } finally {
       this.snapshotting = false;
     }

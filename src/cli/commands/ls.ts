@@ -23,6 +23,8 @@ export interface VmListing {
   exitCode: number | null;
   error: string | null;
   network: { mode: string; guestAddress: string | null; ports: string[] };
+  /** "hit": restored from the image cache; "miss": booted (and saved it); null: not used. */
+  imageCache: 'hit' | 'miss' | null;
 }
 
 export function listing(record: VmRecord): VmListing {
@@ -44,6 +46,7 @@ export function listing(record: VmRecord): VmListing {
     uptimeSeconds: live && record.startedAt ? Math.floor((Date.now() - Date.parse(record.startedAt)) / 1000) : null,
     exitCode: record.exitCode ?? null,
     error: record.error ?? null,
+    imageCache: record.imageCache ? (record.imageCache.hit ? 'hit' : 'miss') : null,
     network: {
       mode: record.config.network ?? 'none',
       guestAddress: guestAddress(record.config.network ?? 'none'),

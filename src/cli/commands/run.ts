@@ -30,6 +30,7 @@ export interface RunFlags {
   interactive?: boolean;
   vmm: string;
   network?: string;
+  snapshot?: boolean;
   publish: string[];
 }
 
@@ -89,6 +90,7 @@ function validate(image: string, command: string[], flags: RunFlags): VmConfig {
     autoRemove: flags.rm === true,
     network: parseNetworkMode(flags.network ?? 'rootless'),
     publish: parsePublish(flags.publish),
+    imageCache: flags.snapshot !== false,
   };
 }
 

@@ -1,0 +1,72 @@
+/**
+ * The automatic image cache: the first `shoal run` of an image snapshots its VM once the image
+ * is loaded and before the container starts; later runs with the same key restore that snapshot
+ * instead of booting and loading again. The key is a hash of the image's digest, the command,
+ * the environment and the VM's shape (everything the restored device state depends on: vCPUs,
+ * memory, backend, accelerator, network device, kernel, initramfs, rootfs).
+ *
+ * Entries live in <state>/image-cache/<key>/, built in a dot-directory and renamed into place
+ * with their manifest written last, like named snapshots.
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { ImageSource } from '../container/image-ref';
+import type { StateStore } from '../state/store';
+import type { VmConfig } from '../state/vm-record';
+import type { VmSpec } from '../vmm/backend';
+import { MANIFEST, readSnapshotDir, type SnapshotManifest } from './store';
+
+export function imageCacheRoot(store: StateStore): string {
+  return path.join(store.root, 'image-cache');
+}
+
+/** The image's identity: a hash of the archive's bytes, or the registry reference as given. */
+export async function imageDigest(source: ImageSource): Promise<string> {
+  if (source.kind === 'registry') return `ref:${source.reference}`;
+  const hash = crypto.createHash('sha256');
+  for await (const chunk of fs.createReadStream(source.path)) hash.update(chunk as Buffer);
+  return `sha256:${hash.digest('hex')}`;
+}
+
+export function imageCacheKey(digest: string, config: VmConfig, spec: VmSpec, backend: string, accel: string): string {
+  const shape = {
+    version: 1,
+    digest,
+    command: config.command,
+    env: config.env,
+    cpus: spec.cpus,
+    memoryMiB: spec.memoryMiB,
+    backend,
+    accel,
+    network: spec.net ? 'nic' : 'none',
+    kernel: spec.kernel,
+    initrd: spec.initrd ?? null,
+    drives: spec.drives.filter((d) => d.readOnly).map((d) => d.path),
+    // The hostname is per VM and set again after a restore; everything else on the line counts.
+    cmdline: spec.cmdline.replace(/\bshoal\.hostname=\S+/, ''),
+  };
+  return crypto.createHash('sha256').update(JSON.stringify(shape)).digest('hex').slice(0, 32);
+}
+
+export function cachedImageSnapshot(store: StateStore, key: string): { dir: string; manifest: SnapshotManifest } | undefined {
+  const dir = path.join(imageCacheRoot(store), key);
+  const manifest = readSnapshotDir(dir);
+  return manifest ? { dir, manifest } : undefined;
+}
+
+export function newImageCacheTempDir(store: StateStore, key: string): string {
+  const root = imageCacheRoot(store);
+  fs.mkdirSync(root, { recursive: true });
+  return fs.mkdtempSync(path.join(root, `.tmp-${key}-${process.pid}-`));
+}
+
+/** Writes the manifest last and renames the entry into place; a racing run that got there first wins. */
+export function publishImageCache(store: StateStore, tempDir: string, key: string, manifest: SnapshotManifest): void {
+  fs.writeFileSync(path.join(tempDir, MANIFEST), `${JSON.stringify(manifest, null, 2)}\n`);
+  try {
+    fs.renameSync(tempDir, path.join(imageCacheRoot(store), key));
+  } catch {
+    fs.rmSync(tempDir, { recursive: true, force: true });
+  }
+}

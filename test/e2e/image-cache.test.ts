@@ -1,0 +1,81 @@
+/**
+ * The automatic image cache: the first run of an image saves a snapshot taken after the image is
+ * loaded; a second run with the same image, command, env and shape restores it; a change misses;
+ * --no-snapshot bypasses it; a VM restored from the cache is a full VM (own hostname, forkable).
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { buildBusyboxDockerArchive } from '../helpers/images';
+import { ShoalSandbox, type LsEntry } from '../helpers/shoal-cli';
+
+const sandbox = new ShoalSandbox('cache');
+const imagesDir = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-images-'));
+let image = '';
+
+before(async () => {
+  image = `docker-archive:${await buildBusyboxDockerArchive(path.join(imagesDir, 'busybox.tar'))}`;
+});
+
+after(() => {
+  sandbox.cleanup();
+  fs.rmSync(imagesDir, { recursive: true, force: true });
+});
+
+async function cacheState(name: string): Promise<string | null | undefined> {
+  return (await sandbox.json<LsEntry[]>(['ls', '--json'])).find((v) => v.name === name)?.imageCache;
+}
+
+test('a second run of the same image, command and env restores the cache; a change misses it', async () => {
+  const script = 'echo "A $X"; head -c 8 /dev/urandom | od -An -tx1';
+  const first = await sandbox.run(['run', '--name', 'first', image, '--', 'sh', '-c', script]);
+  assert.equal(first.code, 0, first.stderr.toString());
+  assert.equal(await cacheState('first'), 'miss');
+
+  const second = await sandbox.run(['run', '--name', 'second', image, '--', 'sh', '-c', script]);
+  assert.equal(second.code, 0, second.stderr.toString());
+  assert.equal(await cacheState('second'), 'hit');
+  const [firstLine, firstRandom] = first.stdout.toString().split('\n');
+  const [secondLine, secondRandom] = second.stdout.toString().split('\n');
+  assert.equal(secondLine, firstLine);
+  assert.notEqual(secondRandom, firstRandom, 'a restored VM must not repeat its source\'s random values');
+
+  const env = await sandbox.run(['run', '--name', 'env', '-e', 'X=1', image, '--', 'sh', '-c', script]);
+  assert.equal(env.stdout.toString().split('\n')[0], 'A 1');
+  assert.equal(await cacheState('env'), 'miss');
+
+  const command = await sandbox.run(['run', '--name', 'command', image, '--', 'sh', '-c', 'echo B']);
+  assert.equal(command.stdout.toString(), 'B\n');
+  assert.equal(await cacheState('command'), 'miss');
+
+  const off = await sandbox.run(['run', '--name', 'off', '--no-snapshot', image, '--', 'sh', '-c', script]);
+  assert.equal(off.code, 0, off.stderr.toString());
+  assert.equal(await cacheState('off'), null);
+
+  // Three keys were saved (script, script with X=1, echo B), each complete: manifest and files.
+  const entries = fs.readdirSync(path.join(sandbox.stateDir, 'image-cache'));
+  assert.equal(entries.length, 3, entries.join(' '));
+  for (const entry of entries) {
+    assert.deepEqual(fs.readdirSync(path.join(sandbox.stateDir, 'image-cache', entry)).sort(), ['memory.raw', 'scratch.img', 'snapshot.json', 'state.bin']);
+  }
+});
+
+test('a VM restored from the cache has its own hostname and can be forked', async () => {
+  for (const name of ['warm', 'hot']) {
+    const run = await sandbox.run(['run', '-d', '--name', name, image, '--', 'sleep', '600']);
+    assert.equal(run.code, 0, run.stderr.toString());
+  }
+  assert.equal(await cacheState('hot'), 'hit');
+  const hostname = await sandbox.run(['exec', '--vm', 'hot', '--', 'hostname']);
+  assert.equal(hostname.stdout.toString(), 'hot\n');
+  const fork = await sandbox.run(['fork', 'hot', '-n', '1']);
+  assert.equal(fork.code, 0, fork.stderr.toString());
+  const child = await sandbox.run(['exec', 'hot-1', '--', 'sh', '-c', 'ps -o comm | grep -c sleep']);
+  assert.equal(child.stdout.toString().trim(), '1', child.stderr.toString());
+  const rm = await sandbox.run(['rm', '-f', 'warm', 'hot', 'hot-1'], { timeoutMs: 60_000 });
+  assert.equal(rm.code, 0, rm.stderr.toString());
+  assert.deepEqual(sandbox.processes(), []);
+  assert.deepEqual(fs.readdirSync('/dev/shm').filter((f) => f.startsWith('shoal-')), []);
+});
