@@ -36,9 +36,9 @@ async function bareQemuToInit(): Promise<number> {
   return result.ms;
 }
 
-function shoalRun(image: string, stateDir: string): number {
+function shoalRun(image: string, stateDir: string, extra: string[] = []): number {
   const t0 = process.hrtime.bigint();
-  const result = spawnSync(SHOAL, ['run', '--rm', `docker-archive:${image}`, '--', 'true'], {
+  const result = spawnSync(SHOAL, ['run', '--rm', ...extra, `docker-archive:${image}`, '--', 'true'], {
     env: { ...process.env, SHOAL_STATE_DIR: stateDir },
     stdio: ['ignore', 'ignore', 'pipe'],
     timeout: 300_000,
@@ -56,8 +56,13 @@ async function main(): Promise<void> {
     const cold: number[] = [];
     for (let i = 0; i < RUNS; i++) {
       bare.push(await bareQemuToInit());
-      cold.push(shoalRun(image, path.join(work, 'state')));
+      cold.push(shoalRun(image, path.join(work, 'state'), ['--no-snapshot']));
     }
+    // The image cache: one run that saves it, then runs that restore it.
+    const cacheState = path.join(work, 'cache-state');
+    const miss = shoalRun(image, cacheState);
+    const hits: number[] = [];
+    for (let i = 0; i < RUNS; i++) hits.push(shoalRun(image, cacheState));
     const assets = loadAssets();
     const report = {
       benchmark: 'run-cold',
@@ -65,8 +70,15 @@ async function main(): Promise<void> {
       host: { cpus: os.cpus().length, memGiB: Math.round(os.totalmem() / 2 ** 30), accel: assets.accel, kernel: assets.kernelVersion },
       runs: RUNS,
       baseline: { what: 'bare QEMU microvm, same kernel+initramfs, to init', ms: bare, medianMs: median(bare) },
-      shoalRunCold: { what: 'shoal run --rm docker-archive:busybox -- true (boot, load image, podman run, power off)', ms: cold, medianMs: median(cold) },
+      shoalRunCold: { what: 'shoal run --rm --no-snapshot docker-archive:busybox -- true (boot, load image, podman run, power off)', ms: cold, medianMs: median(cold) },
       ratio: Number((median(cold) / median(bare)).toFixed(2)),
+      imageCache: {
+        what: 'the same shoal run with the image cache: the first run saves it, later runs restore it',
+        missMs: miss,
+        hitMs: hits,
+        hitMedianMs: median(hits),
+        hitVsCold: Number((median(hits) / median(cold)).toFixed(2)),
+      },
     };
     fs.mkdirSync(path.join(ROOT, 'bench', 'results'), { recursive: true });
     fs.writeFileSync(path.join(ROOT, 'bench', 'results', 'run-cold.json'), `${JSON.stringify(report, null, 2)}\n`);
