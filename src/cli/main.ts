@@ -53,7 +53,7 @@ function buildProgram(): Command {
     .option('-d, --detach', 'run in the background and print the name')
     .option('--rm', 'remove the VM when the container exits')
     .option('-i, --interactive', 'pass stdin to the container')
-    .option('--vmm <vmm>', 'auto, qemu or firecracker', 'auto')
+    .option('--vmm <vmm>', 'auto, qemu or firecracker (default: $SHOAL_VMM, else auto)', process.env.SHOAL_VMM ?? 'auto')
     .option('--no-snapshot', 'do not use the image cache (neither restore from it nor save to it)')
     .option('--network <mode>', 'rootless (default: user-mode networking), bridged or none')
     .option('-p, --publish <[ADDR:]HOST:GUEST[/tcp|/udp]>', 'publish a guest port on the host (repeatable, comma-separated)', collect, [])
