@@ -151,7 +151,7 @@ export class Supervisor {
    * device state loaded, vCPUs resumed; then a fresh agent session (which reseeds the guest's
    * crng and steps its clock). The container kept running inside the guest.
    */
-  private async restore(info: RestoreInfo, options: { ownMemory?: boolean; announce?: boolean } = {}): Promise<void> {
+  private async restore(info: RestoreInfo, options: { announce?: boolean } = {}): Promise<void> {
     const manifest = readSnapshotDir(info.snapshotDir);
     if (!manifest) throw new ShoalError(`snapshot ${info.tag} is gone`);
     const files = snapshotFiles(info.snapshotDir);
@@ -160,17 +160,12 @@ export class Supervisor {
     await execFileAsync('cp', ['--reflink=auto', '--sparse=always', files.scratch, this.files.scratchDisk]);
     const drives = manifest.vmSpec.drives.map((d) => (d.id === 'scratch' ? { ...d, path: this.files.scratchDisk } : d));
     this.spec = { ...manifest.vmSpec, id: this.record.id, runDir: this.files.dir, consoleLog: this.files.consoleLog, drives };
-    if (options.ownMemory) {
-      // A VM of its own (the image cache), not a clone: it gets a private copy of the memory it
-      // writes into, so it can be snapshotted and forked like a booted VM.
-      await execFileAsync('cp', ['--sparse=always', files.memory, memoryFilePath(this.record.id)]);
-      this.spec.memoryFile = memoryFilePath(this.record.id);
-    } else delete this.spec.memoryFile;
+    delete this.spec.memoryFile;
     const spec: RestoreSpec = {
       id: this.record.id,
       runDir: this.files.dir,
       snapshot: { stateFile: files.state, memoryFile: files.memory },
-      memory: options.ownMemory ? { kind: 'file', path: memoryFilePath(this.record.id), shared: true } : { kind: 'file', path: files.memory },
+      memory: { kind: 'file', path: files.memory },
       source: manifest.vmSpec,
       drives,
       consoleLog: this.files.consoleLog,
@@ -208,7 +203,12 @@ export class Supervisor {
         r.imageCache = { key, hit: true };
         r.loadedImage = cached.manifest.loadedImage;
       });
-      await this.restore({ snapshotDir: cached.dir, tag: 'the image cache' }, { ownMemory: true, announce: false });
+      // Like a clone: the cache's memory is mapped private, shared with every other run restored
+      // from it. (A private copy that could itself be snapshotted hung the guest on its next
+      // pause/resume in CI, so cache-restored VMs cannot be snapshotted or forked, as clones.)
+      const info = { snapshotDir: cached.dir, tag: 'the image cache' };
+      this.restoredFrom = info;
+      await this.restore(info, { announce: false });
       return cached.manifest.loadedImage;
     }
     this.record = this.store.update(this.record.id, (r) => { r.imageCache = { key, hit: false }; });

@@ -70,12 +70,7 @@ export type SnapshotKind = 'full' | 'diff';
 
 /** How a restored VM gets its memory. */
 export type MemoryBackend =
-  /**
-   * Guest memory from a file. Private (default): mapped copy-on-write, shared with every other
-   * clone of the snapshot through the page cache. Shared: the VM owns this file (a copy) and
-   * writes into it, so the restored VM can itself be snapshotted.
-   */
-  | { kind: 'file'; path: string; shared?: boolean }
+  | { kind: 'file'; path: string }
   /** Firecracker Uffd backend: path of the page server's Unix socket. */
   | { kind: 'uffd'; socketPath: string };
 

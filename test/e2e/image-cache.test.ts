@@ -62,7 +62,7 @@ test('a second run of the same image, command and env restores the cache; a chan
   }
 });
 
-test('a VM restored from the cache has its own hostname and can be forked', async () => {
+test('a VM restored from the cache has its own hostname, and is refused as a snapshot source like a clone', async () => {
   for (const name of ['warm', 'hot']) {
     const run = await sandbox.run(['run', '-d', '--name', name, image, '--', 'sleep', '600']);
     assert.equal(run.code, 0, run.stderr.toString());
@@ -70,12 +70,14 @@ test('a VM restored from the cache has its own hostname and can be forked', asyn
   assert.equal(await cacheState('hot'), 'hit');
   const hostname = await sandbox.run(['exec', '--vm', 'hot', '--', 'hostname']);
   assert.equal(hostname.stdout.toString(), 'hot\n');
+  const inContainer = await sandbox.run(['exec', 'hot', '--', 'sh', '-c', 'ps -o comm | grep -c sleep']);
+  assert.equal(inContainer.stdout.toString().trim(), '1', inContainer.stderr.toString());
   const fork = await sandbox.run(['fork', 'hot', '-n', '1']);
-  assert.equal(fork.code, 0, fork.stderr.toString());
-  const child = await sandbox.run(['exec', 'hot-1', '--', 'sh', '-c', 'ps -o comm | grep -c sleep']);
-  assert.equal(child.stdout.toString().trim(), '1', child.stderr.toString());
-  const rm = await sandbox.run(['rm', '-f', 'warm', 'hot', 'hot-1'], { timeoutMs: 60_000 });
+  assert.notEqual(fork.code, 0);
+  assert.match(fork.stderr.toString(), /restored from a snapshot/);
+  const ids = (await sandbox.json<LsEntry[]>(['ls', '--json'])).map((v) => v.id);
+  const rm = await sandbox.run(['rm', '-f', 'warm', 'hot'], { timeoutMs: 60_000 });
   assert.equal(rm.code, 0, rm.stderr.toString());
   assert.deepEqual(sandbox.processes(), []);
-  assert.deepEqual(fs.readdirSync('/dev/shm').filter((f) => f.startsWith('shoal-')), []);
+  assert.deepEqual(ids.filter((id) => fs.existsSync(`/dev/shm/shoal-${id}.ram`)), []);
 });

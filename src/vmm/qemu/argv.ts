@@ -35,7 +35,9 @@ export function buildQemuArgv(launch: QemuLaunch): string[] {
   const kvm = spec.accel === 'kvm';
   const argv = [
     '-machine', 'microvm,x-option-roms=off,isa-serial=on,rtc=on',
-    '-accel', kvm ? 'kvm' : 'tcg',
+    // Multi-threaded TCG (one host thread per vCPU) left 2-vCPU guests in soft lockups on a
+    // loaded 2-core host; one thread running all vCPUs in turn does not.
+    '-accel', kvm ? 'kvm' : 'tcg,thread=single',
     '-cpu', kvm ? 'host' : 'max',
     '-smp', String(spec.cpus),
     '-m', `${spec.memoryMiB}M`,

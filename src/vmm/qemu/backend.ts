@@ -47,13 +47,13 @@ export class QemuBackend implements VmmBackend {
       drives: spec.drives,
       consoleLog: spec.consoleLog,
       paths,
-      memory: { path: spec.memory.path, share: spec.memory.shared === true },
+      memory: { path: spec.memory.path, share: false },
       incoming: true,
     };
     if (spec.net) launch.net = spec.net;
     const argv = buildQemuArgv(launch);
     if (spec.resume === false) argv.push('-S');
-    const handle = await startQemu(spec.runDir, argv, paths, spec.memory.shared ? spec.memory.path : undefined);
+    const handle = await startQemu(spec.runDir, argv, paths, undefined);
     try {
       await handle.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
       await handle.qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(spec.snapshot.stateFile)}` });
