@@ -3,15 +3,27 @@
  * streams 1 and 2, kept apart, and an exit message once all output has been sent.
  */
 import { spawn } from 'node:child_process';
-import os from 'node:os';
 import type { Readable } from 'node:stream';
 import type { ExecRequest } from '../protocol/messages';
 import { STDERR, STDIN, STDOUT, type Channel } from '../protocol/mux';
+import { terminalSizeOf } from '../protocol/messages';
+import { baseEnv } from './environment';
+import { runTtyExec } from './tty-exec';
 
 export function runExec(request: ExecRequest, channel: Channel): void {
   if (!Array.isArray(request.argv) || request.argv.length === 0) {
     channel.send({ type: 'error', message: 'exec: empty command' });
     channel.close();
+    return;
+  }
+  if (request.tty !== undefined) {
+    const size = terminalSizeOf(request.tty);
+    if (!size) {
+      channel.send({ type: 'error', message: 'exec: invalid terminal size' });
+      channel.close();
+      return;
+    }
+    runTtyExec(request, size, channel);
     return;
   }
   const child = spawn(request.argv[0]!, request.argv.slice(1), {
@@ -72,12 +84,4 @@ async function pump(readable: Readable, channel: Channel, stream: number): Promi
     await channel.write(stream, chunk as Buffer);
   }
   channel.end(stream);
-}
-
-function baseEnv(): Record<string, string> {
-  return {
-    PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
-    HOME: '/root',
-    HOSTNAME: os.hostname(),
-  };
 }

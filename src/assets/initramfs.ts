@@ -36,6 +36,8 @@ export interface AgentPayload {
   protocolDir: string;
   /** The N-API addon, copied to /shoal/agent/native/ when it exists. */
   nativeAddon: string | null;
+  /** The node-pty package (the agent's terminals), copied to /shoal/agent/node_modules/node-pty/ when given. */
+  nodePty?: string | null;
 }
 
 /** The payload from this checkout: dist/src/agent, dist/src/protocol, native/build/Release/shoal_native.node. */
@@ -44,6 +46,7 @@ export function defaultPayload(root: string = projectRoot()): AgentPayload {
     agentDir: path.join(root, 'dist', 'src', 'agent'),
     protocolDir: path.join(root, 'dist', 'src', 'protocol'),
     nativeAddon: path.join(root, 'native', 'build', 'Release', 'shoal_native.node'),
+    nodePty: path.join(root, 'node_modules', 'node-pty'),
   };
 }
 
@@ -86,7 +89,23 @@ export function payloadFiles(p: AgentPayload): PayloadFile[] {
   if (p.nativeAddon && fs.existsSync(p.nativeAddon)) {
     out.push({ dest: 'shoal/agent/native/shoal_native.node', src: p.nativeAddon, mode: 0o755 });
   }
+  if (p.nodePty && fs.existsSync(path.join(p.nodePty, 'build', 'Release', 'pty.node'))) out.push(...nodePtyFiles(p.nodePty));
   return out;
+}
+
+/**
+ * What of node-pty runs on Linux: its package.json, the Unix half of lib/ (no tests, no Windows
+ * code) and the compiled N-API module, which loads in the guest's Node as it does on the host.
+ */
+function nodePtyFiles(dir: string): PayloadFile[] {
+  const dest = 'shoal/agent/node_modules/node-pty';
+  const files: PayloadFile[] = [{ dest: `${dest}/package.json`, src: path.join(dir, 'package.json'), mode: 0o644 }];
+  for (const n of fs.readdirSync(path.join(dir, 'lib')).sort()) {
+    if (!n.endsWith('.js') || n.endsWith('.test.js') || /^windows|^conpty/.test(n)) continue;
+    files.push({ dest: `${dest}/lib/${n}`, src: path.join(dir, 'lib', n), mode: 0o644 });
+  }
+  files.push({ dest: `${dest}/build/Release/pty.node`, src: path.join(dir, 'build', 'Release', 'pty.node'), mode: 0o755 });
+  return files;
 }
 
 /** Module paths (relative to the module tree) to insmod, dependencies first. */

@@ -53,6 +53,7 @@ function buildProgram(): Command {
     .option('-d, --detach', 'run in the background and print the name')
     .option('--rm', 'remove the VM when the container exits')
     .option('-i, --interactive', 'pass stdin to the container')
+    .option('-t, --tty', 'give the container a terminal (with -i: an interactive session)')
     .option('--vmm <vmm>', 'auto, qemu or firecracker (default: $SHOAL_VMM, else auto)', process.env.SHOAL_VMM ?? 'auto')
     .option('--no-snapshot', 'do not use the image cache (neither restore from it nor save to it)')
     .option('--network <mode>', 'rootless (default: user-mode networking), bridged or none')
@@ -67,6 +68,7 @@ function buildProgram(): Command {
     .argument('<command...>', 'command and arguments (after --)')
     .option('--vm', 'run in the guest OS instead of the container')
     .option('-i, --interactive', 'pass stdin')
+    .option('-t, --tty', 'run the command on a terminal (with -i: an interactive session)')
     .option('-e, --env <KEY=VALUE>', 'set an environment variable (repeatable)', collect, [])
     .action(act((name: string, command: string[], flags: Parameters<typeof execCommand>[2]) => execCommand(name, command, flags)));
 

@@ -4,7 +4,17 @@
 
 /** Progress goes to stderr, and only to a terminal: a script's stderr carries the container's bytes alone. */
 export function progressLine(message: string): void {
-  if (process.stderr.isTTY || process.env.SHOAL_PROGRESS === '1') process.stderr.write(`shoal: ${message}\n`);
+  if (process.stderr.isTTY || process.env.SHOAL_PROGRESS === '1') process.stderr.write(`shoal: ${message}${lineEnd()}`);
+}
+
+/** A one-line warning on stderr, always shown. */
+export function warn(message: string): void {
+  process.stderr.write(`shoal: warning: ${message}${lineEnd()}`);
+}
+
+/** A terminal in raw mode (`-t`) does not return the carriage at a newline. */
+function lineEnd(): string {
+  return process.stdin.isTTY && process.stdin.isRaw ? '\r\n' : '\n';
 }
 
 /** A fixed-width table like podman's. */

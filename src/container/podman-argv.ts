@@ -11,19 +11,23 @@ export interface RunOptions {
   command: string[];
   env: Record<string, string>;
   interactive: boolean;
+  /** Give the container a terminal (podman runs on one the agent made, and passes its size on). */
+  tty?: boolean;
 }
 
 export function podmanRunArgv(options: RunOptions): string[] {
   const argv = ['podman', 'run', '--name', MAIN_CONTAINER, '--network', 'host', '--pull', 'never', '--log-driver', 'none'];
   if (options.interactive) argv.push('--interactive');
+  if (options.tty) argv.push('--tty');
   for (const [key, value] of Object.entries(options.env)) argv.push('--env', `${key}=${value}`);
   argv.push(options.image, ...options.command);
   return argv;
 }
 
-export function podmanExecArgv(command: string[], options: { env: Record<string, string>; interactive: boolean }): string[] {
+export function podmanExecArgv(command: string[], options: { env: Record<string, string>; interactive: boolean; tty?: boolean }): string[] {
   const argv = ['podman', 'exec'];
   if (options.interactive) argv.push('--interactive');
+  if (options.tty) argv.push('--tty');
   for (const [key, value] of Object.entries(options.env)) argv.push('--env', `${key}=${value}`);
   argv.push(MAIN_CONTAINER, ...command);
   return argv;

@@ -16,6 +16,16 @@ export interface ExecRequest {
    * read and dropped): the main container, which must survive into snapshot clones.
    */
   persistent?: boolean;
+  /**
+   * Run the process on a pseudo-terminal of this size: stdin, stdout and stderr are all the
+   * terminal (output on stream 1 only), and 'resize' messages follow the host window.
+   */
+  tty?: TerminalSize;
+}
+
+export interface TerminalSize {
+  cols: number;
+  rows: number;
 }
 
 /** Facts about the guest: what the user asked for must be visible here. */
@@ -59,7 +69,17 @@ export type ExecMessage =
   /** guest -> host: the process could not be started. */
   | { type: 'error'; message: string }
   /** host -> guest: deliver a signal to the process. */
-  | { type: 'signal'; signal: string };
+  | { type: 'signal'; signal: string }
+  /** host -> guest: the host terminal changed size (exec with a tty only). */
+  | { type: 'resize'; cols: number; rows: number };
+
+/** A terminal size from a message, or undefined when it is not a sane one. */
+export function terminalSizeOf(value: unknown): TerminalSize | undefined {
+  if (typeof value !== 'object' || value === null) return undefined;
+  const { cols, rows } = value as Record<string, unknown>;
+  const ok = (n: unknown): n is number => typeof n === 'number' && Number.isInteger(n) && n > 0 && n <= 10_000;
+  return ok(cols) && ok(rows) ? { cols, rows } : undefined;
+}
 
 /** Conventional shell exit code for a process killed by a signal. */
 export function exitCodeOf(code: number | null, signal: string | null, signals: Record<string, number>): number {

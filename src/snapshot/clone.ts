@@ -30,7 +30,7 @@ export function startClone(store: StateStore, snapshotDir: string, manifest: Sna
   store.claimName(request.name, id);
   const record: VmRecord = {
     id,
-    config: { ...manifest.config, name: request.name, detach: true, interactive: false, autoRemove: request.autoRemove, publish: request.publish ?? [] },
+    config: { ...manifest.config, name: request.name, detach: true, interactive: false, tty: undefined, autoRemove: request.autoRemove, publish: request.publish ?? [] },
     backend: manifest.backend,
     accel: manifest.accel,
     state: 'creating',

@@ -4,6 +4,7 @@
  * pid and start time, so a VM whose supervisor was killed shows as dead, never as running.
  */
 import type { NetworkMode } from '../network/mode';
+import type { TerminalSize } from '../protocol/messages';
 import type { Accelerator, PortForward, VmmKind } from '../vmm/backend';
 
 export type RecordedState = 'creating' | 'starting' | 'running' | 'stopping' | 'stopped' | 'failed';
@@ -19,6 +20,8 @@ export interface VmConfig {
   cpus: number;
   memoryMiB: number;
   interactive: boolean;
+  /** Run the container on a terminal (-t) of this initial size; absent: plain pipes. */
+  tty?: TerminalSize;
   detach: boolean;
   /** Remove everything when the container exits. */
   autoRemove: boolean;

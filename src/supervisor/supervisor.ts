@@ -29,6 +29,7 @@ import type { RestoreSpec, VmHandle, VmSpec } from '../vmm/backend';
 import { backendFor } from '../vmm/select';
 import { ContainerLogWriter } from './container-log';
 import { relayChannels } from './relay';
+import { terminalSizeOf, type TerminalSize } from '../protocol/messages';
 import { netSpecFor } from '../network/mode';
 import type { SnapshotManifest } from '../snapshot/store';
 import { cachedImageSnapshot, imageCacheKey, imageDigest, newImageCacheTempDir, publishImageCache } from '../snapshot/image-cache';
@@ -59,6 +60,8 @@ export class Supervisor {
   private attachArrived: () => void = () => undefined;
   private readonly firstAttach = new Promise<void>((resolve) => { this.attachArrived = resolve; });
   private mainChannel: Channel | undefined;
+  /** The attached terminal's latest window size (-t), which the container's terminal follows. */
+  private terminalSize: TerminalSize | undefined;
   private announceMain: (channel: Channel) => void = () => undefined;
   private readonly mainStarted = new Promise<Channel>((resolve) => { this.announceMain = resolve; });
   private stopRequested = false;
@@ -341,8 +344,9 @@ export class Supervisor {
     const log = new ContainerLogWriter(this.files.containerLog);
     const channel = agent.open({
       kind: 'exec',
-      argv: podmanRunArgv({ image, command: config.command, env: config.env, interactive: config.interactive }),
+      argv: podmanRunArgv({ image, command: config.command, env: config.env, interactive: config.interactive, tty: config.tty !== undefined }),
       stdin: config.interactive,
+      ...(config.tty ? { tty: this.terminalSize ?? config.tty } : {}),
       // Survives a session reset: a clone restored from a snapshot keeps running its container.
       persistent: true,
     });
@@ -480,6 +484,14 @@ export class Supervisor {
       channel.close();
     });
     channel.on('message', (message: Record<string, unknown>) => {
+      if (message.type === 'resize') {
+        // The attached terminal's window: the latest size wins, also for a container not yet started.
+        const size = terminalSizeOf(message);
+        if (!size || !this.record.config.tty) return;
+        this.terminalSize = size;
+        this.mainChannel?.send({ type: 'resize', ...size });
+        return;
+      }
       if (message.type !== 'signal') return;
       // Like podman's sig-proxy once the container runs; before that, a signal aborts the start.
       if (this.mainChannel) this.mainChannel.send(message);
@@ -507,8 +519,15 @@ export class Supervisor {
     const command = Array.isArray(req.argv) ? req.argv.map(String) : [];
     const env = (req.env ?? {}) as Record<string, string>;
     const interactive = req.interactive === true;
-    const argv = req.vm === true ? command : podmanExecArgv(command, { env, interactive });
+    const tty = req.tty === undefined ? undefined : terminalSizeOf(req.tty);
+    if (req.tty !== undefined && !tty) {
+      channel.send({ type: 'error', message: 'invalid terminal size' });
+      channel.close();
+      return;
+    }
+    const argv = req.vm === true ? command : podmanExecArgv(command, { env, interactive, tty: tty !== undefined });
     const agentRequest: Record<string, unknown> = { kind: 'exec', argv, stdin: interactive };
+    if (tty) agentRequest.tty = tty;
     if (req.vm === true) agentRequest.env = env;
     relayChannels(channel, this.agent.open(agentRequest));
   }

@@ -7,10 +7,12 @@ import { attachChannel } from '../../host/exec-client';
 import { StateStore, statusOf } from '../../state/store';
 import { ShoalError } from '../../util/errors';
 import { connectSupervisor } from '../control-client';
+import { releaseStdin, followWindow, openHostTerminal, terminalSizeNow, warnNoTerminal, type HostTerminal } from '../terminal';
 
 export interface ExecFlags {
   vm?: boolean;
   interactive?: boolean;
+  tty?: boolean;
   env: string[];
 }
 
@@ -28,7 +30,17 @@ export async function execCommand(nameOrId: string, command: string[], flags: Ex
     throw new ShoalError(`invalid --env: ${(err as Error).message}`);
   }
   const mux = await connectSupervisor(store, record);
-  const channel = mux.open({ kind: 'exec', argv, env, interactive: flags.interactive === true, vm: flags.vm === true });
+  const request: Record<string, unknown> = { kind: 'exec', argv, env, interactive: flags.interactive === true, vm: flags.vm === true };
+  let terminal: HostTerminal | undefined;
+  if (flags.tty) {
+    if (!process.stdin.isTTY) warnNoTerminal();
+    // -t alone (a terminal for colours, no input) leaves the host terminal cooked: Ctrl-C stays a signal here.
+    else if (flags.interactive) terminal = openHostTerminal();
+    request.tty = terminal?.size ?? terminalSizeNow();
+  }
+  const channel = mux.open(request);
+  if (terminal) terminal.onResize((size) => channel.send({ type: 'resize', ...size }));
+  else if (flags.tty) followWindow((size) => channel.send({ type: 'resize', ...size }));
   const forward = (signal: NodeJS.Signals): void => channel.send({ type: 'signal', signal });
   const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
   for (const signal of signals) process.on(signal, forward);
@@ -37,8 +49,9 @@ export async function execCommand(nameOrId: string, command: string[], flags: Ex
     if (flags.interactive) io.stdin = process.stdin;
     return await attachChannel(channel, io);
   } finally {
+    terminal?.restore();
     for (const signal of signals) process.off(signal, forward);
-    process.stdin.pause();
+    releaseStdin();
     mux.destroy();
   }
 }

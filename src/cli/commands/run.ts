@@ -19,6 +19,7 @@ import { selectBackend, type VmmChoice } from '../../vmm/select';
 import { connectSupervisor } from '../control-client';
 import { parseCpus, parseMemory, parseVmm } from '../options';
 import { progressLine } from '../output';
+import { releaseStdin, followWindow, openHostTerminal, terminalSizeNow, warnNoTerminal, type HostTerminal } from '../terminal';
 
 export interface RunFlags {
   name?: string;
@@ -28,6 +29,7 @@ export interface RunFlags {
   detach?: boolean;
   rm?: boolean;
   interactive?: boolean;
+  tty?: boolean;
   vmm: string;
   network?: string;
   snapshot?: boolean;
@@ -64,7 +66,7 @@ export async function runCommand(image: string, command: string[], flags: RunFla
   }
   progressLine(`using ${selection.reason}`);
   const mux = await connectSupervisor(store, record);
-  return config.detach ? waitUntilRunning(mux, config.name) : attach(mux, config.interactive);
+  return config.detach ? waitUntilRunning(mux, config.name) : attach(mux, config);
 }
 
 function validate(image: string, command: string[], flags: RunFlags): VmConfig {
@@ -86,6 +88,7 @@ function validate(image: string, command: string[], flags: RunFlags): VmConfig {
     cpus: parseCpus(flags.cpus),
     memoryMiB: parseMemory(flags.memory),
     interactive: flags.interactive === true,
+    ...(flags.tty === true ? { tty: terminalSizeNow() } : {}),
     detach: flags.detach === true,
     autoRemove: flags.rm === true,
     network: parseNetworkMode(flags.network ?? 'rootless'),
@@ -135,10 +138,27 @@ function waitUntilRunning(mux: Mux, name: string): Promise<number> {
   });
 }
 
-/** Streams the container's stdio until it exits; forwards SIGINT/SIGTERM to it, as podman's sig-proxy does. */
-function attach(mux: Mux, interactive: boolean): Promise<number> {
+/**
+ * Streams the container's stdio until it exits; forwards SIGINT/SIGTERM to it, as podman's
+ * sig-proxy does. With -t the host terminal goes raw at once (a program's first terminal queries
+ * must not be echoed here), a Ctrl-C typed before the container runs still aborts the start,
+ * and the window size follows along.
+ */
+function attach(mux: Mux, config: VmConfig): Promise<number> {
+  const { interactive } = config;
+  if (config.tty && !process.stdin.isTTY) warnNoTerminal();
   return new Promise<number>((resolve, reject) => {
     const channel: Channel = mux.open({ kind: 'attach', stdio: true });
+    let running = false;
+    let terminal: HostTerminal | undefined;
+    // -t alone (a terminal for colours, no input) leaves the host terminal cooked: Ctrl-C stays a signal here.
+    if (config.tty && interactive && process.stdin.isTTY) {
+      terminal = openHostTerminal();
+      channel.send({ type: 'resize', ...terminal.size });
+      terminal.onResize((size) => channel.send({ type: 'resize', ...size }));
+    } else if (config.tty) {
+      followWindow((size) => channel.send({ type: 'resize', ...size }));
+    }
     let exitCode: number | undefined;
     let error: string | undefined;
     const forward = (signal: NodeJS.Signals): void => channel.send({ type: 'signal', signal });
@@ -151,12 +171,14 @@ function attach(mux: Mux, interactive: boolean): Promise<number> {
     });
     channel.on('message', (message: Record<string, unknown>) => {
       if (message.type === 'progress') progressLine(String(message.message));
+      else if (message.type === 'running') running = true;
       else if (message.type === 'exit') exitCode = typeof message.code === 'number' ? message.code : 255;
       else if (message.type === 'error') error = String(message.message);
     });
     channel.on('close', () => {
       for (const signal of signals) process.off(signal, forward);
-      process.stdin.pause();
+      terminal?.restore();
+      releaseStdin();
       mux.destroy();
       if (exitCode !== undefined) resolve(exitCode);
       else reject(new ShoalError(error ?? 'lost the connection to the VM supervisor'));
@@ -165,6 +187,8 @@ function attach(mux: Mux, interactive: boolean): Promise<number> {
       void (async () => {
         for await (const chunk of process.stdin) {
           if (channel.closed) break;
+          // Raw mode turned Ctrl-C into a byte: before the container runs, it means "abort".
+          if (terminal && !running && (chunk as Buffer).includes(0x03)) forward('SIGINT');
           await channel.write(STDIN, chunk as Buffer);
         }
         channel.end(STDIN);

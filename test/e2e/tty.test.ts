@@ -1,0 +1,164 @@
+/**
+ * Interactive terminals end to end: shoal driven through a real host pseudo-terminal, a real
+ * terminal in the guest, podman's -t in the container. Keys typed here must act in the guest
+ * (Ctrl-C, Ctrl-Z, Ctrl-D, escape sequences), the guest's window must follow the host's, and the
+ * host terminal's mode must be the same after shoal as before.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { HostTerminal } from '../helpers/host-terminal';
+import { buildBusyboxDockerArchive } from '../helpers/images';
+import { ShoalSandbox } from '../helpers/shoal-cli';
+
+const sandbox = new ShoalSandbox('tty');
+const imagesDir = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-images-'));
+let image = '';
+const terminals: HostTerminal[] = [];
+
+/** Busybox sh's prompt for root at the end of the output so far (its line editor then asks where the cursor is). */
+const PROMPT = /# (\x1b\[6n)?$/;
+/** A guest answer under TCG takes a second or two; the boot far longer. */
+const ANSWER_MS = 20_000;
+const BOOT_MS = 150_000;
+
+function openTerminal(args: string[], size: { cols: number; rows: number }): HostTerminal {
+  const terminal = new HostTerminal(sandbox, args, size);
+  terminals.push(terminal);
+  return terminal;
+}
+
+/** Types a command line and waits for its output to match. */
+async function command(terminal: HostTerminal, line: string, expected: RegExp): Promise<RegExpExecArray> {
+  terminal.type(`${line}\r`);
+  return terminal.expect(expected, ANSWER_MS);
+}
+
+before(async () => {
+  image = `docker-archive:${await buildBusyboxDockerArchive(path.join(imagesDir, 'busybox.tar'))}`;
+});
+
+after(() => {
+  for (const terminal of terminals) terminal.close();
+  sandbox.cleanup();
+  fs.rmSync(imagesDir, { recursive: true, force: true });
+});
+
+describe('shoal run -it', () => {
+  test('a shell: prompt, commands, Ctrl-C, Ctrl-Z, resize, vi, exit code, terminal mode restored', async () => {
+    const terminal = openTerminal(['run', '-it', '--rm', '--name', 'tty-run', image, 'sh'], { cols: 80, rows: 24 });
+    await terminal.expect(PROMPT, BOOT_MS);
+
+    // Arithmetic the shell does: the answer can only come from running the line.
+    await command(terminal, 'echo "sum=$((6*7))"', /sum=42/);
+
+    // Ctrl-C interrupts the foreground program, not the shell (and not shoal).
+    terminal.type('sleep 60\r');
+    await terminal.expect(/sleep 60\r+\n/, ANSWER_MS);
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    terminal.type('\x03');
+    await terminal.expect(PROMPT, ANSWER_MS);
+    await command(terminal, 'echo "alive=$((1+1))"', /alive=2/);
+
+    // Ctrl-Z stops it, as job control does at a console.
+    terminal.type('sleep 61\r');
+    await terminal.expect(/sleep 61\r+\n/, ANSWER_MS);
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    terminal.type('\x1a');
+    await terminal.expect(/Stopped/, ANSWER_MS);
+    await command(terminal, 'kill -9 %1; echo "jobs-done=$((2+2))"', /jobs-done=4/);
+
+    // The window size, at start and after a resize.
+    await command(terminal, 'stty size', /\r+\n24 80\r+\n/);
+    terminal.resize(100, 30);
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    await command(terminal, 'stty size', /\r+\n30 100\r+\n/);
+
+    // A full-screen editor: it opens (clears the screen), takes keys including Escape, and quits.
+    terminal.type('vi /tmp/note\r');
+    await terminal.expect(/\x1b\[[0-9;]*H/, ANSWER_MS);
+    // Keys one at a time, as typed: an Escape with more bytes right behind it reads as a key sequence.
+    for (const keys of ['iabc', '\x1b', ':wq\r']) {
+      terminal.type(keys);
+      await new Promise((resolve) => setTimeout(resolve, 700));
+    }
+    await terminal.expect(PROMPT, ANSWER_MS);
+    await command(terminal, 'tr a-c x-z < /tmp/note', /\r+\nxyz\r+\n/);
+
+    terminal.type('exit 3\r');
+    await terminal.expect(/SHOAL-EXIT=3/, 60_000);
+    await waitForModes(terminal);
+    const modes = terminal.modes();
+    assert.equal(modes.after, modes.before, 'the host terminal mode changed');
+  });
+
+  test('-t alone gives the container a terminal; without one on stdin it warns on one line', async () => {
+    const result = await sandbox.run(['run', '--rm', '-t', image, 'sh', '-c', 'test -t 0 && test -t 1 && echo on-a-tty; stty size']);
+    assert.equal(result.code, 0, result.stderr.toString());
+    assert.match(result.stdout.toString(), /on-a-tty\r+\n24 80\r+\n/);
+    const warnings = result.stderr.toString().split('\n').filter((line) => /warning/.test(line));
+    assert.equal(warnings.length, 1, result.stderr.toString());
+    assert.match(warnings[0]!, /not a TTY/);
+  });
+});
+
+describe('shoal exec -it', () => {
+  test('a shell in a detached VM: size, resize, top, Ctrl-D, terminal mode restored', async () => {
+    const started = await sandbox.run(['run', '-d', '--name', 'tty-exec', image, 'sleep', '1000']);
+    assert.equal(started.code, 0, started.stderr.toString());
+
+    const terminal = openTerminal(['exec', '-it', 'tty-exec', '--', 'sh'], { cols: 90, rows: 20 });
+    await terminal.expect(PROMPT, 60_000);
+    await command(terminal, 'stty size', /\r+\n20 90\r+\n/);
+    terminal.resize(120, 40);
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    await command(terminal, 'stty size', /\r+\n40 120\r+\n/);
+
+    // top draws its screen and quits on a key.
+    terminal.type('top\r');
+    await terminal.expect(/PID/, ANSWER_MS);
+    terminal.type('q');
+    await terminal.expect(PROMPT, ANSWER_MS);
+
+    // Ctrl-D at the prompt ends the shell, and with it the exec.
+    terminal.type('\x04');
+    await terminal.expect(/SHOAL-EXIT=0/, 60_000);
+    await waitForModes(terminal);
+    const modes = terminal.modes();
+    assert.equal(modes.after, modes.before, 'the host terminal mode changed');
+
+    // In the guest OS too (--vm), and -t without a terminal on stdin.
+    const tty = await sandbox.run(['exec', '-t', '--vm', 'tty-exec', '--', 'tty']);
+    assert.equal(tty.code, 0, tty.stderr.toString());
+    assert.match(tty.stdout.toString(), /^\/dev\/pts\/\d+\r+\n$/);
+    assert.match(tty.stderr.toString(), /not a TTY/);
+
+    const rm = await sandbox.run(['rm', '-f', 'tty-exec']);
+    assert.equal(rm.code, 0, rm.stderr.toString());
+    assert.deepEqual(sandbox.processes().map(commandLine), []);
+  });
+});
+
+function commandLine(pid: number): string {
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ');
+  } catch {
+    return `${pid} (gone)`;
+  }
+}
+
+/** The wrapper shell writes the mode file right after printing the exit code. */
+async function waitForModes(terminal: HostTerminal): Promise<void> {
+  const deadline = Date.now() + 5000;
+  while (Date.now() < deadline) {
+    try {
+      terminal.modes();
+      return;
+    } catch {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+  terminal.modes();
+}
