@@ -105,7 +105,7 @@ describe('shoal run -it', () => {
 });
 
 describe('shoal exec -it', () => {
-  test('a shell in a detached VM: size, resize, top, Ctrl-D, terminal mode restored', async () => {
+  test('a shell in a detached VM: size, resize, top, Ctrl-D, -t alone, the VM lost mid-session; terminal mode restored', async () => {
     const started = await sandbox.run(['run', '-d', '--name', 'tty-exec', image, 'sleep', '1000']);
     assert.equal(started.code, 0, started.stderr.toString());
 
@@ -135,8 +135,17 @@ describe('shoal exec -it', () => {
     assert.match(tty.stdout.toString(), /^\/dev\/pts\/\d+\r+\n$/);
     assert.match(tty.stderr.toString(), /not a TTY/);
 
+    // The error path: the VM goes away under an open session. shoal fails, and still puts the
+    // terminal back.
+    const orphan = openTerminal(['exec', '-it', 'tty-exec', '--', 'sh'], { cols: 80, rows: 24 });
+    await orphan.expect(PROMPT, 60_000);
     const rm = await sandbox.run(['rm', '-f', 'tty-exec']);
     assert.equal(rm.code, 0, rm.stderr.toString());
+    const [, code] = await orphan.expect(/SHOAL-EXIT=(\d+)/, 30_000);
+    assert.notEqual(code, '0');
+    await waitForModes(orphan);
+    const orphanModes = orphan.modes();
+    assert.equal(orphanModes.after, orphanModes.before, 'the host terminal mode changed after an error');
     assert.deepEqual(sandbox.processes().map(commandLine), []);
   });
 });
