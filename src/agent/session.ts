@@ -13,6 +13,7 @@ import { GatedStream } from '../protocol/gate';
 import type { AgentRequest, ExecRequest, GuestInfo, Hello } from '../protocol/messages';
 import { Mux, type Channel } from '../protocol/mux';
 import { runExec } from './exec';
+import { runFuseMount } from './fuse-mount';
 
 export const AGENT_VERSION = '1';
 
@@ -75,6 +76,9 @@ function handleRequest(request: AgentRequest, channel: Channel, log: (msg: strin
       channel.setDataHandler(() => undefined);
       channel.send({ type: 'result', info: guestInfo() });
       channel.close();
+      return;
+    case 'fuse-mount':
+      runFuseMount(request, channel, log);
       return;
     case 'poweroff':
       channel.setDataHandler(() => undefined);

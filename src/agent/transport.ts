@@ -75,18 +75,21 @@ export class SerialPortStream extends Duplex {
   }
 
   override _write(chunk: Buffer, _enc: BufferEncoding, done: (err?: Error | null) => void): void {
-    const writeAll = (offset: number): void => {
-      fs.write(this.fd, chunk, offset, chunk.length - offset, null, (err, n) => {
-        if (err) {
-          // No host connected: the bytes have nowhere to go. Drop them; the host resyncs on connect.
-          done();
-          return;
-        }
-        if (offset + n < chunk.length) writeAll(offset + n);
-        else done();
-      });
-    };
-    writeAll(0);
+    // Synchronous writes: the port takes at most 32 KiB per write and returns once the host has
+    // it, so a thread-pool round trip per write (what fs.write costs) would dominate the link's
+    // throughput under emulation.
+    let offset = 0;
+    try {
+      while (offset < chunk.length) offset += fs.writeSync(this.fd, chunk, offset, chunk.length - offset);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'EAGAIN') {
+        setTimeout(() => this._write(chunk.subarray(offset), _enc, done), 5);
+        return;
+      }
+      // No host connected: the bytes have nowhere to go. Drop them; the host resyncs on connect.
+    }
+    done();
   }
 }
 

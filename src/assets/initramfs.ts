@@ -34,6 +34,8 @@ export interface AgentPayload {
   agentDir: string;
   /** Compiled src/protocol (copied to /shoal/agent/protocol/). */
   protocolDir: string;
+  /** Compiled src/fuse (copied to /shoal/agent/fuse/): the FUSE device side of --map. */
+  fuseDir?: string;
   /** The N-API addon, copied to /shoal/agent/native/ when it exists. */
   nativeAddon: string | null;
   /** The node-pty package (the agent's terminals), copied to /shoal/agent/node_modules/node-pty/ when given. */
@@ -45,6 +47,7 @@ export function defaultPayload(root: string = projectRoot()): AgentPayload {
   return {
     agentDir: path.join(root, 'dist', 'src', 'agent'),
     protocolDir: path.join(root, 'dist', 'src', 'protocol'),
+    fuseDir: path.join(root, 'dist', 'src', 'fuse'),
     nativeAddon: path.join(root, 'native', 'build', 'Release', 'shoal_native.node'),
     nodePty: path.join(root, 'node_modules', 'node-pty'),
   };
@@ -86,6 +89,7 @@ export function payloadFiles(p: AgentPayload): PayloadFile[] {
   const out: PayloadFile[] = [];
   walk(p.agentDir, 'shoal/agent/agent', out);
   walk(p.protocolDir, 'shoal/agent/protocol', out);
+  if (p.fuseDir) walk(p.fuseDir, 'shoal/agent/fuse', out);
   if (p.nativeAddon && fs.existsSync(p.nativeAddon)) {
     out.push({ dest: 'shoal/agent/native/shoal_native.node', src: p.nativeAddon, mode: 0o755 });
   }

@@ -58,6 +58,7 @@ function buildProgram(): Command {
     .option('--no-snapshot', 'do not use the image cache (neither restore from it nor save to it)')
     .option('--network <mode>', 'rootless (default: user-mode networking), bridged or none')
     .option('-p, --publish <[ADDR:]HOST:GUEST[/tcp|/udp]>', 'publish a guest port on the host (repeatable, comma-separated)', collect, [])
+    .option('--map <HOST:GUEST[:ro]>', 'show a host directory to the container at GUEST, over FUSE (repeatable, comma-separated)', collect, [])
     .passThroughOptions()
     .action(act((image: string, command: string[], flags: Parameters<typeof runCommand>[2]) => runCommand(image, command, flags)));
 

@@ -4,6 +4,7 @@
  */
 import fs from 'node:fs';
 import { request } from '../host/exec-client';
+import { releaseAddress, removeTap, tapName } from '../network/bridge';
 import { StateStore, statusOf } from '../state/store';
 import type { VmRecord } from '../state/vm-record';
 import { memoryFilePath, removeSockets, vmFiles } from '../supervisor/vm-files';
@@ -83,6 +84,11 @@ function killSupervisor(record: VmRecord): void {
 /** What a dead supervisor could not do: make sure the VMM is gone, drop sockets and scratch, fix the record. */
 async function cleanUpAfterSupervisor(store: StateStore, record: VmRecord): Promise<void> {
   await killLeftoverVmm(store, record);
+  if (record.config.network === 'bridged') {
+    // The TAP goes with its VMM; the address claim is released here, or taken over later.
+    await removeTap(tapName(record.id));
+    releaseAddress(record.id, store.read(record.id)?.bridgedAddress);
+  }
   const dir = store.vmDir(record.id);
   removeSockets(dir);
   fs.rmSync(vmFiles(dir).scratchDisk, { force: true });

@@ -13,12 +13,15 @@ export interface RunOptions {
   interactive: boolean;
   /** Give the container a terminal (podman runs on one the agent made, and passes its size on). */
   tty?: boolean;
+  /** Guest-OS directories bind-mounted into the container (the FUSE mounts of --map). */
+  volumes?: { source: string; target: string; readOnly: boolean }[];
 }
 
 export function podmanRunArgv(options: RunOptions): string[] {
   const argv = ['podman', 'run', '--name', MAIN_CONTAINER, '--network', 'host', '--pull', 'never', '--log-driver', 'none'];
   if (options.interactive) argv.push('--interactive');
   if (options.tty) argv.push('--tty');
+  for (const volume of options.volumes ?? []) argv.push('--volume', `${volume.source}:${volume.target}${volume.readOnly ? ':ro' : ''}`);
   for (const [key, value] of Object.entries(options.env)) argv.push('--env', `${key}=${value}`);
   argv.push(options.image, ...options.command);
   return argv;

@@ -82,14 +82,36 @@ export class FrameDecoder {
   resync(): void {
     this.syncing = true;
     this.buffer = Buffer.alloc(0);
+    this.held = [];
+    this.heldBytes = 0;
+    this.need = 0;
   }
 
   get inSync(): boolean {
     return !this.syncing;
   }
 
+  /**
+   * Chunks held back until the frame they belong to is complete: reads can be as small as a
+   * page (virtio-serial), and joining them one at a time would copy a large frame over and over.
+   */
+  private held: Buffer[] = [];
+  private heldBytes = 0;
+  /** Bytes the decoder needs before it can make progress (0: unknown, try on every chunk). */
+  private need = 0;
+
   push(chunk: Buffer): void {
-    this.buffer = this.buffer.length === 0 ? chunk : Buffer.concat([this.buffer, chunk]);
+    if (this.need > 0 && this.buffer.length + this.heldBytes + chunk.length < this.need) {
+      this.held.push(chunk);
+      this.heldBytes += chunk.length;
+      return;
+    }
+    if (this.held.length > 0 || this.buffer.length > 0) {
+      this.buffer = Buffer.concat([this.buffer, ...this.held, chunk]);
+      this.held = [];
+      this.heldBytes = 0;
+    } else this.buffer = chunk;
+    this.need = 0;
     for (;;) {
       if (this.syncing) {
         const at = this.buffer.indexOf(SYNC_MARKER);
@@ -103,7 +125,10 @@ export class FrameDecoder {
         this.syncing = false;
         this.expectHello = true;
       }
-      if (this.buffer.length < HEADER_BYTES) return;
+      if (this.buffer.length < HEADER_BYTES) {
+        this.need = HEADER_BYTES;
+        return;
+      }
       const length = this.buffer.readUInt32BE(0);
       const channel = this.buffer.readUInt32BE(4);
       const type = this.buffer.readUInt8(8) as FrameType;
@@ -116,7 +141,10 @@ export class FrameDecoder {
         this.syncing = true;
         continue;
       }
-      if (this.buffer.length < HEADER_BYTES + length) return;
+      if (this.buffer.length < HEADER_BYTES + length) {
+        this.need = HEADER_BYTES + length;
+        return;
+      }
       const payload = this.buffer.subarray(HEADER_BYTES, HEADER_BYTES + length);
       this.buffer = this.buffer.subarray(HEADER_BYTES + length);
       this.expectHello = false;

@@ -46,7 +46,18 @@ export interface PowerOffRequest {
   kind: 'poweroff';
 }
 
-export type AgentRequest = ExecRequest | InfoRequest | PowerOffRequest;
+/**
+ * Mount a FUSE file system at mountpoint (under /run/shoal/maps/) and carry its requests on the
+ * channel: kernel requests to the host on stream 1, the host's replies on stream 0. The agent
+ * answers { type: 'mounted' } once the mount is in place.
+ */
+export interface FuseMountRequest {
+  kind: 'fuse-mount';
+  mountpoint: string;
+  readOnly: boolean;
+}
+
+export type AgentRequest = ExecRequest | InfoRequest | PowerOffRequest | FuseMountRequest;
 
 /** Session start, host to guest, after the sync marker. */
 export interface Hello {

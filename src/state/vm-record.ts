@@ -3,6 +3,7 @@
  * supervisor (the only writer while it lives). Readers derive liveness from the supervisor's
  * pid and start time, so a VM whose supervisor was killed shows as dead, never as running.
  */
+import type { DirectoryMap } from '../container/map-spec';
 import type { NetworkMode } from '../network/mode';
 import type { TerminalSize } from '../protocol/messages';
 import type { Accelerator, PortForward, VmmKind } from '../vmm/backend';
@@ -27,6 +28,8 @@ export interface VmConfig {
   autoRemove: boolean;
   network: NetworkMode;
   publish: PortForward[];
+  /** Host directories shown to the container over FUSE (--map). */
+  maps?: DirectoryMap[];
   /** Use the automatic image cache (false with --no-snapshot). */
   imageCache?: boolean;
 }
@@ -47,6 +50,8 @@ export interface VmRecord {
   loadedImage?: string;
   exitCode?: number;
   error?: string;
+  /** A bridged VM's address on the shoal0 subnet. */
+  bridgedAddress?: string;
   /** Whether this VM was restored from the image cache (hit) or booted and saved it (miss). */
   imageCache?: { key: string; hit: boolean };
 }

@@ -5,14 +5,25 @@
 import type { NetworkMode } from '../network/mode';
 import type { VmmKind } from '../vmm/backend';
 
-export function guestCmdline(base: string, backend: VmmKind, hostname: string, network: NetworkMode = 'none'): string {
+/** A bridged VM's addresses, which guest-init configures on eth0. */
+export interface StaticAddress {
+  address: string;
+  prefixLength: number;
+  gateway: string;
+  nameserver: string;
+}
+
+export function guestCmdline(base: string, backend: VmmKind, hostname: string, network: NetworkMode = 'none', bridged?: StaticAddress): string {
   // On QEMU, rootless networking is slirp, whose fixed addresses guest-init configures.
-  const net = backend === 'qemu' && network === 'rootless' ? ' shoal.net=slirp' : '';
+  let net = backend === 'qemu' && network === 'rootless' ? ' shoal.net=slirp' : '';
+  if (network === 'bridged' && bridged) {
+    net = ` shoal.net=static shoal.ip=${bridged.address}/${bridged.prefixLength} shoal.gw=${bridged.gateway} shoal.dns=${bridged.nameserver}`;
+  }
   if (backend === 'firecracker') {
     // Firecracker has no ACPI power-off: the guest ends the VM by rebooting through the
     // keyboard controller (reboot=k), and the agent reaches the host over vsock.
     const line = base.replace(/\breboot=\S+/, 'reboot=k');
-    return `${line} shoal.transport=vsock shoal.poweroff=reboot shoal.hostname=${hostname}`;
+    return `${line} shoal.transport=vsock shoal.poweroff=reboot shoal.hostname=${hostname}${net}`;
   }
   return `${base} shoal.transport=serial shoal.hostname=${hostname}${net}`;
 }

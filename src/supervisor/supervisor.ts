@@ -29,8 +29,12 @@ import type { RestoreSpec, VmHandle, VmSpec } from '../vmm/backend';
 import { backendFor } from '../vmm/select';
 import { ContainerLogWriter } from './container-log';
 import { relayChannels } from './relay';
+import { serveDirectoryMaps, type ServedMap } from './directory-maps';
 import { terminalSizeOf, type TerminalSize } from '../protocol/messages';
-import { netSpecFor } from '../network/mode';
+import { netSpecFor, SLIRP_HOST_ADDRESS } from '../network/mode';
+import { proxyEnvironment } from '../network/proxy-env';
+import { attachTap, claimAddress, ensureBridge, GATEWAY, hostNameserver, PREFIX_LENGTH, releaseAddress, removeTap, tapName } from '../network/bridge';
+import { startPortProxies, type PortProxy } from '../network/port-proxy';
 import type { SnapshotManifest } from '../snapshot/store';
 import { cachedImageSnapshot, imageCacheKey, imageDigest, newImageCacheTempDir, publishImageCache } from '../snapshot/image-cache';
 import { guestCmdline } from './guest-cmdline';
@@ -60,6 +64,10 @@ export class Supervisor {
   private attachArrived: () => void = () => undefined;
   private readonly firstAttach = new Promise<void>((resolve) => { this.attachArrived = resolve; });
   private mainChannel: Channel | undefined;
+  /** Published ports of a bridged VM, proxied by this process. */
+  private portProxy: PortProxy | undefined;
+  /** The --map directories this process serves to the guest over FUSE. */
+  private directoryMaps: ServedMap[] = [];
   /** The attached terminal's latest window size (-t), which the container's terminal follows. */
   private terminalSize: TerminalSize | undefined;
   private announceMain: (channel: Channel) => void = () => undefined;
@@ -101,6 +109,9 @@ export class Supervisor {
         exitCode = await this.watchMainContainer();
       } else {
         const image = await this.bootOrRestoreFromImageCache();
+        // After the image cache's snapshot: a FUSE mount's state lives in this process, so no
+        // snapshot may hold one.
+        await this.mountDirectoryMaps();
         if (!this.record.config.detach) await Promise.race([this.firstAttach, sleep(ATTACH_GRACE_MS)]);
         exitCode = await this.runMainContainer(image);
       }
@@ -143,10 +154,22 @@ export class Supervisor {
     const backend = backendFor(this.record.backend, this.record.accel);
     this.progress(`booting a ${this.record.backend} microVM (${this.record.accel})`);
     await createScratchDisk(this.files.scratchDisk);
+    await this.prepareBridgedNetwork();
     const spec = this.vmSpec(assets);
     this.spec = spec;
     this.vm = await backend.boot(spec);
+    if (spec.net?.tap) await attachTap(spec.net.tap);
     await this.connectVm(this.vm);
+  }
+
+  /** Bridge and NAT (shared, idempotent), this VM's address, and its published ports' proxies. */
+  private async prepareBridgedNetwork(): Promise<void> {
+    if (this.record.config.network !== 'bridged') return;
+    await ensureBridge();
+    const address = claimAddress(this.record.id);
+    this.record = this.store.update(this.record.id, (r) => { r.bridgedAddress = address; });
+    const forwards = this.record.config.publish ?? [];
+    if (forwards.length > 0) this.portProxy = await startPortProxies(forwards, address);
   }
 
   /**
@@ -194,7 +217,8 @@ export class Supervisor {
    */
   private async bootOrRestoreFromImageCache(): Promise<string> {
     const { config } = this.record;
-    if (config.imageCache === false || this.record.backend !== 'qemu' || !snapshotSafe(this.record.accel, config.cpus)) {
+    // A bridged VM's address is its own: a snapshot of it would hand that address to every later run.
+    if (config.imageCache === false || this.record.backend !== 'qemu' || config.network === 'bridged' || !snapshotSafe(this.record.accel, config.cpus)) {
       await this.boot();
       return this.prepareImage();
     }
@@ -299,7 +323,15 @@ export class Supervisor {
       runDir: this.files.dir,
       kernel: this.record.backend === 'firecracker' ? assets.vmlinux : assets.vmlinuz,
       initrd: assets.initrd,
-      cmdline: guestCmdline(assets.cmdline, this.record.backend, config.name, config.network),
+      cmdline: guestCmdline(
+        assets.cmdline,
+        this.record.backend,
+        config.name,
+        config.network,
+        this.record.bridgedAddress
+          ? { address: this.record.bridgedAddress, prefixLength: PREFIX_LENGTH, gateway: GATEWAY, nameserver: hostNameserver() }
+          : undefined,
+      ),
       cpus: config.cpus,
       memoryMiB: config.memoryMiB,
       drives: [
@@ -328,7 +360,7 @@ export class Supervisor {
       image = loaded;
     } else {
       this.progress(`pulling ${source.reference} in the VM`);
-      const result = await execCollect(agent, { argv: podmanPullArgv(source.reference) });
+      const result = await execCollect(agent, { argv: podmanPullArgv(source.reference), env: this.proxyEnv() });
       if (result.code !== 0) {
         throw new ShoalError(`pulling ${source.reference} failed: ${lastLine(result.stderr) || `podman pull exited ${result.code}`}`);
       }
@@ -338,14 +370,36 @@ export class Supervisor {
     return image;
   }
 
+  /** The host's proxy settings as the guest must see them (this process inherited the CLI's environment). */
+  private proxyEnv(): Record<string, string> {
+    const mode = this.record.config.network ?? 'none';
+    return proxyEnvironment(process.env, mode === 'rootless' ? SLIRP_HOST_ADDRESS : null);
+  }
+
+  private async mountDirectoryMaps(): Promise<void> {
+    const maps = this.record.config.maps ?? [];
+    if (maps.length === 0) return;
+    this.progress(`mounting ${maps.map((m) => m.host).join(', ')} in the VM`);
+    this.directoryMaps = await serveDirectoryMaps(this.agent!, maps);
+  }
+
   private runMainContainer(image: string): Promise<number> {
     const agent = this.agent!;
     const { config } = this.record;
     const log = new ContainerLogWriter(this.files.containerLog);
     const channel = agent.open({
       kind: 'exec',
-      argv: podmanRunArgv({ image, command: config.command, env: config.env, interactive: config.interactive, tty: config.tty !== undefined }),
+      argv: podmanRunArgv({
+        image,
+        command: config.command,
+        env: config.env,
+        interactive: config.interactive,
+        tty: config.tty !== undefined,
+        volumes: this.directoryMaps.map((m) => ({ source: m.mountpoint, target: m.map.guest, readOnly: m.map.readOnly })),
+      }),
       stdin: config.interactive,
+      // podman hands its proxy variables on to the container (--http-proxy, on by default).
+      env: this.proxyEnv(),
       ...(config.tty ? { tty: this.terminalSize ?? config.tty } : {}),
       // Survives a session reset: a clone restored from a snapshot keeps running its container.
       persistent: true,
@@ -405,6 +459,11 @@ export class Supervisor {
     if (this.finished) return;
     this.finished = true;
     await this.powerOff();
+    this.portProxy?.close();
+    if (this.record.config.network === 'bridged') {
+      await removeTap(tapName(this.record.id));
+      releaseAddress(this.record.id, this.record.bridgedAddress);
+    }
     this.setState(state, (r) => {
       r.finishedAt = new Date().toISOString();
       if (result.exitCode !== undefined) r.exitCode = result.exitCode;
@@ -552,6 +611,14 @@ export class Supervisor {
     const gate = this.gate;
     if (!vm || !agent || agent.destroyed || !gate || this.record.state !== 'running' || this.finished || this.stopRequested) {
       fail(`VM ${this.record.config.name} is not running`);
+      return;
+    }
+    if (this.record.config.network === 'bridged') {
+      fail(`VM ${this.record.config.name} uses --network bridged, whose address is its own: it cannot be snapshotted (use --network rootless)`);
+      return;
+    }
+    if ((this.record.config.maps ?? []).length > 0) {
+      fail(`VM ${this.record.config.name} has --map directories, whose FUSE state lives in its supervisor: it cannot be snapshotted`);
       return;
     }
     if (!snapshotSafe(this.record.accel, this.record.config.cpus)) {

@@ -91,15 +91,21 @@ test('published ports answer on loopback, several at once; a taken port is refus
   });
 });
 
-test('the guest reaches the host through user-mode networking', async () => {
-  // A server on the host's loopback, reached from the container as slirp's gateway 10.0.2.2.
-  const server = http.createServer((_req, res) => res.end('from-the-host\n'));
+test('the guest reaches the host through user-mode networking; the host\'s proxy settings reach the container', async () => {
+  // A server on the host's loopback, reached from the container as slirp's gateway 10.0.2.2. It
+  // is also an HTTP proxy: a request for an absolute URL is one sent through a proxy.
+  const server = http.createServer((req, res) => res.end(req.url?.startsWith('http://') ? `via-proxy ${req.url}\n` : 'from-the-host\n'));
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const { port } = server.address() as net.AddressInfo;
   try {
-    const result = await sandbox.run(['run', '--rm', image, '--', 'wget', '-q', '-O', '-', `http://10.0.2.2:${port}/`]);
+    // (busybox wget ignores no_proxy: -Y off makes the direct request.)
+    const script = `wget -Y off -q -O - http://10.0.2.2:${port}/ && echo "proxy=$http_proxy no_proxy=$no_proxy" && wget -q -O - http://example.invalid/x`;
+    const result = await sandbox.run(['run', '--rm', image, '--', 'sh', '-c', script], {
+      env: { http_proxy: `http://127.0.0.1:${port}`, no_proxy: '10.0.2.2' },
+    });
     assert.equal(result.code, 0, result.stderr.toString());
-    assert.equal(result.stdout.toString(), 'from-the-host\n');
+    // The proxy on the host's loopback is named as the guest reaches it.
+    assert.equal(result.stdout.toString(), `from-the-host\nproxy=http://10.0.2.2:${port} no_proxy=10.0.2.2\nvia-proxy http://example.invalid/x\n`);
   } finally {
     server.close();
   }

@@ -1,8 +1,14 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 import { test } from 'node:test';
 import { checkNetworkSupport, macFor, parseNetworkMode } from '../../src/network/mode';
 import { assertPortsFree, parsePublish } from '../../src/network/publish';
+import { claimAddress, releaseAddress, tapName } from '../../src/network/bridge';
+import { proxyEnvironment } from '../../src/network/proxy-env';
 
 test('--publish accepts podman forms', () => {
   assert.deepEqual(parsePublish(['8080:80', '127.0.0.1:5353:53/udp,9000:9000/tcp', '[::1]:8443:443']), [
@@ -40,4 +46,49 @@ test('network modes', () => {
   assert.throws(() => checkNetworkSupport('none', 'qemu', parsePublish(['1:1'])), /cannot be combined with --network none/);
   assert.match(macFor('abc'), /^02:fc(:[0-9a-f]{2}){4}$/);
   assert.equal(macFor('abc'), macFor('abc'));
+});
+
+test('proxy settings reach the guest; a proxy on the host loopback is named as the guest reaches it', () => {
+  const env = {
+    http_proxy: 'http://127.0.0.1:3128',
+    HTTPS_PROXY: 'http://user:pw@localhost:8080/',
+    ftp_proxy: 'http://proxy.example:21',
+    no_proxy: 'localhost,127.0.0.1',
+    PATH: '/bin',
+  };
+  assert.deepEqual(proxyEnvironment(env, '10.0.2.2'), {
+    http_proxy: 'http://10.0.2.2:3128',
+    HTTPS_PROXY: 'http://user:pw@10.0.2.2:8080/',
+    ftp_proxy: 'http://proxy.example:21',
+    no_proxy: 'localhost,127.0.0.1',
+  });
+  assert.equal(proxyEnvironment(env, null).http_proxy, 'http://127.0.0.1:3128');
+  assert.deepEqual(proxyEnvironment({ PATH: '/bin' }, '10.0.2.2'), {});
+});
+
+test('bridged addresses: claimed once each, released, and taken over from a dead holder', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-claims-'));
+  try {
+    const a = claimAddress('vm-a', process.pid, dir);
+    const b = claimAddress('vm-b', process.pid, dir);
+    assert.equal(a, '10.77.0.2');
+    assert.equal(b, '10.77.0.3');
+    assert.equal(claimAddress('vm-a', process.pid, dir), a, 'a VM asking again keeps its address');
+    releaseAddress('vm-a', a, dir);
+    assert.equal(claimAddress('vm-c', process.pid, dir), a, 'a released address is free again');
+    // A holder whose process is gone: its claim is stale.
+    const dead = spawnSync('true').pid!;
+    fs.writeFileSync(path.join(dir, '10.77.0.4'), JSON.stringify({ id: 'vm-dead', pid: dead, startTime: '1' }));
+    assert.equal(claimAddress('vm-d', process.pid, dir), '10.77.0.4');
+    releaseAddress('vm-x', b, dir);
+    assert.ok(fs.existsSync(path.join(dir, b)), 'only the holder releases');
+    assert.equal(tapName('0123456789abcdef').length <= 15, true);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('--network bridged is refused for Firecracker, and without root', () => {
+  assert.throws(() => checkNetworkSupport('bridged', 'firecracker', []), /not implemented for Firecracker/);
+  if (process.getuid?.() === 0) assert.doesNotThrow(() => checkNetworkSupport('bridged', 'qemu', []));
 });

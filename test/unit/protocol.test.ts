@@ -123,3 +123,20 @@ test('reset drops channels: both sides see close', async () => {
   host.destroy();
   await new Promise<void>((r) => (ch.closed ? r() : ch.on('close', r)));
 });
+
+test('decoder: large frames arriving in page-sized reads come out whole and in order', () => {
+  const frames: Frame[] = [];
+  const decoder = new FrameDecoder((f) => frames.push(f));
+  const big = Buffer.alloc(200 * 1024 + 7);
+  for (let i = 0; i < big.length; i++) big[i] = (i * 31) & 0xff;
+  const wire = Buffer.concat([
+    encodeSync(FrameType.Hello, { session: 's' }),
+    encodeFrame(1, FrameType.Data, big),
+    encodeFrame(2, FrameType.Data, Buffer.from('small')),
+    encodeFrame(3, FrameType.Data, big.subarray(0, 5000)),
+  ]);
+  for (let at = 0; at < wire.length; at += 4096) decoder.push(wire.subarray(at, at + 4096));
+  assert.deepEqual(frames.map((f) => [f.channel, f.payload.length]), [[0, frames[0]!.payload.length], [1, big.length], [2, 5], [3, 5000]]);
+  assert.equal(Buffer.compare(frames[1]!.payload, big), 0);
+  assert.equal(Buffer.compare(frames[3]!.payload, big.subarray(0, 5000)), 0);
+});

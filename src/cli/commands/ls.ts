@@ -49,7 +49,7 @@ export function listing(record: VmRecord): VmListing {
     imageCache: record.imageCache ? (record.imageCache.hit ? 'hit' : 'miss') : null,
     network: {
       mode: record.config.network ?? 'none',
-      guestAddress: guestAddress(record.config.network ?? 'none'),
+      guestAddress: guestAddress(record.config.network ?? 'none', record.bridgedAddress),
       ports: (record.config.publish ?? []).map((f) => `${f.hostAddress}:${f.hostPort}->${f.guestPort}/${f.proto}`),
     },
   };

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { loadAssets } from '../../assets/setup';
 import { parseImage } from '../../container/image-ref';
+import { parseMaps } from '../../container/map-spec';
 import { parseEnv } from '../../container/podman-argv';
 import { STDERR, STDIN, STDOUT, type Channel, type Mux } from '../../protocol/mux';
 import { checkNetworkSupport, parseNetworkMode } from '../../network/mode';
@@ -34,6 +35,7 @@ export interface RunFlags {
   network?: string;
   snapshot?: boolean;
   publish: string[];
+  map: string[];
 }
 
 export async function runCommand(image: string, command: string[], flags: RunFlags): Promise<number> {
@@ -93,6 +95,7 @@ function validate(image: string, command: string[], flags: RunFlags): VmConfig {
     autoRemove: flags.rm === true,
     network: parseNetworkMode(flags.network ?? 'rootless'),
     publish: parsePublish(flags.publish),
+    maps: parseMaps(flags.map ?? []),
     imageCache: flags.snapshot !== false,
   };
 }

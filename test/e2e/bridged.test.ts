@@ -1,0 +1,137 @@
+/**
+ * Bridged networking (root): a VM on the shoal0 bridge reaches a server in a network namespace
+ * this test creates, through NAT (the server sees the host's address, not the VM's); a published
+ * port answers on loopback; after rm -f nothing of the VM is left: no TAP, no bridge port, no
+ * address claim, no listener. The namespace and its veth pair are the test's and go in `after`.
+ */
+import assert from 'node:assert/strict';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { BRIDGE, CLAIMS_DIR, tapName } from '../../src/network/bridge';
+import { buildBusyboxDockerArchive } from '../helpers/images';
+import { ShoalSandbox, type LsEntry } from '../helpers/shoal-cli';
+
+const sandbox = new ShoalSandbox('bridge');
+const imagesDir = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-images-'));
+const suffix = crypto.randomBytes(3).toString('hex');
+const namespace = `shoal-test-${suffix}`;
+const hostVeth = `svh${suffix}`;
+const nsVeth = `svn${suffix}`;
+// A /30 of its own per run, so runs never collide.
+const third = 100 + (crypto.randomBytes(1)[0]! % 100);
+const hostSide = `10.99.${third}.1`;
+const nsSide = `10.99.${third}.2`;
+let image = '';
+let server: ChildProcess | undefined;
+
+function sh(command: string, args: string[]): string {
+  const result = spawnSync(command, args, { encoding: 'utf8' });
+  if (result.status !== 0) throw new Error(`${command} ${args.join(' ')}: ${result.stderr}`);
+  return result.stdout;
+}
+
+before(async () => {
+  image = `docker-archive:${await buildBusyboxDockerArchive(path.join(imagesDir, 'busybox.tar'))}`;
+  sh('ip', ['netns', 'add', namespace]);
+  sh('ip', ['link', 'add', hostVeth, 'type', 'veth', 'peer', 'name', nsVeth]);
+  sh('ip', ['link', 'set', nsVeth, 'netns', namespace]);
+  sh('ip', ['addr', 'add', `${hostSide}/30`, 'dev', hostVeth]);
+  sh('ip', ['link', 'set', hostVeth, 'up']);
+  sh('ip', ['-n', namespace, 'addr', 'add', `${nsSide}/30`, 'dev', nsVeth]);
+  sh('ip', ['-n', namespace, 'link', 'set', nsVeth, 'up']);
+  sh('ip', ['-n', namespace, 'link', 'set', 'lo', 'up']);
+  // A server that answers with the address it sees the client at.
+  const code = `require('http').createServer((q, s) => s.end('client=' + q.socket.remoteAddress.replace('::ffff:', '') + '\\n')).listen(8080, '${nsSide}', () => console.log('listening'))`;
+  server = spawn('ip', ['netns', 'exec', namespace, process.execPath, '-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
+  await new Promise<void>((resolve, reject) => {
+    server!.stdout!.once('data', () => resolve());
+    server!.once('exit', (c) => reject(new Error(`the namespace server exited (${c})`)));
+  });
+});
+
+after(() => {
+  server?.kill('SIGKILL');
+  sandbox.cleanup();
+  spawnSync('ip', ['link', 'del', hostVeth]);
+  spawnSync('ip', ['netns', 'del', namespace]);
+  fs.rmSync(imagesDir, { recursive: true, force: true });
+});
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as net.AddressInfo;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function get(port: number): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    const req = http.get({ host: '127.0.0.1', port, path: '/', timeout: 3000 }, (res) => {
+      let body = '';
+      res.on('data', (d: Buffer) => (body += d.toString()));
+      res.on('end', () => resolve(res.statusCode === 200 ? body : undefined));
+    });
+    req.on('error', () => resolve(undefined));
+    req.on('timeout', () => req.destroy());
+  });
+}
+
+test('a bridged VM reaches a server in a test namespace through NAT', async () => {
+  const result = await sandbox.run(['run', '--rm', '--network', 'bridged', image, 'sh', '-c',
+    `ip -4 -o addr show eth0; wget -qO- http://${nsSide}:8080/`]);
+  assert.equal(result.code, 0, result.stderr.toString());
+  const out = result.stdout.toString();
+  assert.match(out, /inet 10\.77\.0\.\d+\/24/);
+  // Masqueraded: the namespace sees the host's side of its veth, not the VM's 10.77.0.x.
+  assert.match(out, new RegExp(`client=${hostSide.replaceAll('.', '\\.')}\\n`));
+});
+
+test('a published port of a bridged VM answers on loopback; rm -f leaves no TAP, bridge port, claim or listener', async () => {
+  const port = await freePort();
+  const run = await sandbox.run(['run', '-d', '--name', 'bweb', '--network', 'bridged', '-p', `127.0.0.1:${port}:8080`, image, 'sh', '-c',
+    'mkdir -p /w && echo bridged-web > /w/index.html && exec httpd -f -p 8080 -h /w']);
+  assert.equal(run.code, 0, run.stderr.toString());
+  let body: string | undefined;
+  const deadline = Date.now() + 60_000;
+  while (!body && Date.now() < deadline) {
+    body = await get(port);
+    if (!body) await new Promise((resolve) => setTimeout(resolve, 300));
+  }
+  assert.equal(body, 'bridged-web\n');
+
+  const [vm] = await sandbox.json<LsEntry[]>(['ls', '--json']);
+  const address = vm?.network?.guestAddress ?? '';
+  assert.match(address, /^10\.77\.0\.\d+$/);
+  const tap = tapName(vm!.id);
+  assert.ok(fs.existsSync(`/sys/class/net/${BRIDGE}/brif/${tap}`), 'the TAP is a port of the bridge');
+  assert.ok(fs.existsSync(path.join(CLAIMS_DIR, address)));
+
+  const rm = await sandbox.run(['rm', '-f', 'bweb']);
+  assert.equal(rm.code, 0, rm.stderr.toString());
+  assert.ok(!fs.existsSync(`/sys/class/net/${tap}`), 'the TAP is gone');
+  assert.ok(!fs.existsSync(`/sys/class/net/${BRIDGE}/brif/${tap}`), 'the bridge port is gone');
+  assert.ok(!fs.existsSync(path.join(CLAIMS_DIR, address)), 'the address claim is released');
+  assert.equal(await get(port), undefined);
+  assert.deepEqual(sandbox.processes(), []);
+  // The NAT rules are the shared table's only; nothing in it names this VM.
+  assert.ok(!sh('nft', ['list', 'ruleset']).includes(tap));
+});
+
+test('bridged is refused for snapshots, with one line', async () => {
+  const run = await sandbox.run(['run', '-d', '--name', 'bsnap', '--network', 'bridged', image, 'sleep', '1000']);
+  assert.equal(run.code, 0, run.stderr.toString());
+  const snap = await sandbox.run(['snapshot', 'create', 'bsnap', '--tag', `b-${suffix}`]);
+  assert.notEqual(snap.code, 0);
+  assert.match(snap.stderr.toString(), /bridged/);
+  assert.equal(snap.stderr.toString().trim().split('\n').length, 1);
+  const rm = await sandbox.run(['rm', '-f', 'bsnap']);
+  assert.equal(rm.code, 0, rm.stderr.toString());
+});
