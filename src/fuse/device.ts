@@ -92,8 +92,11 @@ export class FuseDevice {
     this.started = true;
     const buffer = Buffer.allocUnsafe(READ_BUFFER_SIZE);
     const readNext = (): void => {
+      // Once closed, the descriptor number may already name some other file.
+      if (this.closed) return this.endLoop();
       // Blocks one libuv threadpool thread while no request is pending.
       fs.read(this.fd, buffer, 0, buffer.length, null, (err, n) => {
+        if (this.closed) return this.endLoop();
         if (err) {
           switch (err.code) {
             case 'EINTR':

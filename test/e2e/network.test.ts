@@ -91,23 +91,35 @@ test('published ports answer on loopback, several at once; a taken port is refus
   });
 });
 
-test('the guest reaches the host through user-mode networking; the host\'s proxy settings reach the container', async () => {
+test('the guest reaches the host through user-mode networking, over IPv4 and IPv6; the host\'s proxy settings reach the container', async () => {
   // A server on the host's loopback, reached from the container as slirp's gateway 10.0.2.2. It
   // is also an HTTP proxy: a request for an absolute URL is one sent through a proxy.
   const server = http.createServer((req, res) => res.end(req.url?.startsWith('http://') ? `via-proxy ${req.url}\n` : 'from-the-host\n'));
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const { port } = server.address() as net.AddressInfo;
+  // IPv6: slirp advertises fec0::/64 and maps fec0::2 to the host's ::1.
+  const server6 = http.createServer((req, res) => res.end(`v6 client ${req.socket.remoteAddress}\n`));
+  await new Promise<void>((r) => server6.listen(0, '::1', r));
+  const port6 = (server6.address() as net.AddressInfo).port;
   try {
     // (busybox wget ignores no_proxy: -Y off makes the direct request.)
-    const script = `wget -Y off -q -O - http://10.0.2.2:${port}/ && echo "proxy=$http_proxy no_proxy=$no_proxy" && wget -q -O - http://example.invalid/x`;
+    const script = [
+      `wget -Y off -q -O - http://10.0.2.2:${port}/`,
+      'echo "proxy=$http_proxy no_proxy=$no_proxy"',
+      'wget -q -O - http://example.invalid/x',
+      // SLAAC takes a moment (duplicate address detection).
+      'i=0; while ! ip -6 addr show eth0 | grep -q "inet6 fec0:"; do i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.1; done',
+      `wget -Y off -q -O - "http://[fec0::2]:${port6}/"`,
+    ].join(' && ');
     const result = await sandbox.run(['run', '--rm', image, '--', 'sh', '-c', script], {
       env: { http_proxy: `http://127.0.0.1:${port}`, no_proxy: '10.0.2.2' },
     });
     assert.equal(result.code, 0, result.stderr.toString());
     // The proxy on the host's loopback is named as the guest reaches it.
-    assert.equal(result.stdout.toString(), `from-the-host\nproxy=http://10.0.2.2:${port} no_proxy=10.0.2.2\nvia-proxy http://example.invalid/x\n`);
+    assert.equal(result.stdout.toString(), `from-the-host\nproxy=http://10.0.2.2:${port} no_proxy=10.0.2.2\nvia-proxy http://example.invalid/x\nv6 client ::1\n`);
   } finally {
     server.close();
+    server6.close();
   }
 });
 
