@@ -14,7 +14,13 @@ export function runFuseMount(request: FuseMountRequest, channel: Channel, log: (
   const splitter = new FuseMessageSplitter();
   channel.setDataHandler((stream, data) => {
     if (stream !== STDIN || !device) return;
-    for (const reply of splitter.push(data)) device.reply(reply);
+    try {
+      for (const reply of splitter.push(data)) device.reply(reply);
+    } catch (err) {
+      // A corrupt stream, or a reply the kernel refused: the mount cannot go on.
+      log(`fuse mount on ${request.mountpoint}: ${(err as Error).message}`);
+      channel.close();
+    }
   });
   channel.on('close', () => {
     channel.close();

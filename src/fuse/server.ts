@@ -856,7 +856,7 @@ export class FuseServer {
         const ino = name === DOT || handle.nodeid === P.FUSE_ROOT_ID ? handle.ino : (lstatOrNull(Buffer.concat([dir, name]))?.ino ?? handle.ino);
         const dirent = { ino, off, type: DT_DIR, name };
         // Node id 0: the kernel links no dentry for these and so takes no lookup.
-        const attr = toAttr(null, ino, S_IFDIR);
+        const attr = bareDirectoryAttr(ino);
         used = plus
           ? P.encodeDirentplusInto({ nodeid: 0n, entryValid: ZERO, attrValid: ZERO, attr }, dirent, out, used)
           : P.encodeDirentInto(dirent, out, used);
@@ -932,10 +932,12 @@ function splitNs(ns: bigint): [bigint, number] {
   return [sec, Number(nsec)];
 }
 
-function toAttr(st: fs.BigIntStats | null, ino = 0n, mode = 0): P.AttrValue {
-  if (!st) {
-    return { ino, size: 0n, blocks: 0n, atime: 0n, mtime: 0n, ctime: 0n, atimensec: 0, mtimensec: 0, ctimensec: 0, mode, nlink: 1, uid: 0, gid: 0, rdev: 0, blksize: 0, flags: 0 };
-  }
+/** What READDIRPLUS says of '.' and '..': they carry no node id, so the kernel uses only ino and type. */
+function bareDirectoryAttr(ino: bigint): P.AttrValue {
+  return { ino, size: 0n, blocks: 0n, atime: 0n, mtime: 0n, ctime: 0n, atimensec: 0, mtimensec: 0, ctimensec: 0, mode: S_IFDIR, nlink: 1, uid: 0, gid: 0, rdev: 0, blksize: 0, flags: 0 };
+}
+
+function toAttr(st: fs.BigIntStats): P.AttrValue {
   const [atime, atimensec] = splitNs(st.atimeNs);
   const [mtime, mtimensec] = splitNs(st.mtimeNs);
   const [ctime, ctimensec] = splitNs(st.ctimeNs);

@@ -41,7 +41,15 @@ function mountOne(agent: Mux, map: DirectoryMap, mountpoint: string): Promise<Ch
   // synchronous, and the channel's credit paces the guest.
   channel.setDataHandler(async (stream, data) => {
     if (stream !== STDOUT) return;
-    for (const request of splitter.push(data)) {
+    let requests: Buffer[];
+    try {
+      requests = splitter.push(data);
+    } catch {
+      // A corrupt stream cannot be resynchronised: end the mount (the guest's side is aborted).
+      channel.close();
+      return;
+    }
+    for (const request of requests) {
       const reply = server.handle(request);
       if (reply) await channel.write(STDIN, reply);
     }
