@@ -10,7 +10,8 @@ packages=(
   busybox-static       # the initramfs, and the test images
   e2fsprogs            # mkfs.ext4 -d for the rootfs and scratch disks
   cpio kmod            # initramfs, depmod
-  util-linux           # setpriv --pdeathsig: a VMM never outlives its supervisor
+  util-linux           # setpriv --pdeathsig: a VMM never outlives its supervisor; mount for FUSE tests
+  iproute2 nftables    # --network bridged: bridge, TAP, NAT (and the tests' network namespaces)
   ca-certificates
   make g++ python3     # node-gyp for the native addon
 )
