@@ -70,3 +70,75 @@ export function publishImageCache(store: StateStore, tempDir: string, key: strin
     fs.rmSync(tempDir, { recursive: true, force: true });
   }
 }
+
+/** How many entries the cache keeps (each holds a guest's RAM and disk: hundreds of MiB). */
+export function imageCacheLimit(env: NodeJS.ProcessEnv = process.env): number {
+  const value = Number(env.SHOAL_IMAGE_CACHE_MAX ?? 5);
+  return Number.isInteger(value) && value >= 0 ? value : 5;
+}
+
+/** Marks an entry as just used (its manifest's mtime orders eviction). */
+export function touchImageCache(dir: string): void {
+  const now = new Date();
+  try {
+    fs.utimesSync(path.join(dir, MANIFEST), now, now);
+  } catch {
+    // evicted meanwhile
+  }
+}
+
+/**
+ * Keeps the `limit` most recently used entries and removes the rest, and the temporary
+ * directories of saves whose process died. An entry is renamed away before it is deleted, so a
+ * run restoring from it either finds it whole or not at all; a VM already restored from it keeps
+ * its memory (its mapping holds the file) and has its own disk copy.
+ */
+export function evictImageCache(store: StateStore, limit: number = imageCacheLimit(), isAlive: (pid: number) => boolean = pidAlive): string[] {
+  const root = imageCacheRoot(store);
+  let names: string[];
+  try {
+    names = fs.readdirSync(root);
+  } catch {
+    return [];
+  }
+  const removed: string[] = [];
+  const remove = (name: string): void => {
+    const trash = path.join(root, `.evicted-${name}-${process.pid}-${Date.now()}`);
+    try {
+      fs.renameSync(path.join(root, name), trash);
+    } catch {
+      return; // gone already
+    }
+    fs.rmSync(trash, { recursive: true, force: true });
+    removed.push(name);
+  };
+  const entries: { name: string; usedMs: number }[] = [];
+  for (const name of names) {
+    const temp = /^\.tmp-[0-9a-f]+-(\d+)-/.exec(name);
+    if (temp) {
+      if (!isAlive(Number(temp[1]))) remove(name);
+      continue;
+    }
+    if (name.startsWith('.evicted-')) {
+      fs.rmSync(path.join(root, name), { recursive: true, force: true });
+      continue;
+    }
+    try {
+      entries.push({ name, usedMs: fs.statSync(path.join(root, name, MANIFEST)).mtimeMs });
+    } catch {
+      // no manifest: not an entry
+    }
+  }
+  entries.sort((a, b) => b.usedMs - a.usedMs);
+  for (const entry of entries.slice(limit)) remove(entry.name);
+  return removed;
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}

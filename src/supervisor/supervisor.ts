@@ -36,7 +36,7 @@ import { proxyEnvironment } from '../network/proxy-env';
 import { attachTap, claimAddress, ensureBridge, GATEWAY, hostNameserver, PREFIX_LENGTH, releaseAddress, removeTap, tapName } from '../network/bridge';
 import { startPortProxies, type PortProxy } from '../network/port-proxy';
 import type { SnapshotManifest } from '../snapshot/store';
-import { cachedImageSnapshot, imageCacheKey, imageDigest, newImageCacheTempDir, publishImageCache } from '../snapshot/image-cache';
+import { cachedImageSnapshot, evictImageCache, imageCacheKey, imageDigest, newImageCacheTempDir, publishImageCache, touchImageCache } from '../snapshot/image-cache';
 import { guestCmdline } from './guest-cmdline';
 import { createScratchDisk } from './scratch-disk';
 import { memoryFilePath, removeSockets, restoreInfoPath, vmFiles, type RestoreInfo } from './vm-files';
@@ -226,6 +226,7 @@ export class Supervisor {
     const key = imageCacheKey(digest, config, this.vmSpec(loadAssets()), this.record.backend, this.record.accel);
     const cached = cachedImageSnapshot(this.store, key);
     if (cached?.manifest.loadedImage) {
+      touchImageCache(cached.dir);
       this.record = this.store.update(this.record.id, (r) => {
         r.imageCache = { key, hit: true };
         r.loadedImage = cached.manifest.loadedImage;
@@ -265,6 +266,8 @@ export class Supervisor {
       };
       if (this.record.loadedImage) manifest.loadedImage = this.record.loadedImage;
       publishImageCache(this.store, temp, key, manifest);
+      const evicted = evictImageCache(this.store);
+      if (evicted.length > 0) this.progress(`image cache: evicted ${evicted.length} least recently used entr${evicted.length === 1 ? 'y' : 'ies'}`);
     } catch (err) {
       fs.rmSync(temp, { recursive: true, force: true });
       throw err;

@@ -5,7 +5,8 @@ import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { test } from 'node:test';
 import { GatedStream } from '../../src/protocol/gate';
-import { findSnapshot, listSnapshots, makeTempDir, publish, removeSnapshot, snapshotsDir, tagProblem, type SnapshotManifest } from '../../src/snapshot/store';
+import { MANIFEST, findSnapshot, listSnapshots, makeTempDir, publish, removeSnapshot, snapshotsDir, tagProblem, type SnapshotManifest } from '../../src/snapshot/store';
+import { evictImageCache, imageCacheLimit, imageCacheRoot, touchImageCache } from '../../src/snapshot/image-cache';
 import { StateStore } from '../../src/state/store';
 
 function manifest(tag: string): SnapshotManifest {
@@ -66,4 +67,34 @@ test('gated stream: held writes queue in order, release(true) sends them, releas
     assert.equal(got.join(''), 'aHbcdf');
     resolve();
   }));
+});
+
+test('image cache eviction keeps the most recently used entries and drops dead saves', () => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-cache-'));
+  try {
+    const store = new StateStore(root);
+    const cache = imageCacheRoot(store);
+    const entry = (name: string, usedSecondsAgo: number): void => {
+      fs.mkdirSync(path.join(cache, name), { recursive: true });
+      const manifest = path.join(cache, name, MANIFEST);
+      fs.writeFileSync(manifest, '{}');
+      const when = new Date(Date.now() - usedSecondsAgo * 1000);
+      fs.utimesSync(manifest, when, when);
+    };
+    entry('aaaa', 400);
+    entry('bbbb', 300);
+    entry('cccc', 200);
+    entry('dddd', 100);
+    // A hit makes the oldest entry the newest.
+    touchImageCache(path.join(cache, 'aaaa'));
+    fs.mkdirSync(path.join(cache, '.tmp-eeee-111-x'));
+    fs.mkdirSync(path.join(cache, '.tmp-ffff-222-y'));
+    const removed = evictImageCache(store, 2, (pid) => pid === 222);
+    assert.deepEqual(removed.sort(), ['.tmp-eeee-111-x', 'bbbb', 'cccc']);
+    assert.deepEqual(fs.readdirSync(cache).sort(), ['.tmp-ffff-222-y', 'aaaa', 'dddd']);
+    assert.equal(imageCacheLimit({ SHOAL_IMAGE_CACHE_MAX: '0' }), 0);
+    assert.equal(imageCacheLimit({ SHOAL_IMAGE_CACHE_MAX: 'lots' }), 5);
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
 });
