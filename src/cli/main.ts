@@ -58,6 +58,10 @@ function buildProgram(): Command {
     .option('--no-snapshot', 'do not use the image cache (neither restore from it nor save to it)')
     .option('--network <mode>', 'rootless (default: user-mode networking), bridged or none')
     .option('-p, --publish <[ADDR:]HOST:GUEST[/tcp|/udp]>', 'publish a guest port on the host (repeatable, comma-separated)', collect, [])
+    .option('--jailer', 'run Firecracker under its jailer (chroot, unprivileged uid/gid, cgroup)')
+    .option('--jailer-uid <uid>', 'with --jailer: the uid Firecracker drops to (default 65534)')
+    .option('--jailer-gid <gid>', 'with --jailer: the gid Firecracker drops to (default 65534)')
+    .option('--jailer-chroot <dir>', 'with --jailer: the chroot base directory (default /srv/jailer)')
     .option('--map <HOST:GUEST[:ro]>', 'show a host directory to the container at GUEST, over FUSE (repeatable, comma-separated)', collect, [])
     .passThroughOptions()
     .action(act((image: string, command: string[], flags: Parameters<typeof runCommand>[2]) => runCommand(image, command, flags)));

@@ -7,7 +7,7 @@ import { request } from '../host/exec-client';
 import { releaseAddress, removeTap, tapName } from '../network/bridge';
 import { StateStore, statusOf } from '../state/store';
 import type { VmRecord } from '../state/vm-record';
-import { memoryFilePath, removeSockets, vmFiles } from '../supervisor/vm-files';
+import { memoryFilePath, removeJail, removeSockets, vmFiles } from '../supervisor/vm-files';
 import { isAlive, sleep } from '../util/process';
 import { connectSupervisor } from './control-client';
 
@@ -37,7 +37,9 @@ async function killLeftoverVmm(store: StateStore, record: VmRecord): Promise<voi
   } catch {
     return;
   }
-  if (!cmdline.includes(store.vmDir(record.id))) return; // pid reused by something else
+  // A jailed Firecracker runs chrooted, with in-jail paths; its `--id <id>` names it.
+  const ours = cmdline.includes(store.vmDir(record.id)) || (record.config.jailer !== undefined && cmdline.includes(record.id));
+  if (!ours) return; // pid reused by something else
   try {
     process.kill(pid, 'SIGKILL');
   } catch {
@@ -89,6 +91,7 @@ async function cleanUpAfterSupervisor(store: StateStore, record: VmRecord): Prom
     await removeTap(tapName(record.id));
     releaseAddress(record.id, store.read(record.id)?.bridgedAddress);
   }
+  removeJail(record);
   const dir = store.vmDir(record.id);
   removeSockets(dir);
   fs.rmSync(vmFiles(dir).scratchDisk, { force: true });

@@ -7,6 +7,7 @@ import type { DirectoryMap } from '../container/map-spec';
 import type { NetworkMode } from '../network/mode';
 import type { TerminalSize } from '../protocol/messages';
 import type { Accelerator, PortForward, VmmKind } from '../vmm/backend';
+import type { JailerChoice } from '../vmm/select';
 
 export type RecordedState = 'creating' | 'starting' | 'running' | 'stopping' | 'stopped' | 'failed';
 export type VmStatus = 'creating' | 'starting' | 'running' | 'stopping' | 'stopped' | 'failed' | 'dead';
@@ -30,6 +31,8 @@ export interface VmConfig {
   publish: PortForward[];
   /** Host directories shown to the container over FUSE (--map). */
   maps?: DirectoryMap[];
+  /** Run Firecracker under its jailer (--jailer). */
+  jailer?: JailerChoice;
   /** Use the automatic image cache (false with --no-snapshot). */
   imageCache?: boolean;
 }

@@ -39,7 +39,7 @@ import type { SnapshotManifest } from '../snapshot/store';
 import { cachedImageSnapshot, evictImageCache, imageCacheKey, imageDigest, newImageCacheTempDir, publishImageCache, touchImageCache } from '../snapshot/image-cache';
 import { guestCmdline } from './guest-cmdline';
 import { createScratchDisk } from './scratch-disk';
-import { memoryFilePath, removeSockets, restoreInfoPath, vmFiles, type RestoreInfo } from './vm-files';
+import { memoryFilePath, removeJail, removeSockets, restoreInfoPath, vmFiles, type RestoreInfo } from './vm-files';
 
 const execFileAsync = promisify(execFile);
 /** How long the guest has to answer the quiesce request and the re-HELLO around a snapshot. */
@@ -151,7 +151,7 @@ export class Supervisor {
 
   private async boot(): Promise<void> {
     const assets = loadAssets();
-    const backend = backendFor(this.record.backend, this.record.accel);
+    const backend = backendFor(this.record.backend, this.record.accel, this.record.config.jailer);
     this.progress(`booting a ${this.record.backend} microVM (${this.record.accel})`);
     await createScratchDisk(this.files.scratchDisk);
     await this.prepareBridgedNetwork();
@@ -181,7 +181,7 @@ export class Supervisor {
     const manifest = readSnapshotDir(info.snapshotDir);
     if (!manifest) throw new ShoalError(`snapshot ${info.tag} is gone`);
     const files = snapshotFiles(info.snapshotDir);
-    const backend = backendFor(this.record.backend, this.record.accel);
+    const backend = backendFor(this.record.backend, this.record.accel, this.record.config.jailer);
     this.progress(`restoring snapshot ${info.tag} into a ${this.record.backend} microVM (${this.record.accel})`);
     await execFileAsync('cp', ['--reflink=auto', '--sparse=always', files.scratch, this.files.scratchDisk]);
     const drives = manifest.vmSpec.drives.map((d) => (d.id === 'scratch' ? { ...d, path: this.files.scratchDisk } : d));
@@ -463,6 +463,7 @@ export class Supervisor {
     this.finished = true;
     await this.powerOff();
     this.portProxy?.close();
+    removeJail(this.record);
     if (this.record.config.network === 'bridged') {
       await removeTap(tapName(this.record.id));
       releaseAddress(this.record.id, this.record.bridgedAddress);

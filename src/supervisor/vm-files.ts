@@ -1,6 +1,8 @@
 /** The files of one VM inside its state directory. */
 import fs from 'node:fs';
 import path from 'node:path';
+import type { VmRecord } from '../state/vm-record';
+import { jailDirOf } from '../vmm/select';
 
 export function vmFiles(dir: string) {
   return {
@@ -44,4 +46,11 @@ export interface RestoreInfo {
   /** The snapshot's directory (snapshot.json, state.bin, memory.raw, scratch.img). */
   snapshotDir: string;
   tag: string;
+}
+
+/** Removes a jailed VM's jail directory (the jailer does not), once its VMM is gone. */
+export function removeJail(record: VmRecord): void {
+  if (!record.config.jailer) return;
+  const dir = jailDirOf(record.id, record.config.jailer);
+  if (dir) fs.rmSync(dir, { recursive: true, force: true });
 }

@@ -4,17 +4,39 @@
  */
 import { ShoalError } from '../util/errors';
 import type { Accelerator, VmmBackend, VmmKind } from './backend';
-import { FirecrackerBackend } from './firecracker/backend';
+import path from 'node:path';
+import { FirecrackerBackend, findFirecrackerBinary, findJailerBinary } from './firecracker/backend';
+import { jailLayout } from './firecracker/jailer';
 import { QemuBackend } from './qemu/backend';
 
 export type VmmChoice = VmmKind | 'auto';
 
-export function backendFor(kind: VmmKind, accel: Accelerator): VmmBackend {
+/** `--jailer`: run Firecracker under its jailer, dropping to uid:gid in a chroot under chrootBaseDir. */
+export interface JailerChoice {
+  uid: number;
+  gid: number;
+  chrootBaseDir?: string;
+}
+
+/**
+ * The jail directory of a jailed VM (`<chroot base>/<exec file name>/<id>`), which the jailer
+ * leaves behind: its owner removes it when the VM is gone. Undefined without a Firecracker binary.
+ */
+export function jailDirOf(id: string, jailer: JailerChoice): string | undefined {
+  const firecracker = findFirecrackerBinary().path;
+  if (!firecracker) return undefined;
+  return jailLayout({ id, firecrackerBinary: path.resolve(firecracker), chrootBaseDir: jailer.chrootBaseDir }).jailDir;
+}
+
+export function backendFor(kind: VmmKind, accel: Accelerator, jailer?: JailerChoice): VmmBackend {
   switch (kind) {
     case 'qemu':
       return new QemuBackend();
     case 'firecracker':
-      return new FirecrackerBackend({ kvmUsable: async () => accel === 'kvm' });
+      return new FirecrackerBackend({
+        kvmUsable: async () => accel === 'kvm',
+        ...(jailer ? { jailer: { ...jailer, jailerBinary: findJailerBinary().path ?? 'jailer' } } : {}),
+      });
   }
 }
 
@@ -26,12 +48,13 @@ export interface Selection {
 }
 
 /** probedAccel/probeReason: the KVM boot probe's verdict recorded by `shoal setup`. */
-export async function selectBackend(choice: VmmChoice, probedAccel: Accelerator, probeReason: string): Promise<Selection> {
+export async function selectBackend(choice: VmmChoice, probedAccel: Accelerator, probeReason: string, jailer?: JailerChoice): Promise<Selection> {
+  if (jailer && choice === 'qemu') throw new ShoalError('--jailer is Firecracker\'s jailer: it cannot be combined with --vmm qemu');
   if (choice === 'firecracker' || choice === 'auto') {
-    const problem = await backendFor('firecracker', probedAccel).unavailableReason();
+    const problem = await backendFor('firecracker', probedAccel, jailer).unavailableReason();
     const kvmProblem = probedAccel === 'kvm' ? null : `KVM cannot boot a guest here (${probeReason})`;
-    if (!problem && !kvmProblem) return { backend: 'firecracker', accel: 'kvm', reason: 'firecracker with kvm' };
-    if (choice === 'firecracker') throw new ShoalError(`cannot use Firecracker: ${problem ?? kvmProblem}`);
+    if (!problem && !kvmProblem) return { backend: 'firecracker', accel: 'kvm', reason: `firecracker with kvm${jailer ? ', under the jailer' : ''}` };
+    if (choice === 'firecracker' || jailer) throw new ShoalError(`cannot use Firecracker${jailer ? ' (needed by --jailer)' : ''}: ${problem ?? kvmProblem}`);
   }
   const problem = await backendFor('qemu', probedAccel).unavailableReason();
   if (problem) throw new ShoalError(problem);

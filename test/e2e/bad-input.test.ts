@@ -22,7 +22,16 @@ const cases: Array<{ what: string; args: string[]; error: RegExp }> = [
   { what: 'rm of a missing VM', args: ['rm', 'ghost'], error: /no such VM: ghost/ },
   { what: 'logs of a missing VM', args: ['logs', 'ghost'], error: /no such VM: ghost/ },
   { what: 'unknown --vmm', args: ['run', '--vmm', 'xen', 'busybox'], error: /invalid --vmm "xen"/ },
+  { what: '--jailer with --vmm qemu', args: ['run', '--jailer', '--vmm', 'qemu', 'busybox'], error: /--jailer .*cannot be combined with --vmm qemu/ },
+  { what: '--jailer-uid not a number', args: ['run', '--jailer', '--jailer-uid', 'root', 'busybox'], error: /invalid --jailer-uid "root"/ },
+  { what: '--jailer-uid without --jailer', args: ['run', '--jailer-uid', '5', 'busybox'], error: /go with --jailer/ },
+  { what: '--jailer-chroot relative', args: ['run', '--jailer', '--jailer-chroot', 'jails', 'busybox'], error: /invalid --jailer-chroot "jails"/ },
 ];
+// Where Firecracker cannot run (no binary, or KVM failing the boot probe), --jailer says so
+// instead of falling back to QEMU.
+if (!process.env.SHOAL_FIRECRACKER) {
+  cases.push({ what: '--jailer without a usable Firecracker', args: ['run', '--jailer', '--vmm', 'auto', 'busybox'], error: /cannot use Firecracker \(needed by --jailer\)/ });
+}
 
 for (const c of cases) {
   test(`bad input: ${c.what}`, async () => {

@@ -9,6 +9,9 @@
  * <root>/<exec_file_name>.pid; the jailer itself passes --id to Firecracker.
  */
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { describe, it } from 'node:test';
 import { DEFAULT_CHROOT_BASE, JailPlanner, jailerArgv, jailLayout, type JailerOptions } from '../../src/vmm/firecracker/jailer';
 import { jailedLaunch } from '../../src/vmm/firecracker/launch';
@@ -113,5 +116,34 @@ describe('jail layout', () => {
     assert.equal(l.logForVmm, '/firecracker.log');
     assert.equal(l.place('/k/vmlinux', 'kernel'), '/kernel-vmlinux');
     assert.equal(l.placeAs('/clone/scratch.img', '/drive-vdb-scratch.img'), '/drive-vdb-scratch.img');
+  });
+});
+
+describe('jail ownership', () => {
+  it('hands what Firecracker writes (read-write drives) to the jail user, and nothing else', async () => {
+    const base = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-jail-'));
+    try {
+      const launch = jailedLaunch({ jailer: { jailerBinary: '/usr/bin/jailer', uid: 4242, gid: 4343, chrootBaseDir: base }, binary: '/opt/fc/firecracker', id: 'vm-1', setpriv: false });
+      const kernel = path.join(base, 'vmlinux');
+      const scratch = path.join(base, 'scratch.img');
+      const restored = path.join(base, 'clone-scratch.img');
+      for (const f of [kernel, scratch, restored]) fs.writeFileSync(f, 'x');
+      assert.equal(launch.owner?.uid, 4242);
+      const kernelInJail = launch.place(kernel, 'kernel');
+      const scratchInJail = launch.place(scratch, 'drive-scratch', true);
+      const restoredInJail = launch.placeAs(restored, '/drive-scratch-old.img', true);
+      // The jailer makes the jail root; materialise runs once it exists.
+      fs.mkdirSync(launch.jail!.root, { recursive: true });
+      await launch.materialise();
+      const owner = (inJail: string): string => {
+        const st = fs.statSync(path.join(launch.jail!.root, inJail));
+        return `${st.uid}:${st.gid}`;
+      };
+      assert.equal(owner(scratchInJail), '4242:4343');
+      assert.equal(owner(restoredInJail), '4242:4343');
+      assert.equal(owner(kernelInJail), `${process.getuid!()}:${process.getgid!()}`);
+    } finally {
+      fs.rmSync(base, { recursive: true, force: true });
+    }
   });
 });

@@ -16,7 +16,7 @@ import { StateStore } from '../../state/store';
 import { nameProblem, type VmConfig, type VmRecord } from '../../state/vm-record';
 import { vmFiles } from '../../supervisor/vm-files';
 import { ShoalError } from '../../util/errors';
-import { selectBackend, type VmmChoice } from '../../vmm/select';
+import { selectBackend, type JailerChoice, type VmmChoice } from '../../vmm/select';
 import { connectSupervisor } from '../control-client';
 import { parseCpus, parseMemory, parseVmm } from '../options';
 import { progressLine } from '../output';
@@ -36,6 +36,10 @@ export interface RunFlags {
   snapshot?: boolean;
   publish: string[];
   map: string[];
+  jailer?: boolean;
+  jailerUid?: string;
+  jailerGid?: string;
+  jailerChroot?: string;
 }
 
 export async function runCommand(image: string, command: string[], flags: RunFlags): Promise<number> {
@@ -43,7 +47,7 @@ export async function runCommand(image: string, command: string[], flags: RunFla
   const config = validate(image, command, flags);
   const assets = loadAssets();
   const vmm: VmmChoice = parseVmm(flags.vmm);
-  const selection = await selectBackend(vmm, assets.accel, assets.accelReason);
+  const selection = await selectBackend(vmm, assets.accel, assets.accelReason, config.jailer);
   // Rootless networking exists on QEMU only so far: a Firecracker VM gets none unless asked.
   if (flags.network === undefined && selection.backend === 'firecracker' && config.publish.length === 0) config.network = 'none';
   checkNetworkSupport(config.network, selection.backend, config.publish);
@@ -72,6 +76,9 @@ export async function runCommand(image: string, command: string[], flags: RunFla
 }
 
 function validate(image: string, command: string[], flags: RunFlags): VmConfig {
+  if (!flags.jailer && (flags.jailerUid ?? flags.jailerGid ?? flags.jailerChroot) !== undefined) {
+    throw new ShoalError('--jailer-uid, --jailer-gid and --jailer-chroot go with --jailer');
+  }
   const name = flags.name ?? `vm-${Math.random().toString(16).slice(2, 8)}`;
   const problem = nameProblem(name);
   if (problem) throw new ShoalError(`invalid --name: ${problem}`);
@@ -96,8 +103,24 @@ function validate(image: string, command: string[], flags: RunFlags): VmConfig {
     network: parseNetworkMode(flags.network ?? 'rootless'),
     publish: parsePublish(flags.publish),
     maps: parseMaps(flags.map ?? []),
+    ...(flags.jailer ? { jailer: parseJailer(flags) } : {}),
     imageCache: flags.snapshot !== false,
   };
+}
+
+/** `--jailer [--jailer-uid U] [--jailer-gid G] [--jailer-chroot DIR]`; unprivileged nobody:nogroup by default. */
+function parseJailer(flags: RunFlags): JailerChoice {
+  const id = (value: string | undefined, what: string): number => {
+    if (value === undefined) return 65534;
+    if (!/^\d+$/.test(value) || Number(value) > 0xfffffffe) throw new ShoalError(`invalid --jailer-${what} "${value}": expected a numeric id`);
+    return Number(value);
+  };
+  const choice: JailerChoice = { uid: id(flags.jailerUid, 'uid'), gid: id(flags.jailerGid, 'gid') };
+  if (flags.jailerChroot !== undefined) {
+    if (!path.isAbsolute(flags.jailerChroot)) throw new ShoalError(`invalid --jailer-chroot "${flags.jailerChroot}": expected an absolute path`);
+    choice.chrootBaseDir = flags.jailerChroot;
+  }
+  return choice;
 }
 
 /** The supervisor runs detached, in its own session, so the VM outlives this CLI process. */

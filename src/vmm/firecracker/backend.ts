@@ -115,6 +115,30 @@ export function findFirecrackerBinary(opts: Pick<FirecrackerBackendOptions, 'bin
   return { path: searchPath('firecracker', env.PATH), tried };
 }
 
+/**
+ * The jailer binary for `--jailer`: SHOAL_JAILER, the one `shoal setup --vmm firecracker`
+ * installed beside Firecracker, one next to the Firecracker binary in use, or PATH.
+ */
+export function findJailerBinary(opts: Pick<FirecrackerBackendOptions, 'binary' | 'env' | 'cacheDir' | 'arch'> = {}): { path: string | null; tried: string[] } {
+  const env = opts.env ?? process.env;
+  const tried: string[] = [];
+  const candidates: Array<[string, string | undefined]> = [['SHOAL_JAILER', env.SHOAL_JAILER]];
+  try {
+    candidates.push(['shoal setup cache', installedPaths(undefined, releaseArch(opts.arch ?? process.arch), opts.cacheDir).jailer]);
+  } catch {
+    /* unsupported arch: no cache location */
+  }
+  const firecracker = findFirecrackerBinary(opts).path;
+  if (firecracker) candidates.push(['beside firecracker', path.join(path.dirname(firecracker), 'jailer')]);
+  for (const [label, p] of candidates) {
+    if (!p) continue;
+    tried.push(`${label} ${p}`);
+    if (isExecutable(p)) return { path: p, tried };
+  }
+  tried.push('PATH');
+  return { path: searchPath('jailer', env.PATH), tried };
+}
+
 function tail(file: string, max = 2000): string {
   try {
     const text = fs.readFileSync(file, 'utf8');
@@ -201,6 +225,8 @@ export class FirecrackerBackend implements VmmBackend {
       });
       for (const f of [launch.logHost, ...(this.opts.metrics ?? true ? [launch.metricsHost] : [])]) {
         await fs.promises.writeFile(f, '', { flag: 'a' });
+        // Firecracker opens them for writing, as the jail's user when jailed.
+        if (launch.owner) await fs.promises.chown(f, launch.owner.uid, launch.owner.gid);
       }
       const version = parseVersion(await vm.client.version());
       return { vm, version };
@@ -237,7 +263,7 @@ export class FirecrackerBackend implements VmmBackend {
       ...spec,
       kernel: launch.place(spec.kernel, 'kernel'),
       initrd: spec.initrd ? launch.place(spec.initrd, 'initrd') : undefined,
-      drives: spec.drives.map((d) => ({ ...d, path: launch.place(d.path, `drive-${d.id.toLowerCase()}`) })),
+      drives: spec.drives.map((d) => ({ ...d, path: launch.place(d.path, `drive-${d.id.toLowerCase()}`, !d.readOnly) })),
     };
     await launch.materialise();
     const reqs = bootSequence(mapped, {
@@ -268,7 +294,7 @@ export class FirecrackerBackend implements VmmBackend {
         drives: spec.drives.map((d) => {
           const s = srcDrives.get(d.id);
           const name = `/drive-${d.id.toLowerCase()}-${path.basename(s ? s.path : d.path)}`;
-          return { ...d, path: launch.placeAs(d.path, name) };
+          return { ...d, path: launch.placeAs(d.path, name, !d.readOnly) };
         }),
         source: { ...spec.source, drives: spec.source.drives.map((d) => ({ ...d, path: `/drive-${d.id.toLowerCase()}-${path.basename(d.path)}` })) },
       };

@@ -24,14 +24,19 @@ export interface Launch {
   logForVmm: string;
   metricsHost: string;
   metricsForVmm: string;
-  /** Names hostPath for the VMM (identity without a jail). */
-  place(hostPath: string, role: string): string;
+  /**
+   * Names hostPath for the VMM (identity without a jail). `writable`: the VMM writes it (a
+   * read-write drive), so in a jail it is handed to the jail's uid:gid.
+   */
+  place(hostPath: string, role: string, writable?: boolean): string;
   /** Names hostPath for the VMM under a fixed VMM-side name (jail restores keep the snapshot's names). */
-  placeAs(hostPath: string, vmmPath: string): string;
+  placeAs(hostPath: string, vmmPath: string, writable?: boolean): string;
   /** Materialises planned links; call once the jail exists (after the API socket is up). */
   materialise(): Promise<void>;
   /** Files to remove before spawning (stale sockets). */
   staleFiles: string[];
+  /** The unprivileged owner the jailer drops to: files the VMM writes must be theirs. */
+  owner?: { uid: number; gid: number };
   jail?: JailLayout;
 }
 
@@ -74,6 +79,8 @@ export function jailedLaunch(opts: { jailer: Omit<JailerOptions, 'id' | 'firecra
   const layout = jailLayout(full);
   const planner = new JailPlanner(layout);
   const fixed: Array<{ from: string; to: string }> = [];
+  const writable = new Set<string>();
+  const owner = { uid: full.uid, gid: full.gid };
   return {
     // Note: the jailer drops privileges before exec, which clears the parent-death signal;
     // pdeathsig then only covers the jailer's own lifetime (see docs/firecracker.md).
@@ -85,15 +92,25 @@ export function jailedLaunch(opts: { jailer: Omit<JailerOptions, 'id' | 'firecra
     logForVmm: '/firecracker.log',
     metricsHost: path.join(layout.root, 'firecracker.metrics'),
     metricsForVmm: '/firecracker.metrics',
-    place: (p, role) => planner.place(p, role),
-    placeAs: (p, vmmPath) => {
-      fixed.push({ from: p, to: path.join(layout.root, vmmPath) });
+    place: (p, role, isWritable) => {
+      const inJail = planner.place(p, role);
+      if (isWritable) writable.add(path.join(layout.root, inJail));
+      return inJail;
+    },
+    placeAs: (p, vmmPath, isWritable) => {
+      const to = path.join(layout.root, vmmPath);
+      fixed.push({ from: p, to });
+      if (isWritable) writable.add(to);
       return vmmPath;
     },
     materialise: async () => {
       for (const l of [...planner.links, ...fixed]) await linkOrCopy(l.from, l.to);
+      // A hard link shares its inode: the VM's own writable file (its scratch disk) changes owner
+      // on the host too, which is what lets the jailed VMM, and only it, write it.
+      for (const file of writable) await fs.promises.chown(file, owner.uid, owner.gid);
     },
     staleFiles: [],
+    owner,
     jail: layout,
   };
 }
