@@ -4,6 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
+import { findFirecrackerBinary } from '../../src/vmm/firecracker/backend';
 import { ShoalSandbox } from '../helpers/shoal-cli';
 
 const sandbox = new ShoalSandbox('bad');
@@ -29,7 +30,7 @@ const cases: Array<{ what: string; args: string[]; error: RegExp }> = [
 ];
 // Where Firecracker cannot run (no binary, or KVM failing the boot probe), --jailer says so
 // instead of falling back to QEMU.
-if (!process.env.SHOAL_FIRECRACKER) {
+if (!findFirecrackerBinary().path) {
   cases.push({ what: '--jailer without a usable Firecracker', args: ['run', '--jailer', '--vmm', 'auto', 'busybox'], error: /cannot use Firecracker \(needed by --jailer\)/ });
 }
 

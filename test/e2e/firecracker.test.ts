@@ -120,4 +120,18 @@ describe('firecracker e2e (real binary + KVM)', { skip: fcReason ?? false }, () 
       }
     });
   });
+
+  it('the CLI suites (run, exec, ls, rm, bad input) pass on Firecracker as they do on QEMU', async () => {
+    // The same suites, with the sandbox's --vmm set to firecracker (test/helpers/shoal-cli.ts).
+    const suites = ['run.test.js', 'bad-input.test.js'].map((f) => path.join(__dirname, f));
+    const child = spawn(process.execPath, ['--test', '--test-concurrency=1', ...suites], {
+      env: { ...process.env, SHOAL_E2E_VMM: 'firecracker' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let output = '';
+    child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (output += d.toString()));
+    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    assert.equal(code, 0, output.slice(-4000));
+  });
 });

@@ -28,8 +28,9 @@ export class ShoalSandbox {
 
   env(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
     // These suites exercise the QEMU backend (snapshots and networking are QEMU's so far), also
-    // on hosts where `--vmm auto` would pick Firecracker; test/e2e/firecracker.test.ts covers that.
-    return { ...process.env, SHOAL_STATE_DIR: this.stateDir, SHOAL_VMM: 'qemu', ...extra };
+    // on hosts where `--vmm auto` would pick Firecracker; test/e2e/firecracker.test.ts runs the
+    // CLI suites again with SHOAL_E2E_VMM=firecracker where Firecracker and KVM work.
+    return { ...process.env, SHOAL_STATE_DIR: this.stateDir, SHOAL_VMM: process.env.SHOAL_E2E_VMM ?? 'qemu', ...extra };
   }
 
   /** Runs shoal with a hard timeout (SIGKILL on expiry, reported as signal). */
