@@ -39,7 +39,7 @@ import type { SnapshotManifest } from '../snapshot/store';
 import { cachedImageSnapshot, evictImageCache, imageCacheKey, imageDigest, newImageCacheTempDir, publishImageCache, touchImageCache } from '../snapshot/image-cache';
 import { guestCmdline } from './guest-cmdline';
 import { createScratchDisk } from './scratch-disk';
-import { memoryFilePath, removeJail, removeSockets, restoreInfoPath, vmFiles, type RestoreInfo } from './vm-files';
+import { memoryFilePath, removeJail, removeOrphanMemoryFiles, removeSockets, restoreInfoPath, vmFiles, type RestoreInfo } from './vm-files';
 
 const execFileAsync = promisify(execFile);
 /** How long the guest has to answer the quiesce request and the re-HELLO around a snapshot. */
@@ -100,6 +100,7 @@ export class Supervisor {
     process.on('SIGTERM', () => void this.stop());
     process.on('SIGINT', () => void this.stop());
     await this.listen();
+    removeOrphanMemoryFiles();
     let exitCode: number | undefined;
     try {
       const restore = readJson<RestoreInfo>(restoreInfoPath(this.files.dir));

@@ -54,3 +54,61 @@ export function removeJail(record: VmRecord): void {
   const dir = jailDirOf(record.id, record.config.jailer);
   if (dir) fs.rmSync(dir, { recursive: true, force: true });
 }
+
+/** How old an unused memory file must be before it counts as orphaned (a starting VM maps its own within seconds). */
+const ORPHAN_AGE_MS = 5 * 60_000;
+
+/**
+ * Removes guest memory files in MEMORY_FILE_DIR that no process maps or holds open and that
+ * nobody wrote to for a while: what a VM left behind when neither its supervisor nor `rm` could
+ * clean up. Run at each supervisor start, so such a leak lasts until the next VM at most.
+ */
+export function removeOrphanMemoryFiles(dir: string = MEMORY_FILE_DIR, now: number = Date.now()): string[] {
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir).filter((n) => /^shoal-[0-9a-f]+\.ram$/.test(n));
+  } catch {
+    return [];
+  }
+  const candidates = names
+    .map((n) => path.join(dir, n))
+    .filter((file) => {
+      try {
+        return now - fs.statSync(file).mtimeMs > ORPHAN_AGE_MS;
+      } catch {
+        return false;
+      }
+    });
+  if (candidates.length === 0) return [];
+  const inUse = filesInUse();
+  const removed: string[] = [];
+  for (const file of candidates) {
+    if (inUse.has(file)) continue;
+    fs.rmSync(file, { force: true });
+    removed.push(file);
+  }
+  return removed;
+}
+
+/** Every file some process maps or has open (from /proc; unreadable processes are skipped). */
+function filesInUse(): Set<string> {
+  const used = new Set<string>();
+  for (const pid of fs.readdirSync('/proc').filter((e) => /^\d+$/.test(e))) {
+    try {
+      for (const line of fs.readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n')) {
+        const at = line.indexOf('/');
+        if (at >= 0) used.add(line.slice(at).replace(/ \(deleted\)$/, ''));
+      }
+      for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
+        try {
+          used.add(fs.readlinkSync(`/proc/${pid}/fd/${fd}`));
+        } catch {
+          // closed meanwhile
+        }
+      }
+    } catch {
+      // gone, or not ours to read
+    }
+  }
+  return used;
+}
