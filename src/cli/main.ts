@@ -8,6 +8,7 @@ import { ShoalError } from '../util/errors';
 import { execCommand } from './commands/exec';
 import { forkCommand } from './commands/fork';
 import { snapshotCreateCommand, snapshotLsCommand, snapshotRmCommand, snapshotRunCommand } from './commands/snapshot';
+import { snapshotServeCommand } from './commands/snapshot-serve';
 import { logsCommand } from './commands/logs';
 import { lsCommand } from './commands/ls';
 import { runCommand } from './commands/run';
@@ -130,9 +131,18 @@ function buildProgram(): Command {
     .option('--rm', 'remove the VM when its container exits')
     .option('--exec', 'run the command after -- in the clone\'s container, print its output, exit with its code, remove the clone')
     .option('-p, --publish <[ADDR:]HOST:GUEST[/tcp|/udp]>', 'publish a guest port of the clone on the host (repeatable)', collect, [])
+    .option('--pid <pid>', 'Firecracker: take the clone\'s memory from this `snapshot serve` process (Uffd backend)')
     .argument('[command...]', 'with --exec: command and arguments (after --)')
     .passThroughOptions()
     .action(act((command: string[], flags: Parameters<typeof snapshotRunCommand>[1]) => snapshotRunCommand(command, flags)));
+
+  snapshot
+    .command('serve')
+    .description('serve a snapshot\'s memory to Firecracker clones (Uffd backend) until interrupted')
+    .argument('<tag>', 'the snapshot')
+    .option('--socket <path>', 'the Unix socket to listen on (default <state>/serve/<pid>.sock)')
+    .option('--json', 'print {pid, tag, socket} as JSON')
+    .action(act((tag: string, flags: { socket?: string; json?: boolean }) => snapshotServeCommand(tag, flags)));
 
   program
     .command('fork')

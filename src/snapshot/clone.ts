@@ -20,6 +20,8 @@ export interface CloneRequest {
   autoRemove: boolean;
   /** The clone's own published ports (the source's stay with the source). */
   publish?: PortForward[];
+  /** Firecracker: restore memory through this `snapshot serve` socket (Uffd backend) instead of the file. */
+  uffdSocket?: string;
 }
 
 /** Claims the name, writes the record and restore.json, and starts the clone's supervisor. */
@@ -40,6 +42,7 @@ export function startClone(store: StateStore, snapshotDir: string, manifest: Sna
   try {
     store.write(record);
     const info: RestoreInfo = { snapshotDir, tag: manifest.tag };
+    if (request.uffdSocket) info.uffdSocket = request.uffdSocket;
     writeJsonAtomic(restoreInfoPath(store.vmDir(id)), info);
     const files = vmFiles(store.vmDir(id));
     const log = fs.openSync(files.supervisorLog, 'a');

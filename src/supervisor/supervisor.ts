@@ -192,7 +192,7 @@ export class Supervisor {
       id: this.record.id,
       runDir: this.files.dir,
       snapshot: { stateFile: files.state, memoryFile: files.memory },
-      memory: { kind: 'file', path: files.memory },
+      memory: info.uffdSocket ? { kind: 'uffd', socketPath: info.uffdSocket } : { kind: 'file', path: files.memory },
       source: manifest.vmSpec,
       drives,
       consoleLog: this.files.consoleLog,

@@ -46,6 +46,8 @@ export interface RestoreInfo {
   /** The snapshot's directory (snapshot.json, state.bin, memory.raw, scratch.img). */
   snapshotDir: string;
   tag: string;
+  /** Firecracker: the `snapshot serve` socket to restore memory from (Uffd backend). */
+  uffdSocket?: string;
 }
 
 /** Removes a jailed VM's jail directory (the jailer does not), once its VMM is gone. */

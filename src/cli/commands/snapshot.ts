@@ -5,6 +5,7 @@
 import { startClone, waitUntilRunning } from '../../snapshot/clone';
 import { createSnapshot } from '../../snapshot/create';
 import { findSnapshot, listSnapshots, removeSnapshot, tagProblem } from '../../snapshot/store';
+import { findServer } from './snapshot-serve';
 import { StateStore } from '../../state/store';
 import { ShoalError } from '../../util/errors';
 import { killVm } from '../vm-lifecycle';
@@ -72,6 +73,7 @@ export interface SnapshotRunFlags {
   rm?: boolean;
   exec?: boolean;
   publish?: string[];
+  pid?: string;
 }
 
 export async function snapshotRunCommand(command: string[], flags: SnapshotRunFlags): Promise<number> {
@@ -81,12 +83,13 @@ export async function snapshotRunCommand(command: string[], flags: SnapshotRunFl
   if (flags.exec && argv.length === 0) throw new ShoalError('--exec needs a command (after --)');
   if (!flags.exec && argv.length > 0) throw new ShoalError('a command is only taken with --exec');
   const { dir, manifest } = findSnapshot(store, flags.snapshot);
+  const uffdSocket = flags.pid === undefined ? undefined : serverSocket(store, flags.pid, flags.snapshot, manifest.backend);
   const publish = parsePublish(flags.publish ?? []);
   if (publish.length > 0 && manifest.config.network !== 'rootless') throw new ShoalError(`--publish needs a network, and snapshot ${flags.snapshot} was taken of a VM without one`);
   await assertPortsFree(publish);
   const name = flags.name ?? `${manifest.source.name}-${Math.random().toString(16).slice(2, 8)}`;
   // With --exec the clone is removed afterwards whatever happens.
-  const record = startClone(store, dir, manifest, { name, autoRemove: flags.rm === true && !flags.exec, publish });
+  const record = startClone(store, dir, manifest, { name, autoRemove: flags.rm === true && !flags.exec, publish, ...(uffdSocket ? { uffdSocket } : {}) });
   try {
     await waitUntilRunning(store, record, progressLine);
   } catch (err) {
@@ -102,6 +105,17 @@ export async function snapshotRunCommand(command: string[], flags: SnapshotRunFl
   } finally {
     await removeClone(store, name);
   }
+}
+
+/** `--pid`: the socket of the `snapshot serve` process serving this snapshot to Firecracker clones. */
+function serverSocket(store: StateStore, pidText: string, tag: string, backend: string): string {
+  if (!/^\d+$/.test(pidText)) throw new ShoalError(`invalid --pid "${pidText}": expected a process id`);
+  const server = findServer(store, Number(pidText));
+  if (server.tag !== tag) throw new ShoalError(`pid ${pidText} serves snapshot ${server.tag}, not ${tag}`);
+  if (backend !== 'firecracker') {
+    throw new ShoalError(`--pid restores memory through Firecracker's Uffd backend; snapshot ${tag} is a ${backend} snapshot, whose clones map its memory file directly`);
+  }
+  return server.socket;
 }
 
 async function removeClone(store: StateStore, name: string): Promise<void> {
