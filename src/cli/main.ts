@@ -59,6 +59,7 @@ function buildProgram(): Command {
     .option('--no-snapshot', 'do not use the image cache (neither restore from it nor save to it)')
     .option('--network <mode>', 'rootless (default: user-mode networking), bridged or none')
     .option('-p, --publish <[ADDR:]HOST:GUEST[/tcp|/udp]>', 'publish a guest port on the host (repeatable, comma-separated)', collect, [])
+    .option('--health-check <url>', 'once this URL answers in the guest, snapshot the running app; later runs start from it')
     .option('--jailer', 'run Firecracker under its jailer (chroot, unprivileged uid/gid, cgroup)')
     .option('--jailer-uid <uid>', 'with --jailer: the uid Firecracker drops to (default 65534)')
     .option('--jailer-gid <gid>', 'with --jailer: the gid Firecracker drops to (default 65534)')

@@ -31,6 +31,8 @@ export interface VmConfig {
   publish: PortForward[];
   /** Host directories shown to the container over FUSE (--map). */
   maps?: DirectoryMap[];
+  /** An http(s) URL polled in the guest; once it answers, the running app is snapshotted (startup snapshot). */
+  healthCheck?: string;
   /** Run Firecracker under its jailer (--jailer). */
   jailer?: JailerChoice;
   /** Use the automatic image cache (false with --no-snapshot). */
@@ -56,7 +58,9 @@ export interface VmRecord {
   /** A bridged VM's address on the shoal0 subnet. */
   bridgedAddress?: string;
   /** Whether this VM was restored from the image cache (hit) or booted and saved it (miss). */
-  imageCache?: { key: string; hit: boolean };
+  imageCache?: { key: string; hit: boolean; startup?: boolean };
+  /** The startup snapshot this run saved once its --health-check passed. */
+  startupSnapshot?: string;
 }
 
 export const NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;

@@ -29,6 +29,7 @@ import type { RestoreSpec, VmHandle, VmSpec } from '../vmm/backend';
 import { backendFor } from '../vmm/select';
 import { ContainerLogWriter } from './container-log';
 import { relayChannels } from './relay';
+import { waitHealthy } from './health-check';
 import { serveDirectoryMaps, type ServedMap } from './directory-maps';
 import { terminalSizeOf, type TerminalSize } from '../protocol/messages';
 import { netSpecFor, SLIRP_HOST_ADDRESS } from '../network/mode';
@@ -50,6 +51,8 @@ const AGENT_TIMEOUT_MS = 120_000;
 /** How long an attached `shoal run` has to attach before the container starts anyway. */
 const ATTACH_GRACE_MS = 30_000;
 const SHUTDOWN_TIMEOUT_MS = 10_000;
+/** How long an app has, once its container runs, to pass its --health-check. */
+const HEALTH_TIMEOUT_MS = 120_000;
 
 export class Supervisor {
   private record: VmRecord;
@@ -109,12 +112,30 @@ export class Supervisor {
         await this.restore(restore);
         exitCode = await this.watchMainContainer();
       } else {
-        const image = await this.bootOrRestoreFromImageCache();
-        // After the image cache's snapshot: a FUSE mount's state lives in this process, so no
-        // snapshot may hold one.
-        await this.mountDirectoryMaps();
-        if (!this.record.config.detach) await Promise.race([this.firstAttach, sleep(ATTACH_GRACE_MS)]);
-        exitCode = await this.runMainContainer(image);
+        const startup = await this.startupSnapshotKey();
+        const cachedStartup = startup ? cachedImageSnapshot(this.store, startup) : undefined;
+        if (startup && cachedStartup) {
+          // The app as it was once its health check passed: restored, already running.
+          touchImageCache(cachedStartup.dir);
+          this.record = this.store.update(this.record.id, (r) => {
+            r.imageCache = { key: startup, hit: true, startup: true };
+            if (cachedStartup.manifest.loadedImage) r.loadedImage = cachedStartup.manifest.loadedImage;
+          });
+          const info = { snapshotDir: cachedStartup.dir, tag: 'the startup snapshot' };
+          this.restoredFrom = info;
+          await this.restore(info);
+          exitCode = await this.watchMainContainer();
+        } else {
+          // A VM restored from the image cache cannot be snapshotted: one that must save a
+          // startup snapshot boots (and still saves the image cache on the way).
+          const image = await this.bootOrRestoreFromImageCache({ allowHit: startup === undefined });
+          // After the image cache's snapshot: a FUSE mount's state lives in this process, so no
+          // snapshot may hold one.
+          await this.mountDirectoryMaps();
+          if (!this.record.config.detach) await Promise.race([this.firstAttach, sleep(ATTACH_GRACE_MS)]);
+          if (startup) void this.saveStartupSnapshotWhenHealthy(startup);
+          exitCode = await this.runMainContainer(image);
+        }
       }
     } catch (err) {
       if (!this.stopRequested) {
@@ -216,16 +237,13 @@ export class Supervisor {
    * run of the same image, command, env and shape, or boot, load the image, and save one.
    * Returns the image reference to run.
    */
-  private async bootOrRestoreFromImageCache(): Promise<string> {
-    const { config } = this.record;
-    // A bridged VM's address is its own: a snapshot of it would hand that address to every later run.
-    if (config.imageCache === false || this.record.backend !== 'qemu' || config.network === 'bridged' || !snapshotSafe(this.record.accel, config.cpus)) {
+  private async bootOrRestoreFromImageCache(options: { allowHit: boolean } = { allowHit: true }): Promise<string> {
+    if (!this.imageCacheUsable()) {
       await this.boot();
       return this.prepareImage();
     }
-    const digest = await imageDigest(parseImage(config.image));
-    const key = imageCacheKey(digest, config, this.vmSpec(loadAssets()), this.record.backend, this.record.accel);
-    const cached = cachedImageSnapshot(this.store, key);
+    const key = await this.imageCacheKey();
+    const cached = options.allowHit ? cachedImageSnapshot(this.store, key) : undefined;
     if (cached?.manifest.loadedImage) {
       touchImageCache(cached.dir);
       this.record = this.store.update(this.record.id, (r) => {
@@ -247,14 +265,58 @@ export class Supervisor {
     return image;
   }
 
-  private async saveImageCache(key: string): Promise<void> {
+  /** Whether this VM may use (and be saved to) the image cache. */
+  private imageCacheUsable(): boolean {
+    const { config } = this.record;
+    // A bridged VM's address is its own: a snapshot of it would hand that address to every later run.
+    return config.imageCache !== false && this.record.backend === 'qemu' && config.network !== 'bridged' && snapshotSafe(this.record.accel, config.cpus);
+  }
+
+  private async imageCacheKey(): Promise<string> {
+    const digest = await imageDigest(parseImage(this.record.config.image));
+    return imageCacheKey(digest, this.record.config, this.vmSpec(loadAssets()), this.record.backend, this.record.accel);
+  }
+
+  /**
+   * The startup snapshot's cache key (the image cache's key and the health-check URL), or
+   * undefined when this run takes none: no --health-check, no image cache, or --map (whose FUSE
+   * state cannot be snapshotted).
+   */
+  private async startupSnapshotKey(): Promise<string | undefined> {
+    const { config } = this.record;
+    if (!config.healthCheck || !this.imageCacheUsable() || (config.maps ?? []).length > 0) return undefined;
+    const base = await this.imageCacheKey();
+    return crypto.createHash('sha256').update(`startup\0${base}\0${config.healthCheck}`).digest('hex').slice(0, 32);
+  }
+
+  /** Once the container runs and its health check passes: snapshot the running app into the cache. */
+  private async saveStartupSnapshotWhenHealthy(key: string): Promise<void> {
+    const url = this.record.config.healthCheck!;
+    const ended = (): boolean => this.finished || this.stopRequested || this.mainChannel?.closed === true;
+    try {
+      while (this.record.state !== 'running') {
+        if (ended()) return;
+        await sleep(200);
+      }
+      this.progress(`waiting for the health check ${url}`);
+      await waitHealthy(this.agent!, url, HEALTH_TIMEOUT_MS, ended);
+      this.progress('health check passed: saving the startup snapshot');
+      await this.saveImageCache(key, 'startup');
+      this.record = this.store.update(this.record.id, (r) => { r.startupSnapshot = key; });
+      this.progress('startup snapshot saved: later runs start from here');
+    } catch (err) {
+      if (!ended()) this.progress(`no startup snapshot: ${(err as Error).message}`);
+    }
+  }
+
+  private async saveImageCache(key: string, kind: 'image' | 'startup' = 'image'): Promise<void> {
     const temp = newImageCacheTempDir(this.store, key);
     try {
-      this.progress('saving the loaded image to the image cache');
+      if (kind === 'image') this.progress('saving the loaded image to the image cache');
       const timings = await this.takeSnapshot(temp, () => undefined);
       const manifest: SnapshotManifest = {
         version: 1,
-        tag: `image-cache:${key}`,
+        tag: `${kind === 'image' ? 'image-cache' : 'startup'}:${key}`,
         createdAt: new Date().toISOString(),
         source: { id: this.record.id, name: this.record.config.name },
         backend: this.record.backend,

@@ -23,6 +23,7 @@ const cases: Array<{ what: string; args: string[]; error: RegExp }> = [
   { what: 'rm of a missing VM', args: ['rm', 'ghost'], error: /no such VM: ghost/ },
   { what: 'logs of a missing VM', args: ['logs', 'ghost'], error: /no such VM: ghost/ },
   { what: 'unknown --vmm', args: ['run', '--vmm', 'xen', 'busybox'], error: /invalid --vmm "xen"/ },
+  { what: '--health-check not an http URL', args: ['run', '--health-check', 'ftp://localhost/', 'busybox'], error: /invalid --health-check "ftp:\/\/localhost\/": expected an http/ },
   { what: '--jailer with --vmm qemu', args: ['run', '--jailer', '--vmm', 'qemu', 'busybox'], error: /--jailer .*cannot be combined with --vmm qemu/ },
   { what: '--jailer-uid not a number', args: ['run', '--jailer', '--jailer-uid', 'root', 'busybox'], error: /invalid --jailer-uid "root"/ },
   { what: '--jailer-uid without --jailer', args: ['run', '--jailer-uid', '5', 'busybox'], error: /go with --jailer/ },

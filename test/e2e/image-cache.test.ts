@@ -81,3 +81,54 @@ test('a VM restored from the cache has its own hostname, and is refused as a sna
   assert.deepEqual(sandbox.processes(), []);
   assert.deepEqual(ids.filter((id) => fs.existsSync(`/dev/shm/shoal-${id}.ram`)), []);
 });
+
+test('--health-check: once the app answers, its running state is snapshotted; a later run starts from it, already running', async () => {
+  const net = await import('node:net');
+  const http = await import('node:http');
+  const freePort = (): Promise<number> => new Promise((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as import('node:net').AddressInfo;
+      s.close(() => resolve(port));
+    });
+  });
+  const get = (port: number): Promise<string | undefined> => new Promise((resolve) => {
+    const req = http.get({ host: '127.0.0.1', port, path: '/id', timeout: 3000 }, (res) => {
+      let body = '';
+      res.on('data', (d: Buffer) => (body += d.toString()));
+      res.on('end', () => resolve(res.statusCode === 200 ? body : undefined));
+    });
+    req.on('error', () => resolve(undefined));
+    req.on('timeout', () => req.destroy());
+  });
+  // The app draws a random id when it starts: the same id later proves it did not start again.
+  const app = 'mkdir -p /www && cat /proc/sys/kernel/random/uuid > /www/id && exec httpd -f -p 8080 -h /www';
+  const check = 'http://localhost:8080/id';
+  const [p1, p2] = [await freePort(), await freePort()];
+
+  const first = await sandbox.run(['run', '-d', '--name', 'app1', '--health-check', check, '-p', `127.0.0.1:${p1}:8080`, image, 'sh', '-c', app]);
+  assert.equal(first.code, 0, first.stderr.toString());
+  const deadline = Date.now() + 180_000;
+  let saved: string | null | undefined;
+  while (Date.now() < deadline) {
+    saved = (await sandbox.json<(LsEntry & { startupSnapshot: string | null })[]>(['ls', '--json'])).find((v) => v.name === 'app1')?.startupSnapshot;
+    if (saved === 'saved') break;
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+  assert.equal(saved, 'saved');
+  const id = await get(p1);
+  assert.match(id ?? '', /^[0-9a-f-]{36}\n$/);
+
+  const second = await sandbox.run(['run', '-d', '--name', 'app2', '--health-check', check, '-p', `127.0.0.1:${p2}:8080`, image, 'sh', '-c', app]);
+  assert.equal(second.code, 0, second.stderr.toString());
+  const vm = (await sandbox.json<(LsEntry & { startupSnapshot: string | null })[]>(['ls', '--json'])).find((v) => v.name === 'app2');
+  assert.equal(vm?.startupSnapshot, 'restored');
+  assert.equal(vm?.state, 'running');
+  // Already serving, with the first run's id: restored, not started again.
+  assert.equal(await get(p2), id);
+  const exec = await sandbox.run(['exec', 'app2', '--', 'cat', '/www/id']);
+  assert.equal(exec.stdout.toString(), id);
+
+  const rm = await sandbox.run(['rm', '-f', 'app1', 'app2']);
+  assert.equal(rm.code, 0, rm.stderr.toString());
+  assert.deepEqual(sandbox.processes(), []);
+});

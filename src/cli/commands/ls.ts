@@ -25,6 +25,8 @@ export interface VmListing {
   network: { mode: string; guestAddress: string | null; ports: string[] };
   /** "hit": restored from the image cache; "miss": booted (and saved it); null: not used. */
   imageCache: 'hit' | 'miss' | null;
+  /** --health-check runs: 'restored' (started from a startup snapshot), 'saved' (took one), else null. */
+  startupSnapshot: 'restored' | 'saved' | null;
 }
 
 export function listing(record: VmRecord): VmListing {
@@ -47,6 +49,7 @@ export function listing(record: VmRecord): VmListing {
     exitCode: record.exitCode ?? null,
     error: record.error ?? null,
     imageCache: record.imageCache ? (record.imageCache.hit ? 'hit' : 'miss') : null,
+    startupSnapshot: record.imageCache?.startup ? 'restored' : record.startupSnapshot ? 'saved' : null,
     network: {
       mode: record.config.network ?? 'none',
       guestAddress: guestAddress(record.config.network ?? 'none', record.bridgedAddress),

@@ -8,6 +8,7 @@ import path from 'node:path';
 import { loadAssets } from '../../assets/setup';
 import { parseImage } from '../../container/image-ref';
 import { parseMaps } from '../../container/map-spec';
+import { parseHealthCheck } from '../../supervisor/health-check';
 import { parseEnv } from '../../container/podman-argv';
 import { STDERR, STDIN, STDOUT, type Channel, type Mux } from '../../protocol/mux';
 import { checkNetworkSupport, parseNetworkMode } from '../../network/mode';
@@ -36,6 +37,7 @@ export interface RunFlags {
   snapshot?: boolean;
   publish: string[];
   map: string[];
+  healthCheck?: string;
   jailer?: boolean;
   jailerUid?: string;
   jailerGid?: string;
@@ -103,6 +105,7 @@ function validate(image: string, command: string[], flags: RunFlags): VmConfig {
     network: parseNetworkMode(flags.network ?? 'rootless'),
     publish: parsePublish(flags.publish),
     maps: parseMaps(flags.map ?? []),
+    ...(flags.healthCheck !== undefined ? { healthCheck: parseHealthCheck(flags.healthCheck) } : {}),
     ...(flags.jailer ? { jailer: parseJailer(flags) } : {}),
     imageCache: flags.snapshot !== false,
   };
