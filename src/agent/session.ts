@@ -105,6 +105,17 @@ function guestInfo(): GuestInfo {
   };
 }
 
+/**
+ * A clone starts with its source's neighbour cache and TCP connections, whose peers (the
+ * source's user-mode network, or its clients) are not this clone's: drop both, so the clone
+ * learns its network afresh and its apps see resets instead of hanging on dead connections.
+ */
+function forgetSourceNetworkState(log: (msg: string) => void): void {
+  execFile('sh', ['-c', 'ip neigh flush all; ss -K state established >/dev/null 2>&1; true'], { timeout: 10_000 }, (err) => {
+    if (err) log(`flushing the source's network state failed: ${err.message}`);
+  });
+}
+
 async function applyHostState(hello: Hello, log: (msg: string) => void, reseed: boolean): Promise<void> {
   // Step the clock when it is off by more than a second (a restored snapshot lives in the past).
   if (typeof hello.timeMs === 'number' && Math.abs(Date.now() - hello.timeMs) > 1000) {
@@ -112,6 +123,7 @@ async function applyHostState(hello: Hello, log: (msg: string) => void, reseed: 
       if (err) log(`setting the clock failed: ${err.message}`);
     });
   }
+  if (reseed) forgetSourceNetworkState(log);
   if (typeof hello.seed !== 'string' || hello.seed.length === 0) return;
   if (!reseed) {
     // First session after boot: mixing bytes into /dev/urandom needs no privilege beyond the
