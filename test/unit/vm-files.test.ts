@@ -12,16 +12,23 @@ import { removeOrphanMemoryFiles } from '../../src/supervisor/vm-files';
 
 test('orphaned memory files go; used or young ones stay', async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-shm-'));
-  const holder = spawn('sh', ['-c', 'exec 3<"$1"; sleep 30', 'sh', path.join(dir, 'shoal-bbbb.ram')], { stdio: 'ignore' });
+  const old = new Date(Date.now() - 3600_000);
+  for (const name of ['shoal-aaaa.ram', 'shoal-bbbb.ram', 'shoal-cccc.ram', 'other.ram']) fs.writeFileSync(path.join(dir, name), 'x');
+  for (const name of ['shoal-aaaa.ram', 'shoal-bbbb.ram', 'other.ram']) fs.utimesSync(path.join(dir, name), old, old);
+  const held = path.join(dir, 'shoal-bbbb.ram');
+  const holder = spawn('sh', ['-c', 'exec 3<"$1"; sleep 30', 'sh', held], { stdio: 'ignore' });
   try {
-    const old = new Date(Date.now() - 3600_000);
-    for (const name of ['shoal-aaaa.ram', 'shoal-bbbb.ram', 'shoal-cccc.ram', 'other.ram']) fs.writeFileSync(path.join(dir, name), 'x');
-    for (const name of ['shoal-aaaa.ram', 'shoal-bbbb.ram', 'other.ram']) fs.utimesSync(path.join(dir, name), old, old);
     // Wait until the holder has the file open.
+    const openFiles = (): string[] => {
+      try {
+        return fs.readdirSync(`/proc/${holder.pid}/fd`).map((fd) => { try { return fs.readlinkSync(`/proc/${holder.pid}/fd/${fd}`); } catch { return ''; } });
+      } catch {
+        return [];
+      }
+    };
     const deadline = Date.now() + 5000;
-    while (Date.now() < deadline) {
-      const fds = fs.readdirSync(`/proc/${holder.pid}/fd`).map((fd) => { try { return fs.readlinkSync(`/proc/${holder.pid}/fd/${fd}`); } catch { return ''; } });
-      if (fds.includes(path.join(dir, 'shoal-bbbb.ram'))) break;
+    while (!openFiles().includes(held)) {
+      assert.ok(Date.now() < deadline, 'the holder never opened the file');
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
     const removed = removeOrphanMemoryFiles(dir);
