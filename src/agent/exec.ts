@@ -55,11 +55,12 @@ export function runExec(request: ExecRequest, channel: Channel): void {
     channel.setDataHandler(() => undefined);
   }
 
-  channel.on('message', (message: Record<string, unknown>) => {
+  const onSignal = (message: Record<string, unknown>): void => {
     if (message.type === 'signal' && typeof message.signal === 'string') {
       try { child.kill(message.signal as NodeJS.Signals); } catch { /* unknown signal name */ }
     }
-  });
+  };
+  channel.on('message', onSignal);
   // The host went away (or the session was reset): nobody will read the output. Stop the process,
   // unless it is persistent (the main container: it must survive into a clone restored from a
   // snapshot, whose new host watches it with `podman wait`); its output is then read and dropped.
@@ -68,20 +69,57 @@ export function runExec(request: ExecRequest, channel: Channel): void {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   });
 
-  const pumps = [pump(child.stdout!, channel, STDOUT), pump(child.stderr!, channel, STDERR)];
+  // Output goes to whichever channel follows the process now: a persistent one (the main
+  // container) can be taken over by a later session's host (attach-persistent), e.g. a clone's.
+  const sink = { channel };
+  const pumps = [pump(child.stdout!, sink, STDOUT), pump(child.stderr!, sink, STDERR)];
+  let exit: { code: number | null; signal: string | null } | undefined;
+  const report = (): void => {
+    sink.channel.send({ type: 'exit', ...exit! });
+    sink.channel.close();
+    if (persistentProcesses.get(PERSISTENT_MAIN) === follow) persistentProcesses.delete(PERSISTENT_MAIN);
+  };
+  const follow = (follower: Channel): void => {
+    sink.channel = follower;
+    follower.setDataHandler(() => undefined);
+    follower.on('message', onSignal);
+    if (exit) report();
+  };
+  if (request.persistent === true) persistentProcesses.set(PERSISTENT_MAIN, follow);
   child.on('exit', (code, signal) => {
     void Promise.all(pumps).then(() => {
       if (spawnFailed) return;
-      channel.send({ type: 'exit', code, signal });
-      channel.close();
+      exit = { code, signal };
+      // Nobody follows a persistent process whose host went away: keep its exit for the next one.
+      if (request.persistent === true && sink.channel.closed) return;
+      report();
     });
   });
 }
 
-/** Copies a child's output to a channel stream, pausing the child's pipe while credit is short. */
-async function pump(readable: Readable, channel: Channel, stream: number): Promise<void> {
-  for await (const chunk of readable) {
-    await channel.write(stream, chunk as Buffer);
+/** The main container's process, by name: what `attach-persistent` takes over. */
+const PERSISTENT_MAIN = 'main';
+const persistentProcesses = new Map<string, (follower: Channel) => void>();
+
+/**
+ * `attach-persistent`: the channel follows the persistent process from now on (its output, its
+ * exit, signals to it). Output from before, which went to an earlier session, is not replayed.
+ */
+export function attachPersistent(channel: Channel): void {
+  const follow = persistentProcesses.get(PERSISTENT_MAIN);
+  if (!follow) {
+    channel.send({ type: 'error', message: 'no persistent process to follow' });
+    channel.close();
+    return;
   }
-  channel.end(stream);
+  follow(channel);
+}
+
+/** Copies a child's output to the following channel's stream, pausing the pipe while credit is short. */
+async function pump(readable: Readable, sink: { channel: Channel }, stream: number): Promise<void> {
+  for await (const chunk of readable) {
+    // A closed channel (its host went away) drops the bytes.
+    await sink.channel.write(stream, chunk as Buffer);
+  }
+  sink.channel.end(stream);
 }

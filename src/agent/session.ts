@@ -12,7 +12,7 @@ import { FrameType } from '../protocol/frames';
 import { GatedStream } from '../protocol/gate';
 import type { AgentRequest, ExecRequest, GuestInfo, Hello } from '../protocol/messages';
 import { Mux, type Channel } from '../protocol/mux';
-import { runExec } from './exec';
+import { attachPersistent, runExec } from './exec';
 import { runFuseMount } from './fuse-mount';
 
 export const AGENT_VERSION = '1';
@@ -76,6 +76,9 @@ function handleRequest(request: AgentRequest, channel: Channel, log: (msg: strin
       channel.setDataHandler(() => undefined);
       channel.send({ type: 'result', info: guestInfo() });
       channel.close();
+      return;
+    case 'attach-persistent':
+      attachPersistent(channel);
       return;
     case 'fuse-mount':
       runFuseMount(request, channel, log);

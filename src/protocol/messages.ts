@@ -57,7 +57,12 @@ export interface FuseMountRequest {
   readOnly: boolean;
 }
 
-export type AgentRequest = ExecRequest | InfoRequest | PowerOffRequest | FuseMountRequest;
+/** Follow the persistent process (the main container) from now on: output, exit, signals. */
+export interface AttachPersistentRequest {
+  kind: 'attach-persistent';
+}
+
+export type AgentRequest = ExecRequest | InfoRequest | PowerOffRequest | FuseMountRequest | AttachPersistentRequest;
 
 /** Session start, host to guest, after the sync marker. */
 export interface Hello {

@@ -338,13 +338,26 @@ export class Supervisor {
   }
 
   /**
-   * In a clone, the main container's `podman run` belongs to the snapshot's old session (the
-   * agent keeps it running, dropping its output); the clone learns its exit from `podman wait`.
+   * In a restored VM, the main container's `podman run` belongs to the snapshot's old session;
+   * the agent hands it over (attach-persistent): its output from now on reaches this VM's log and
+   * attached CLIs, and its exit is the VM's. A terminal (-t) main process cannot be handed over:
+   * then `podman wait` tells the exit code.
    */
-  private watchMainContainer(): Promise<number> {
+  private async watchMainContainer(): Promise<number> {
+    const follower = this.agent!.open({ kind: 'attach-persistent' });
+    this.mainChannel = follower;
+    this.announceMain(follower);
+    try {
+      return await this.followMain(follower);
+    } catch (err) {
+      if (!/no persistent process/.test((err as Error).message)) throw err;
+      return this.waitForMainWithPodman();
+    }
+  }
+
+  private waitForMainWithPodman(): Promise<number> {
     const channel = this.agent!.open({ kind: 'exec', argv: ['podman', 'wait', '--interval', '1s', 'main'], stdin: false });
     this.mainChannel = channel;
-    this.announceMain(channel);
     return new Promise<number>((resolve, reject) => {
       const out: Buffer[] = [];
       let exitCode: number | undefined;
@@ -452,7 +465,6 @@ export class Supervisor {
   private runMainContainer(image: string): Promise<number> {
     const agent = this.agent!;
     const { config } = this.record;
-    const log = new ContainerLogWriter(this.files.containerLog);
     const channel = agent.open({
       kind: 'exec',
       argv: podmanRunArgv({
@@ -473,6 +485,15 @@ export class Supervisor {
     this.mainChannel = channel;
     this.announceMain(channel);
     void this.markRunningWhenStarted(channel);
+    return this.followMain(channel);
+  }
+
+  /**
+   * The main container's output to its log and to attached CLIs, and its exit code. The channel
+   * is the `podman run` exec, or in a restored VM the agent's `attach-persistent` of it.
+   */
+  private followMain(channel: Channel): Promise<number> {
+    const log = new ContainerLogWriter(this.files.containerLog);
     return new Promise<number>((resolve, reject) => {
       let exitCode: number | undefined;
       let error: string | undefined;

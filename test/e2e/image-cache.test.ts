@@ -101,7 +101,8 @@ test('--health-check: once the app answers, its running state is snapshotted; a 
     req.on('timeout', () => req.destroy());
   });
   // The app draws a random id when it starts: the same id later proves it did not start again.
-  const app = 'mkdir -p /www && cat /proc/sys/kernel/random/uuid > /www/id && exec httpd -f -p 8080 -h /www';
+  // It also says it is alive every second, so a restored run's log shows the handed-over output.
+  const app = 'mkdir -p /www; cat /proc/sys/kernel/random/uuid > /www/id; (while true; do echo "alive $(cat /www/id)"; sleep 1; done) & exec httpd -f -p 8080 -h /www';
   const check = 'http://localhost:8080/id';
   const [p1, p2] = [await freePort(), await freePort()];
 
@@ -127,6 +128,14 @@ test('--health-check: once the app answers, its running state is snapshotted; a 
   assert.equal(await get(p2), id);
   const exec = await sandbox.run(['exec', 'app2', '--', 'cat', '/www/id']);
   assert.equal(exec.stdout.toString(), id);
+  // The restored container's output from now on is this VM's: in its log.
+  let logs = '';
+  const logDeadline = Date.now() + 30_000;
+  while (!logs.includes(`alive ${id}`) && Date.now() < logDeadline) {
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    logs = (await sandbox.run(['logs', 'app2'])).stdout.toString();
+  }
+  assert.ok(logs.includes(`alive ${id}`), `logs of the restored run: ${JSON.stringify(logs.slice(-300))}`);
 
   const rm = await sandbox.run(['rm', '-f', 'app1', 'app2']);
   assert.equal(rm.code, 0, rm.stderr.toString());
