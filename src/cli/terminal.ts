@@ -11,9 +11,11 @@ const DEFAULT_SIZE: TerminalSize = { cols: 80, rows: 24 };
 export interface HostTerminal {
   /** The size to start the guest terminal with. */
   size: TerminalSize;
+  /** Keys go to the guest raw (Ctrl-C is then a byte, not a signal here). */
+  raw: boolean;
   /** Calls back with the new size whenever the host window changes. */
   onResize(callback: (size: TerminalSize) => void): void;
-  /** Puts the terminal back as it was (idempotent; also runs at process exit). */
+  /** Stops following the window and puts the terminal back as it was (idempotent; also runs at process exit). */
   restore(): void;
 }
 
@@ -30,36 +32,37 @@ export function terminalSizeNow(): TerminalSize {
   return output && output.columns > 0 && output.rows > 0 ? { cols: output.columns, rows: output.rows } : DEFAULT_SIZE;
 }
 
-/** Without a terminal on stdin, -t still gives the container a terminal, as podman does, and says so. */
-export function warnNoTerminal(): void {
-  warn('the input device is not a TTY: the container gets a terminal, but input is not passed through raw');
-}
-
-/** Calls back with the new size whenever the host window changes; returns the way to stop. */
-export function followWindow(callback: (size: TerminalSize) => void): () => void {
-  const output = windowStream();
-  const onWindowChange = (): void => callback(terminalSizeNow());
-  output?.on('resize', onWindowChange);
-  return () => output?.off('resize', onWindowChange);
-}
-
-/** Takes over the host terminal (stdin must be one) for an interactive `-t` session. */
-export function openHostTerminal(): HostTerminal {
+/**
+ * The host side of a `-t` session. With input (-i) on a terminal, the terminal goes raw; `-t`
+ * alone (a terminal for colours, no input) leaves it cooked, so Ctrl-C stays a signal here.
+ * Without a terminal on stdin the guest still gets one, as podman does, and a one-line warning
+ * says so. The window is followed in every case.
+ */
+export function startTerminal(interactive: boolean): HostTerminal {
+  if (!process.stdin.isTTY) warn('the input device is not a TTY: the container gets a terminal, but input is not passed through raw');
   const callbacks: ((size: TerminalSize) => void)[] = [];
-  const unfollow = followWindow((size) => { for (const callback of callbacks) callback(size); });
-  process.stdin.setRawMode(true);
-  let raw = true;
+  const output = windowStream();
+  const onWindowChange = (): void => {
+    const size = terminalSizeNow();
+    for (const callback of callbacks) callback(size);
+  };
+  output?.on('resize', onWindowChange);
+  const raw = interactive && process.stdin.isTTY === true;
+  let isRaw = raw;
   const restore = (): void => {
-    unfollow();
-    if (!raw) return;
-    raw = false;
+    output?.off('resize', onWindowChange);
+    if (!isRaw) return;
+    isRaw = false;
     process.off('exit', restore);
     try { process.stdin.setRawMode(false); } catch { /* the terminal is gone */ }
   };
-  // 'exit' runs on every way out that runs JavaScript: a return, process.exit, an uncaught
-  // error, and a signal whose handler exits. Only SIGKILL leaves the terminal raw (`reset` fixes it).
-  process.on('exit', restore);
-  return { size: terminalSizeNow(), onResize: (callback) => { callbacks.push(callback); }, restore };
+  if (raw) {
+    process.stdin.setRawMode(true);
+    // 'exit' runs on every way out that runs JavaScript: a return, process.exit, an uncaught
+    // error, and a signal whose handler exits. Only SIGKILL leaves the terminal raw (`reset` fixes it).
+    process.on('exit', restore);
+  }
+  return { size: terminalSizeNow(), raw, onResize: (callback) => { callbacks.push(callback); }, restore };
 }
 
 /**

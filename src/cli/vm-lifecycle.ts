@@ -4,10 +4,9 @@
  */
 import fs from 'node:fs';
 import { request } from '../host/exec-client';
-import { releaseAddress, removeTap, tapName } from '../network/bridge';
 import { StateStore, statusOf } from '../state/store';
 import type { VmRecord } from '../state/vm-record';
-import { memoryFilePath, removeJail, removeSockets, vmFiles } from '../supervisor/vm-files';
+import { releaseVmResources } from '../supervisor/vm-files';
 import { isAlive, sleep } from '../util/process';
 import { connectSupervisor } from './control-client';
 
@@ -86,16 +85,8 @@ function killSupervisor(record: VmRecord): void {
 /** What a dead supervisor could not do: make sure the VMM is gone, drop sockets and scratch, fix the record. */
 async function cleanUpAfterSupervisor(store: StateStore, record: VmRecord): Promise<void> {
   await killLeftoverVmm(store, record);
-  if (record.config.network === 'bridged') {
-    // The TAP goes with its VMM; the address claim is released here, or taken over later.
-    await removeTap(tapName(record.id));
-    releaseAddress(record.id, store.read(record.id)?.bridgedAddress);
-  }
-  removeJail(record);
-  const dir = store.vmDir(record.id);
-  removeSockets(dir);
-  fs.rmSync(vmFiles(dir).scratchDisk, { force: true });
-  fs.rmSync(memoryFilePath(record.id), { force: true });
+  // The record read at the start may predate what the supervisor added (a bridged address).
+  await releaseVmResources(store.read(record.id) ?? record, store.vmDir(record.id));
   const current = store.read(record.id);
   if (current && statusOf(current) === 'dead') {
     store.update(record.id, (r) => {

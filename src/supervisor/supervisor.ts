@@ -34,13 +34,13 @@ import { serveDirectoryMaps, type ServedMap } from './directory-maps';
 import { terminalSizeOf, type TerminalSize } from '../protocol/messages';
 import { netSpecFor, SLIRP_HOST_ADDRESS } from '../network/mode';
 import { proxyEnvironment } from '../network/proxy-env';
-import { attachTap, claimAddress, ensureBridge, GATEWAY, hostNameserver, PREFIX_LENGTH, releaseAddress, removeTap, tapName } from '../network/bridge';
+import { attachTap, claimAddress, ensureBridge, GATEWAY, hostNameserver, PREFIX_LENGTH } from '../network/bridge';
 import { startPortProxies, type PortProxy } from '../network/port-proxy';
 import type { SnapshotManifest } from '../snapshot/store';
 import { cachedImageSnapshot, evictImageCache, imageCacheKey, imageDigest, newImageCacheTempDir, publishImageCache, touchImageCache } from '../snapshot/image-cache';
 import { guestCmdline } from './guest-cmdline';
 import { createScratchDisk } from './scratch-disk';
-import { memoryFilePath, removeJail, removeOrphanMemoryFiles, removeSockets, restoreInfoPath, vmFiles, type RestoreInfo } from './vm-files';
+import { memoryFilePath, releaseVmResources, removeOrphanMemoryFiles, restoreInfoPath, vmFiles, type RestoreInfo } from './vm-files';
 
 const execFileAsync = promisify(execFile);
 /** How long the guest has to answer the quiesce request and the re-HELLO around a snapshot. */
@@ -67,6 +67,7 @@ export class Supervisor {
   private attachArrived: () => void = () => undefined;
   private readonly firstAttach = new Promise<void>((resolve) => { this.attachArrived = resolve; });
   private mainChannel: Channel | undefined;
+  private imageCacheKeyOnce: Promise<string> | undefined;
   /** Published ports of a bridged VM, proxied by this process. */
   private portProxy: PortProxy | undefined;
   /** The --map directories this process serves to the guest over FUSE. */
@@ -272,9 +273,13 @@ export class Supervisor {
     return config.imageCache !== false && this.record.backend === 'qemu' && config.network !== 'bridged' && snapshotSafe(this.record.accel, config.cpus);
   }
 
-  private async imageCacheKey(): Promise<string> {
-    const digest = await imageDigest(parseImage(this.record.config.image));
-    return imageCacheKey(digest, this.record.config, this.vmSpec(loadAssets()), this.record.backend, this.record.accel);
+  /** Computed once: it hashes the whole image archive, and a startup-snapshot run needs it twice. */
+  private imageCacheKey(): Promise<string> {
+    this.imageCacheKeyOnce ??= (async () => {
+      const digest = await imageDigest(parseImage(this.record.config.image));
+      return imageCacheKey(digest, this.record.config, this.vmSpec(loadAssets()), this.record.backend, this.record.accel);
+    })();
+    return this.imageCacheKeyOnce;
   }
 
   /**
@@ -547,20 +552,13 @@ export class Supervisor {
     this.finished = true;
     await this.powerOff();
     this.portProxy?.close();
-    removeJail(this.record);
-    if (this.record.config.network === 'bridged') {
-      await removeTap(tapName(this.record.id));
-      releaseAddress(this.record.id, this.record.bridgedAddress);
-    }
     this.setState(state, (r) => {
       r.finishedAt = new Date().toISOString();
       if (result.exitCode !== undefined) r.exitCode = result.exitCode;
       if (result.error !== undefined) r.error = result.error;
     });
     this.server?.close();
-    removeSockets(this.files.dir);
-    fs.rmSync(this.files.scratchDisk, { force: true });
-    fs.rmSync(memoryFilePath(this.record.id), { force: true });
+    await releaseVmResources(this.record, this.files.dir);
     if (this.record.config.autoRemove) this.store.remove(this.record);
     for (const watcher of this.watchers) {
       if (result.error !== undefined) watcher.send({ type: 'error', message: result.error });

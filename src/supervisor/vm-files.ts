@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { VmRecord } from '../state/vm-record';
 import { jailDirOf } from '../vmm/select';
+import { releaseAddress, removeTap, tapName } from '../network/bridge';
 
 export function vmFiles(dir: string) {
   return {
@@ -50,8 +51,25 @@ export interface RestoreInfo {
   uffdSocket?: string;
 }
 
+/**
+ * Everything a VM holds on the host besides its record, released once its VMM is gone: by its
+ * supervisor at the end, and by `rm -f` after a supervisor that died. The record must be current
+ * (a bridged VM's address is in it).
+ */
+export async function releaseVmResources(record: VmRecord, dir: string): Promise<void> {
+  removeJail(record);
+  if (record.config.network === 'bridged') {
+    // The TAP normally goes with its VMM; the address claim is released here, or taken over later.
+    await removeTap(tapName(record.id));
+    releaseAddress(record.id, record.bridgedAddress);
+  }
+  removeSockets(dir);
+  fs.rmSync(vmFiles(dir).scratchDisk, { force: true });
+  fs.rmSync(memoryFilePath(record.id), { force: true });
+}
+
 /** Removes a jailed VM's jail directory (the jailer does not), once its VMM is gone. */
-export function removeJail(record: VmRecord): void {
+function removeJail(record: VmRecord): void {
   if (!record.config.jailer) return;
   const dir = jailDirOf(record.id, record.config.jailer);
   if (dir) fs.rmSync(dir, { recursive: true, force: true });

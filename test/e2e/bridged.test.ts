@@ -8,13 +8,12 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import http from 'node:http';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { BRIDGE, CLAIMS_DIR, tapName } from '../../src/network/bridge';
 import { buildBusyboxDockerArchive } from '../helpers/images';
+import { freePort, httpGet } from '../helpers/http';
 import { ShoalSandbox, type LsEntry } from '../helpers/shoal-cli';
 
 const sandbox = new ShoalSandbox('bridge');
@@ -63,27 +62,6 @@ after(() => {
   fs.rmSync(imagesDir, { recursive: true, force: true });
 });
 
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-function get(port: number): Promise<string | undefined> {
-  return new Promise((resolve) => {
-    const req = http.get({ host: '127.0.0.1', port, path: '/', timeout: 3000 }, (res) => {
-      let body = '';
-      res.on('data', (d: Buffer) => (body += d.toString()));
-      res.on('end', () => resolve(res.statusCode === 200 ? body : undefined));
-    });
-    req.on('error', () => resolve(undefined));
-    req.on('timeout', () => req.destroy());
-  });
-}
-
 test('a bridged VM reaches a server in a test namespace through NAT', async () => {
   const result = await sandbox.run(['run', '--rm', '--network', 'bridged', image, 'sh', '-c',
     `ip -4 -o addr show eth0; wget -qO- http://${nsSide}:8080/`]);
@@ -102,7 +80,7 @@ test('a published port of a bridged VM answers on loopback; rm -f leaves no TAP,
   let body: string | undefined;
   const deadline = Date.now() + 60_000;
   while (!body && Date.now() < deadline) {
-    body = await get(port);
+    body = await httpGet(port);
     if (!body) await new Promise((resolve) => setTimeout(resolve, 300));
   }
   assert.equal(body, 'bridged-web\n');
@@ -119,7 +97,7 @@ test('a published port of a bridged VM answers on loopback; rm -f leaves no TAP,
   assert.ok(!fs.existsSync(`/sys/class/net/${tap}`), 'the TAP is gone');
   assert.ok(!fs.existsSync(`/sys/class/net/${BRIDGE}/brif/${tap}`), 'the bridge port is gone');
   assert.ok(!fs.existsSync(path.join(CLAIMS_DIR, address)), 'the address claim is released');
-  assert.equal(await get(port), undefined);
+  assert.equal(await httpGet(port), undefined);
   assert.deepEqual(sandbox.processes(), []);
   // The NAT rules are the shared table's only; nothing in it names this VM.
   assert.ok(!sh('nft', ['list', 'ruleset']).includes(tap));

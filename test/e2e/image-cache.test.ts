@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { buildBusyboxDockerArchive } from '../helpers/images';
+import { freePort, httpGet } from '../helpers/http';
 import { ShoalSandbox, type LsEntry } from '../helpers/shoal-cli';
 
 const sandbox = new ShoalSandbox('cache');
@@ -83,23 +84,6 @@ test('a VM restored from the cache has its own hostname, and is refused as a sna
 });
 
 test('--health-check: once the app answers, its running state is snapshotted; a later run starts from it, already running', async () => {
-  const net = await import('node:net');
-  const http = await import('node:http');
-  const freePort = (): Promise<number> => new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as import('node:net').AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-  const get = (port: number): Promise<string | undefined> => new Promise((resolve) => {
-    const req = http.get({ host: '127.0.0.1', port, path: '/id', timeout: 3000 }, (res) => {
-      let body = '';
-      res.on('data', (d: Buffer) => (body += d.toString()));
-      res.on('end', () => resolve(res.statusCode === 200 ? body : undefined));
-    });
-    req.on('error', () => resolve(undefined));
-    req.on('timeout', () => req.destroy());
-  });
   // The app draws a random id when it starts: the same id later proves it did not start again.
   // It also says it is alive every second, so a restored run's log shows the handed-over output.
   const app = 'mkdir -p /www; cat /proc/sys/kernel/random/uuid > /www/id; (while true; do echo "alive $(cat /www/id)"; sleep 1; done) & exec httpd -f -p 8080 -h /www';
@@ -116,7 +100,7 @@ test('--health-check: once the app answers, its running state is snapshotted; a 
     await new Promise((resolve) => setTimeout(resolve, 1000));
   }
   assert.equal(saved, 'saved');
-  const id = await get(p1);
+  const id = await httpGet(p1, '/id');
   assert.match(id ?? '', /^[0-9a-f-]{36}\n$/);
 
   const second = await sandbox.run(['run', '-d', '--name', 'app2', '--health-check', check, '-p', `127.0.0.1:${p2}:8080`, image, 'sh', '-c', app]);
@@ -125,7 +109,7 @@ test('--health-check: once the app answers, its running state is snapshotted; a 
   assert.equal(vm?.startupSnapshot, 'restored');
   assert.equal(vm?.state, 'running');
   // Already serving, with the first run's id: restored, not started again.
-  assert.equal(await get(p2), id);
+  assert.equal(await httpGet(p2, '/id'), id);
   const exec = await sandbox.run(['exec', 'app2', '--', 'cat', '/www/id']);
   assert.equal(exec.stdout.toString(), id);
   // The restored container's output from now on is this VM's: in its log.

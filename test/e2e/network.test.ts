@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { buildBusyboxDockerArchive } from '../helpers/images';
+import { freePort, httpGet } from '../helpers/http';
 import { ShoalSandbox, waitUntil, type LsEntry } from '../helpers/shoal-cli';
 
 const sandbox = new ShoalSandbox('net');
@@ -25,28 +26,6 @@ after(() => {
   fs.rmSync(imagesDir, { recursive: true, force: true });
 });
 
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const server = net.createServer();
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-function get(port: number): Promise<string | undefined> {
-  return new Promise((resolve) => {
-    const req = http.get({ host: '127.0.0.1', port, path: '/', timeout: 3000 }, (res) => {
-      let body = '';
-      res.on('data', (d: Buffer) => (body += d.toString()));
-      res.on('end', () => resolve(res.statusCode === 200 ? body : undefined));
-    });
-    req.on('error', () => resolve(undefined));
-    req.on('timeout', () => req.destroy());
-  });
-}
-
 test('published ports answer on loopback, several at once; a taken port is refused; rm -f frees them', async () => {
   const [p1, p2] = [await freePort(), await freePort()];
   const script = [
@@ -61,8 +40,8 @@ test('published ports answer on loopback, several at once; a taken port is refus
   let first: string | undefined;
   let second: string | undefined;
   await waitUntil('both published ports to answer', 60_000, async () => {
-    first = await get(p1);
-    second = await get(p2);
+    first = await httpGet(p1);
+    second = await httpGet(p2);
     return first !== undefined && second !== undefined;
   });
   assert.equal(first, 'served-by-8080\n');
@@ -83,7 +62,7 @@ test('published ports answer on loopback, several at once; a taken port is refus
   const rm = await sandbox.run(['rm', '-f', 'web'], { timeoutMs: 60_000 });
   assert.equal(rm.code, 0, rm.stderr.toString());
   assert.deepEqual(sandbox.processes(), []);
-  assert.equal(await get(p1), undefined);
+  assert.equal(await httpGet(p1), undefined);
   await new Promise<void>((resolve, reject) => {
     const server = net.createServer();
     server.once('error', reject);
@@ -140,7 +119,7 @@ test('two clones of one snapshot answer on their own published ports, with their
   }
   for (const [i, name] of ['c1', 'c2'].entries()) {
     let body: string | undefined;
-    await waitUntil(`${name} to answer`, 30_000, async () => (body = await get(ports[i]!)) !== undefined);
+    await waitUntil(`${name} to answer`, 30_000, async () => (body = await httpGet(ports[i]!)) !== undefined);
     assert.equal(body, `${name}\n`);
   }
   const rm = await sandbox.run(['rm', '-f', 'origin', 'c1', 'c2'], { timeoutMs: 60_000 });

@@ -36,6 +36,15 @@ async function command(terminal: HostTerminal, line: string, expected: RegExp): 
   return terminal.expect(expected, ANSWER_MS);
 }
 
+/** Starts a command, gives it a moment to run, types a control key and waits for the effect. */
+async function keyWhileRunning(terminal: HostTerminal, line: string, key: string, effect: RegExp): Promise<void> {
+  terminal.type(`${line}\r`);
+  await terminal.expect(new RegExp(`${line}\\r+\\n`), ANSWER_MS);
+  await new Promise((resolve) => setTimeout(resolve, 1500));
+  terminal.type(key);
+  await terminal.expect(effect, ANSWER_MS);
+}
+
 before(async () => {
   image = `docker-archive:${await buildBusyboxDockerArchive(path.join(imagesDir, 'busybox.tar'))}`;
 });
@@ -55,19 +64,11 @@ describe('shoal run -it', () => {
     await command(terminal, 'echo "sum=$((6*7))"', /sum=42/);
 
     // Ctrl-C interrupts the foreground program, not the shell (and not shoal).
-    terminal.type('sleep 60\r');
-    await terminal.expect(/sleep 60\r+\n/, ANSWER_MS);
-    await new Promise((resolve) => setTimeout(resolve, 1500));
-    terminal.type('\x03');
-    await terminal.expect(PROMPT, ANSWER_MS);
+    await keyWhileRunning(terminal, 'sleep 60', '\x03', PROMPT);
     await command(terminal, 'echo "alive=$((1+1))"', /alive=2/);
 
     // Ctrl-Z stops it, as job control does at a console.
-    terminal.type('sleep 61\r');
-    await terminal.expect(/sleep 61\r+\n/, ANSWER_MS);
-    await new Promise((resolve) => setTimeout(resolve, 1500));
-    terminal.type('\x1a');
-    await terminal.expect(/Stopped/, ANSWER_MS);
+    await keyWhileRunning(terminal, 'sleep 61', '\x1a', /Stopped/);
     await command(terminal, 'kill -9 %1; echo "jobs-done=$((2+2))"', /jobs-done=4/);
 
     // The window size, at start and after a resize.

@@ -7,7 +7,7 @@ import { attachChannel } from '../../host/exec-client';
 import { StateStore, statusOf } from '../../state/store';
 import { ShoalError } from '../../util/errors';
 import { connectSupervisor } from '../control-client';
-import { releaseStdin, followWindow, openHostTerminal, terminalSizeNow, warnNoTerminal, type HostTerminal } from '../terminal';
+import { releaseStdin, startTerminal } from '../terminal';
 
 export interface ExecFlags {
   vm?: boolean;
@@ -31,16 +31,10 @@ export async function execCommand(nameOrId: string, command: string[], flags: Ex
   }
   const mux = await connectSupervisor(store, record);
   const request: Record<string, unknown> = { kind: 'exec', argv, env, interactive: flags.interactive === true, vm: flags.vm === true };
-  let terminal: HostTerminal | undefined;
-  if (flags.tty) {
-    if (!process.stdin.isTTY) warnNoTerminal();
-    // -t alone (a terminal for colours, no input) leaves the host terminal cooked: Ctrl-C stays a signal here.
-    else if (flags.interactive) terminal = openHostTerminal();
-    request.tty = terminal?.size ?? terminalSizeNow();
-  }
+  const terminal = flags.tty ? startTerminal(flags.interactive === true) : undefined;
+  if (terminal) request.tty = terminal.size;
   const channel = mux.open(request);
-  if (terminal) terminal.onResize((size) => channel.send({ type: 'resize', ...size }));
-  else if (flags.tty) followWindow((size) => channel.send({ type: 'resize', ...size }));
+  terminal?.onResize((size) => channel.send({ type: 'resize', ...size }));
   const forward = (signal: NodeJS.Signals): void => channel.send({ type: 'signal', signal });
   const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
   for (const signal of signals) process.on(signal, forward);

@@ -21,7 +21,7 @@ import { selectBackend, type JailerChoice, type VmmChoice } from '../../vmm/sele
 import { connectSupervisor } from '../control-client';
 import { parseCpus, parseMemory, parseVmm } from '../options';
 import { progressLine } from '../output';
-import { releaseStdin, followWindow, openHostTerminal, terminalSizeNow, warnNoTerminal, type HostTerminal } from '../terminal';
+import { releaseStdin, startTerminal, terminalSizeNow } from '../terminal';
 
 export interface RunFlags {
   name?: string;
@@ -175,18 +175,13 @@ function waitUntilRunning(mux: Mux, name: string): Promise<number> {
  */
 function attach(mux: Mux, config: VmConfig): Promise<number> {
   const { interactive } = config;
-  if (config.tty && !process.stdin.isTTY) warnNoTerminal();
   return new Promise<number>((resolve, reject) => {
     const channel: Channel = mux.open({ kind: 'attach', stdio: true });
     let running = false;
-    let terminal: HostTerminal | undefined;
-    // -t alone (a terminal for colours, no input) leaves the host terminal cooked: Ctrl-C stays a signal here.
-    if (config.tty && interactive && process.stdin.isTTY) {
-      terminal = openHostTerminal();
+    const terminal = config.tty ? startTerminal(interactive) : undefined;
+    if (terminal) {
       channel.send({ type: 'resize', ...terminal.size });
       terminal.onResize((size) => channel.send({ type: 'resize', ...size }));
-    } else if (config.tty) {
-      followWindow((size) => channel.send({ type: 'resize', ...size }));
     }
     let exitCode: number | undefined;
     let error: string | undefined;
@@ -217,7 +212,7 @@ function attach(mux: Mux, config: VmConfig): Promise<number> {
         for await (const chunk of process.stdin) {
           if (channel.closed) break;
           // Raw mode turned Ctrl-C into a byte: before the container runs, it means "abort".
-          if (terminal && !running && (chunk as Buffer).includes(0x03)) forward('SIGINT');
+          if (terminal?.raw && !running && (chunk as Buffer).includes(0x03)) forward('SIGINT');
           await channel.write(STDIN, chunk as Buffer);
         }
         channel.end(STDIN);

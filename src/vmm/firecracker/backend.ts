@@ -96,23 +96,11 @@ function isExecutable(p: string): boolean {
 /** Where the firecracker binary is: configured path, SHOAL_FIRECRACKER, the setup cache, then PATH. */
 export function findFirecrackerBinary(opts: Pick<FirecrackerBackendOptions, 'binary' | 'env' | 'cacheDir' | 'arch'> = {}): { path: string | null; tried: string[] } {
   const env = opts.env ?? process.env;
-  const tried: string[] = [];
-  const candidates: Array<[string, string | undefined]> = [
+  return firstExecutable('firecracker', [
     ['configured path', opts.binary],
     ['SHOAL_FIRECRACKER', env.SHOAL_FIRECRACKER],
-  ];
-  try {
-    candidates.push(['shoal setup cache', installedPaths(undefined, releaseArch(opts.arch ?? process.arch), opts.cacheDir).firecracker]);
-  } catch {
-    /* unsupported arch: no cache location */
-  }
-  for (const [label, p] of candidates) {
-    if (!p) continue;
-    tried.push(`${label} ${p}`);
-    if (isExecutable(p)) return { path: p, tried };
-  }
-  tried.push('PATH');
-  return { path: searchPath('firecracker', env.PATH), tried };
+    ['shoal setup cache', setupCachePath('firecracker', opts)],
+  ], env.PATH);
 }
 
 /**
@@ -121,22 +109,33 @@ export function findFirecrackerBinary(opts: Pick<FirecrackerBackendOptions, 'bin
  */
 export function findJailerBinary(opts: Pick<FirecrackerBackendOptions, 'binary' | 'env' | 'cacheDir' | 'arch'> = {}): { path: string | null; tried: string[] } {
   const env = opts.env ?? process.env;
-  const tried: string[] = [];
-  const candidates: Array<[string, string | undefined]> = [['SHOAL_JAILER', env.SHOAL_JAILER]];
-  try {
-    candidates.push(['shoal setup cache', installedPaths(undefined, releaseArch(opts.arch ?? process.arch), opts.cacheDir).jailer]);
-  } catch {
-    /* unsupported arch: no cache location */
-  }
   const firecracker = findFirecrackerBinary(opts).path;
-  if (firecracker) candidates.push(['beside firecracker', path.join(path.dirname(firecracker), 'jailer')]);
+  return firstExecutable('jailer', [
+    ['SHOAL_JAILER', env.SHOAL_JAILER],
+    ['shoal setup cache', setupCachePath('jailer', opts)],
+    ['beside firecracker', firecracker ? path.join(path.dirname(firecracker), 'jailer') : undefined],
+  ], env.PATH);
+}
+
+/** Where `shoal setup --vmm firecracker` puts a binary; undefined on an architecture it does not support. */
+function setupCachePath(which: 'firecracker' | 'jailer', opts: Pick<FirecrackerBackendOptions, 'cacheDir' | 'arch'>): string | undefined {
+  try {
+    return installedPaths(undefined, releaseArch(opts.arch ?? process.arch), opts.cacheDir)[which];
+  } catch {
+    return undefined;
+  }
+}
+
+/** The first executable candidate, else `name` on PATH; with every place looked at, for the error message. */
+function firstExecutable(name: string, candidates: Array<[label: string, path: string | undefined]>, envPath: string | undefined): { path: string | null; tried: string[] } {
+  const tried: string[] = [];
   for (const [label, p] of candidates) {
     if (!p) continue;
     tried.push(`${label} ${p}`);
     if (isExecutable(p)) return { path: p, tried };
   }
   tried.push('PATH');
-  return { path: searchPath('jailer', env.PATH), tried };
+  return { path: searchPath(name, envPath), tried };
 }
 
 function tail(file: string, max = 2000): string {
