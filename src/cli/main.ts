@@ -57,7 +57,7 @@ function buildProgram(): Command {
     .option('-t, --tty', 'give the container a terminal (with -i: an interactive session)')
     .option('--vmm <vmm>', 'auto, qemu or firecracker (default: $SHOAL_VMM, else auto)', process.env.SHOAL_VMM ?? 'auto')
     .option('--no-snapshot', 'do not use the image cache (neither restore from it nor save to it)')
-    .option('--network <mode>', 'rootless (default: user-mode networking), bridged or none')
+    .option('--network <mode>', 'rootless (default: user-mode networking; QEMU\'s slirp, or slirp4netns on Firecracker), slirp4netns, bridged (root) or none')
     .option('-p, --publish <[ADDR:]HOST:GUEST[/tcp|/udp]>', 'publish a guest port on the host (repeatable, comma-separated)', collect, [])
     .option('--health-check <url>', 'once this URL answers in the guest, snapshot the running app; later runs start from it')
     .option('--jailer', 'run Firecracker under its jailer (chroot, unprivileged uid/gid, cgroup)')
@@ -77,6 +77,8 @@ function buildProgram(): Command {
     .option('-i, --interactive', 'pass stdin')
     .option('-t, --tty', 'run the command on a terminal (with -i: an interactive session)')
     .option('-e, --env <KEY=VALUE>', 'set an environment variable (repeatable)', collect, [])
+    // As podman: options after the command are the command's (`exec web sh -c ...`).
+    .passThroughOptions()
     .action(act((name: string, command: string[], flags: Parameters<typeof execCommand>[2]) => execCommand(name, command, flags)));
 
   program

@@ -5,14 +5,14 @@
  */
 import crypto from 'node:crypto';
 import { FrameType } from '../protocol/frames';
-import type { Hello, HelloAck } from '../protocol/messages';
+import type { GuestNetworkIdentity, Hello, HelloAck } from '../protocol/messages';
 import { Mux } from '../protocol/mux';
 import { ShoalError } from '../util/errors';
 import type { VmHandle } from '../vmm/backend';
 
 const HELLO_RETRY_MS = 500;
 
-export async function openAgentSession(vm: VmHandle, timeoutMs: number): Promise<Mux> {
+export async function openAgentSession(vm: VmHandle, timeoutMs: number, network?: GuestNetworkIdentity): Promise<Mux> {
   const deadline = Date.now() + timeoutMs;
   const stream = await vm.connectAgent(timeoutMs);
   // SHOAL_TRACE=1 logs every frame of the agent session on stderr (the supervisor's log).
@@ -21,7 +21,7 @@ export async function openAgentSession(vm: VmHandle, timeoutMs: number): Promise
     : undefined;
   const mux = new Mux(stream, { side: 'host', startInSync: true, ...(trace ? { trace } : {}) });
   const session = crypto.randomBytes(8).toString('hex');
-  const hello = (): Hello => ({ session, timeMs: Date.now(), seed: crypto.randomBytes(64).toString('hex') });
+  const hello = (): Hello => ({ session, timeMs: Date.now(), seed: crypto.randomBytes(64).toString('hex'), ...(network ? { network } : {}) });
   return new Promise<Mux>((resolve, reject) => {
     let timer: NodeJS.Timeout | undefined;
     const finish = (err?: Error): void => {

@@ -83,7 +83,7 @@ export async function ensureBridge(): Promise<void> {
   await run('nft', ['-f', '-'], NFT_TABLE);
 }
 
-/** Puts a VM's TAP (made by its VMM) on the bridge, isolated from the other VMs' ports. */
+/** Puts a VM's TAP (made by its VMM, or by createTap) on the bridge, isolated from the other VMs' ports. */
 export async function attachTap(tap: string, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!fs.existsSync(`/sys/class/net/${tap}`)) {
@@ -92,6 +92,17 @@ export async function attachTap(tap: string, timeoutMs = 10_000): Promise<void> 
   }
   await run('ip', ['link', 'set', tap, 'master', BRIDGE, 'up']);
   await run('ip', ['link', 'set', tap, 'type', 'bridge_slave', 'isolated', 'on']);
+}
+
+/**
+ * Creates a persistent TAP for a VMM that opens an existing one (Firecracker), owned by the
+ * user the VMM runs as (the jail's uid when jailed) so it can attach without privileges. Unlike
+ * a TAP QEMU makes, it outlives a killed VMM: releaseVmResources removes it.
+ */
+export async function createTap(tap: string, owner?: { uid: number; gid: number }): Promise<void> {
+  if (fs.existsSync(`/sys/class/net/${tap}`)) await run('ip', ['link', 'del', tap]);
+  const user = owner ? ['user', String(owner.uid), 'group', String(owner.gid)] : [];
+  await run('ip', ['tuntap', 'add', 'dev', tap, 'mode', 'tap', ...user]);
 }
 
 /** Removes a VM's TAP if it is still there (its VMM normally takes it along). */

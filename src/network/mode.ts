@@ -1,33 +1,49 @@
 /**
- * Network modes and what each gives a VM. `rootless` on QEMU is user-mode networking (slirp):
- * no privileges, the host's resolver through slirp's DNS, published ports as host forwards.
- * The guest's addresses in that mode are slirp's fixed ones.
+ * Network modes and how each is attached on the host:
+ * - `rootless` (default, no privileges): QEMU's own user-mode networking (slirp) on QEMU; on
+ *   Firecracker, which has none, a TAP in a namespace of its own joined to slirp4netns.
+ * - `slirp4netns`: that namespace attachment on either VMM (what rootless Firecracker uses; on
+ *   QEMU it exercises the same path).
+ * - `bridged` (root): a TAP on the host bridge shoal0, NAT by nftables (./bridge.ts).
+ * - `none`: no network device.
+ * The guest's addresses in the slirp modes are slirp's fixed ones.
  */
 import crypto from 'node:crypto';
 import { ShoalError } from '../util/errors';
 import type { NetSpec, PortForward, VmmKind } from '../vmm/backend';
 import { tapName } from './bridge';
+import { NAMESPACE_GUEST_ADDRESS, NAMESPACE_TAP } from './namespace-network';
 
-export type NetworkMode = 'rootless' | 'bridged' | 'none';
+export type NetworkMode = 'rootless' | 'slirp4netns' | 'bridged' | 'none';
+export const NETWORK_MODES: readonly NetworkMode[] = ['rootless', 'slirp4netns', 'bridged', 'none'];
+
+/** How a VM's network device reaches the world. */
+export type NetAttachment = 'qemu-slirp' | 'namespace' | 'bridge' | 'none';
 
 export const SLIRP_GUEST_ADDRESS = '10.0.2.15';
-/** Where a rootless (slirp) guest reaches the host's loopback. */
+/** Where a guest on slirp (either kind) reaches the host's loopback. */
 export const SLIRP_HOST_ADDRESS = '10.0.2.2';
 
 export function parseNetworkMode(value: string): NetworkMode {
-  if (value === 'rootless' || value === 'bridged' || value === 'none') return value;
-  throw new ShoalError(`invalid --network "${value}": expected rootless, bridged or none`);
+  if ((NETWORK_MODES as readonly string[]).includes(value)) return value as NetworkMode;
+  throw new ShoalError(`invalid --network "${value}": expected ${NETWORK_MODES.join(', ')}`);
 }
 
-/** Fails early for combinations shoal cannot provide yet. */
-export function checkNetworkSupport(mode: NetworkMode, backend: VmmKind, forwards: PortForward[]): void {
+export function attachmentFor(mode: NetworkMode, backend: VmmKind): NetAttachment {
+  if (mode === 'rootless') return backend === 'qemu' ? 'qemu-slirp' : 'namespace';
+  if (mode === 'slirp4netns') return 'namespace';
+  return mode === 'bridged' ? 'bridge' : 'none';
+}
+
+/** Fails early for combinations shoal cannot provide. */
+export function checkNetworkSupport(mode: NetworkMode, backend: VmmKind, forwards: PortForward[], options: { jailer?: boolean } = {}): void {
   if (mode === 'none' && forwards.length > 0) throw new ShoalError('--publish needs a network: it cannot be combined with --network none');
-  if (mode === 'bridged') {
-    if (backend !== 'qemu') throw new ShoalError('--network bridged is not implemented for Firecracker yet; use --vmm qemu');
-    if (process.getuid?.() !== 0) throw new ShoalError('--network bridged needs root (it creates a TAP device and NAT rules); use --network rootless');
+  if (mode === 'bridged' && process.getuid?.() !== 0) {
+    throw new ShoalError('--network bridged needs root (it creates a TAP device and NAT rules); use --network rootless');
   }
-  if (mode === 'rootless' && backend === 'firecracker') {
-    throw new ShoalError('--network rootless is not implemented for Firecracker yet; use --network none');
+  if (options.jailer && attachmentFor(mode, backend) === 'namespace') {
+    // The jailer drops to its own uid, which the namespace's user mapping does not know.
+    throw new ShoalError(`--jailer cannot be combined with --network ${mode}: use --network bridged (the jailer runs as root anyway) or none`);
   }
 }
 
@@ -37,14 +53,17 @@ export function macFor(id: string): string {
   return ['02', 'fc', ...[...bytes].map((b) => b.toString(16).padStart(2, '0'))].join(':');
 }
 
-export function netSpecFor(mode: NetworkMode, id: string, forwards: PortForward[]): NetSpec | undefined {
-  if (mode === 'bridged') return { mac: macFor(id), tap: tapName(id) };
-  if (mode !== 'rootless') return undefined;
-  return { mac: macFor(id), userMode: { forwards } };
+/** The network device of a VM; a namespace attachment's namespacePid is filled in once it exists. */
+export function netSpecFor(attachment: NetAttachment, id: string, forwards: PortForward[]): NetSpec | undefined {
+  if (attachment === 'bridge') return { mac: macFor(id), tap: tapName(id) };
+  if (attachment === 'namespace') return { mac: macFor(id), tap: NAMESPACE_TAP };
+  if (attachment === 'qemu-slirp') return { mac: macFor(id), userMode: { forwards } };
+  return undefined;
 }
 
 /** What `shoal ls --json` reports of a VM's network (a bridged VM's address is its own). */
-export function guestAddress(mode: NetworkMode, bridgedAddress?: string): string | null {
-  if (mode === 'bridged') return bridgedAddress ?? null;
-  return mode === 'rootless' ? SLIRP_GUEST_ADDRESS : null;
+export function guestAddress(attachment: NetAttachment, bridgedAddress?: string): string | null {
+  if (attachment === 'bridge') return bridgedAddress ?? null;
+  if (attachment === 'namespace') return NAMESPACE_GUEST_ADDRESS;
+  return attachment === 'qemu-slirp' ? SLIRP_GUEST_ADDRESS : null;
 }

@@ -71,6 +71,18 @@ export interface Hello {
   timeMs: number;
   /** Fresh host randomness (hex) mixed into the guest's pool, so clones never share random state. */
   seed: string;
+  /**
+   * A clone's own network identity, where it differs from its source's (a bridged clone gets
+   * its own MAC and address on the shared bridge); applied to eth0 before the HELLO_ACK.
+   */
+  network?: GuestNetworkIdentity;
+}
+
+export interface GuestNetworkIdentity {
+  mac: string;
+  /** ADDRESS/PREFIXLEN */
+  address: string;
+  gateway: string;
 }
 
 export interface HelloAck {

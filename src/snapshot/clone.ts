@@ -3,6 +3,7 @@
  * scratch disk copy, sockets) whose supervisor finds restore.json in its directory and restores
  * instead of booting.
  */
+import { checkNetworkSupport } from '../network/mode';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -28,6 +29,8 @@ export interface CloneRequest {
 export function startClone(store: StateStore, snapshotDir: string, manifest: SnapshotManifest, request: CloneRequest): VmRecord {
   const problem = nameProblem(request.name);
   if (problem) throw new ShoalError(`invalid name: ${problem}`);
+  // A bridged clone needs root as its source did.
+  checkNetworkSupport(manifest.config.network ?? 'none', manifest.backend, request.publish ?? [], { jailer: manifest.config.jailer !== undefined });
   const id = store.newId();
   store.claimName(request.name, id);
   const record: VmRecord = {

@@ -1,11 +1,11 @@
 /**
  * The kernel command line of one VM: the assets' base line plus what depends on the VMM and
- * on the VM (its transport to the agent, its hostname, how it powers off).
+ * on the VM (its transport to the agent, its hostname, how it powers off, its addresses).
  */
-import type { NetworkMode } from '../network/mode';
+import type { NetAttachment } from '../network/mode';
 import type { VmmKind } from '../vmm/backend';
 
-/** A bridged VM's addresses, which guest-init configures on eth0. */
+/** Addresses guest-init configures on eth0 (bridged, and slirp4netns's fixed ones). */
 export interface StaticAddress {
   address: string;
   prefixLength: number;
@@ -13,11 +13,11 @@ export interface StaticAddress {
   nameserver: string;
 }
 
-export function guestCmdline(base: string, backend: VmmKind, hostname: string, network: NetworkMode = 'none', bridged?: StaticAddress): string {
-  // On QEMU, rootless networking is slirp, whose fixed addresses guest-init configures.
-  let net = backend === 'qemu' && network === 'rootless' ? ' shoal.net=slirp' : '';
-  if (network === 'bridged' && bridged) {
-    net = ` shoal.net=static shoal.ip=${bridged.address}/${bridged.prefixLength} shoal.gw=${bridged.gateway} shoal.dns=${bridged.nameserver}`;
+export function guestCmdline(base: string, backend: VmmKind, hostname: string, attachment: NetAttachment = 'none', fixed?: StaticAddress): string {
+  // QEMU's slirp has fixed addresses that guest-init knows; the others are given.
+  let net = attachment === 'qemu-slirp' ? ' shoal.net=slirp' : '';
+  if (fixed && (attachment === 'bridge' || attachment === 'namespace')) {
+    net = ` shoal.net=static shoal.ip=${fixed.address}/${fixed.prefixLength} shoal.gw=${fixed.gateway} shoal.dns=${fixed.nameserver}`;
   }
   if (backend === 'firecracker') {
     // Firecracker has no ACPI power-off: the guest ends the VM by rebooting through the

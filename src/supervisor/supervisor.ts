@@ -25,20 +25,21 @@ import type { VmRecord, RecordedState } from '../state/vm-record';
 import type { StateStore } from '../state/store';
 import { ShoalError } from '../util/errors';
 import { processStartTime, sleep } from '../util/process';
-import type { RestoreSpec, VmHandle, VmSpec } from '../vmm/backend';
+import type { NetSpec, RestoreSpec, VmHandle, VmmBackend, VmSpec } from '../vmm/backend';
 import { backendFor } from '../vmm/select';
 import { ContainerLogWriter } from './container-log';
 import { relayChannels } from './relay';
 import { waitHealthy } from './health-check';
 import { serveDirectoryMaps, type ServedMap } from './directory-maps';
-import { terminalSizeOf, type TerminalSize } from '../protocol/messages';
-import { netSpecFor, SLIRP_HOST_ADDRESS } from '../network/mode';
+import { terminalSizeOf, type GuestNetworkIdentity, type TerminalSize } from '../protocol/messages';
+import { attachmentFor, macFor, netSpecFor, SLIRP_HOST_ADDRESS, type NetAttachment } from '../network/mode';
+import { NAMESPACE_GATEWAY, NAMESPACE_GUEST_ADDRESS, NAMESPACE_NAMESERVER, NAMESPACE_PREFIX_LENGTH, startNamespaceNetwork, type NamespaceNetwork } from '../network/namespace-network';
 import { proxyEnvironment } from '../network/proxy-env';
-import { attachTap, claimAddress, ensureBridge, GATEWAY, hostNameserver, PREFIX_LENGTH } from '../network/bridge';
+import { attachTap, claimAddress, createTap, ensureBridge, GATEWAY, hostNameserver, PREFIX_LENGTH } from '../network/bridge';
 import { startPortProxies, type PortProxy } from '../network/port-proxy';
 import type { SnapshotManifest } from '../snapshot/store';
 import { cachedImageSnapshot, evictImageCache, imageCacheKey, imageDigest, newImageCacheTempDir, publishImageCache, touchImageCache } from '../snapshot/image-cache';
-import { guestCmdline } from './guest-cmdline';
+import { guestCmdline, type StaticAddress } from './guest-cmdline';
 import { createScratchDisk } from './scratch-disk';
 import { memoryFilePath, releaseVmResources, removeOrphanMemoryFiles, restoreInfoPath, vmFiles, type RestoreInfo } from './vm-files';
 
@@ -70,6 +71,8 @@ export class Supervisor {
   private imageCacheKeyOnce: Promise<string> | undefined;
   /** Published ports of a bridged VM, proxied by this process. */
   private portProxy: PortProxy | undefined;
+  /** The namespace, TAP and slirp4netns of a `--network slirp4netns` VM. */
+  private namespaceNetwork: NamespaceNetwork | undefined;
   /** The --map directories this process serves to the guest over FUSE. */
   private directoryMaps: ServedMap[] = [];
   /** The attached terminal's latest window size (-t), which the container's terminal follows. */
@@ -177,22 +180,56 @@ export class Supervisor {
     const backend = backendFor(this.record.backend, this.record.accel, this.record.config.jailer);
     this.progress(`booting a ${this.record.backend} microVM (${this.record.accel})`);
     await createScratchDisk(this.files.scratchDisk);
-    await this.prepareBridgedNetwork();
+    await this.prepareNetwork();
     const spec = this.vmSpec(assets);
     this.spec = spec;
+    await this.createTapIfNeeded(backend, spec.net);
     this.vm = await backend.boot(spec);
-    if (spec.net?.tap) await attachTap(spec.net.tap);
+    await this.attachTapToBridge(backend, spec.net);
     await this.connectVm(this.vm);
   }
 
-  /** Bridge and NAT (shared, idempotent), this VM's address, and its published ports' proxies. */
-  private async prepareBridgedNetwork(): Promise<void> {
-    if (this.record.config.network !== 'bridged') return;
-    await ensureBridge();
-    const address = claimAddress(this.record.id);
-    this.record = this.store.update(this.record.id, (r) => { r.bridgedAddress = address; });
+  private attachment(): NetAttachment {
+    return attachmentFor(this.record.config.network ?? 'none', this.record.backend);
+  }
+
+  /**
+   * The host side of this VM's network, before its VMM starts. Bridged: the shared bridge and
+   * NAT (idempotent), an address of its own, and its published ports' proxies. Namespace: a
+   * user+network namespace with its TAP and slirp4netns, which forwards the published ports.
+   */
+  private async prepareNetwork(): Promise<void> {
     const forwards = this.record.config.publish ?? [];
-    if (forwards.length > 0) this.portProxy = await startPortProxies(forwards, address);
+    const attachment = this.attachment();
+    if (attachment === 'namespace') {
+      this.progress('creating the network namespace (slirp4netns)');
+      this.namespaceNetwork = await startNamespaceNetwork({ runDir: this.files.dir, forwards });
+    } else if (attachment === 'bridge') {
+      await ensureBridge();
+      const address = claimAddress(this.record.id);
+      this.record = this.store.update(this.record.id, (r) => { r.bridgedAddress = address; });
+      if (forwards.length > 0) this.portProxy = await startPortProxies(forwards, address);
+    }
+  }
+
+  /** A bridged VM's TAP, for a VMM that does not create its own (Firecracker), on the bridge before it starts. */
+  private async createTapIfNeeded(backend: VmmBackend, net: NetSpec | undefined): Promise<void> {
+    if (this.attachment() !== 'bridge' || backend.createsTap || !net?.tap) return;
+    const jailer = this.record.config.jailer;
+    await createTap(net.tap, jailer ? { uid: jailer.uid, gid: jailer.gid } : undefined);
+    await attachTap(net.tap);
+  }
+
+  /** A TAP the VMM made itself (QEMU) joins the bridge once it exists. */
+  private async attachTapToBridge(backend: VmmBackend, net: NetSpec | undefined): Promise<void> {
+    if (this.attachment() === 'bridge' && backend.createsTap && net?.tap) await attachTap(net.tap);
+  }
+
+  /** A bridged clone's own identity on the bridge, which its agent applies before answering. */
+  private bridgedIdentity(): GuestNetworkIdentity | undefined {
+    const address = this.record.bridgedAddress;
+    if (this.attachment() !== 'bridge' || !address) return undefined;
+    return { mac: macFor(this.record.id), address: `${address}/${PREFIX_LENGTH}`, gateway: GATEWAY };
   }
 
   /**
@@ -219,13 +256,18 @@ export class Supervisor {
       drives,
       consoleLog: this.files.consoleLog,
     };
-    // A clone keeps the snapshot's network device (its guest state expects it) with its own forwards.
+    // A clone keeps the snapshot's network device (its guest state expects it), attached its own
+    // way: its own forwards (QEMU slirp), its own namespace (the same TAP name and address in
+    // it), or its own TAP, MAC and address on the bridge (applied by the agent on HELLO).
     if (manifest.vmSpec.net) {
-      spec.net = { ...manifest.vmSpec.net, ...(manifest.vmSpec.net.userMode ? { userMode: { forwards: this.record.config.publish ?? [] } } : {}) };
+      await this.prepareNetwork();
+      spec.net = this.cloneNetSpec(manifest.vmSpec.net);
       this.spec.net = spec.net;
     }
+    await this.createTapIfNeeded(backend, spec.net);
     this.vm = await backend.restore(spec);
-    await this.connectVm(this.vm);
+    await this.attachTapToBridge(backend, spec.net);
+    await this.connectVm(this.vm, this.bridgedIdentity());
     // The guest still carries its source's hostname.
     await execCollect(this.agent!, { argv: ['sh', '-c', 'echo "$1" > /proc/sys/kernel/hostname', 'sh', this.record.config.name] }).catch(() => undefined);
     if (options.announce === false) return;
@@ -380,7 +422,7 @@ export class Supervisor {
     });
   }
 
-  private async connectVm(vm: VmHandle): Promise<void> {
+  private async connectVm(vm: VmHandle, network?: GuestNetworkIdentity): Promise<void> {
     this.setState('starting', (r) => { r.vmmPid = vm.pid; });
     void vm.exited.then((exit) => {
       if (!this.finished && !this.stopRequested) {
@@ -393,7 +435,7 @@ export class Supervisor {
       this.gate = new GatedStream(await vm.connectAgent(timeoutMs));
       return this.gate;
     };
-    this.agent = await openAgentSession(gated, AGENT_TIMEOUT_MS);
+    this.agent = await openAgentSession(gated, AGENT_TIMEOUT_MS, network);
     this.agent.on('close', () => {
       if (!this.finished && !this.stopRequested) void this.finish('failed', { error: 'lost the connection to the guest agent' });
     });
@@ -401,7 +443,8 @@ export class Supervisor {
 
   private vmSpec(assets: GuestAssets): VmSpec {
     const { config } = this.record;
-    const net = netSpecFor(config.network ?? 'none', this.record.id, config.publish ?? []);
+    const net = netSpecFor(this.attachment(), this.record.id, config.publish ?? []);
+    if (net && this.namespaceNetwork) net.namespacePid = this.namespaceNetwork.holderPid;
     return {
       id: this.record.id,
       runDir: this.files.dir,
@@ -411,10 +454,8 @@ export class Supervisor {
         assets.cmdline,
         this.record.backend,
         config.name,
-        config.network,
-        this.record.bridgedAddress
-          ? { address: this.record.bridgedAddress, prefixLength: PREFIX_LENGTH, gateway: GATEWAY, nameserver: hostNameserver() }
-          : undefined,
+        this.attachment(),
+        this.staticAddress(),
       ),
       cpus: config.cpus,
       memoryMiB: config.memoryMiB,
@@ -427,6 +468,29 @@ export class Supervisor {
       memoryFile: memoryFilePath(this.record.id),
       ...(net ? { net } : {}),
     };
+  }
+
+  /** The addresses guest-init gives eth0, in the modes where they are not slirp's DHCP-free defaults. */
+  private staticAddress(): StaticAddress | undefined {
+    const attachment = this.attachment();
+    if (attachment === 'namespace') {
+      return { address: NAMESPACE_GUEST_ADDRESS, prefixLength: NAMESPACE_PREFIX_LENGTH, gateway: NAMESPACE_GATEWAY, nameserver: NAMESPACE_NAMESERVER };
+    }
+    if (attachment === 'bridge' && this.record.bridgedAddress) {
+      return { address: this.record.bridgedAddress, prefixLength: PREFIX_LENGTH, gateway: GATEWAY, nameserver: hostNameserver() };
+    }
+    return undefined;
+  }
+
+  /** A restored VM's network device: the snapshot's, attached this VM's own way. */
+  private cloneNetSpec(source: NetSpec): NetSpec {
+    const net = netSpecFor(this.attachment(), this.record.id, this.record.config.publish ?? []);
+    if (!net) throw new ShoalError('this VM has no network but its snapshot has a network device');
+    if (this.namespaceNetwork) net.namespacePid = this.namespaceNetwork.holderPid;
+    // The device state in the snapshot carries the source's MAC; a bridged clone changes it in
+    // the guest (bridgedIdentity), the other modes keep it (each is alone on its own network).
+    if (this.attachment() !== 'bridge') net.mac = source.mac;
+    return net;
   }
 
   /** Brings the image into the guest's podman and returns the reference to run. */
@@ -456,8 +520,8 @@ export class Supervisor {
 
   /** The host's proxy settings as the guest must see them (this process inherited the CLI's environment). */
   private proxyEnv(): Record<string, string> {
-    const mode = this.record.config.network ?? 'none';
-    return proxyEnvironment(process.env, mode === 'rootless' ? SLIRP_HOST_ADDRESS : null);
+    const attachment = this.attachment();
+    return proxyEnvironment(process.env, attachment === 'qemu-slirp' || attachment === 'namespace' ? SLIRP_HOST_ADDRESS : null);
   }
 
   private async mountDirectoryMaps(): Promise<void> {
@@ -552,6 +616,7 @@ export class Supervisor {
     this.finished = true;
     await this.powerOff();
     this.portProxy?.close();
+    await this.namespaceNetwork?.close();
     this.setState(state, (r) => {
       r.finishedAt = new Date().toISOString();
       if (result.exitCode !== undefined) r.exitCode = result.exitCode;
@@ -697,10 +762,6 @@ export class Supervisor {
     const gate = this.gate;
     if (!vm || !agent || agent.destroyed || !gate || this.record.state !== 'running' || this.finished || this.stopRequested) {
       fail(`VM ${this.record.config.name} is not running`);
-      return;
-    }
-    if (this.record.config.network === 'bridged') {
-      fail(`VM ${this.record.config.name} uses --network bridged, whose address is its own: it cannot be snapshotted (use --network rootless)`);
       return;
     }
     if ((this.record.config.maps ?? []).length > 0) {

@@ -59,7 +59,8 @@ export interface RestoreInfo {
 export async function releaseVmResources(record: VmRecord, dir: string): Promise<void> {
   removeJail(record);
   if (record.config.network === 'bridged') {
-    // The TAP normally goes with its VMM; the address claim is released here, or taken over later.
+    // QEMU's TAP goes with it; one made for Firecracker does not. The address claim is released
+    // here, or taken over later.
     await removeTap(tapName(record.id));
     releaseAddress(record.id, record.bridgedAddress);
   }

@@ -24,6 +24,11 @@ export interface NetSpec {
   mac: string;
   /** QEMU user-mode networking (slirp) instead of a TAP, with host forwards. */
   userMode?: { forwards: PortForward[] };
+  /**
+   * The TAP lives in the user and network namespaces of this process (--network slirp4netns):
+   * the VMM is started inside them. Per VM, so a restore names its own.
+   */
+  namespacePid?: number;
 }
 
 export interface PortForward {
@@ -118,6 +123,11 @@ export interface VmHandle {
 
 export interface VmmBackend {
   readonly kind: VmmKind;
+  /**
+   * Whether the VMM creates a host TAP it is given by name (QEMU does, as a device that goes
+   * with its process). Otherwise the caller creates the TAP first, as Firecracker expects.
+   */
+  readonly createsTap: boolean;
   /** Human-readable reason when this backend cannot run here, or null when it can. */
   unavailableReason(): Promise<string | null>;
   boot(spec: VmSpec): Promise<VmHandle>;

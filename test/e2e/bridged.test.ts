@@ -2,7 +2,7 @@
  * Bridged networking (root): a VM on the shoal0 bridge reaches a server in a network namespace
  * this test creates, through NAT (the server sees the host's address, not the VM's); a published
  * port answers on loopback; after rm -f nothing of the VM is left: no TAP, no bridge port, no
- * address claim, no listener. The namespace and its veth pair are the test's and go in `after`.
+ * address claim, no listener; clones of a bridged VM take their own MAC and address. The namespace and its veth pair are the test's and go in `after`.
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -103,13 +103,49 @@ test('a published port of a bridged VM answers on loopback; rm -f leaves no TAP,
   assert.ok(!sh('nft', ['list', 'ruleset']).includes(tap));
 });
 
-test('bridged is refused for snapshots, with one line', async () => {
-  const run = await sandbox.run(['run', '-d', '--name', 'bsnap', '--network', 'bridged', image, 'sleep', '1000']);
+test('bridged clones of one snapshot get their own address and MAC, reach out through NAT and answer on their own ports', async () => {
+  const run = await sandbox.run(['run', '-d', '--name', 'borigin', '--network', 'bridged', image, 'sh', '-c',
+    'mkdir -p /w && echo source > /w/index.html && exec httpd -f -p 8080 -h /w']);
   assert.equal(run.code, 0, run.stderr.toString());
-  const snap = await sandbox.run(['snapshot', 'create', 'bsnap', '--tag', `b-${suffix}`]);
-  assert.notEqual(snap.code, 0);
-  assert.match(snap.stderr.toString(), /bridged/);
-  assert.equal(snap.stderr.toString().trim().split('\n').length, 1);
-  const rm = await sandbox.run(['rm', '-f', 'bsnap']);
+  const tag = `b-${suffix}`;
+  const snap = await sandbox.run(['snapshot', 'create', 'borigin', '--tag', tag]);
+  assert.equal(snap.code, 0, snap.stderr.toString());
+  const identity = async (name: string): Promise<string> => {
+    const shown = await sandbox.run(['exec', name, 'sh', '-c', 'cat /sys/class/net/eth0/address; ip -4 -o addr show eth0 | grep -o "inet [0-9./]*"']);
+    assert.equal(shown.code, 0, shown.stderr.toString());
+    return shown.stdout.toString();
+  };
+  const seen = new Set([await identity('borigin')]);
+  const clones: Array<{ name: string; port: number; address: string; tap: string }> = [];
+  for (const name of ['bc1', 'bc2']) {
+    const port = await freePort();
+    const clone = await sandbox.run(['snapshot', 'run', '--snapshot', tag, '--name', name, '-p', `127.0.0.1:${port}:8080`]);
+    assert.equal(clone.code, 0, clone.stderr.toString());
+    const vm = (await sandbox.json<LsEntry[]>(['ls', '--json'])).find((v) => v.name === name)!;
+    const address = vm.network.guestAddress ?? '';
+    clones.push({ name, port, address, tap: tapName(vm.id) });
+    // The agent applied the clone's own MAC and address before answering.
+    const shown = await identity(name);
+    assert.match(shown, new RegExp(`^02:fc:[0-9a-f:]{11}\ninet ${address.replaceAll('.', '\\.')}/24\n$`));
+    assert.ok(!seen.has(shown), `${name} has an identity of its own`);
+    seen.add(shown);
+    const write = await sandbox.run(['exec', name, 'sh', '-c', `echo ${name} > /w/index.html && wget -qO- http://${nsSide}:8080/`]);
+    assert.equal(write.code, 0, write.stderr.toString());
+    assert.equal(write.stdout.toString(), `client=${hostSide}\n`);
+  }
+  for (const c of clones) {
+    let body: string | undefined;
+    const deadline = Date.now() + 30_000;
+    while (!body && Date.now() < deadline) body = await httpGet(c.port);
+    assert.equal(body, `${c.name}\n`);
+    assert.ok(fs.existsSync(`/sys/class/net/${BRIDGE}/brif/${c.tap}`), `${c.name}'s TAP is a port of the bridge`);
+  }
+  const rm = await sandbox.run(['rm', '-f', 'borigin', 'bc1', 'bc2']);
   assert.equal(rm.code, 0, rm.stderr.toString());
+  assert.equal((await sandbox.run(['snapshot', 'rm', tag])).code, 0);
+  for (const c of clones) {
+    assert.ok(!fs.existsSync(`/sys/class/net/${c.tap}`), `${c.name}'s TAP is gone`);
+    assert.ok(!fs.existsSync(path.join(CLAIMS_DIR, c.address)), `${c.name}'s address claim is released`);
+  }
+  assert.deepEqual(sandbox.processes(), []);
 });

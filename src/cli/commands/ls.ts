@@ -1,7 +1,7 @@
 /**
  * `shoal ls [--json]`: every VM, with what it is now (a VM whose supervisor died is dead).
  */
-import { guestAddress } from '../../network/mode';
+import { attachmentFor, guestAddress } from '../../network/mode';
 import { StateStore, statusOf } from '../../state/store';
 import type { VmRecord } from '../../state/vm-record';
 import { formatDuration, table } from '../output';
@@ -52,7 +52,7 @@ export function listing(record: VmRecord): VmListing {
     startupSnapshot: record.imageCache?.startup ? 'restored' : record.startupSnapshot ? 'saved' : null,
     network: {
       mode: record.config.network ?? 'none',
-      guestAddress: guestAddress(record.config.network ?? 'none', record.bridgedAddress),
+      guestAddress: guestAddress(attachmentFor(record.config.network ?? 'none', record.backend), record.bridgedAddress),
       ports: (record.config.publish ?? []).map((f) => `${f.hostAddress}:${f.hostPort}->${f.guestPort}/${f.proto}`),
     },
   };

@@ -11,7 +11,8 @@ import { parseMaps } from '../../container/map-spec';
 import { parseHealthCheck } from '../../supervisor/health-check';
 import { parseEnv } from '../../container/podman-argv';
 import { STDERR, STDIN, STDOUT, type Channel, type Mux } from '../../protocol/mux';
-import { checkNetworkSupport, parseNetworkMode } from '../../network/mode';
+import { attachmentFor, checkNetworkSupport, parseNetworkMode } from '../../network/mode';
+import { namespaceNetworkUnavailable } from '../../network/namespace-network';
 import { assertPortsFree, parsePublish } from '../../network/publish';
 import { StateStore } from '../../state/store';
 import { nameProblem, type VmConfig, type VmRecord } from '../../state/vm-record';
@@ -50,9 +51,11 @@ export async function runCommand(image: string, command: string[], flags: RunFla
   const assets = loadAssets();
   const vmm: VmmChoice = parseVmm(flags.vmm);
   const selection = await selectBackend(vmm, assets.accel, assets.accelReason, config.jailer);
-  // Rootless networking exists on QEMU only so far: a Firecracker VM gets none unless asked.
-  if (flags.network === undefined && selection.backend === 'firecracker' && config.publish.length === 0) config.network = 'none';
-  checkNetworkSupport(config.network, selection.backend, config.publish);
+  checkNetworkSupport(config.network, selection.backend, config.publish, { jailer: config.jailer !== undefined });
+  if (attachmentFor(config.network, selection.backend) === 'namespace') {
+    const missing = namespaceNetworkUnavailable();
+    if (missing) throw new ShoalError(`--network ${config.network} on ${selection.backend}: ${missing}`);
+  }
   await assertPortsFree(config.publish);
 
   const id = store.newId();

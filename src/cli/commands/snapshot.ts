@@ -85,7 +85,7 @@ export async function snapshotRunCommand(command: string[], flags: SnapshotRunFl
   const { dir, manifest } = findSnapshot(store, flags.snapshot);
   const uffdSocket = flags.pid === undefined ? undefined : serverSocket(store, flags.pid, flags.snapshot, manifest.backend);
   const publish = parsePublish(flags.publish ?? []);
-  if (publish.length > 0 && manifest.config.network !== 'rootless') throw new ShoalError(`--publish needs a network, and snapshot ${flags.snapshot} was taken of a VM without one`);
+  if (publish.length > 0 && (manifest.config.network ?? 'none') === 'none') throw new ShoalError(`--publish needs a network, and snapshot ${flags.snapshot} was taken of a VM without one`);
   await assertPortsFree(publish);
   const name = flags.name ?? `${manifest.source.name}-${Math.random().toString(16).slice(2, 8)}`;
   // With --exec the clone is removed afterwards whatever happens.

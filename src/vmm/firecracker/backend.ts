@@ -153,6 +153,8 @@ function exitText(e: VmExit): string {
 
 export class FirecrackerBackend implements VmmBackend {
   readonly kind = 'firecracker' as const;
+  /** Firecracker opens an existing TAP (docs/network-setup.md: `ip tuntap add ... mode tap` first). */
+  readonly createsTap = false;
 
   constructor(private readonly opts: FirecrackerBackendOptions = {}) {}
 
@@ -188,15 +190,16 @@ export class FirecrackerBackend implements VmmBackend {
     return searchPath('setpriv', (this.opts.env ?? process.env).PATH) ?? false;
   }
 
-  private launch(id: string, runDir: string): Launch {
+  private launch(id: string, runDir: string, namespacePid: number | undefined): Launch {
     const binary = this.binaryPath();
     if (!binary) throw new ShoalError('Firecracker is not installed; run `shoal setup --vmm firecracker` or pass --firecracker PATH');
     const setpriv = this.setprivPath();
     if (this.opts.jailer) {
+      if (namespacePid !== undefined) throw new ShoalError('a jailed Firecracker cannot join a slirp4netns network namespace; use a host TAP (--network bridged)');
       // The jailer needs an absolute exec file.
       return jailedLaunch({ jailer: this.opts.jailer, binary: path.resolve(binary), id, setpriv });
     }
-    return plainLaunch({ binary, id, runDir, setpriv });
+    return plainLaunch({ binary, id, runDir, setpriv, ...(namespacePid !== undefined ? { namespacePid } : {}) });
   }
 
   /** Spawns the VMM and returns a connected client; the caller configures it. */
@@ -256,7 +259,7 @@ export class FirecrackerBackend implements VmmBackend {
   }
 
   async boot(spec: VmSpec): Promise<VmHandle> {
-    const launch = this.launch(spec.id, spec.runDir);
+    const launch = this.launch(spec.id, spec.runDir, spec.net?.namespacePid);
     const { vm } = await this.start(spec.id, spec.runDir, spec.consoleLog, launch);
     const mapped: VmSpec = {
       ...spec,
@@ -278,7 +281,7 @@ export class FirecrackerBackend implements VmmBackend {
   }
 
   async restore(spec: RestoreSpec): Promise<VmHandle> {
-    const launch = this.launch(spec.id, spec.runDir);
+    const launch = this.launch(spec.id, spec.runDir, spec.net?.namespacePid);
     const { vm, version } = await this.start(spec.id, spec.runDir, spec.consoleLog, launch);
     let mapped: RestoreSpec;
     let sourceVsock: string;

@@ -2,13 +2,15 @@
  * How a Firecracker process is started and how host paths are named to it:
  * directly (`firecracker --api-sock <runDir>/fc.sock --id <id>`) or under
  * the jailer (paths become names inside the chroot, files are hard-linked
- * in once the jail exists). Both run under `setpriv --pdeathsig KILL` when
+ * in once the jail exists); unjailed, optionally inside the user and network
+ * namespaces that hold the VM's TAP. Both run under `setpriv --pdeathsig KILL` when
  * setpriv is available, so the VMM never outlives its supervisor.
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import { JailPlanner, jailLayout, jailerArgv, JAIL_VSOCK, type JailerOptions, type JailLayout } from './jailer';
 import { runFiles } from './requests';
+import { enterNamespacesArgv } from '../../util/process';
 
 export interface Launch {
   /** Full argv, argv[0] being the program to spawn. */
@@ -45,10 +47,12 @@ export function pdeathsigPrefix(setpriv: string | false): string[] {
   return setpriv ? [setpriv, '--pdeathsig', 'KILL', '--'] : [];
 }
 
-export function plainLaunch(opts: { binary: string; id: string; runDir: string; setpriv: string | false; extraArgs?: string[] }): Launch {
+export function plainLaunch(opts: { binary: string; id: string; runDir: string; setpriv: string | false; extraArgs?: string[]; namespacePid?: number }): Launch {
   const f = runFiles(opts.runDir);
+  // In a network namespace of its own (--network slirp4netns): nsenter execs setpriv in place.
+  const enter = opts.namespacePid !== undefined ? enterNamespacesArgv(opts.namespacePid) : [];
   return {
-    argv: [...pdeathsigPrefix(opts.setpriv), opts.binary, '--api-sock', f.apiSocket, '--id', opts.id, ...(opts.extraArgs ?? [])],
+    argv: [...enter, ...pdeathsigPrefix(opts.setpriv), opts.binary, '--api-sock', f.apiSocket, '--id', opts.id, ...(opts.extraArgs ?? [])],
     apiSocket: f.apiSocket,
     vsockHost: f.vsock,
     vsockForVmm: f.vsock,

@@ -24,6 +24,7 @@ const MONITOR_TIMEOUT_MS = 15_000;
 
 export class QemuBackend implements VmmBackend {
   readonly kind = 'qemu' as const;
+  readonly createsTap = true;
 
   async unavailableReason(): Promise<string | null> {
     if (!which(QEMU_BINARY)) return `${QEMU_BINARY} not found: apt-get install qemu-system-x86`;
@@ -36,7 +37,7 @@ export class QemuBackend implements VmmBackend {
     const launch: QemuLaunch = { spec, drives: spec.drives, consoleLog: spec.consoleLog, paths };
     if (spec.net) launch.net = spec.net;
     if (spec.memoryFile) launch.memory = { path: spec.memoryFile, share: true };
-    return startQemu(spec.runDir, buildQemuArgv(launch), paths, spec.memoryFile);
+    return startQemu(spec.runDir, buildQemuArgv(launch), paths, spec.memoryFile, spec.net?.namespacePid);
   }
 
   async restore(spec: RestoreSpec): Promise<VmHandle> {
@@ -53,7 +54,7 @@ export class QemuBackend implements VmmBackend {
     if (spec.net) launch.net = spec.net;
     const argv = buildQemuArgv(launch);
     if (spec.resume === false) argv.push('-S');
-    const handle = await startQemu(spec.runDir, argv, paths, undefined);
+    const handle = await startQemu(spec.runDir, argv, paths, undefined, spec.net?.namespacePid);
     try {
       await handle.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
       await handle.qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(spec.snapshot.stateFile)}` });
@@ -66,12 +67,12 @@ export class QemuBackend implements VmmBackend {
   }
 }
 
-async function startQemu(runDir: string, argv: string[], paths: QemuPaths, memoryFile: string | undefined): Promise<QemuVmHandle> {
+async function startQemu(runDir: string, argv: string[], paths: QemuPaths, memoryFile: string | undefined, namespacePid: number | undefined): Promise<QemuVmHandle> {
   fs.mkdirSync(runDir, { recursive: true });
   for (const socket of [paths.qmpSocket, paths.agentSocket]) fs.rmSync(socket, { force: true });
   const stderrPath = path.join(runDir, 'qemu.log');
   const stderrFd = fs.openSync(stderrPath, 'a');
-  const child = spawnTied(QEMU_BINARY, argv, { stdio: ['ignore', 'ignore', stderrFd] });
+  const child = spawnTied(QEMU_BINARY, argv, { stdio: ['ignore', 'ignore', stderrFd] }, namespacePid !== undefined ? { namespacesOf: namespacePid } : {});
   fs.closeSync(stderrFd);
   const exited = new Promise<VmExit>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
   const earlyExit = exited.then(async (e) => {
