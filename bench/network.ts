@@ -1,6 +1,6 @@
 /**
- * Benchmark: HTTP through a published port (busybox httpd in a shoal VM, QEMU user-mode
- * networking) against the same busybox httpd run directly on the host, in the same run.
+ * Benchmark: HTTP through a published port (busybox httpd in a shoal VM, in each network mode)
+ * against the same busybox httpd run directly on the host, in the same run.
  * Latency: sequential small GETs; throughput: repeated GETs of a 4 MiB file.
  * Writes bench/results/network.json.
  */
@@ -86,15 +86,36 @@ async function main(): Promise<void> {
     await waitServing(hostPort);
     const baseline = await measure(hostPort);
 
-    const vmPort = await freePort();
-    const script = `mkdir -p /www && echo ok > /www/small && dd if=/dev/zero of=/www/big bs=1048576 count=${BIG_BYTES / 1048576} 2>/dev/null && exec httpd -f -p 8080 -h /www`;
-    const run = spawnSync(SHOAL, ['run', '-d', '--name', 'bench-web', '-p', `127.0.0.1:${vmPort}:8080`, `docker-archive:${image}`, '--', 'sh', '-c', script], {
-      env: { ...process.env, SHOAL_STATE_DIR: state },
-      timeout: 300_000,
-    });
-    if (run.status !== 0) throw new Error(`shoal run failed: ${run.stderr.toString()}`);
-    await waitServing(vmPort);
-    const vm = await measure(vmPort);
+    // Each network mode in turn (one VM at a time): QEMU's slirp, the slirp4netns namespace that
+    // rootless Firecracker uses, and bridged when running as root.
+    const modes: Array<{ mode: string; what: string }> = [
+      { mode: 'rootless', what: 'QEMU user-mode networking (slirp), published by a QEMU host forward' },
+      { mode: 'slirp4netns', what: 'TAP in a user+network namespace with slirp4netns, published by a slirp4netns forward' },
+    ];
+    if (process.getuid?.() === 0) modes.push({ mode: 'bridged', what: 'TAP on the shoal0 bridge, published by the supervisor\'s proxy' });
+    const results: Record<string, unknown> = {};
+    const ratios: Record<string, { latencyMedian: number; throughput: number }> = {};
+    for (const { mode, what } of modes) {
+      const vmPort = await freePort();
+      const script = `mkdir -p /www && echo ok > /www/small && dd if=/dev/zero of=/www/big bs=1048576 count=${BIG_BYTES / 1048576} 2>/dev/null && exec httpd -f -p 8080 -h /www`;
+      const name = `bench-web-${mode}`;
+      const run = spawnSync(SHOAL, ['run', '-d', '--name', name, '--network', mode, '-p', `127.0.0.1:${vmPort}:8080`, `docker-archive:${image}`, '--', 'sh', '-c', script], {
+        env: { ...process.env, SHOAL_STATE_DIR: state },
+        timeout: 300_000,
+      });
+      if (run.status !== 0) throw new Error(`shoal run --network ${mode} failed: ${run.stderr.toString()}`);
+      try {
+        await waitServing(vmPort);
+        const vm = await measure(vmPort);
+        results[mode] = { what: `busybox httpd in a shoal VM: ${what}, on loopback`, ...vm };
+        ratios[mode] = {
+          latencyMedian: Number((vm.latencyMsMedian / baseline.latencyMsMedian).toFixed(2)),
+          throughput: Number((vm.throughputMiBs / baseline.throughputMiBs).toFixed(3)),
+        };
+      } finally {
+        spawnSync(SHOAL, ['rm', '-f', name], { env: { ...process.env, SHOAL_STATE_DIR: state }, timeout: 60_000 });
+      }
+    }
     const report = {
       benchmark: 'network',
       date: new Date().toISOString(),
@@ -102,18 +123,14 @@ async function main(): Promise<void> {
       requests: REQUESTS,
       bigGets: BIG_GETS,
       baseline: { what: 'busybox httpd on the host, loopback', ...baseline },
-      shoal: { what: 'busybox httpd in a shoal VM, QEMU user-mode networking, published on loopback', ...vm },
-      ratios: {
-        latencyMedian: Number((vm.latencyMsMedian / baseline.latencyMsMedian).toFixed(2)),
-        throughput: Number((vm.throughputMiBs / baseline.throughputMiBs).toFixed(3)),
-      },
+      shoal: results,
+      ratios,
     };
     fs.mkdirSync(path.join(ROOT, 'bench', 'results'), { recursive: true });
     fs.writeFileSync(path.join(ROOT, 'bench', 'results', 'network.json'), `${JSON.stringify(report, null, 2)}\n`);
     process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
   } finally {
     host?.kill();
-    spawnSync(SHOAL, ['rm', '-f', 'bench-web'], { env: { ...process.env, SHOAL_STATE_DIR: state }, timeout: 60_000 });
     fs.rmSync(work, { recursive: true, force: true });
   }
 }

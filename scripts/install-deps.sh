@@ -12,6 +12,7 @@ packages=(
   cpio kmod            # initramfs, depmod
   util-linux           # setpriv --pdeathsig: a VMM never outlives its supervisor; mount for FUSE tests
   iproute2 nftables    # --network bridged: bridge, TAP, NAT (and the tests' network namespaces)
+  slirp4netns          # --network slirp4netns, and rootless networking for Firecracker
   ca-certificates
   make g++ python3     # node-gyp for the native addon
 )

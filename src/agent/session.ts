@@ -10,10 +10,11 @@ import os from 'node:os';
 import type { Duplex } from 'node:stream';
 import { FrameType } from '../protocol/frames';
 import { GatedStream } from '../protocol/gate';
-import type { AgentRequest, ExecRequest, GuestInfo, GuestNetworkIdentity, Hello } from '../protocol/messages';
+import type { AgentRequest, ExecRequest, GuestInfo, Hello } from '../protocol/messages';
 import { Mux, type Channel } from '../protocol/mux';
 import { attachPersistent, runExec } from './exec';
 import { runFuseMount } from './fuse-mount';
+import { forgetSourceNetworkState } from './network-identity';
 
 export const AGENT_VERSION = '1';
 
@@ -108,36 +109,6 @@ function guestInfo(): GuestInfo {
   };
 }
 
-/**
- * A clone starts with its source's neighbour cache and TCP connections, whose peers (the
- * source's user-mode network, or its clients) are not this clone's: drop both, so the clone
- * learns its network afresh and its apps see resets instead of hanging on dead connections.
- * A clone with an identity of its own (bridged) takes its MAC and address first.
- */
-export function forgetSourceNetworkState(log: (msg: string) => void, identity?: GuestNetworkIdentity): Promise<void> {
-  const readdress = identity ? readdressScript(identity) : '';
-  return new Promise((resolve) => {
-    execFile('sh', ['-c', `${readdress}ip neigh flush all; ss -K state established >/dev/null 2>&1; true`], { timeout: 10_000 }, (err, _out, stderr) => {
-      if (err || String(stderr).trim()) log(`taking the clone's network identity failed: ${String(stderr).trim() || err?.message}`);
-      resolve();
-    });
-  });
-}
-
-/** Shell lines that move eth0 to a new MAC and IPv4 address, keeping its link-local IPv6. */
-export function readdressScript(identity: GuestNetworkIdentity): string {
-  const safe = /^[0-9a-fA-F:./]+$/;
-  for (const value of [identity.mac, identity.address, identity.gateway]) {
-    if (!safe.test(value)) throw new Error(`refusing a network identity with "${value}" in it`);
-  }
-  return [
-    `ip link set eth0 address ${identity.mac}`,
-    'ip -4 addr flush dev eth0',
-    `ip addr add ${identity.address} dev eth0`,
-    `ip route replace default via ${identity.gateway} dev eth0`,
-    '',
-  ].join('\n');
-}
 
 async function applyHostState(hello: Hello, log: (msg: string) => void, reseed: boolean): Promise<void> {
   // Step the clock when it is off by more than a second (a restored snapshot lives in the past).

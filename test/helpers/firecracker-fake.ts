@@ -29,6 +29,9 @@ export interface Exchange {
   problems: string[];
   responseProblems: string[];
   argv?: string[];
+  /** EXEC: the network namespace the process runs in, and the network devices it sees there. */
+  netns?: string;
+  netDevices?: string[];
 }
 
 interface SnapshotState {
@@ -230,7 +233,10 @@ async function main(): Promise<void> {
   const apiSock = argValue(argv, '--api-sock') ?? '/run/firecracker.socket';
   const id = argValue(argv, '--id') ?? 'anonymous-instance';
   const record = process.env.FAKE_FC_RECORD;
-  if (record) fs.appendFileSync(record, JSON.stringify({ method: 'EXEC', path: '', status: 0, problems: [], responseProblems: [], argv }) + '\n');
+  // As Firecracker opens its TAP by name in the network namespace it runs in, say which one that is.
+  const netns = fs.readlinkSync('/proc/self/ns/net');
+  const netDevices = fs.readFileSync('/proc/self/net/dev', 'utf8').split('\n').slice(2).map((l) => l.split(':')[0]!.trim()).filter(Boolean);
+  if (record) fs.appendFileSync(record, JSON.stringify({ method: 'EXEC', path: '', status: 0, problems: [], responseProblems: [], argv, netns, netDevices }) + '\n');
   let fake: FakeFirecracker;
   const exit = (code: number): void => {
     void fake.stop().finally(() => process.exit(code));

@@ -1,13 +1,15 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { checkNetworkSupport, macFor, parseNetworkMode } from '../../src/network/mode';
+import { attachmentFor, checkNetworkSupport, guestAddress, macFor, netSpecFor, parseNetworkMode } from '../../src/network/mode';
+import { readdressScript } from '../../src/agent/network-identity';
 import { assertPortsFree, parsePublish } from '../../src/network/publish';
-import { claimAddress, releaseAddress, tapName } from '../../src/network/bridge';
+import { claimAddress, createTap, releaseAddress, removeTap, tapName } from '../../src/network/bridge';
 import { proxyEnvironment } from '../../src/network/proxy-env';
 
 test('--publish accepts podman forms', () => {
@@ -88,7 +90,46 @@ test('bridged addresses: claimed once each, released, and taken over from a dead
   }
 });
 
-test('--network bridged is refused for Firecracker, and without root', () => {
-  assert.throws(() => checkNetworkSupport('bridged', 'firecracker', []), /not implemented for Firecracker/);
-  if (process.getuid?.() === 0) assert.doesNotThrow(() => checkNetworkSupport('bridged', 'qemu', []));
+test('network modes: how each backend attaches them, and what is refused', () => {
+  assert.equal(attachmentFor('rootless', 'qemu'), 'qemu-slirp');
+  assert.equal(attachmentFor('rootless', 'firecracker'), 'namespace');
+  assert.equal(attachmentFor('slirp4netns', 'qemu'), 'namespace');
+  assert.equal(attachmentFor('bridged', 'firecracker'), 'bridge');
+  assert.equal(attachmentFor('none', 'firecracker'), 'none');
+  assert.equal(parseNetworkMode('slirp4netns'), 'slirp4netns');
+  if (process.getuid?.() === 0) {
+    assert.doesNotThrow(() => checkNetworkSupport('bridged', 'qemu', []));
+    assert.doesNotThrow(() => checkNetworkSupport('bridged', 'firecracker', [], { jailer: true }));
+  }
+  // The jailer's uid is not mapped in the namespace: the one-line error names the way out.
+  assert.throws(() => checkNetworkSupport('rootless', 'firecracker', [], { jailer: true }), /--jailer cannot be combined with --network rootless: use --network bridged/);
+  assert.doesNotThrow(() => checkNetworkSupport('rootless', 'qemu', [], { jailer: false }));
+  assert.deepEqual(netSpecFor('namespace', 'abc', []), { mac: macFor('abc'), tap: 'tap0' });
+  assert.equal(guestAddress('namespace'), '10.0.2.100');
+  assert.equal(guestAddress('qemu-slirp'), '10.0.2.15');
+});
+
+test('a bridged clone\'s new identity becomes shell lines, and nothing else gets in', () => {
+  assert.equal(
+    readdressScript({ mac: '02:fc:01:02:03:04', address: '10.77.0.9/24', gateway: '10.77.0.1' }),
+    'ip link set eth0 address 02:fc:01:02:03:04\nip -4 addr flush dev eth0\nip addr add 10.77.0.9/24 dev eth0\nip route replace default via 10.77.0.1 dev eth0\n',
+  );
+  assert.throws(() => readdressScript({ mac: '02:fc:01:02:03:04; reboot', address: '10.77.0.9/24', gateway: '10.77.0.1' }), /refusing/);
+});
+
+test('createTap makes a persistent TAP owned by the VMM\'s user, which removeTap deletes', { skip: process.getuid?.() !== 0 ? 'needs root (creates a TAP)' : false }, async () => {
+  const tap = `shoal-t${crypto.randomBytes(3).toString('hex')}`;
+  try {
+    await createTap(tap, { uid: 4321, gid: 4322 });
+    assert.equal(fs.readFileSync(`/sys/class/net/${tap}/owner`, 'utf8').trim(), '4321');
+    assert.equal(fs.readFileSync(`/sys/class/net/${tap}/group`, 'utf8').trim(), '4322');
+    // Persistent: no process holds it, and it is still there.
+    assert.equal(fs.readFileSync(`/sys/class/net/${tap}/tun_flags`, 'utf8').trim() !== '', true);
+    // Made again (a stale one from a dead VMM): replaced, not an error.
+    await createTap(tap);
+    assert.equal(fs.readFileSync(`/sys/class/net/${tap}/owner`, 'utf8').trim(), '-1');
+  } finally {
+    await removeTap(tap);
+  }
+  assert.equal(fs.existsSync(`/sys/class/net/${tap}`), false);
 });
