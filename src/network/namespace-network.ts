@@ -20,6 +20,7 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { execFile } from 'node:child_process';
+import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -38,6 +39,7 @@ export const NAMESPACE_PREFIX_LENGTH = 24;
 const SLIRP_TAP = 's0';
 const BRIDGE = 'br0';
 const START_TIMEOUT_MS = 10_000;
+const TUN_DEVICE = '/dev/net/tun';
 
 export interface NamespaceNetwork {
   /** A process whose user and network namespaces the VMM must join. */
@@ -50,6 +52,12 @@ export interface NamespaceNetwork {
 export function namespaceNetworkUnavailable(): string | null {
   for (const [tool, pkg] of [['slirp4netns', 'slirp4netns'], ['unshare', 'util-linux'], ['nsenter', 'util-linux'], ['ip', 'iproute2']] as const) {
     if (!which(tool)) return `${tool} is not installed (Debian: apt-get install ${pkg})`;
+  }
+  try {
+    // Making a TAP, even in a namespace of one's own, opens /dev/net/tun (udev makes it 0666).
+    fs.accessSync(TUN_DEVICE, fs.constants.R_OK | fs.constants.W_OK);
+  } catch {
+    return `${TUN_DEVICE} is not readable and writable by this user (udev normally makes it mode 0666: chmod 0666 ${TUN_DEVICE})`;
   }
   return null;
 }

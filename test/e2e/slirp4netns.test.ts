@@ -8,7 +8,8 @@
  * - two clones of one snapshot, each in its own namespace with the same address inside, answer
  *   on their own ports with their own state;
  * - nothing is left after rm -f, nor after kill -9 of the supervisor: no namespace holder, no
- *   slirp4netns, no VMM, no listener.
+ *   slirp4netns, no VMM, no listener;
+ * - it needs no root: an unprivileged user runs a VM with a published port.
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -177,4 +178,39 @@ test('kill -9 of the supervisor takes the namespace, slirp4netns and the VMM wit
   const rm = await sandbox.run(['rm', '-f', 'nskill']);
   assert.equal(rm.code, 0, rm.stderr.toString());
   assert.deepEqual(sandbox.leftovers(), []);
+});
+
+test('without root: an unprivileged user runs a VM on slirp4netns with a published port, and the VMM runs as that user', { skip: process.getuid?.() !== 0 ? 'needs root to switch to an unprivileged user' : false }, async () => {
+  const nobody = { uid: 65534, gid: 65534 };
+  // udev makes /dev/net/tun mode 0666 on a Debian host; this machine has no udev.
+  const tunMode = fs.statSync('/dev/net/tun').mode & 0o777;
+  if ((tunMode & 0o006) !== 0o006) fs.chmodSync('/dev/net/tun', 0o666);
+  const user = new ShoalSandbox('s4u', { user: nobody });
+  const theirImages = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-images-'));
+  try {
+    fs.chownSync(theirImages, nobody.uid, nobody.gid);
+    const archive = path.join(theirImages, 'busybox.tar');
+    fs.copyFileSync(image.slice('docker-archive:'.length), archive);
+    fs.chownSync(archive, nobody.uid, nobody.gid);
+    const port = await freePort();
+    const run = await user.run(['run', '-d', '--name', 'mine', '--network', 'slirp4netns', '-p', `127.0.0.1:${port}:8080`, `docker-archive:${archive}`, 'sh', '-c',
+      'mkdir -p /w && echo rootless > /w/index.html && exec httpd -f -p 8080 -h /w']);
+    assert.equal(run.code, 0, run.stderr.toString());
+    let body: string | undefined;
+    await waitUntil('the published port to answer', 60_000, async () => (body = await httpGet(port)) !== undefined);
+    assert.equal(body, 'rootless\n');
+    const [vm] = await user.json<LsEntry[]>(['ls', '--json']);
+    for (const pid of [vm!.pid!, vm!.vmmPid!]) {
+      const uids = /^Uid:\s+(\d+)\s+(\d+)/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+      assert.deepEqual([Number(uids?.[1]), Number(uids?.[2])], [nobody.uid, nobody.uid], `process ${pid} runs as the user`);
+    }
+    const rm = await user.run(['rm', '-f', 'mine'], { timeoutMs: 60_000 });
+    assert.equal(rm.code, 0, rm.stderr.toString());
+    assert.deepEqual(user.processes(), []);
+    assert.equal(await httpGet(port), undefined);
+  } finally {
+    user.cleanup();
+    fs.rmSync(theirImages, { recursive: true, force: true });
+    fs.chmodSync('/dev/net/tun', tunMode);
+  }
 });

@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { VmListing } from '../../src/cli/commands/ls';
+import { cacheDir } from '../../src/util/paths';
 
 export const SHOAL_BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'shoal');
 
@@ -21,9 +22,11 @@ export interface CliResult {
 export class ShoalSandbox {
   readonly stateDir: string;
 
-  constructor(label: string) {
+  /** `user`: run the CLI as this unprivileged user (the state directory becomes theirs). */
+  constructor(label: string, private readonly options: { user?: { uid: number; gid: number } } = {}) {
     // Short path: the VM's Unix sockets live under it.
     this.stateDir = fs.mkdtempSync(path.join(os.tmpdir(), `sh-${label}-`));
+    if (options.user) fs.chownSync(this.stateDir, options.user.uid, options.user.gid);
   }
 
   env(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
@@ -36,7 +39,11 @@ export class ShoalSandbox {
   /** Runs shoal with a hard timeout (SIGKILL on expiry, reported as signal). */
   run(args: string[], options: { input?: Buffer | string; timeoutMs?: number; env?: Record<string, string> } = {}): Promise<CliResult> {
     return new Promise((resolve) => {
-      const child = spawn(SHOAL_BIN, args, { env: this.env(options.env), stdio: ['pipe', 'pipe', 'pipe'] });
+      const user = this.options.user;
+      const argv = user ? ['setpriv', `--reuid=${user.uid}`, `--regid=${user.gid}`, '--clear-groups', SHOAL_BIN, ...args] : [SHOAL_BIN, ...args];
+      // As another user, the guest assets are still this user's (their cache would be empty).
+      const env = user ? this.env({ SHOAL_CACHE_DIR: cacheDir(), HOME: this.stateDir, ...options.env }) : this.env(options.env);
+      const child = spawn(argv[0]!, argv.slice(1), { env, stdio: ['pipe', 'pipe', 'pipe'] });
       const stdout: Buffer[] = [];
       const stderr: Buffer[] = [];
       child.stdout.on('data', (d: Buffer) => stdout.push(d));
