@@ -153,9 +153,10 @@ function buildProgram(): Command {
     .argument('<name>', 'VM name or id')
     .option('-n, --count <n>', 'number of clones', '1')
     .option('--name-prefix <prefix>', 'name the clones PREFIX-1..PREFIX-N')
+    .option('-p, --publish <[ADDR:]HOST:GUEST[/proto]>', 'publish a guest port of every clone: clone i gets host port HOST+i-1 (repeatable)', collect, [])
     .option('--json', 'print the clones as JSON')
-    .action(act((name: string, flags: { count: string; namePrefix?: string; json?: boolean }) => {
-      const forkFlags: Parameters<typeof forkCommand>[1] = { n: flags.count };
+    .action(act((name: string, flags: { count: string; namePrefix?: string; publish: string[]; json?: boolean }) => {
+      const forkFlags: Parameters<typeof forkCommand>[1] = { n: flags.count, publish: flags.publish };
       if (flags.namePrefix !== undefined) forkFlags.namePrefix = flags.namePrefix;
       if (flags.json !== undefined) forkFlags.json = flags.json;
       return forkCommand(name, forkFlags);

@@ -69,3 +69,14 @@ function tryUdp(f: PortForward): Promise<string | undefined> {
     socket.bind({ address: f.hostAddress, port: f.hostPort, exclusive: true }, () => socket.close(() => resolve(undefined)));
   });
 }
+
+/**
+ * The forwards of the i-th (1-based) of `count` fork children: each host port shifted by i-1, so
+ * `fork -n 3 -p 8080:80` publishes the children's port 80 on 8080, 8081 and 8082.
+ */
+export function forwardsForChild(forwards: PortForward[], index: number, count: number): PortForward[] {
+  for (const f of forwards) {
+    if (f.hostPort + count - 1 > 65535) throw new ShoalError(`cannot publish ${f.hostPort}/${f.proto} for ${count} clones: port ${f.hostPort + count - 1} is out of range`);
+  }
+  return forwards.map((f) => ({ ...f, hostPort: f.hostPort + index - 1 }));
+}

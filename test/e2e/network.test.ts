@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { buildBusyboxDockerArchive } from '../helpers/images';
-import { freePort, httpGet } from '../helpers/http';
+import { freePort, freePortRange, httpGet } from '../helpers/http';
 import { ShoalSandbox, waitUntil, type LsEntry } from '../helpers/shoal-cli';
 
 const sandbox = new ShoalSandbox('net');
@@ -126,4 +126,32 @@ test('two clones of one snapshot answer on their own published ports, with their
   assert.equal(rm.code, 0, rm.stderr.toString());
   assert.equal((await sandbox.run(['snapshot', 'rm', 'web'])).code, 0);
   assert.deepEqual(sandbox.processes(), []);
+});
+
+test('each child of a fork answers on its own published port (HOST+i-1), with its own state', async () => {
+  const run = await sandbox.run(['run', '-d', '--name', 'fsrc', image, '--', 'sh', '-c', 'mkdir -p /a && echo source > /a/index.html && exec httpd -f -p 8080 -h /a']);
+  assert.equal(run.code, 0, run.stderr.toString());
+  const base = await freePortRange(2);
+  const fork = await sandbox.run(['fork', 'fsrc', '-n', '2', '-p', `127.0.0.1:${base}:8080`, '--json']);
+  assert.equal(fork.code, 0, fork.stderr.toString());
+  const children = (JSON.parse(fork.stdout.toString()) as { children: Array<{ name: string; ports: string[] }> }).children;
+  assert.deepEqual(children.map((c) => [c.name, c.ports]), [
+    ['fsrc-1', [`127.0.0.1:${base}->8080/tcp`]],
+    ['fsrc-2', [`127.0.0.1:${base + 1}->8080/tcp`]],
+  ]);
+  for (const [i, child] of children.entries()) {
+    const write = await sandbox.run(['exec', child.name, 'sh', '-c', `echo ${child.name} > /a/index.html`]);
+    assert.equal(write.code, 0, write.stderr.toString());
+    let body: string | undefined;
+    await waitUntil(`${child.name} to answer`, 30_000, async () => (body = await httpGet(base + i)) !== undefined);
+    assert.equal(body, `${child.name}\n`);
+  }
+  // A taken port is refused before anything is snapshotted or started.
+  const taken = await sandbox.run(['fork', 'fsrc', '-n', '2', '--name-prefix', 'again', '-p', `127.0.0.1:${base + 1}:8080`]);
+  assert.notEqual(taken.code, 0);
+  assert.match(taken.stderr.toString(), new RegExp(`^shoal: cannot publish 127\\.0\\.0\\.1:${base + 1}/tcp: the port is already in use\\n$`));
+  const rm = await sandbox.run(['rm', '-f', 'fsrc', 'fsrc-1', 'fsrc-2'], { timeoutMs: 60_000 });
+  assert.equal(rm.code, 0, rm.stderr.toString());
+  assert.deepEqual(sandbox.processes(), []);
+  assert.deepEqual(sandbox.leftovers(), []);
 });

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { attachmentFor, checkNetworkSupport, guestAddress, macFor, netSpecFor, parseNetworkMode } from '../../src/network/mode';
 import { readdressScript } from '../../src/agent/network-identity';
-import { assertPortsFree, parsePublish } from '../../src/network/publish';
+import { assertPortsFree, forwardsForChild, parsePublish } from '../../src/network/publish';
 import { claimAddress, createTap, releaseAddress, removeTap, tapName } from '../../src/network/bridge';
 import { proxyEnvironment } from '../../src/network/proxy-env';
 
@@ -132,4 +132,10 @@ test('createTap makes a persistent TAP owned by the VMM\'s user, which removeTap
     await removeTap(tap);
   }
   assert.equal(fs.existsSync(`/sys/class/net/${tap}`), false);
+});
+
+test('fork children publish on HOST+i-1, within the port range', () => {
+  const forwards = parsePublish(['127.0.0.1:8080:80', '5353:53/udp']);
+  assert.deepEqual(forwardsForChild(forwards, 3, 3).map((f) => [f.hostAddress, f.hostPort, f.guestPort, f.proto]), [['127.0.0.1', 8082, 80, 'tcp'], ['0.0.0.0', 5355, 53, 'udp']]);
+  assert.throws(() => forwardsForChild(parsePublish(['65535:80']), 1, 2), /cannot publish 65535\/tcp for 2 clones: port 65536 is out of range/);
 });

@@ -1,7 +1,8 @@
 /**
- * `shoal fork NAME -n N [--name-prefix P] [--json]`: one fresh snapshot of the running VM NAME,
- * N clones restored from it concurrently (NAME-1..NAME-N), each with its own disk copy, agent
- * socket, session and crng reseed.
+ * `shoal fork NAME -n N [--name-prefix P] [-p [ADDR:]HOST:GUEST]... [--json]`: one fresh snapshot
+ * of the running VM NAME, N clones restored from it concurrently (NAME-1..NAME-N), each with its
+ * own disk copy, agent socket, session, crng reseed and network attachment; clone i publishes each
+ * -p on host port HOST+i-1. Every host port is checked free before the snapshot.
  *
  * The snapshot is private to the fork (a .fork-* directory, never listed) and is removed as soon
  * as the children run: each child has its own disk copy and has loaded the device state, and
@@ -9,6 +10,7 @@
  * until the last child exits. So nothing needs reference counting, and nothing leaks.
  */
 import fs from 'node:fs';
+import { assertPortsFree, forwardsForChild, parsePublish } from '../../network/publish';
 import { startClone, waitUntilRunning } from '../../snapshot/clone';
 import { createSnapshot } from '../../snapshot/create';
 import { StateStore } from '../../state/store';
@@ -19,6 +21,7 @@ import { progressLine } from '../output';
 
 export interface ForkFlags {
   n: string;
+  publish?: string[];
   namePrefix?: string;
   json?: boolean;
 }
@@ -31,6 +34,10 @@ export async function forkCommand(name: string, flags: ForkFlags): Promise<numbe
   const prefix = flags.namePrefix ?? source.config.name;
   const names = Array.from({ length: count }, (_, i) => `${prefix}-${i + 1}`);
   for (const child of names) if (store.find(child)) throw new ShoalError(`the name "${child}" is already in use`);
+  const publish = parsePublish(flags.publish ?? []);
+  if (publish.length > 0 && (source.config.network ?? 'none') === 'none') throw new ShoalError(`--publish needs a network, and ${source.config.name} has none`);
+  const childForwards = names.map((_, i) => forwardsForChild(publish, i + 1, count));
+  await assertPortsFree(childForwards.flat());
 
   const started = Date.now();
   progressLine(`snapshotting ${source.config.name}`);
@@ -39,7 +46,7 @@ export async function forkCommand(name: string, flags: ForkFlags): Promise<numbe
   const children: VmRecord[] = [];
   try {
     progressLine(`restoring ${count} clone${count === 1 ? '' : 's'}`);
-    for (const child of names) children.push(startClone(store, snapshot.dir, snapshot.manifest, { name: child, autoRemove: false }));
+    for (const [i, child] of names.entries()) children.push(startClone(store, snapshot.dir, snapshot.manifest, { name: child, autoRemove: false, publish: childForwards[i]! }));
     const results = await Promise.allSettled(children.map((c) => waitUntilRunning(store, c)));
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) throw failed.reason;
@@ -57,7 +64,8 @@ export async function forkCommand(name: string, flags: ForkFlags): Promise<numbe
   const totalMs = Date.now() - started;
   const out = children.map((c) => {
     const record = store.read(c.id) ?? c;
-    return { name: record.config.name, id: record.id, state: record.state, pid: record.supervisorPid ?? null, vmmPid: record.vmmPid ?? null };
+    const ports = (record.config.publish ?? []).map((f) => `${f.hostAddress}:${f.hostPort}->${f.guestPort}/${f.proto}`);
+    return { name: record.config.name, id: record.id, state: record.state, pid: record.supervisorPid ?? null, vmmPid: record.vmmPid ?? null, ports };
   });
   if (flags.json) process.stdout.write(`${JSON.stringify({ source: source.config.name, snapshotMs, totalMs, children: out }, null, 2)}\n`);
   else for (const child of out) process.stdout.write(`${child.name}\n`);
