@@ -62,41 +62,70 @@ export function namespaceNetworkUnavailable(): string | null {
   return null;
 }
 
-function waitForLine(child: ChildProcess, stream: NodeJS.ReadableStream, what: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    let output = '';
-    const timer = setTimeout(() => fail(`timed out after ${START_TIMEOUT_MS} ms`), START_TIMEOUT_MS);
-    const fail = (why: string): void => {
-      clearTimeout(timer);
-      reject(new ShoalError(`${what} failed: ${why}`));
-    };
-    stream.on('data', (chunk: Buffer) => {
-      output += chunk.toString();
-      if (output.length > 0) {
+/** A helper process (the holder, slirp4netns) with the tail of its stderr, for error messages. */
+class Helper {
+  private stderr = '';
+
+  constructor(readonly child: ChildProcess) {
+    child.stderr?.on('data', (chunk: Buffer) => {
+      this.stderr = (this.stderr + chunk.toString()).slice(-2000);
+    });
+  }
+
+  get pid(): number {
+    return this.child.pid!;
+  }
+
+  /** Resolves on the first byte on `stream` (its ready signal); rejects if it ends first or takes too long. */
+  ready(stream: NodeJS.ReadableStream, what: string): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const fail = (why: string): void => {
+        clearTimeout(timer);
+        reject(new ShoalError(`${what} failed: ${why}`));
+      };
+      const timer = setTimeout(() => fail(`no ready signal after ${START_TIMEOUT_MS} ms`), START_TIMEOUT_MS);
+      stream.once('data', () => {
         clearTimeout(timer);
         resolve();
-      }
+      });
+      this.child.once('exit', (code, signal) => {
+        // Give its stderr a moment to be read to the end, so the message has its last words.
+        const report = (): void => {
+          const said = this.errorLines();
+          fail(`exited (${signal ?? code})${said ? `: ${said}` : ''}`);
+        };
+        const stderr = this.child.stderr;
+        if (!stderr || stderr.readableEnded) report();
+        else {
+          const cap = setTimeout(report, 200);
+          stderr.once('end', () => {
+            clearTimeout(cap);
+            report();
+          });
+        }
+      });
+      this.child.once('error', (err) => fail(err.message));
     });
-    child.once('exit', (code, signal) => fail(`exited (${signal ?? code})${errorText(child)}`));
-    child.once('error', (err) => fail(err.message));
-  });
-}
+  }
 
-function errorText(child: ChildProcess): string {
-  const text = (child as ChildProcess & { stderrText?: string }).stderrText?.trim();
-  return text ? `: ${text.split('\n').pop()}` : '';
-}
+  /** What it said on stderr, on one line, without slirp4netns's chatter (tap fds, its settings). */
+  private errorLines(): string {
+    const lines = this.stderr.split('\n').map((l) => l.trim()).filter((l) => l && !/^(sent|received) tapfd|^\*|^Starting slirp/.test(l));
+    return lines.join('; ').slice(0, 300);
+  }
 
-function collectStderr(child: ChildProcess): void {
-  const holder = child as ChildProcess & { stderrText?: string };
-  holder.stderrText = '';
-  child.stderr?.on('data', (chunk: Buffer) => {
-    holder.stderrText = (holder.stderrText + chunk.toString()).slice(-2000);
-  });
+  stop(): Promise<void> {
+    const { child } = this;
+    if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+    return new Promise((resolve) => {
+      child.once('exit', () => resolve());
+      child.kill('SIGKILL');
+    });
+  }
 }
 
 /** The holder: unshares, builds the bridge and the VMM's TAP, says so, and sleeps. */
-function startHolder(): ChildProcess {
+function startHolder(): Helper {
   const script = [
     'set -e',
     'ip link set lo up',
@@ -107,19 +136,15 @@ function startHolder(): ChildProcess {
     'echo ready',
     'exec sleep infinity',
   ].join('\n');
-  const child = spawnTied('unshare', ['--user', '--map-root-user', '--net', '--', 'sh', '-c', script], { stdio: ['ignore', 'pipe', 'pipe'] });
-  collectStderr(child);
-  return child;
+  return new Helper(spawnTied('unshare', ['--user', '--map-root-user', '--net', '--', 'sh', '-c', script], { stdio: ['ignore', 'pipe', 'pipe'] }));
 }
 
 /** slirp4netns on the holder's namespace, with an exit pipe (fd 3) and a ready pipe (fd 4). */
-function startSlirp(holderPid: number, apiSocket: string, ipv6: boolean): ChildProcess {
+function startSlirp(holderPid: number, apiSocket: string, ipv6: boolean): Helper {
   const args = ['--exit-fd=3', '--ready-fd=4', `--api-socket=${apiSocket}`, '--enable-sandbox', '--enable-seccomp'];
   if (ipv6) args.push('--enable-ipv6');
   args.push(String(holderPid), SLIRP_TAP);
-  const child = spawnTied('slirp4netns', args, { stdio: ['ignore', 'ignore', 'pipe', 'pipe', 'pipe'] });
-  collectStderr(child);
-  return child;
+  return new Helper(spawnTied('slirp4netns', args, { stdio: ['ignore', 'ignore', 'pipe', 'pipe', 'pipe'] }));
 }
 
 /** One request on slirp4netns's API socket (one JSON object each way). */
@@ -163,14 +188,6 @@ async function addForward(apiSocket: string, f: PortForward): Promise<void> {
   if (error) throw new ShoalError(`cannot publish ${f.hostAddress}:${f.hostPort}/${f.proto}: ${error.desc ?? JSON.stringify(error)}`);
 }
 
-function stop(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve) => {
-    child.once('exit', () => resolve());
-    child.kill('SIGKILL');
-  });
-}
-
 /**
  * Creates the namespace, its bridge and TAP, and slirp4netns with the published ports.
  * `runDir` holds the API socket. On any failure everything started is stopped again.
@@ -178,20 +195,21 @@ function stop(child: ChildProcess): Promise<void> {
 export async function startNamespaceNetwork(opts: { runDir: string; forwards: PortForward[]; ipv6?: boolean }): Promise<NamespaceNetwork> {
   const unavailable = namespaceNetworkUnavailable();
   if (unavailable) throw new ShoalError(`--network slirp4netns: ${unavailable}`);
-  const started: ChildProcess[] = [];
+  const started: Helper[] = [];
   const closeAll = async (): Promise<void> => {
-    for (const child of started.reverse()) await stop(child);
+    // slirp4netns first, then the holder (the namespace goes with its last process).
+    for (const helper of started.reverse()) await helper.stop();
     started.length = 0;
   };
   try {
     const holder = startHolder();
     started.push(holder);
-    await waitForLine(holder, holder.stdout!, 'creating the network namespace (unshare --user --net)');
-    const holderPid = holder.pid!;
+    await holder.ready(holder.child.stdout!, 'creating the network namespace (unshare --user --net)');
+    const holderPid = holder.pid;
     const apiSocket = path.join(opts.runDir, 'slirp.sock');
     const slirp = startSlirp(holderPid, apiSocket, opts.ipv6 ?? true);
     started.push(slirp);
-    await waitForLine(slirp, slirp.stdio[4] as NodeJS.ReadableStream, 'starting slirp4netns');
+    await slirp.ready(slirp.child.stdio[4] as NodeJS.ReadableStream, 'starting slirp4netns');
     const [nsenter, ...nsenterArgs] = enterNamespacesArgv(holderPid);
     await execFileAsync(nsenter!, [...nsenterArgs, 'ip', 'link', 'set', SLIRP_TAP, 'master', BRIDGE, 'up']).catch((err: Error & { stderr?: string }) => {
       throw new ShoalError(`joining slirp4netns to the namespace's bridge failed: ${(err.stderr ?? err.message).trim()}`);
