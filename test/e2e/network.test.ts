@@ -129,7 +129,8 @@ test('two clones of one snapshot answer on their own published ports, with their
 });
 
 test('each child of a fork answers on its own published port (HOST+i-1), with its own state', async () => {
-  const run = await sandbox.run(['run', '-d', '--name', 'fsrc', image, '--', 'sh', '-c', 'mkdir -p /a && echo source > /a/index.html && exec httpd -f -p 8080 -h /a']);
+  // --no-snapshot: the same command as 'origin' above would restore from the image cache, and such a VM cannot be forked.
+  const run = await sandbox.run(['run', '-d', '--name', 'fsrc', '--no-snapshot', image, '--', 'sh', '-c', 'mkdir -p /a && echo source > /a/index.html && exec httpd -f -p 8080 -h /a']);
   assert.equal(run.code, 0, run.stderr.toString());
   const base = await freePortRange(2);
   const fork = await sandbox.run(['fork', 'fsrc', '-n', '2', '-p', `127.0.0.1:${base}:8080`, '--json']);
