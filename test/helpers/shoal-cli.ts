@@ -22,8 +22,11 @@ export interface CliResult {
 export class ShoalSandbox {
   readonly stateDir: string;
 
-  /** `user`: run the CLI as this unprivileged user (the state directory becomes theirs). */
-  constructor(label: string, private readonly options: { user?: { uid: number; gid: number } } = {}) {
+  /**
+   * `user`: run the CLI as this unprivileged user (the state directory becomes theirs).
+   * `prefix`: argv that runs the CLI (e.g. in a mount namespace of the test's); it execs its arguments.
+   */
+  constructor(label: string, private readonly options: { user?: { uid: number; gid: number }; prefix?: string[] } = {}) {
     // Short path: the VM's Unix sockets live under it.
     this.stateDir = fs.mkdtempSync(path.join(os.tmpdir(), `sh-${label}-`));
     if (options.user) fs.chownSync(this.stateDir, options.user.uid, options.user.gid);
@@ -40,7 +43,7 @@ export class ShoalSandbox {
   run(args: string[], options: { input?: Buffer | string; timeoutMs?: number; env?: Record<string, string> } = {}): Promise<CliResult> {
     return new Promise((resolve) => {
       const user = this.options.user;
-      const argv = user ? ['setpriv', `--reuid=${user.uid}`, `--regid=${user.gid}`, '--clear-groups', SHOAL_BIN, ...args] : [SHOAL_BIN, ...args];
+      const argv = [...(this.options.prefix ?? []), ...(user ? ['setpriv', `--reuid=${user.uid}`, `--regid=${user.gid}`, '--clear-groups'] : []), SHOAL_BIN, ...args];
       // As another user, the guest assets are still this user's (their cache would be empty).
       const env = user ? this.env({ SHOAL_CACHE_DIR: cacheDir(), HOME: this.stateDir, ...options.env }) : this.env(options.env);
       const child = spawn(argv[0]!, argv.slice(1), { env, stdio: ['pipe', 'pipe', 'pipe'] });
