@@ -156,3 +156,53 @@ test('each child of a fork answers on its own published port (HOST+i-1), with it
   assert.deepEqual(sandbox.processes(), []);
   assert.deepEqual(sandbox.leftovers(), []);
 });
+
+test('a clone starts without its source\'s TCP connections and neighbour entries, and its network works', async () => {
+  // A host server that holds every connection open, like a peer the source was talking to.
+  const held: net.Socket[] = [];
+  const server = net.createServer((socket) => held.push(socket));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const { port } = server.address() as net.AddressInfo;
+  const web = http.createServer((_req, res) => res.end('host-answers\n'));
+  await new Promise<void>((r) => web.listen(0, '127.0.0.1', r));
+  const webPort = (web.address() as net.AddressInfo).port;
+  try {
+    const run = await sandbox.run(['run', '-d', '--name', 'talker', '--no-snapshot', image, '--', 'sh', '-c', `sleep 100000 | nc 10.0.2.2 ${port}`]);
+    assert.equal(run.code, 0, run.stderr.toString());
+    const state = async (name: string): Promise<{ connections: string; neighbours: string }> => {
+      const shown = await sandbox.run(['exec', '--vm', name, '--', 'sh', '-c', `ss -Htn state established dst 10.0.2.2:${port}; echo ---; ip -4 neigh show dev eth0`]);
+      assert.equal(shown.code, 0, shown.stderr.toString());
+      const [connections = '', neighbours = ''] = shown.stdout.toString().split('---\n');
+      return { connections: connections.trim(), neighbours: neighbours.trim() };
+    };
+    await waitUntil('the source to connect', 30_000, async () => (await state('talker')).connections !== '');
+    // A neighbour entry only the source has (a learned gateway would be learned again by the
+    // clone's first packet, so this one marks what the clone must not inherit).
+    const mark = await sandbox.run(['exec', '--vm', 'talker', '--', 'ip', 'neigh', 'replace', '10.0.2.99', 'lladdr', '02:00:00:00:00:99', 'dev', 'eth0', 'nud', 'stale']);
+    assert.equal(mark.code, 0, mark.stderr.toString());
+    assert.match((await state('talker')).neighbours, /^10\.0\.2\.99 lladdr 02:00:00:00:00:99 STALE\s*$/m);
+
+    const snap = await sandbox.run(['snapshot', 'create', 'talker', '--tag', 'talk']);
+    assert.equal(snap.code, 0, snap.stderr.toString());
+    const clone = await sandbox.run(['snapshot', 'run', '--snapshot', 'talk', '--name', 'listener']);
+    assert.equal(clone.code, 0, clone.stderr.toString());
+    const fresh = await state('listener');
+    assert.equal(fresh.connections, '', 'the source\'s connection is not in the clone');
+    assert.doesNotMatch(fresh.neighbours, /10\.0\.2\.99/, 'the clone does not inherit its source\'s neighbour entries');
+    // And its network works at once: out to the host, and the source still has its connection.
+    const out = await sandbox.run(['exec', 'listener', '--', 'wget', '-q', '-O', '-', `http://10.0.2.2:${webPort}/`]);
+    assert.equal(out.code, 0, out.stderr.toString());
+    assert.equal(out.stdout.toString(), 'host-answers\n');
+    const after = await state('talker');
+    assert.notEqual(after.connections, '');
+    assert.match(after.neighbours, /^10\.0\.2\.99 /m);
+
+    const rm = await sandbox.run(['rm', '-f', 'talker', 'listener'], { timeoutMs: 60_000 });
+    assert.equal(rm.code, 0, rm.stderr.toString());
+    assert.equal((await sandbox.run(['snapshot', 'rm', 'talk'])).code, 0);
+  } finally {
+    for (const socket of held) socket.destroy();
+    server.close();
+    web.close();
+  }
+});
