@@ -79,6 +79,7 @@ export async function ensureBridge(): Promise<void> {
     });
   }
   await run('ip', ['link', 'set', BRIDGE, 'up']);
+  await removeOrphanTaps();
   fs.writeFileSync('/proc/sys/net/ipv4/ip_forward', '1\n');
   await run('nft', ['-f', '-'], NFT_TABLE);
 }
@@ -158,6 +159,28 @@ export function claimAddress(id: string, pid: number = process.pid, dir: string 
     if (readClaim(file)?.id === id) return address;
   }
   throw new ShoalError(`no free address left in ${SUBNET_PREFIX}.0/${PREFIX_LENGTH} for --network bridged`);
+}
+
+/**
+ * Removes TAPs a killed supervisor left behind: a Firecracker VM's TAP is persistent (QEMU's go
+ * with QEMU), so after `kill -9` of its supervisor it stays until `rm -f`. A shoal TAP whose VM
+ * holds no live address claim belongs to nobody. A starting VM claims its address before it
+ * makes its TAP, so its TAP is never taken for an orphan.
+ */
+export async function removeOrphanTaps(dir: string = CLAIMS_DIR, devices: string[] = fs.readdirSync('/sys/class/net')): Promise<string[]> {
+  const owners = new Set<string>();
+  for (const entry of fs.existsSync(dir) ? fs.readdirSync(dir) : []) {
+    const claim = readClaim(path.join(dir, entry));
+    if (claim && isAlive(claim.pid, claim.startTime)) owners.add(tapName(claim.id));
+  }
+  const removed: string[] = [];
+  for (const device of devices) {
+    // Only shoal's names, and only TAPs (tun devices have tun_flags).
+    if (!device.startsWith('shoal-') || owners.has(device) || !fs.existsSync(`/sys/class/net/${device}/tun_flags`)) continue;
+    await removeTap(device);
+    removed.push(device);
+  }
+  return removed;
 }
 
 export function releaseAddress(id: string, address: string | undefined, dir: string = CLAIMS_DIR): void {

@@ -9,7 +9,7 @@ import { test } from 'node:test';
 import { attachmentFor, checkNetworkSupport, guestAddress, macFor, netSpecFor, parseNetworkMode } from '../../src/network/mode';
 import { readdressScript } from '../../src/agent/network-identity';
 import { assertPortsFree, forwardsForChild, parsePublish } from '../../src/network/publish';
-import { claimAddress, createTap, releaseAddress, removeTap, tapName } from '../../src/network/bridge';
+import { claimAddress, createTap, releaseAddress, removeOrphanTaps, removeTap, tapName } from '../../src/network/bridge';
 import { proxyEnvironment } from '../../src/network/proxy-env';
 
 test('--publish accepts podman forms', () => {
@@ -138,4 +138,27 @@ test('fork children publish on HOST+i-1, within the port range', () => {
   const forwards = parsePublish(['127.0.0.1:8080:80', '5353:53/udp']);
   assert.deepEqual(forwardsForChild(forwards, 3, 3).map((f) => [f.hostAddress, f.hostPort, f.guestPort, f.proto]), [['127.0.0.1', 8082, 80, 'tcp'], ['0.0.0.0', 5355, 53, 'udp']]);
   assert.throws(() => forwardsForChild(parsePublish(['65535:80']), 1, 2), /cannot publish 65535\/tcp for 2 clones: port 65536 is out of range/);
+});
+
+test('a TAP whose VM holds no live address claim is removed as an orphan; a claimed one stays', { skip: process.getuid?.() !== 0 ? 'needs root (creates TAPs)' : false }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-claims-'));
+  const live = `live${crypto.randomBytes(4).toString('hex')}`;
+  const dead = `dead${crypto.randomBytes(4).toString('hex')}`;
+  const gone = `gone${crypto.randomBytes(4).toString('hex')}`;
+  try {
+    claimAddress(live, process.pid, dir);
+    // A claim whose supervisor is gone (a pid that cannot exist), and a TAP with no claim at all.
+    claimAddress(dead, 2 ** 22 + 1, dir);
+    for (const id of [live, dead, gone]) await createTap(tapName(id));
+    // Only this test's TAPs are looked at: a VM running on this host has its claim elsewhere.
+    const removed = await removeOrphanTaps(dir, [live, dead, gone].map(tapName));
+    assert.ok(removed.includes(tapName(dead)) && removed.includes(tapName(gone)), removed.join(','));
+    assert.ok(!removed.includes(tapName(live)));
+    assert.ok(fs.existsSync(`/sys/class/net/${tapName(live)}`));
+    assert.ok(!fs.existsSync(`/sys/class/net/${tapName(dead)}`));
+    assert.ok(!fs.existsSync(`/sys/class/net/${tapName(gone)}`));
+  } finally {
+    for (const id of [live, dead, gone]) await removeTap(tapName(id));
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
