@@ -311,7 +311,8 @@ export class Supervisor {
   /** Whether this VM may use (and be saved to) the image cache. */
   private imageCacheUsable(): boolean {
     const { config } = this.record;
-    // A bridged VM's address is its own: a snapshot of it would hand that address to every later run.
+    // A bridged VM's address is on its kernel command line, which is part of the cache key: no
+    // later run (with an address of its own) would ever hit its entry.
     return config.imageCache !== false && this.record.backend === 'qemu' && config.network !== 'bridged' && snapshotSafe(this.record.accel, config.cpus);
   }
 
@@ -443,20 +444,13 @@ export class Supervisor {
 
   private vmSpec(assets: GuestAssets): VmSpec {
     const { config } = this.record;
-    const net = netSpecFor(this.attachment(), this.record.id, config.publish ?? []);
-    if (net && this.namespaceNetwork) net.namespacePid = this.namespaceNetwork.holderPid;
+    const net = this.netSpec();
     return {
       id: this.record.id,
       runDir: this.files.dir,
       kernel: this.record.backend === 'firecracker' ? assets.vmlinux : assets.vmlinuz,
       initrd: assets.initrd,
-      cmdline: guestCmdline(
-        assets.cmdline,
-        this.record.backend,
-        config.name,
-        this.attachment(),
-        this.staticAddress(),
-      ),
+      cmdline: guestCmdline(assets.cmdline, this.record.backend, config.name, this.attachment(), this.staticAddress()),
       cpus: config.cpus,
       memoryMiB: config.memoryMiB,
       drives: [
@@ -482,11 +476,17 @@ export class Supervisor {
     return undefined;
   }
 
+  /** This VM's network device, in the namespace prepareNetwork made when it has one. */
+  private netSpec(): NetSpec | undefined {
+    const net = netSpecFor(this.attachment(), this.record.id, this.record.config.publish ?? []);
+    if (net && this.namespaceNetwork) net.namespacePid = this.namespaceNetwork.holderPid;
+    return net;
+  }
+
   /** A restored VM's network device: the snapshot's, attached this VM's own way. */
   private cloneNetSpec(source: NetSpec): NetSpec {
-    const net = netSpecFor(this.attachment(), this.record.id, this.record.config.publish ?? []);
+    const net = this.netSpec();
     if (!net) throw new ShoalError('this VM has no network but its snapshot has a network device');
-    if (this.namespaceNetwork) net.namespacePid = this.namespaceNetwork.holderPid;
     // The device state in the snapshot carries the source's MAC; a bridged clone changes it in
     // the guest (bridgedIdentity), the other modes keep it (each is alone on its own network).
     if (this.attachment() !== 'bridge') net.mac = source.mac;
