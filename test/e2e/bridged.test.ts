@@ -8,16 +8,15 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { BRIDGE, CLAIMS_DIR, tapName } from '../../src/network/bridge';
-import { buildBusyboxDockerArchive } from '../helpers/images';
+import { busyboxImageForFile } from '../helpers/images';
 import { freePort, httpGet } from '../helpers/http';
 import { ShoalSandbox, type LsEntry } from '../helpers/shoal-cli';
 
 const sandbox = new ShoalSandbox('bridge');
-const imagesDir = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-images-'));
+const busybox = busyboxImageForFile();
 const suffix = crypto.randomBytes(3).toString('hex');
 const namespace = `shoal-test-${suffix}`;
 const hostVeth = `svh${suffix}`;
@@ -26,7 +25,6 @@ const nsVeth = `svn${suffix}`;
 const third = 100 + (crypto.randomBytes(1)[0]! % 100);
 const hostSide = `10.99.${third}.1`;
 const nsSide = `10.99.${third}.2`;
-let image = '';
 let server: ChildProcess | undefined;
 
 function sh(command: string, args: string[]): string {
@@ -36,7 +34,6 @@ function sh(command: string, args: string[]): string {
 }
 
 before(async () => {
-  image = `docker-archive:${await buildBusyboxDockerArchive(path.join(imagesDir, 'busybox.tar'))}`;
   sh('ip', ['netns', 'add', namespace]);
   sh('ip', ['link', 'add', hostVeth, 'type', 'veth', 'peer', 'name', nsVeth]);
   sh('ip', ['link', 'set', nsVeth, 'netns', namespace]);
@@ -59,11 +56,10 @@ after(() => {
   sandbox.cleanup();
   spawnSync('ip', ['link', 'del', hostVeth]);
   spawnSync('ip', ['netns', 'del', namespace]);
-  fs.rmSync(imagesDir, { recursive: true, force: true });
 });
 
 test('a bridged VM reaches a server in a test namespace through NAT', async () => {
-  const result = await sandbox.run(['run', '--rm', '--network', 'bridged', image, 'sh', '-c',
+  const result = await sandbox.run(['run', '--rm', '--network', 'bridged', busybox.ref, 'sh', '-c',
     `ip -4 -o addr show eth0; wget -qO- http://${nsSide}:8080/`]);
   assert.equal(result.code, 0, result.stderr.toString());
   const out = result.stdout.toString();
@@ -74,7 +70,7 @@ test('a bridged VM reaches a server in a test namespace through NAT', async () =
 
 test('a published port of a bridged VM answers on loopback; rm -f leaves no TAP, bridge port, claim or listener', async () => {
   const port = await freePort();
-  const run = await sandbox.run(['run', '-d', '--name', 'bweb', '--network', 'bridged', '-p', `127.0.0.1:${port}:8080`, image, 'sh', '-c',
+  const run = await sandbox.run(['run', '-d', '--name', 'bweb', '--network', 'bridged', '-p', `127.0.0.1:${port}:8080`, busybox.ref, 'sh', '-c',
     'mkdir -p /w && echo bridged-web > /w/index.html && exec httpd -f -p 8080 -h /w']);
   assert.equal(run.code, 0, run.stderr.toString());
   let body: string | undefined;
@@ -104,7 +100,7 @@ test('a published port of a bridged VM answers on loopback; rm -f leaves no TAP,
 });
 
 test('bridged clones of one snapshot get their own address and MAC, reach out through NAT and answer on their own ports', async () => {
-  const run = await sandbox.run(['run', '-d', '--name', 'borigin', '--network', 'bridged', image, 'sh', '-c',
+  const run = await sandbox.run(['run', '-d', '--name', 'borigin', '--network', 'bridged', busybox.ref, 'sh', '-c',
     'mkdir -p /w && echo source > /w/index.html && exec httpd -f -p 8080 -h /w']);
   assert.equal(run.code, 0, run.stderr.toString());
   const tag = `b-${suffix}`;
@@ -121,7 +117,7 @@ test('bridged clones of one snapshot get their own address and MAC, reach out th
     const port = await freePort();
     const clone = await sandbox.run(['snapshot', 'run', '--snapshot', tag, '--name', name, '-p', `127.0.0.1:${port}:8080`]);
     assert.equal(clone.code, 0, clone.stderr.toString());
-    const vm = (await sandbox.json<LsEntry[]>(['ls', '--json'])).find((v) => v.name === name)!;
+    const vm = (await sandbox.vm(name))!;
     const address = vm.network.guestAddress ?? '';
     clones.push({ name, port, address, tap: tapName(vm.id) });
     // The agent applied the clone's own MAC and address before answering.

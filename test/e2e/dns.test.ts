@@ -15,7 +15,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { startDnsServer, type TestDnsServer } from '../helpers/dns-server';
-import { buildBusyboxDockerArchive } from '../helpers/images';
+import { busyboxImageForFile } from '../helpers/images';
 import { ShoalSandbox } from '../helpers/shoal-cli';
 
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-dns-'));
@@ -24,7 +24,7 @@ const veth = `shdns${suffix}`;
 const bridgedResolver = `10.98.${100 + (crypto.randomBytes(1)[0]! % 100)}.1`;
 const loopbackResolver = '127.0.77.53';
 const records = { 'shoal-test.example': '10.1.2.3' };
-let image = '';
+const busybox = busyboxImageForFile();
 const servers: TestDnsServer[] = [];
 
 /** A sandbox whose shoal sees `/etc/resolv.conf` naming `nameserver`. */
@@ -37,7 +37,6 @@ function sandboxResolvingWith(label: string, nameserver: string): ShoalSandbox {
 }
 
 before(async () => {
-  image = `docker-archive:${await buildBusyboxDockerArchive(path.join(work, 'busybox.tar'))}`;
   servers.push(await startDnsServer(loopbackResolver, records));
   if (process.getuid?.() === 0) {
     const steps = [
@@ -73,7 +72,7 @@ for (const mode of ['rootless', 'slirp4netns'] as const) {
     const sandbox = sandboxResolvingWith(`dns-${mode}`, loopbackResolver);
     try {
       const seen = servers[0]!.queries.length;
-      const result = await sandbox.run(['run', '--rm', '--no-snapshot', '--network', mode, image, 'sh', '-c', LOOKUPS]);
+      const result = await sandbox.run(['run', '--rm', '--no-snapshot', '--network', mode, busybox.ref, 'sh', '-c', LOOKUPS]);
       assert.equal(result.code, 0, result.stderr.toString());
       assertResolved(result.stdout.toString(), '10.0.2.3');
       assert.ok(servers[0]!.queries.slice(seen).includes('shoal-test.example'), 'the host\'s resolver was asked');
@@ -86,7 +85,7 @@ for (const mode of ['rootless', 'slirp4netns'] as const) {
 test('bridged: the guest asks the host\'s nameserver itself', { skip: process.getuid?.() !== 0 ? 'needs root (bridged networking)' : false }, async () => {
   const sandbox = sandboxResolvingWith('dns-bridged', bridgedResolver);
   try {
-    const result = await sandbox.run(['run', '--rm', '--network', 'bridged', image, 'sh', '-c', LOOKUPS]);
+    const result = await sandbox.run(['run', '--rm', '--network', 'bridged', busybox.ref, 'sh', '-c', LOOKUPS]);
     assert.equal(result.code, 0, result.stderr.toString());
     assertResolved(result.stdout.toString(), bridgedResolver);
     assert.ok(servers[1]!.queries.includes('shoal-test.example'), 'the host\'s resolver was asked');

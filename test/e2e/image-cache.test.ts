@@ -1,41 +1,34 @@
 /**
  * The automatic image cache: the first run of an image saves a snapshot taken after the image is
- * loaded; a second run with the same image, command, env and shape restores it; a change misses;
+ * loaded; a second run with the same busybox.ref, command, env and shape restores it; a change misses;
  * --no-snapshot bypasses it; a VM restored from the cache is a full VM (own hostname, forkable).
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { after, before, test } from 'node:test';
-import { buildBusyboxDockerArchive } from '../helpers/images';
+import { after, test } from 'node:test';
+import { busyboxImageForFile } from '../helpers/images';
 import { freePort, httpGet } from '../helpers/http';
 import { ShoalSandbox, type LsEntry } from '../helpers/shoal-cli';
 
 const sandbox = new ShoalSandbox('cache');
-const imagesDir = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-images-'));
-let image = '';
-
-before(async () => {
-  image = `docker-archive:${await buildBusyboxDockerArchive(path.join(imagesDir, 'busybox.tar'))}`;
-});
+const busybox = busyboxImageForFile();
 
 after(() => {
   sandbox.cleanup();
-  fs.rmSync(imagesDir, { recursive: true, force: true });
 });
 
 async function cacheState(name: string): Promise<string | null | undefined> {
-  return (await sandbox.json<LsEntry[]>(['ls', '--json'])).find((v) => v.name === name)?.imageCache;
+  return (await sandbox.vm(name))?.imageCache;
 }
 
-test('a second run of the same image, command and env restores the cache; a change misses it', async () => {
+test('a second run of the same busybox.ref, command and env restores the cache; a change misses it', async () => {
   const script = 'echo "A $X"; head -c 8 /dev/urandom | od -An -tx1';
-  const first = await sandbox.run(['run', '--name', 'first', image, '--', 'sh', '-c', script]);
+  const first = await sandbox.run(['run', '--name', 'first', busybox.ref, '--', 'sh', '-c', script]);
   assert.equal(first.code, 0, first.stderr.toString());
   assert.equal(await cacheState('first'), 'miss');
 
-  const second = await sandbox.run(['run', '--name', 'second', image, '--', 'sh', '-c', script]);
+  const second = await sandbox.run(['run', '--name', 'second', busybox.ref, '--', 'sh', '-c', script]);
   assert.equal(second.code, 0, second.stderr.toString());
   assert.equal(await cacheState('second'), 'hit');
   const [firstLine, firstRandom] = first.stdout.toString().split('\n');
@@ -43,15 +36,15 @@ test('a second run of the same image, command and env restores the cache; a chan
   assert.equal(secondLine, firstLine);
   assert.notEqual(secondRandom, firstRandom, 'a restored VM must not repeat its source\'s random values');
 
-  const env = await sandbox.run(['run', '--name', 'env', '-e', 'X=1', image, '--', 'sh', '-c', script]);
+  const env = await sandbox.run(['run', '--name', 'env', '-e', 'X=1', busybox.ref, '--', 'sh', '-c', script]);
   assert.equal(env.stdout.toString().split('\n')[0], 'A 1');
   assert.equal(await cacheState('env'), 'miss');
 
-  const command = await sandbox.run(['run', '--name', 'command', image, '--', 'sh', '-c', 'echo B']);
+  const command = await sandbox.run(['run', '--name', 'command', busybox.ref, '--', 'sh', '-c', 'echo B']);
   assert.equal(command.stdout.toString(), 'B\n');
   assert.equal(await cacheState('command'), 'miss');
 
-  const off = await sandbox.run(['run', '--name', 'off', '--no-snapshot', image, '--', 'sh', '-c', script]);
+  const off = await sandbox.run(['run', '--name', 'off', '--no-snapshot', busybox.ref, '--', 'sh', '-c', script]);
   assert.equal(off.code, 0, off.stderr.toString());
   assert.equal(await cacheState('off'), null);
 
@@ -65,7 +58,7 @@ test('a second run of the same image, command and env restores the cache; a chan
 
 test('a VM restored from the cache has its own hostname, and is refused as a snapshot source like a clone', async () => {
   for (const name of ['warm', 'hot']) {
-    const run = await sandbox.run(['run', '-d', '--name', name, image, '--', 'sleep', '600']);
+    const run = await sandbox.run(['run', '-d', '--name', name, busybox.ref, '--', 'sleep', '600']);
     assert.equal(run.code, 0, run.stderr.toString());
   }
   assert.equal(await cacheState('hot'), 'hit');
@@ -90,7 +83,7 @@ test('--health-check: once the app answers, its running state is snapshotted; a 
   const check = 'http://localhost:8080/id';
   const [p1, p2] = [await freePort(), await freePort()];
 
-  const first = await sandbox.run(['run', '-d', '--name', 'app1', '--health-check', check, '-p', `127.0.0.1:${p1}:8080`, image, 'sh', '-c', app]);
+  const first = await sandbox.run(['run', '-d', '--name', 'app1', '--health-check', check, '-p', `127.0.0.1:${p1}:8080`, busybox.ref, 'sh', '-c', app]);
   assert.equal(first.code, 0, first.stderr.toString());
   const deadline = Date.now() + 180_000;
   let saved: string | null | undefined;
@@ -103,7 +96,7 @@ test('--health-check: once the app answers, its running state is snapshotted; a 
   const id = await httpGet(p1, '/id');
   assert.match(id ?? '', /^[0-9a-f-]{36}\n$/);
 
-  const second = await sandbox.run(['run', '-d', '--name', 'app2', '--health-check', check, '-p', `127.0.0.1:${p2}:8080`, image, 'sh', '-c', app]);
+  const second = await sandbox.run(['run', '-d', '--name', 'app2', '--health-check', check, '-p', `127.0.0.1:${p2}:8080`, busybox.ref, 'sh', '-c', app]);
   assert.equal(second.code, 0, second.stderr.toString());
   const vm = (await sandbox.json<(LsEntry & { startupSnapshot: string | null })[]>(['ls', '--json'])).find((v) => v.name === 'app2');
   assert.equal(vm?.startupSnapshot, 'restored');

@@ -3,27 +3,18 @@
  * taken port is refused before the VM starts, and nothing is left listening after rm -f.
  */
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
-import os from 'node:os';
-import path from 'node:path';
-import { after, before, test } from 'node:test';
-import { buildBusyboxDockerArchive } from '../helpers/images';
+import { after, test } from 'node:test';
+import { busyboxImageForFile } from '../helpers/images';
 import { freePort, freePortRange, httpGet } from '../helpers/http';
 import { ShoalSandbox, waitUntil, type LsEntry } from '../helpers/shoal-cli';
 
 const sandbox = new ShoalSandbox('net');
-const imagesDir = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-images-'));
-let image = '';
-
-before(async () => {
-  image = `docker-archive:${await buildBusyboxDockerArchive(path.join(imagesDir, 'busybox.tar'))}`;
-});
+const busybox = busyboxImageForFile();
 
 after(() => {
   sandbox.cleanup();
-  fs.rmSync(imagesDir, { recursive: true, force: true });
 });
 
 test('published ports answer on loopback, several at once; a taken port is refused; rm -f frees them', async () => {
@@ -35,7 +26,7 @@ test('published ports answer on loopback, several at once; a taken port is refus
     'httpd -p 8081 -h /b',
     'exec httpd -f -p 8080 -h /a',
   ].join(' && ');
-  const run = await sandbox.run(['run', '-d', '--name', 'web', '-p', `127.0.0.1:${p1}:8080`, '--publish', `127.0.0.1:${p2}:8081/tcp`, image, '--', 'sh', '-c', script]);
+  const run = await sandbox.run(['run', '-d', '--name', 'web', '-p', `127.0.0.1:${p1}:8080`, '--publish', `127.0.0.1:${p2}:8081/tcp`, busybox.ref, '--', 'sh', '-c', script]);
   assert.equal(run.code, 0, run.stderr.toString());
   let first: string | undefined;
   let second: string | undefined;
@@ -54,7 +45,7 @@ test('published ports answer on loopback, several at once; a taken port is refus
 
   // The same host port again: a one-line error before any VM starts, nothing changed.
   const before = sandbox.leftovers().sort();
-  const clash = await sandbox.run(['run', '-d', '--name', 'clash', '-p', `127.0.0.1:${p1}:80`, image, '--', 'true'], { timeoutMs: 30_000 });
+  const clash = await sandbox.run(['run', '-d', '--name', 'clash', '-p', `127.0.0.1:${p1}:80`, busybox.ref, '--', 'true'], { timeoutMs: 30_000 });
   assert.notEqual(clash.code, 0);
   assert.match(clash.stderr.toString(), new RegExp(`^shoal: cannot publish 127\\.0\\.0\\.1:${p1}/tcp: the port is already in use\\n$`));
   assert.deepEqual(sandbox.leftovers().sort(), before);
@@ -90,7 +81,7 @@ test('the guest reaches the host through user-mode networking, over IPv4 and IPv
       'i=0; while ! ip -6 addr show eth0 | grep -q "inet6 fec0:"; do i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.1; done',
       `wget -Y off -q -O - "http://[fec0::2]:${port6}/"`,
     ].join(' && ');
-    const result = await sandbox.run(['run', '--rm', image, '--', 'sh', '-c', script], {
+    const result = await sandbox.run(['run', '--rm', busybox.ref, '--', 'sh', '-c', script], {
       env: { http_proxy: `http://127.0.0.1:${port}`, no_proxy: '10.0.2.2' },
     });
     assert.equal(result.code, 0, result.stderr.toString());
@@ -104,7 +95,7 @@ test('the guest reaches the host through user-mode networking, over IPv4 and IPv
 
 test('two clones of one snapshot answer on their own published ports, with their own state', async () => {
   const script = 'mkdir -p /a && echo source > /a/index.html && exec httpd -f -p 8080 -h /a';
-  const run = await sandbox.run(['run', '-d', '--name', 'origin', image, '--', 'sh', '-c', script]);
+  const run = await sandbox.run(['run', '-d', '--name', 'origin', busybox.ref, '--', 'sh', '-c', script]);
   assert.equal(run.code, 0, run.stderr.toString());
   const snap = await sandbox.run(['snapshot', 'create', 'origin', '--tag', 'web']);
   assert.equal(snap.code, 0, snap.stderr.toString());
@@ -130,7 +121,7 @@ test('two clones of one snapshot answer on their own published ports, with their
 
 test('each child of a fork answers on its own published port (HOST+i-1), with its own state', async () => {
   // --no-snapshot: the same command as 'origin' above would restore from the image cache, and such a VM cannot be forked.
-  const run = await sandbox.run(['run', '-d', '--name', 'fsrc', '--no-snapshot', image, '--', 'sh', '-c', 'mkdir -p /a && echo source > /a/index.html && exec httpd -f -p 8080 -h /a']);
+  const run = await sandbox.run(['run', '-d', '--name', 'fsrc', '--no-snapshot', busybox.ref, '--', 'sh', '-c', 'mkdir -p /a && echo source > /a/index.html && exec httpd -f -p 8080 -h /a']);
   assert.equal(run.code, 0, run.stderr.toString());
   const base = await freePortRange(2);
   const fork = await sandbox.run(['fork', 'fsrc', '-n', '2', '-p', `127.0.0.1:${base}:8080`, '--json']);
@@ -167,7 +158,7 @@ test('a clone starts without its source\'s TCP connections and neighbour entries
   await new Promise<void>((r) => web.listen(0, '127.0.0.1', r));
   const webPort = (web.address() as net.AddressInfo).port;
   try {
-    const run = await sandbox.run(['run', '-d', '--name', 'talker', '--no-snapshot', image, '--', 'sh', '-c', `sleep 100000 | nc 10.0.2.2 ${port}`]);
+    const run = await sandbox.run(['run', '-d', '--name', 'talker', '--no-snapshot', busybox.ref, '--', 'sh', '-c', `sleep 100000 | nc 10.0.2.2 ${port}`]);
     assert.equal(run.code, 0, run.stderr.toString());
     const state = async (name: string): Promise<{ connections: string; neighbours: string }> => {
       const shown = await sandbox.run(['exec', '--vm', name, '--', 'sh', '-c', `ss -Htn state established dst 10.0.2.2:${port}; echo ---; ip -4 neigh show dev eth0`]);

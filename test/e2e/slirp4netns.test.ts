@@ -17,22 +17,17 @@ import http from 'node:http';
 import type net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { after, before, test } from 'node:test';
-import { buildBusyboxDockerArchive } from '../helpers/images';
+import { after, test } from 'node:test';
+import { busyboxImageForFile } from '../helpers/images';
 import { freePort, httpGet } from '../helpers/http';
 import { ShoalSandbox, waitUntil, type LsEntry } from '../helpers/shoal-cli';
+import { isAlive, processStartTime } from '../../src/util/process';
 
 const sandbox = new ShoalSandbox('s4n');
-const imagesDir = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-images-'));
-let image = '';
-
-before(async () => {
-  image = `docker-archive:${await buildBusyboxDockerArchive(path.join(imagesDir, 'busybox.tar'))}`;
-});
+const busybox = busyboxImageForFile();
 
 after(() => {
   sandbox.cleanup();
-  fs.rmSync(imagesDir, { recursive: true, force: true });
 });
 
 /** The supervisor's children: the namespace holder, slirp4netns and the VMM. */
@@ -51,24 +46,19 @@ function childrenOf(pid: number): Array<{ pid: number; command: string }> {
   return found;
 }
 
-function alive(pid: number): boolean {
-  try {
-    // A zombie is gone for our purposes: it holds no namespace and no socket.
-    return !/^\S+ \(.*\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return false;
-  }
-}
-
 async function vmNamed(name: string): Promise<LsEntry> {
-  const vms = await sandbox.json<LsEntry[]>(['ls', '--json']);
-  const vm = vms.find((v) => v.name === name);
+  const vm = await sandbox.vm(name);
   assert.ok(vm, `${name} is listed`);
   return vm;
 }
 
+/** A process seen earlier is gone: exited, reaped or a zombie (which holds no namespace or socket). */
+function gone(p: { pid: number; startTime: string | undefined }): boolean {
+  return !isAlive(p.pid, p.startTime);
+}
+
 /** The namespace's processes of a running VM, checked to be the three expected. */
-function networkProcesses(vm: LsEntry): number[] {
+function networkProcesses(vm: LsEntry): Array<{ pid: number; startTime: string | undefined }> {
   assert.ok(vm.pid, 'the VM has a supervisor');
   const children = childrenOf(vm.pid);
   const commands = children.map((c) => path.basename(c.command)).sort();
@@ -78,7 +68,7 @@ function networkProcesses(vm: LsEntry): number[] {
   const holder = children.find((c) => c.command.endsWith('sleep'))!;
   assert.equal(fs.readlinkSync(`/proc/${vmm.pid}/ns/net`), fs.readlinkSync(`/proc/${holder.pid}/ns/net`));
   assert.notEqual(fs.readlinkSync(`/proc/${vmm.pid}/ns/net`), fs.readlinkSync('/proc/self/ns/net'));
-  return children.map((c) => c.pid);
+  return children.map((c) => ({ pid: c.pid, startTime: processStartTime(c.pid) }));
 }
 
 test('published ports answer; the guest reaches the host over IPv4 and IPv6; rm -f leaves no namespace, slirp4netns or listener', async () => {
@@ -97,7 +87,7 @@ test('published ports answer; the guest reaches the host over IPv4 and IPv6; rm 
       'httpd -p 8081 -h /b',
       'exec httpd -f -p 8080 -h /a',
     ].join(' && ');
-    const run = await sandbox.run(['run', '-d', '--name', 'nsweb', '--network', 'slirp4netns', '-p', `127.0.0.1:${p1}:8080`, '-p', `127.0.0.1:${p2}:8081`, image, 'sh', '-c', script]);
+    const run = await sandbox.run(['run', '-d', '--name', 'nsweb', '--network', 'slirp4netns', '-p', `127.0.0.1:${p1}:8080`, '-p', `127.0.0.1:${p2}:8081`, busybox.ref, 'sh', '-c', script]);
     assert.equal(run.code, 0, run.stderr.toString());
     let first: string | undefined;
     let second: string | undefined;
@@ -121,11 +111,11 @@ test('published ports answer; the guest reaches the host over IPv4 and IPv6; rm 
 
     const vm = await vmNamed('nsweb');
     assert.deepEqual(vm.network, { mode: 'slirp4netns', guestAddress: '10.0.2.100', ports: [`127.0.0.1:${p1}->8080/tcp`, `127.0.0.1:${p2}->8081/tcp`] });
-    const pids = networkProcesses(vm);
+    const helpers = networkProcesses(vm);
 
     const rm = await sandbox.run(['rm', '-f', 'nsweb'], { timeoutMs: 60_000 });
     assert.equal(rm.code, 0, rm.stderr.toString());
-    await waitUntil('the namespace holder, slirp4netns and the VMM to go', 5_000, () => pids.every((pid) => !alive(pid)));
+    await waitUntil('the namespace holder, slirp4netns and the VMM to go', 5_000, () => helpers.every(gone));
     assert.deepEqual(sandbox.processes(), []);
     assert.equal(await httpGet(p1), undefined);
     assert.equal(await httpGet(p2), undefined);
@@ -137,7 +127,7 @@ test('published ports answer; the guest reaches the host over IPv4 and IPv6; rm 
 
 test('two clones of one snapshot, each in its own namespace, answer on their own ports with their own state', async () => {
   const script = 'mkdir -p /a && echo source > /a/index.html && exec httpd -f -p 8080 -h /a';
-  const run = await sandbox.run(['run', '-d', '--name', 'nsorigin', '--network', 'slirp4netns', image, 'sh', '-c', script]);
+  const run = await sandbox.run(['run', '-d', '--name', 'nsorigin', '--network', 'slirp4netns', busybox.ref, 'sh', '-c', script]);
   assert.equal(run.code, 0, run.stderr.toString());
   const snap = await sandbox.run(['snapshot', 'create', 'nsorigin', '--tag', 'nsweb']);
   assert.equal(snap.code, 0, snap.stderr.toString());
@@ -166,12 +156,12 @@ test('two clones of one snapshot, each in its own namespace, answer on their own
 
 test('kill -9 of the supervisor takes the namespace, slirp4netns and the VMM with it', async () => {
   const port = await freePort();
-  const run = await sandbox.run(['run', '-d', '--name', 'nskill', '--network', 'slirp4netns', '-p', `127.0.0.1:${port}:8080`, image, 'sleep', '1000']);
+  const run = await sandbox.run(['run', '-d', '--name', 'nskill', '--network', 'slirp4netns', '-p', `127.0.0.1:${port}:8080`, busybox.ref, 'sleep', '1000']);
   assert.equal(run.code, 0, run.stderr.toString());
   const vm = await vmNamed('nskill');
-  const pids = networkProcesses(vm);
+  const helpers = networkProcesses(vm);
   process.kill(vm.pid!, 'SIGKILL');
-  await waitUntil('the namespace holder, slirp4netns and the VMM to die', 10_000, () => pids.every((pid) => !alive(pid)));
+  await waitUntil('the namespace holder, slirp4netns and the VMM to die', 10_000, () => helpers.every(gone));
   assert.equal((await vmNamed('nskill')).state, 'dead');
   // The forward went with slirp4netns: the port is free again.
   assert.equal(await httpGet(port), undefined);
@@ -190,7 +180,7 @@ test('without root: an unprivileged user runs a VM on slirp4netns with a publish
   try {
     fs.chownSync(theirImages, nobody.uid, nobody.gid);
     const archive = path.join(theirImages, 'busybox.tar');
-    fs.copyFileSync(image.slice('docker-archive:'.length), archive);
+    fs.copyFileSync(busybox.file, archive);
     fs.chownSync(archive, nobody.uid, nobody.gid);
     const port = await freePort();
     const run = await user.run(['run', '-d', '--name', 'mine', '--network', 'slirp4netns', '-p', `127.0.0.1:${port}:8080`, `docker-archive:${archive}`, 'sh', '-c',

@@ -5,25 +5,18 @@
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { after, before, describe, test } from 'node:test';
-import { buildBusyboxDockerArchive } from '../helpers/images';
+import { after, describe, test } from 'node:test';
+import { busyboxImageForFile } from '../helpers/images';
 import { ShoalSandbox, waitUntil, type LsEntry } from '../helpers/shoal-cli';
 import { pssKiB } from '../helpers/process-memory';
 
 const sandbox = new ShoalSandbox('snap');
-const imagesDir = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-images-'));
-let image = '';
+const busybox = busyboxImageForFile();
 const seenIds = new Set<string>();
-
-before(async () => {
-  image = `docker-archive:${await buildBusyboxDockerArchive(path.join(imagesDir, 'busybox.tar'))}`;
-});
 
 after(() => {
   sandbox.cleanup();
-  fs.rmSync(imagesDir, { recursive: true, force: true });
   for (const id of seenIds) fs.rmSync(`/dev/shm/shoal-${id}.ram`, { force: true });
 });
 
@@ -42,7 +35,7 @@ async function ls(): Promise<LsEntry[]> {
 
 describe('snapshots and clones', { timeout: 900_000 }, () => {
   test('a clone sees memory and disk as at the snapshot; later writes stay apart', async () => {
-    const run = await sandbox.run(['run', '-d', '--name', 'src', image, '--', 'sleep', '3600'], { timeoutMs: 180_000 });
+    const run = await sandbox.run(['run', '-d', '--name', 'src', busybox.ref, '--', 'sleep', '3600'], { timeoutMs: 180_000 });
     assert.equal(run.code, 0, run.stderr.toString());
     const [src] = await ls();
     assert.ok(fs.existsSync(`/dev/shm/shoal-${src!.id}.ram`), 'the source has its memory file in /dev/shm');

@@ -6,16 +6,13 @@
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { after, before, describe, test } from 'node:test';
+import { after, describe, test } from 'node:test';
 import { HostTerminal } from '../helpers/host-terminal';
-import { buildBusyboxDockerArchive } from '../helpers/images';
+import { busyboxImageForFile } from '../helpers/images';
 import { ShoalSandbox } from '../helpers/shoal-cli';
 
 const sandbox = new ShoalSandbox('tty');
-const imagesDir = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-images-'));
-let image = '';
+const busybox = busyboxImageForFile();
 const terminals: HostTerminal[] = [];
 
 /** Busybox sh's prompt for root at the end of the output so far (its line editor then asks where the cursor is). */
@@ -45,19 +42,14 @@ async function keyWhileRunning(terminal: HostTerminal, line: string, key: string
   await terminal.expect(effect, ANSWER_MS);
 }
 
-before(async () => {
-  image = `docker-archive:${await buildBusyboxDockerArchive(path.join(imagesDir, 'busybox.tar'))}`;
-});
-
 after(() => {
   for (const terminal of terminals) terminal.close();
   sandbox.cleanup();
-  fs.rmSync(imagesDir, { recursive: true, force: true });
 });
 
 describe('shoal run -it', () => {
   test('a shell: prompt, commands, Ctrl-C, Ctrl-Z, resize, vi, exit code, terminal mode restored', async () => {
-    const terminal = openTerminal(['run', '-it', '--rm', '--name', 'tty-run', image, 'sh'], { cols: 80, rows: 24 });
+    const terminal = openTerminal(['run', '-it', '--rm', '--name', 'tty-run', busybox.ref, 'sh'], { cols: 80, rows: 24 });
     await terminal.expect(PROMPT, BOOT_MS);
 
     // Arithmetic the shell does: the answer can only come from running the line.
@@ -96,7 +88,7 @@ describe('shoal run -it', () => {
   });
 
   test('-t alone gives the container a terminal; without one on stdin it warns on one line', async () => {
-    const result = await sandbox.run(['run', '--rm', '-t', image, 'sh', '-c', 'test -t 0 && test -t 1 && echo on-a-tty; stty size']);
+    const result = await sandbox.run(['run', '--rm', '-t', busybox.ref, 'sh', '-c', 'test -t 0 && test -t 1 && echo on-a-tty; stty size']);
     assert.equal(result.code, 0, result.stderr.toString());
     assert.match(result.stdout.toString(), /on-a-tty\r+\n24 80\r+\n/);
     const warnings = result.stderr.toString().split('\n').filter((line) => /warning/.test(line));
@@ -107,7 +99,7 @@ describe('shoal run -it', () => {
 
 describe('shoal exec -it', () => {
   test('a shell in a detached VM: size, resize, top, Ctrl-D, -t alone, the VM lost mid-session; terminal mode restored', async () => {
-    const started = await sandbox.run(['run', '-d', '--name', 'tty-exec', image, 'sleep', '1000']);
+    const started = await sandbox.run(['run', '-d', '--name', 'tty-exec', busybox.ref, 'sleep', '1000']);
     assert.equal(started.code, 0, started.stderr.toString());
 
     const terminal = openTerminal(['exec', '-it', 'tty-exec', '--', 'sh'], { cols: 90, rows: 20 });

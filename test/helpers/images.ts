@@ -6,6 +6,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { after, before } from 'node:test';
 import * as tar from 'tar';
 
 const BUSYBOX = '/bin/busybox';
@@ -107,4 +108,18 @@ export async function buildBusyboxOciArchive(file: string, tag = 'latest', cmd =
     { name: `blobs/sha256/${manifestDigest}`, data: manifest },
   ]);
   return file;
+}
+
+/**
+ * The busybox docker-archive a test file runs, in a temporary directory of its own: built in the
+ * file's `before`, removed in its `after`. Call it at the top level of the test file.
+ */
+export function busyboxImageForFile(): { readonly ref: string; readonly file: string } {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-images-'));
+  const image = { ref: '', file: path.join(dir, 'busybox.tar') };
+  before(async () => {
+    image.ref = `docker-archive:${await buildBusyboxDockerArchive(image.file)}`;
+  });
+  after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  return image;
 }

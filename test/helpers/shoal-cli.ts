@@ -62,6 +62,11 @@ export class ShoalSandbox {
     });
   }
 
+  /** One VM as `ls --json` lists it, or undefined. */
+  async vm(name: string): Promise<LsEntry | undefined> {
+    return (await this.json<LsEntry[]>(['ls', '--json'])).find((v) => v.name === name);
+  }
+
   async json<T>(args: string[]): Promise<T> {
     const result = await this.run(args, { timeoutMs: 30_000 });
     if (result.code !== 0) throw new Error(`shoal ${args.join(' ')} failed: ${result.stderr.toString()}`);

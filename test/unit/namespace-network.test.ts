@@ -11,7 +11,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { NAMESPACE_TAP, slirpApi, startNamespaceNetwork } from '../../src/network/namespace-network';
-import { enterNamespacesArgv } from '../../src/util/process';
+import { enterNamespacesArgv, isAlive, processStartTime } from '../../src/util/process';
 import { FirecrackerBackend } from '../../src/vmm/firecracker/backend';
 import type { VmSpec } from '../../src/vmm/backend';
 import { writeFakeBinary, type Exchange } from '../helpers/firecracker-fake';
@@ -29,19 +29,12 @@ function inNamespace(pid: number, command: string[]): string {
   return execFileSync(nsenter!, [...args, ...command], { encoding: 'utf8' });
 }
 
-function alive(pid: number): boolean {
-  try {
-    return !/^\S+ \(.*\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return false;
-  }
-}
-
 test('the namespace has the VMM\'s TAP and slirp4netns\'s on one bridge; forwards listen on the host; close leaves nothing', async () => {
   const port = await freePort();
   const runDir = fs.mkdtempSync(path.join(dir, 'a-'));
   const netns = await startNamespaceNetwork({ runDir, forwards: [{ proto: 'tcp', hostAddress: '127.0.0.1', hostPort: port, guestPort: 80 }] });
   const holder = netns.holderPid;
+  const holderStart = processStartTime(holder);
   try {
     assert.notEqual(fs.readlinkSync(`/proc/${holder}/ns/net`), fs.readlinkSync('/proc/self/ns/net'));
     assert.notEqual(fs.readlinkSync(`/proc/${holder}/ns/user`), fs.readlinkSync('/proc/self/ns/user'));
@@ -60,7 +53,7 @@ test('the namespace has the VMM\'s TAP and slirp4netns\'s on one bridge; forward
   } finally {
     await netns.close();
   }
-  assert.equal(alive(holder), false);
+  assert.equal(isAlive(holder, holderStart), false);
   assert.equal(fs.existsSync(path.join(runDir, 'slirp.sock')) && (await slirpApi(path.join(runDir, 'slirp.sock'), { execute: 'list_hostfwd' }, 1000).then(() => true, () => false)), false);
   await new Promise<void>((resolve, reject) => {
     const server = net.createServer();
