@@ -12,7 +12,7 @@ import crypto from 'node:crypto';
 import { ShoalError } from '../util/errors';
 import type { NetSpec, PortForward, VmmKind } from '../vmm/backend';
 import { tapName } from './bridge';
-import { NAMESPACE_GUEST_ADDRESS, NAMESPACE_TAP } from './namespace-network';
+import { NAMESPACE_GUEST_ADDRESS, NAMESPACE_TAP, namespaceNetworkUnavailable } from './namespace-network';
 
 export type NetworkMode = 'rootless' | 'slirp4netns' | 'bridged' | 'none';
 export const NETWORK_MODES: readonly NetworkMode[] = ['rootless', 'slirp4netns', 'bridged', 'none'];
@@ -35,15 +35,17 @@ export function attachmentFor(mode: NetworkMode, backend: VmmKind): NetAttachmen
   return mode === 'bridged' ? 'bridge' : 'none';
 }
 
-/** Fails early for combinations shoal cannot provide. */
+/** Fails early (for runs and clones alike) for combinations shoal cannot provide, or this host lacks. */
 export function checkNetworkSupport(mode: NetworkMode, backend: VmmKind, forwards: PortForward[], options: { jailer?: boolean } = {}): void {
   if (mode === 'none' && forwards.length > 0) throw new ShoalError('--publish needs a network: it cannot be combined with --network none');
   if (mode === 'bridged' && process.getuid?.() !== 0) {
     throw new ShoalError('--network bridged needs root (it creates a TAP device and NAT rules); use --network rootless');
   }
-  if (options.jailer && attachmentFor(mode, backend) === 'namespace') {
+  if (attachmentFor(mode, backend) === 'namespace') {
     // The jailer drops to its own uid, which the namespace's user mapping does not know.
-    throw new ShoalError(`--jailer cannot be combined with --network ${mode}: use --network bridged (the jailer runs as root anyway) or none`);
+    if (options.jailer) throw new ShoalError(`--jailer cannot be combined with --network ${mode}: use --network bridged (the jailer runs as root anyway) or none`);
+    const missing = namespaceNetworkUnavailable();
+    if (missing) throw new ShoalError(`--network ${mode} on ${backend}: ${missing}`);
   }
 }
 

@@ -39,6 +39,11 @@ export function parsePublish(values: string[]): PortForward[] {
   return forwards;
 }
 
+/** A forward as `ls --json` and `fork --json` show it: `ADDR:HOST->GUEST/PROTO`. */
+export function formatForward(f: PortForward): string {
+  return `${f.hostAddress}:${f.hostPort}->${f.guestPort}/${f.proto}`;
+}
+
 /** Binds each host port for a moment; throws a one-line error naming the first one in use. */
 export async function assertPortsFree(forwards: PortForward[]): Promise<void> {
   for (const f of forwards) {

@@ -10,7 +10,7 @@
  * until the last child exits. So nothing needs reference counting, and nothing leaks.
  */
 import fs from 'node:fs';
-import { assertPortsFree, forwardsForChild, parsePublish } from '../../network/publish';
+import { assertPortsFree, formatForward, forwardsForChild, parsePublish } from '../../network/publish';
 import { startClone, waitUntilRunning } from '../../snapshot/clone';
 import { createSnapshot } from '../../snapshot/create';
 import { StateStore } from '../../state/store';
@@ -64,7 +64,7 @@ export async function forkCommand(name: string, flags: ForkFlags): Promise<numbe
   const totalMs = Date.now() - started;
   const out = children.map((c) => {
     const record = store.read(c.id) ?? c;
-    const ports = (record.config.publish ?? []).map((f) => `${f.hostAddress}:${f.hostPort}->${f.guestPort}/${f.proto}`);
+    const ports = (record.config.publish ?? []).map(formatForward);
     return { name: record.config.name, id: record.id, state: record.state, pid: record.supervisorPid ?? null, vmmPid: record.vmmPid ?? null, ports };
   });
   if (flags.json) process.stdout.write(`${JSON.stringify({ source: source.config.name, snapshotMs, totalMs, children: out }, null, 2)}\n`);

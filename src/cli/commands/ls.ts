@@ -2,6 +2,7 @@
  * `shoal ls [--json]`: every VM, with what it is now (a VM whose supervisor died is dead).
  */
 import { attachmentFor, guestAddress } from '../../network/mode';
+import { formatForward } from '../../network/publish';
 import { StateStore, statusOf } from '../../state/store';
 import type { VmRecord } from '../../state/vm-record';
 import { formatDuration, table } from '../output';
@@ -53,7 +54,7 @@ export function listing(record: VmRecord): VmListing {
     network: {
       mode: record.config.network ?? 'none',
       guestAddress: guestAddress(attachmentFor(record.config.network ?? 'none', record.backend), record.bridgedAddress),
-      ports: (record.config.publish ?? []).map((f) => `${f.hostAddress}:${f.hostPort}->${f.guestPort}/${f.proto}`),
+      ports: (record.config.publish ?? []).map(formatForward),
     },
   };
 }

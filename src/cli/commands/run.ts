@@ -11,8 +11,7 @@ import { parseMaps } from '../../container/map-spec';
 import { parseHealthCheck } from '../../supervisor/health-check';
 import { parseEnv } from '../../container/podman-argv';
 import { STDERR, STDIN, STDOUT, type Channel, type Mux } from '../../protocol/mux';
-import { attachmentFor, checkNetworkSupport, parseNetworkMode } from '../../network/mode';
-import { namespaceNetworkUnavailable } from '../../network/namespace-network';
+import { checkNetworkSupport, parseNetworkMode } from '../../network/mode';
 import { assertPortsFree, parsePublish } from '../../network/publish';
 import { StateStore } from '../../state/store';
 import { nameProblem, type VmConfig, type VmRecord } from '../../state/vm-record';
@@ -52,10 +51,6 @@ export async function runCommand(image: string, command: string[], flags: RunFla
   const vmm: VmmChoice = parseVmm(flags.vmm);
   const selection = await selectBackend(vmm, assets.accel, assets.accelReason, config.jailer);
   checkNetworkSupport(config.network, selection.backend, config.publish, { jailer: config.jailer !== undefined });
-  if (attachmentFor(config.network, selection.backend) === 'namespace') {
-    const missing = namespaceNetworkUnavailable();
-    if (missing) throw new ShoalError(`--network ${config.network} on ${selection.backend}: ${missing}`);
-  }
   await assertPortsFree(config.publish);
 
   const id = store.newId();
