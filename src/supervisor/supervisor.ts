@@ -8,7 +8,6 @@
 import { execFile } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import net from 'node:net';
 import { promisify } from 'node:util';
 import path from 'node:path';
 import { loadAssets, type GuestAssets } from '../assets/setup';
@@ -19,7 +18,7 @@ import { openAgentSession } from '../host/agent-session';
 import { encodeSync, FrameType } from '../protocol/frames';
 import { GatedStream } from '../protocol/gate';
 import { STDERR, STDIN, STDOUT, Mux, type Channel } from '../protocol/mux';
-import { readSnapshotDir, snapshotFiles } from '../snapshot/store';
+import { buildManifest, readSnapshotDir, snapshotFiles } from '../snapshot/store';
 import { readJson } from '../state/atomic';
 import type { VmRecord, RecordedState } from '../state/vm-record';
 import type { StateStore } from '../state/store';
@@ -31,17 +30,19 @@ import { ContainerLogWriter } from './container-log';
 import { relayChannels } from './relay';
 import { waitHealthy } from './health-check';
 import { serveDirectoryMaps, type ServedMap } from './directory-maps';
-import { terminalSizeOf, type GuestNetworkIdentity, type TerminalSize } from '../protocol/messages';
+import { exitCodeOf, type ExecRequest, type GuestNetworkIdentity, type TerminalSize } from '../protocol/messages';
+import { ControlServer, refuse, sendEvent } from '../control/server';
+import { parseClientMessage, type ExecControlRequest } from '../control/messages';
 import { attachmentFor, macFor, netSpecFor, SLIRP_HOST_ADDRESS, type NetAttachment } from '../network/mode';
 import { NAMESPACE_GATEWAY, NAMESPACE_GUEST_ADDRESS, NAMESPACE_NAMESERVER, NAMESPACE_PREFIX_LENGTH, startNamespaceNetwork, type NamespaceNetwork } from '../network/namespace-network';
 import { proxyEnvironment } from '../network/proxy-env';
 import { attachTap, claimAddress, createTap, ensureBridge, GATEWAY, hostNameserver, PREFIX_LENGTH } from '../network/bridge';
 import { startPortProxies, type PortProxy } from '../network/port-proxy';
-import type { SnapshotManifest } from '../snapshot/store';
 import { cachedImageSnapshot, evictImageCache, imageCacheKey, imageDigest, newImageCacheTempDir, publishImageCache, touchImageCache } from '../snapshot/image-cache';
 import { guestCmdline, type StaticAddress } from './guest-cmdline';
 import { createScratchDisk } from './scratch-disk';
-import { memoryFilePath, releaseVmResources, removeOrphanMemoryFiles, restoreInfoPath, vmFiles, type RestoreInfo } from './vm-files';
+import { releaseVmResources } from '../lifecycle/release';
+import { memoryFilePath, removeOrphanMemoryFiles, restoreInfoPath, vmFiles, type RestoreInfo } from '../state/vm-files';
 
 const execFileAsync = promisify(execFile);
 /** How long the guest has to answer the quiesce request and the re-HELLO around a snapshot. */
@@ -60,7 +61,7 @@ export class Supervisor {
   private readonly files: ReturnType<typeof vmFiles>;
   private vm: VmHandle | undefined;
   private agent: Mux | undefined;
-  private server: net.Server | undefined;
+  private server: ControlServer | undefined;
   /** CLI channels that asked for progress and the final result. */
   private readonly watchers = new Set<Channel>();
   /** Watchers that also want the main container's stdio. */
@@ -172,7 +173,7 @@ export class Supervisor {
 
   private progress(message: string): void {
     this.progressLog.push(message);
-    for (const watcher of this.watchers) watcher.send({ type: 'progress', message });
+    for (const watcher of this.watchers) sendEvent(watcher, { type: 'progress', message });
   }
 
   private async boot(): Promise<void> {
@@ -272,7 +273,7 @@ export class Supervisor {
     await execCollect(this.agent!, { argv: ['sh', '-c', 'echo "$1" > /proc/sys/kernel/hostname', 'sh', this.record.config.name] }).catch(() => undefined);
     if (options.announce === false) return;
     this.setState('running', (r) => { r.startedAt = new Date().toISOString(); });
-    for (const watcher of this.watchers) watcher.send({ type: 'running', name: this.record.config.name, id: this.record.id });
+    for (const watcher of this.watchers) sendEvent(watcher, { type: 'running', name: this.record.config.name, id: this.record.id });
   }
 
   /**
@@ -362,20 +363,20 @@ export class Supervisor {
     try {
       if (kind === 'image') this.progress('saving the loaded image to the image cache');
       const timings = await this.takeSnapshot(temp, () => undefined);
-      const manifest: SnapshotManifest = {
-        version: 1,
-        tag: `${kind === 'image' ? 'image-cache' : 'startup'}:${key}`,
-        createdAt: new Date().toISOString(),
-        source: { id: this.record.id, name: this.record.config.name },
-        backend: this.record.backend,
-        accel: this.record.accel,
-        config: this.record.config,
-        vmSpec: this.spec!,
-        files: { state: 'state.bin', memory: 'memory.raw', scratch: 'scratch.img' },
-        bytes: { state: 0, memory: 0, scratch: 0 },
-        timings,
-      };
-      if (this.record.loadedImage) manifest.loadedImage = this.record.loadedImage;
+      const manifest = buildManifest(
+        temp,
+        {
+          tag: `${kind === 'image' ? 'image-cache' : 'startup'}:${key}`,
+          source: { id: this.record.id, name: this.record.config.name },
+          backend: this.record.backend,
+          accel: this.record.accel,
+          config: this.record.config,
+          vmSpec: this.spec!,
+          loadedImage: this.record.loadedImage,
+          timings,
+        },
+        { measure: false },
+      );
       publishImageCache(this.store, temp, key, manifest);
       const evicted = evictImageCache(this.store);
       if (evicted.length > 0) this.progress(`image cache: evicted ${evicted.length} least recently used entr${evicted.length === 1 ? 'y' : 'ies'}`);
@@ -411,7 +412,7 @@ export class Supervisor {
       let exitCode: number | undefined;
       channel.setDataHandler((stream, data) => { if (stream === STDOUT) out.push(Buffer.from(data)); });
       channel.on('message', (message: Record<string, unknown>) => {
-        if (message.type === 'exit') exitCode = typeof message.code === 'number' ? message.code : 255;
+        if (message.type === 'exit') exitCode = exitCodeOf(message);
       });
       channel.on('close', () => {
         channel.close();
@@ -575,8 +576,9 @@ export class Supervisor {
         for (const client of this.attached) client.end(stream);
       });
       channel.on('message', (message: Record<string, unknown>) => {
+        // A podman run that died without a code counts as killed (137), whatever the signal.
         if (message.type === 'exit') {
-          exitCode = typeof message.code === 'number' ? message.code : 128 + 9;
+          exitCode = exitCodeOf({ code: message.code }, 128 + 9);
         } else if (message.type === 'error') error = String(message.message);
       });
       channel.on('close', () => {
@@ -604,7 +606,7 @@ export class Supervisor {
     }
     if (main.closed || this.finished || this.stopRequested) return;
     this.setState('running', (r) => { r.startedAt = new Date().toISOString(); });
-    for (const watcher of this.watchers) watcher.send({ type: 'running', name: this.record.config.name, id: this.record.id });
+    for (const watcher of this.watchers) sendEvent(watcher, { type: 'running', name: this.record.config.name, id: this.record.id });
   }
 
   /**
@@ -626,8 +628,8 @@ export class Supervisor {
     await releaseVmResources(this.record, this.files.dir);
     if (this.record.config.autoRemove) this.store.remove(this.record);
     for (const watcher of this.watchers) {
-      if (result.error !== undefined) watcher.send({ type: 'error', message: result.error });
-      else watcher.send({ type: 'exit', code: result.exitCode ?? null });
+      if (result.error !== undefined) sendEvent(watcher, { type: 'error', message: result.error });
+      else sendEvent(watcher, { type: 'exit', code: result.exitCode ?? null });
       watcher.close();
     }
     // Let the final frames reach the CLI before the process goes.
@@ -647,62 +649,42 @@ export class Supervisor {
   // ---- control socket -------------------------------------------------------------------
 
   private async listen(): Promise<void> {
-    fs.rmSync(this.files.controlSocket, { force: true });
-    this.server = net.createServer((socket) => {
-      socket.on('error', () => undefined);
-      const mux = new Mux(socket, { side: 'guest', startInSync: false });
-      mux.on('open', (channel: Channel) => this.onControlRequest(channel));
-    });
-    await new Promise<void>((resolve, reject) => {
-      this.server!.once('error', reject);
-      this.server!.listen(this.files.controlSocket, resolve);
-    });
-  }
-
-  private onControlRequest(channel: Channel): void {
-    const req = channel.request;
-    switch (req.kind) {
-      case 'attach':
-        this.onAttach(channel, req.stdio === true);
-        return;
-      case 'exec':
-        this.onExec(channel, req);
-        return;
-      case 'snapshot':
+    this.server = await ControlServer.listen(this.files.controlSocket, {
+      attach: (channel, request) => this.onAttach(channel, request.stdio),
+      exec: (channel, request) => this.onExec(channel, request),
+      snapshot: (channel, request) => {
         channel.setDataHandler(() => undefined);
-        void this.onSnapshot(channel, String(req.dir ?? ''));
-        return;
-      case 'stop':
+        void this.onSnapshot(channel, request.dir);
+      },
+      stop: (channel) => {
         channel.setDataHandler(() => undefined);
         void this.stop();
-        channel.send({ type: 'result' });
+        sendEvent(channel, { type: 'result' });
         channel.close();
-        return;
-      default:
-        channel.send({ type: 'error', message: `unknown request ${String(req.kind)}` });
-        channel.close();
-    }
+      },
+    });
   }
 
   private onAttach(channel: Channel, stdio: boolean): void {
     this.watchers.add(channel);
-    for (const message of this.progressLog) channel.send({ type: 'progress', message });
+    for (const message of this.progressLog) sendEvent(channel, { type: 'progress', message });
     if (stdio) this.attached.add(channel);
     channel.on('close', () => {
       this.watchers.delete(channel);
       this.attached.delete(channel);
       channel.close();
     });
-    channel.on('message', (message: Record<string, unknown>) => {
-      if (message.type === 'resize') {
+    channel.on('message', (value: Record<string, unknown>) => {
+      const message = parseClientMessage(value);
+      if (message?.type === 'resize') {
         // The attached terminal's window: the latest size wins, also for a container not yet started.
-        const size = terminalSizeOf(message);
-        if (!size || !this.record.config.tty) return;
+        if (!this.record.config.tty) return;
+        const size = { cols: message.cols, rows: message.rows };
         this.terminalSize = size;
         this.mainChannel?.send({ type: 'resize', ...size });
         return;
       }
-      if (message.type !== 'signal') return;
+      if (message?.type !== 'signal') return;
       // Like podman's sig-proxy once the container runs; before that, a signal aborts the start.
       if (this.mainChannel) this.mainChannel.send(message);
       else void this.stop();
@@ -716,30 +698,21 @@ export class Supervisor {
         if (stream === STDIN) void this.mainStarted.then((main) => main.end(STDIN));
       });
     } else channel.setDataHandler(() => undefined);
-    if (this.record.state === 'running') channel.send({ type: 'running', name: this.record.config.name, id: this.record.id });
+    if (this.record.state === 'running') sendEvent(channel, { type: 'running', name: this.record.config.name, id: this.record.id });
     this.attachArrived();
   }
 
-  private onExec(channel: Channel, req: Record<string, unknown>): void {
+  private onExec(channel: Channel, req: ExecControlRequest): void {
     if (!this.agent || this.agent.destroyed || this.record.state !== 'running') {
-      channel.send({ type: 'error', message: `VM ${this.record.config.name} is not running` });
-      channel.close();
+      refuse(channel, `VM ${this.record.config.name} is not running`);
       return;
     }
-    const command = Array.isArray(req.argv) ? req.argv.map(String) : [];
-    const env = (req.env ?? {}) as Record<string, string>;
-    const interactive = req.interactive === true;
-    const tty = req.tty === undefined ? undefined : terminalSizeOf(req.tty);
-    if (req.tty !== undefined && !tty) {
-      channel.send({ type: 'error', message: 'invalid terminal size' });
-      channel.close();
-      return;
-    }
-    const argv = req.vm === true ? command : podmanExecArgv(command, { env, interactive, tty: tty !== undefined });
-    const agentRequest: Record<string, unknown> = { kind: 'exec', argv, stdin: interactive };
+    const { argv: command, env, interactive, tty } = req;
+    const argv = req.vm ? command : podmanExecArgv(command, { env, interactive, tty: tty !== undefined });
+    const agentRequest: ExecRequest = { kind: 'exec', argv, stdin: interactive };
     if (tty) agentRequest.tty = tty;
-    if (req.vm === true) agentRequest.env = env;
-    relayChannels(channel, this.agent.open(agentRequest));
+    if (req.vm) agentRequest.env = env;
+    relayChannels(channel, this.agent.open({ ...agentRequest }));
   }
 
   // ---- snapshots ------------------------------------------------------------------------
@@ -752,11 +725,8 @@ export class Supervisor {
    * and re-HELLO with resume: true so the agent sends what it held and the session goes on.
    */
   private async onSnapshot(channel: Channel, dir: string): Promise<void> {
-    const say = (message: string): void => channel.send({ type: 'progress', message });
-    const fail = (message: string): void => {
-      channel.send({ type: 'error', message });
-      channel.close();
-    };
+    const say = (message: string): void => sendEvent(channel, { type: 'progress', message });
+    const fail = (message: string): void => refuse(channel, message);
     const vm = this.vm;
     const agent = this.agent;
     const gate = this.gate;
@@ -786,9 +756,9 @@ export class Supervisor {
     }
     try {
       const timings = await this.takeSnapshot(dir, say);
-      channel.send({
+      sendEvent(channel, {
         type: 'result',
-        vmSpec: this.spec,
+        vmSpec: this.spec!,
         config: this.record.config,
         loadedImage: this.record.loadedImage ?? null,
         timings,
@@ -816,9 +786,10 @@ export class Supervisor {
         pausedAt = Date.now();
         await vm.pause();
         say('saving device state and guest memory');
-        await vm.snapshot({ stateFile: path.join(dir, 'state.bin'), memoryFile: path.join(dir, 'memory.raw') }, 'full');
+        const target = snapshotFiles(dir);
+        await vm.snapshot({ stateFile: target.state, memoryFile: target.memory }, 'full');
         say('copying the scratch disk');
-        await execFileAsync('cp', ['--reflink=auto', '--sparse=always', this.files.scratchDisk, path.join(dir, 'scratch.img')]);
+        await execFileAsync('cp', ['--reflink=auto', '--sparse=always', this.files.scratchDisk, target.scratch]);
       } finally {
         await vm.resume().catch(() => undefined);
         resumedAt = Date.now();

@@ -16,7 +16,7 @@ import { createSnapshot } from '../../snapshot/create';
 import { StateStore } from '../../state/store';
 import type { VmRecord } from '../../state/vm-record';
 import { ShoalError } from '../../util/errors';
-import { killVm } from '../vm-lifecycle';
+import { killVm } from '../../lifecycle/stop';
 import { progressLine } from '../output';
 
 export interface ForkFlags {

@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import { StateStore } from '../../state/store';
 import { readContainerLog } from '../../supervisor/container-log';
-import { vmFiles } from '../../supervisor/vm-files';
+import { vmFiles } from '../../state/vm-files';
 import { STDERR } from '../../protocol/mux';
 
 export function logsCommand(nameOrId: string, flags: { console?: boolean }): number {

@@ -8,7 +8,7 @@ import { findSnapshot, listSnapshots, removeSnapshot, tagProblem } from '../../s
 import { findServer } from './snapshot-serve';
 import { StateStore } from '../../state/store';
 import { ShoalError } from '../../util/errors';
-import { killVm } from '../vm-lifecycle';
+import { killVm } from '../../lifecycle/stop';
 import { formatDuration, progressLine, table } from '../output';
 import { execCommand } from './exec';
 import { assertPortsFree, parsePublish } from '../../network/publish';

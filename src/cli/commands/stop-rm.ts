@@ -3,7 +3,7 @@
  */
 import { StateStore } from '../../state/store';
 import { ShoalError } from '../../util/errors';
-import { isRunning, killVm, stopVm } from '../vm-lifecycle';
+import { isRunning, killVm, stopVm } from '../../lifecycle/stop';
 
 export async function stopCommand(names: string[]): Promise<number> {
   const store = new StateStore();
