@@ -12,6 +12,7 @@ import { statusOf } from '../state/store';
 import type { StateStore } from '../state/store';
 import type { VmRecord } from '../state/vm-record';
 import { ShoalError } from '../util/errors';
+import { vmmTraits } from '../vmm/traits';
 import { buildManifest, makeTempDir, MANIFEST, publish, snapshotsDir, type SnapshotManifest } from './store';
 
 export interface CreateOptions {
@@ -28,7 +29,7 @@ export interface CreatedSnapshot {
 export async function createSnapshot(store: StateStore, record: VmRecord, tag: string, options: CreateOptions = {}): Promise<CreatedSnapshot> {
   if (statusOf(record) !== 'running') throw new ShoalError(`VM ${record.config.name} is not running (${statusOf(record)})`);
   // A jailed Firecracker writes its snapshot inside its chroot, which shoal does not collect yet.
-  if (record.backend === 'firecracker' && record.config.jailer) throw new ShoalError('snapshots of Firecracker VMs under --jailer are not supported yet');
+  if (record.config.jailer && !vmmTraits(record.backend).jailedSnapshots) throw new ShoalError('snapshots of Firecracker VMs under --jailer are not supported yet');
   if (!options.hidden && fs.existsSync(path.join(snapshotsDir(store), tag))) throw new ShoalError(`snapshot ${tag} already exists`);
   const started = Date.now();
   const temp = makeTempDir(store, tag, options.hidden ? 'fork' : 'tmp');

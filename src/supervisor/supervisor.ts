@@ -39,7 +39,8 @@ import { proxyEnvironment } from '../network/proxy-env';
 import { attachTap, claimAddress, createTap, ensureBridge, GATEWAY, hostNameserver, PREFIX_LENGTH } from '../network/bridge';
 import { startPortProxies, type PortProxy } from '../network/port-proxy';
 import { cachedImageSnapshot, evictImageCache, imageCacheKey, imageDigest, newImageCacheTempDir, publishImageCache, touchImageCache } from '../snapshot/image-cache';
-import { guestCmdline, type StaticAddress } from './guest-cmdline';
+import { vmKernelCmdline, type StaticAddress } from './guest-cmdline';
+import { vmmTraits } from '../vmm/traits';
 import { createScratchDisk } from './scratch-disk';
 import { releaseVmResources } from '../lifecycle/release';
 import { memoryFilePath, removeOrphanMemoryFiles, restoreInfoPath, vmFiles, type RestoreInfo } from '../state/vm-files';
@@ -314,7 +315,7 @@ export class Supervisor {
     const { config } = this.record;
     // A bridged VM's address is on its kernel command line, which is part of the cache key: no
     // later run (with an address of its own) would ever hit its entry.
-    return config.imageCache !== false && this.record.backend === 'qemu' && config.network !== 'bridged' && snapshotSafe(this.record.accel, config.cpus);
+    return config.imageCache !== false && vmmTraits(this.record.backend).imageCache && config.network !== 'bridged' && snapshotSafe(this.record.accel, config.cpus);
   }
 
   /** Computed once: it hashes the whole image archive, and a startup-snapshot run needs it twice. */
@@ -449,9 +450,9 @@ export class Supervisor {
     return {
       id: this.record.id,
       runDir: this.files.dir,
-      kernel: this.record.backend === 'firecracker' ? assets.vmlinux : assets.vmlinuz,
+      kernel: assets[vmmTraits(this.record.backend).kernelImage],
       initrd: assets.initrd,
-      cmdline: guestCmdline(assets.cmdline, this.record.backend, config.name, this.attachment(), this.staticAddress()),
+      cmdline: vmKernelCmdline(assets.cmdline, vmmTraits(this.record.backend), config.name, this.attachment(), this.staticAddress()),
       cpus: config.cpus,
       memoryMiB: config.memoryMiB,
       drives: [

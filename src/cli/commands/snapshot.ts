@@ -9,6 +9,8 @@ import { findServer } from './snapshot-serve';
 import { StateStore } from '../../state/store';
 import { ShoalError } from '../../util/errors';
 import { killVm } from '../../lifecycle/stop';
+import type { VmmKind } from '../../vmm/backend';
+import { vmmTraits } from '../../vmm/traits';
 import { formatDuration, progressLine, table } from '../output';
 import { execCommand } from './exec';
 import { assertPortsFree, parsePublish } from '../../network/publish';
@@ -108,11 +110,11 @@ export async function snapshotRunCommand(command: string[], flags: SnapshotRunFl
 }
 
 /** `--pid`: the socket of the `snapshot serve` process serving this snapshot to Firecracker clones. */
-function serverSocket(store: StateStore, pidText: string, tag: string, backend: string): string {
+function serverSocket(store: StateStore, pidText: string, tag: string, backend: VmmKind): string {
   if (!/^\d+$/.test(pidText)) throw new ShoalError(`invalid --pid "${pidText}": expected a process id`);
   const server = findServer(store, Number(pidText));
   if (server.tag !== tag) throw new ShoalError(`pid ${pidText} serves snapshot ${server.tag}, not ${tag}`);
-  if (backend !== 'firecracker') {
+  if (!vmmTraits(backend).uffdRestore) {
     throw new ShoalError(`--pid restores memory through Firecracker's Uffd backend; snapshot ${tag} is a ${backend} snapshot, whose clones map its memory file directly`);
   }
   return server.socket;
