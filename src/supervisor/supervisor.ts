@@ -15,7 +15,6 @@ import { loadedImageFrom, parseImage } from '../container/image-ref';
 import { podmanExecArgv, podmanLoadArgv, podmanPullArgv, podmanRunArgv, podmanWaitRunningArgv } from '../container/podman-argv';
 import { execCollect, request } from '../host/exec-client';
 import { openAgentSession } from '../host/agent-session';
-import { encodeSync, FrameType } from '../protocol/frames';
 import { GatedStream } from '../protocol/gate';
 import { STDERR, STDIN, STDOUT, Mux, type Channel } from '../protocol/mux';
 import { buildManifest, readSnapshotDir, snapshotFiles } from '../snapshot/store';
@@ -24,7 +23,7 @@ import type { VmRecord, RecordedState } from '../state/vm-record';
 import type { StateStore } from '../state/store';
 import { ShoalError } from '../util/errors';
 import { processStartTime, sleep } from '../util/process';
-import type { NetSpec, RestoreSpec, VmHandle, VmmBackend, VmSpec } from '../vmm/backend';
+import type { RestoreSpec, VmHandle, VmSpec } from '../vmm/backend';
 import { backendFor } from '../vmm/select';
 import { ContainerLogWriter } from './container-log';
 import { relayChannels } from './relay';
@@ -33,21 +32,17 @@ import { serveDirectoryMaps, type ServedMap } from './directory-maps';
 import { exitCodeOf, type ExecRequest, type GuestNetworkIdentity, type TerminalSize } from '../protocol/messages';
 import { ControlServer, refuse, sendEvent } from '../control/server';
 import { parseClientMessage, type ExecControlRequest } from '../control/messages';
-import { attachmentFor, macFor, netSpecFor, SLIRP_HOST_ADDRESS, type NetAttachment } from '../network/mode';
-import { NAMESPACE_GATEWAY, NAMESPACE_GUEST_ADDRESS, NAMESPACE_NAMESERVER, NAMESPACE_PREFIX_LENGTH, startNamespaceNetwork, type NamespaceNetwork } from '../network/namespace-network';
-import { proxyEnvironment } from '../network/proxy-env';
-import { attachTap, claimAddress, createTap, ensureBridge, GATEWAY, hostNameserver, PREFIX_LENGTH } from '../network/bridge';
-import { startPortProxies, type PortProxy } from '../network/port-proxy';
 import { cachedImageSnapshot, evictImageCache, imageCacheKey, imageDigest, newImageCacheTempDir, publishImageCache, touchImageCache } from '../snapshot/image-cache';
-import { vmKernelCmdline, type StaticAddress } from './guest-cmdline';
+import { vmKernelCmdline } from './guest-cmdline';
+import { VmNetwork } from './vm-network';
+import { snapshotSafe, Snapshotter } from './snapshotter';
+import { VmRecordHandle } from './vm-record-handle';
 import { vmmTraits } from '../vmm/traits';
 import { createScratchDisk } from './scratch-disk';
 import { releaseVmResources } from '../lifecycle/release';
 import { memoryFilePath, removeOrphanMemoryFiles, restoreInfoPath, vmFiles, type RestoreInfo } from '../state/vm-files';
 
 const execFileAsync = promisify(execFile);
-/** How long the guest has to answer the quiesce request and the re-HELLO around a snapshot. */
-const QUIESCE_TIMEOUT_MS = 30_000;
 
 /** Boot plus agent start under TCG on a loaded 2-core host stays well inside this. */
 const AGENT_TIMEOUT_MS = 120_000;
@@ -58,7 +53,9 @@ const SHUTDOWN_TIMEOUT_MS = 10_000;
 const HEALTH_TIMEOUT_MS = 120_000;
 
 export class Supervisor {
-  private record: VmRecord;
+  private readonly records: VmRecordHandle;
+  private readonly network: VmNetwork;
+  private readonly snapshotter: Snapshotter;
   private readonly files: ReturnType<typeof vmFiles>;
   private vm: VmHandle | undefined;
   private agent: Mux | undefined;
@@ -71,10 +68,6 @@ export class Supervisor {
   private readonly firstAttach = new Promise<void>((resolve) => { this.attachArrived = resolve; });
   private mainChannel: Channel | undefined;
   private imageCacheKeyOnce: Promise<string> | undefined;
-  /** Published ports of a bridged VM, proxied by this process. */
-  private portProxy: PortProxy | undefined;
-  /** The namespace, TAP and slirp4netns of a `--network slirp4netns` VM. */
-  private namespaceNetwork: NamespaceNetwork | undefined;
   /** The --map directories this process serves to the guest over FUSE. */
   private directoryMaps: ServedMap[] = [];
   /** The attached terminal's latest window size (-t), which the container's terminal follows. */
@@ -91,13 +84,25 @@ export class Supervisor {
   private spec: VmSpec | undefined;
   /** Set when this VM was restored from a snapshot rather than booted. */
   private restoredFrom: RestoreInfo | undefined;
-  private snapshotting = false;
 
   constructor(private readonly store: StateStore, id: string) {
-    const record = store.read(id);
-    if (!record) throw new Error(`no record for VM ${id}`);
-    this.record = record;
+    this.records = new VmRecordHandle(store, id);
     this.files = vmFiles(store.vmDir(id));
+    this.network = new VmNetwork(this.records, this.files.dir, (message) => this.progress(message));
+    this.snapshotter = new Snapshotter(this.records, this.files.scratchDisk, {
+      parts: () => {
+        const { vm, agent, gate } = this;
+        return vm && agent && gate ? { vm, agent, gate } : undefined;
+      },
+      running: () => this.agent?.destroyed === false && this.record.state === 'running' && !this.finished && !this.stopRequested,
+      spec: () => this.spec,
+      restored: () => this.restoredFrom !== undefined,
+      linkLost: (error) => void this.finish('failed', { error }),
+    });
+  }
+
+  private get record(): VmRecord {
+    return this.records.current;
   }
 
   async main(): Promise<void> {
@@ -123,7 +128,7 @@ export class Supervisor {
         if (startup && cachedStartup) {
           // The app as it was once its health check passed: restored, already running.
           touchImageCache(cachedStartup.dir);
-          this.record = this.store.update(this.record.id, (r) => {
+          this.records.update((r) => {
             r.imageCache = { key: startup, hit: true, startup: true };
             if (cachedStartup.manifest.loadedImage) r.loadedImage = cachedStartup.manifest.loadedImage;
           });
@@ -166,10 +171,7 @@ export class Supervisor {
   }
 
   private setState(state: RecordedState, change?: (record: VmRecord) => void): void {
-    this.record = this.store.update(this.record.id, (r) => {
-      r.state = state;
-      change?.(r);
-    });
+    this.records.setState(state, change);
   }
 
   private progress(message: string): void {
@@ -182,56 +184,13 @@ export class Supervisor {
     const backend = backendFor(this.record.backend, this.record.accel, this.record.config.jailer);
     this.progress(`booting a ${this.record.backend} microVM (${this.record.accel})`);
     await createScratchDisk(this.files.scratchDisk);
-    await this.prepareNetwork();
+    await this.network.prepare();
     const spec = this.vmSpec(assets);
     this.spec = spec;
-    await this.createTapIfNeeded(backend, spec.net);
+    await this.network.createTapIfNeeded(backend, spec.net);
     this.vm = await backend.boot(spec);
-    await this.attachTapToBridge(backend, spec.net);
+    await this.network.attachTapToBridge(backend, spec.net);
     await this.connectVm(this.vm);
-  }
-
-  private attachment(): NetAttachment {
-    return attachmentFor(this.record.config.network ?? 'none', this.record.backend);
-  }
-
-  /**
-   * The host side of this VM's network, before its VMM starts. Bridged: the shared bridge and
-   * NAT (idempotent), an address of its own, and its published ports' proxies. Namespace: a
-   * user+network namespace with its TAP and slirp4netns, which forwards the published ports.
-   */
-  private async prepareNetwork(): Promise<void> {
-    const forwards = this.record.config.publish ?? [];
-    const attachment = this.attachment();
-    if (attachment === 'namespace') {
-      this.progress('creating the network namespace (slirp4netns)');
-      this.namespaceNetwork = await startNamespaceNetwork({ runDir: this.files.dir, forwards });
-    } else if (attachment === 'bridge') {
-      await ensureBridge();
-      const address = claimAddress(this.record.id);
-      this.record = this.store.update(this.record.id, (r) => { r.bridgedAddress = address; });
-      if (forwards.length > 0) this.portProxy = await startPortProxies(forwards, address);
-    }
-  }
-
-  /** A bridged VM's TAP, for a VMM that does not create its own (Firecracker), on the bridge before it starts. */
-  private async createTapIfNeeded(backend: VmmBackend, net: NetSpec | undefined): Promise<void> {
-    if (this.attachment() !== 'bridge' || backend.createsTap || !net?.tap) return;
-    const jailer = this.record.config.jailer;
-    await createTap(net.tap, jailer ? { uid: jailer.uid, gid: jailer.gid } : undefined);
-    await attachTap(net.tap);
-  }
-
-  /** A TAP the VMM made itself (QEMU) joins the bridge once it exists. */
-  private async attachTapToBridge(backend: VmmBackend, net: NetSpec | undefined): Promise<void> {
-    if (this.attachment() === 'bridge' && backend.createsTap && net?.tap) await attachTap(net.tap);
-  }
-
-  /** A bridged clone's own identity on the bridge, which its agent applies before answering. */
-  private bridgedIdentity(): GuestNetworkIdentity | undefined {
-    const address = this.record.bridgedAddress;
-    if (this.attachment() !== 'bridge' || !address) return undefined;
-    return { mac: macFor(this.record.id), address: `${address}/${PREFIX_LENGTH}`, gateway: GATEWAY };
   }
 
   /**
@@ -262,14 +221,14 @@ export class Supervisor {
     // way: its own forwards (QEMU slirp), its own namespace (the same TAP name and address in
     // it), or its own TAP, MAC and address on the bridge (applied by the agent on HELLO).
     if (manifest.vmSpec.net) {
-      await this.prepareNetwork();
-      spec.net = this.cloneNetSpec(manifest.vmSpec.net);
+      await this.network.prepare();
+      spec.net = this.network.cloneNetSpec(manifest.vmSpec.net);
       this.spec.net = spec.net;
     }
-    await this.createTapIfNeeded(backend, spec.net);
+    await this.network.createTapIfNeeded(backend, spec.net);
     this.vm = await backend.restore(spec);
-    await this.attachTapToBridge(backend, spec.net);
-    await this.connectVm(this.vm, this.bridgedIdentity());
+    await this.network.attachTapToBridge(backend, spec.net);
+    await this.connectVm(this.vm, this.network.bridgedIdentity());
     // The guest still carries its source's hostname.
     await execCollect(this.agent!, { argv: ['sh', '-c', 'echo "$1" > /proc/sys/kernel/hostname', 'sh', this.record.config.name] }).catch(() => undefined);
     if (options.announce === false) return;
@@ -291,7 +250,7 @@ export class Supervisor {
     const cached = options.allowHit ? cachedImageSnapshot(this.store, key) : undefined;
     if (cached?.manifest.loadedImage) {
       touchImageCache(cached.dir);
-      this.record = this.store.update(this.record.id, (r) => {
+      this.records.update((r) => {
         r.imageCache = { key, hit: true };
         r.loadedImage = cached.manifest.loadedImage;
       });
@@ -303,7 +262,7 @@ export class Supervisor {
       await this.restore(info, { announce: false });
       return cached.manifest.loadedImage;
     }
-    this.record = this.store.update(this.record.id, (r) => { r.imageCache = { key, hit: false }; });
+    this.records.update((r) => { r.imageCache = { key, hit: false }; });
     await this.boot();
     const image = await this.prepareImage();
     await this.saveImageCache(key).catch((err: Error) => this.progress(`the image cache was not saved: ${err.message}`));
@@ -352,7 +311,7 @@ export class Supervisor {
       await waitHealthy(this.agent!, url, HEALTH_TIMEOUT_MS, ended);
       this.progress('health check passed: saving the startup snapshot');
       await this.saveImageCache(key, 'startup');
-      this.record = this.store.update(this.record.id, (r) => { r.startupSnapshot = key; });
+      this.records.update((r) => { r.startupSnapshot = key; });
       this.progress('startup snapshot saved: later runs start from here');
     } catch (err) {
       if (!ended()) this.progress(`no startup snapshot: ${(err as Error).message}`);
@@ -363,7 +322,7 @@ export class Supervisor {
     const temp = newImageCacheTempDir(this.store, key);
     try {
       if (kind === 'image') this.progress('saving the loaded image to the image cache');
-      const timings = await this.takeSnapshot(temp, () => undefined);
+      const timings = await this.snapshotter.take(temp, () => undefined);
       const manifest = buildManifest(
         temp,
         {
@@ -446,13 +405,13 @@ export class Supervisor {
 
   private vmSpec(assets: GuestAssets): VmSpec {
     const { config } = this.record;
-    const net = this.netSpec();
+    const net = this.network.netSpec();
     return {
       id: this.record.id,
       runDir: this.files.dir,
       kernel: assets[vmmTraits(this.record.backend).kernelImage],
       initrd: assets.initrd,
-      cmdline: vmKernelCmdline(assets.cmdline, vmmTraits(this.record.backend), config.name, this.attachment(), this.staticAddress()),
+      cmdline: vmKernelCmdline(assets.cmdline, vmmTraits(this.record.backend), config.name, this.network.attachment, this.network.staticAddress()),
       cpus: config.cpus,
       memoryMiB: config.memoryMiB,
       drives: [
@@ -464,35 +423,6 @@ export class Supervisor {
       memoryFile: memoryFilePath(this.record.id),
       ...(net ? { net } : {}),
     };
-  }
-
-  /** The addresses guest-init gives eth0, in the modes where they are not slirp's DHCP-free defaults. */
-  private staticAddress(): StaticAddress | undefined {
-    const attachment = this.attachment();
-    if (attachment === 'namespace') {
-      return { address: NAMESPACE_GUEST_ADDRESS, prefixLength: NAMESPACE_PREFIX_LENGTH, gateway: NAMESPACE_GATEWAY, nameserver: NAMESPACE_NAMESERVER };
-    }
-    if (attachment === 'bridge' && this.record.bridgedAddress) {
-      return { address: this.record.bridgedAddress, prefixLength: PREFIX_LENGTH, gateway: GATEWAY, nameserver: hostNameserver() };
-    }
-    return undefined;
-  }
-
-  /** This VM's network device, in the namespace prepareNetwork made when it has one. */
-  private netSpec(): NetSpec | undefined {
-    const net = netSpecFor(this.attachment(), this.record.id, this.record.config.publish ?? []);
-    if (net && this.namespaceNetwork) net.namespacePid = this.namespaceNetwork.holderPid;
-    return net;
-  }
-
-  /** A restored VM's network device: the snapshot's, attached this VM's own way. */
-  private cloneNetSpec(source: NetSpec): NetSpec {
-    const net = this.netSpec();
-    if (!net) throw new ShoalError('this VM has no network but its snapshot has a network device');
-    // The device state in the snapshot carries the source's MAC; a bridged clone changes it in
-    // the guest (bridgedIdentity), the other modes keep it (each is alone on its own network).
-    if (this.attachment() !== 'bridge') net.mac = source.mac;
-    return net;
   }
 
   /** Brings the image into the guest's podman and returns the reference to run. */
@@ -510,20 +440,14 @@ export class Supervisor {
       image = loaded;
     } else {
       this.progress(`pulling ${source.reference} in the VM`);
-      const result = await execCollect(agent, { argv: podmanPullArgv(source.reference), env: this.proxyEnv() });
+      const result = await execCollect(agent, { argv: podmanPullArgv(source.reference), env: this.network.proxyEnv() });
       if (result.code !== 0) {
         throw new ShoalError(`pulling ${source.reference} failed: ${lastLine(result.stderr) || `podman pull exited ${result.code}`}`);
       }
       image = source.reference;
     }
-    this.record = this.store.update(this.record.id, (r) => { r.loadedImage = image; });
+    this.records.update((r) => { r.loadedImage = image; });
     return image;
-  }
-
-  /** The host's proxy settings as the guest must see them (this process inherited the CLI's environment). */
-  private proxyEnv(): Record<string, string> {
-    const attachment = this.attachment();
-    return proxyEnvironment(process.env, attachment === 'qemu-slirp' || attachment === 'namespace' ? SLIRP_HOST_ADDRESS : null);
   }
 
   private async mountDirectoryMaps(): Promise<void> {
@@ -548,7 +472,7 @@ export class Supervisor {
       }),
       stdin: config.interactive,
       // podman hands its proxy variables on to the container (--http-proxy, on by default).
-      env: this.proxyEnv(),
+      env: this.network.proxyEnv(),
       ...(config.tty ? { tty: this.terminalSize ?? config.tty } : {}),
       // Survives a session reset: a clone restored from a snapshot keeps running its container.
       persistent: true,
@@ -618,8 +542,7 @@ export class Supervisor {
     if (this.finished) return;
     this.finished = true;
     await this.powerOff();
-    this.portProxy?.close();
-    await this.namespaceNetwork?.close();
+    await this.network.close();
     this.setState(state, (r) => {
       r.finishedAt = new Date().toISOString();
       if (result.exitCode !== undefined) r.exitCode = result.exitCode;
@@ -655,7 +578,7 @@ export class Supervisor {
       exec: (channel, request) => this.onExec(channel, request),
       snapshot: (channel, request) => {
         channel.setDataHandler(() => undefined);
-        void this.onSnapshot(channel, request.dir);
+        void this.snapshotter.serve(channel, request.dir);
       },
       stop: (channel) => {
         channel.setDataHandler(() => undefined);
@@ -715,130 +638,9 @@ export class Supervisor {
     if (req.vm) agentRequest.env = env;
     relayChannels(channel, this.agent.open({ ...agentRequest }));
   }
-
-  // ---- snapshots ------------------------------------------------------------------------
-
-  /**
-   * Writes state.bin, memory.raw and scratch.img of this VM into dir (the CLI builds the
-   * snapshot directory around them). The agent link is quiesced first: the agent answers and
-   * then holds its writes, the host holds its own, so no frame is half-sent at the snapshot
-   * point. Then pause, migrate device state (RAM stays in its file), copy RAM and disk, resume,
-   * and re-HELLO with resume: true so the agent sends what it held and the session goes on.
-   */
-  private async onSnapshot(channel: Channel, dir: string): Promise<void> {
-    const say = (message: string): void => sendEvent(channel, { type: 'progress', message });
-    const fail = (message: string): void => refuse(channel, message);
-    const vm = this.vm;
-    const agent = this.agent;
-    const gate = this.gate;
-    if (!vm || !agent || agent.destroyed || !gate || this.record.state !== 'running' || this.finished || this.stopRequested) {
-      fail(`VM ${this.record.config.name} is not running`);
-      return;
-    }
-    if ((this.record.config.maps ?? []).length > 0) {
-      fail(`VM ${this.record.config.name} has --map directories, whose FUSE state lives in its supervisor: it cannot be snapshotted`);
-      return;
-    }
-    if (!snapshotSafe(this.record.accel, this.record.config.cpus)) {
-      fail(`VM ${this.record.config.name} has ${this.record.config.cpus} vCPUs under TCG: pausing such a guest for a snapshot leaves it in soft lockups on resume here, so only 1-vCPU TCG VMs (or KVM VMs) can be snapshotted`);
-      return;
-    }
-    if (this.restoredFrom) {
-      fail(`VM ${this.record.config.name} was restored from a snapshot; its memory is a private mapping of that snapshot, so it cannot be snapshotted itself (snapshot the source instead)`);
-      return;
-    }
-    if (this.snapshotting) {
-      fail(`VM ${this.record.config.name} is already being snapshotted`);
-      return;
-    }
-    if (!dir || !fs.existsSync(dir)) {
-      fail(`snapshot directory ${dir} does not exist`);
-      return;
-    }
-    try {
-      const timings = await this.takeSnapshot(dir, say);
-      sendEvent(channel, {
-        type: 'result',
-        vmSpec: this.spec!,
-        config: this.record.config,
-        loadedImage: this.record.loadedImage ?? null,
-        timings,
-      });
-      channel.close();
-    } catch (err) {
-      fail(`snapshot of ${this.record.config.name} failed: ${(err as Error).message}`);
-    }
-  }
-
-  /** Quiesce, pause, state + memory + disk into dir, resume, resume the link. */
-  private async takeSnapshot(dir: string, say: (message: string) => void): Promise<{ pausedMs: number; totalMs: number }> {
-    const vm = this.vm!;
-    const agent = this.agent!;
-    const gate = this.gate!;
-    this.snapshotting = true;
-    const started = Date.now();
-    let pausedAt = 0;
-    let resumedAt = 0;
-    try {
-      say('quiescing the agent link');
-      await withTimeout(request(agent, { kind: 'quiesce' }), QUIESCE_TIMEOUT_MS, 'the guest agent did not quiesce');
-      gate.hold();
-      try {
-        pausedAt = Date.now();
-        await vm.pause();
-        say('saving device state and guest memory');
-        const target = snapshotFiles(dir);
-        await vm.snapshot({ stateFile: target.state, memoryFile: target.memory }, 'full');
-        say('copying the scratch disk');
-        await execFileAsync('cp', ['--reflink=auto', '--sparse=always', this.files.scratchDisk, target.scratch]);
-      } finally {
-        await vm.resume().catch(() => undefined);
-        resumedAt = Date.now();
-        await this.resumeLink(agent, gate);
-      }
-      return { pausedMs: resumedAt - pausedAt, totalMs: Date.now() - started };
-    } finally {
-      this.snapshotting = false;
-    }
-  }
-
-  /** After a snapshot: re-HELLO (resume: true) until the agent answers, then send what we held. */
-  private async resumeLink(agent: Mux, gate: GatedStream): Promise<void> {
-    const acked = new Promise<void>((resolve) => agent.once('helloAck', () => resolve()));
-    const deadline = Date.now() + QUIESCE_TIMEOUT_MS;
-    let done = false;
-    void acked.then(() => { done = true; });
-    while (!done) {
-      if (Date.now() > deadline || agent.destroyed) {
-        void this.finish('failed', { error: 'the guest agent did not answer after a snapshot' });
-        throw new ShoalError('the guest agent did not answer after the snapshot');
-      }
-      gate.bypass(encodeSync(FrameType.Hello, { session: 'resume', resume: true, timeMs: Date.now(), seed: crypto.randomBytes(32).toString('hex') }));
-      await Promise.race([acked, sleep(500)]);
-    }
-    gate.release(true);
-  }
-
-}
-
-/**
- * Under TCG, a guest with more than one vCPU that is paused and migrated for a snapshot hangs in
- * soft lockups after it resumes (seen on this project's machines), so snapshots, and with them the
- * image cache, are limited to 1-vCPU guests there. KVM guests are not affected.
- */
-function snapshotSafe(accel: string, cpus: number): boolean {
-  return accel === 'kvm' || cpus === 1;
 }
 
 function lastLine(buffer: Buffer): string {
   const lines = buffer.toString('utf8').trim().split('\n');
   return (lines[lines.length - 1] ?? '').replace(/^Error:\s*/, '');
-}
-
-function withTimeout<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    promise.finally(() => clearTimeout(timer)),
-    new Promise<T>((_, reject) => { timer = setTimeout(() => reject(new ShoalError(message)), ms); }),
-  ]);
 }
