@@ -6,7 +6,6 @@
  * the VM off and removes what the VM no longer needs (all of it with --rm).
  */
 import { execFile } from 'node:child_process';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { promisify } from 'node:util';
 import path from 'node:path';
@@ -17,7 +16,7 @@ import { execCollect, request } from '../host/exec-client';
 import { openAgentSession } from '../host/agent-session';
 import { GatedStream } from '../protocol/gate';
 import { STDERR, STDIN, STDOUT, Mux, type Channel } from '../protocol/mux';
-import { buildManifest, readSnapshotDir, snapshotFiles } from '../snapshot/store';
+import { readSnapshotDir, snapshotFiles } from '../snapshot/store';
 import { readJson } from '../state/atomic';
 import type { VmRecord, RecordedState } from '../state/vm-record';
 import type { StateStore } from '../state/store';
@@ -32,10 +31,11 @@ import { serveDirectoryMaps, type ServedMap } from './directory-maps';
 import { exitCodeOf, type ExecRequest, type GuestNetworkIdentity, type TerminalSize } from '../protocol/messages';
 import { ControlServer, refuse, sendEvent } from '../control/server';
 import { parseClientMessage, type ExecControlRequest } from '../control/messages';
-import { cachedImageSnapshot, evictImageCache, imageCacheKey, imageDigest, newImageCacheTempDir, publishImageCache, touchImageCache } from '../snapshot/image-cache';
+import { cachedImageSnapshot, touchImageCache } from '../snapshot/image-cache';
 import { vmKernelCmdline } from './guest-cmdline';
 import { VmNetwork } from './vm-network';
-import { snapshotSafe, Snapshotter } from './snapshotter';
+import { Snapshotter } from './snapshotter';
+import { ImageCachePolicy } from './image-cache-policy';
 import { VmRecordHandle } from './vm-record-handle';
 import { vmmTraits } from '../vmm/traits';
 import { createScratchDisk } from './scratch-disk';
@@ -56,6 +56,7 @@ export class Supervisor {
   private readonly records: VmRecordHandle;
   private readonly network: VmNetwork;
   private readonly snapshotter: Snapshotter;
+  private readonly imageCache: ImageCachePolicy;
   private readonly files: ReturnType<typeof vmFiles>;
   private vm: VmHandle | undefined;
   private agent: Mux | undefined;
@@ -67,7 +68,6 @@ export class Supervisor {
   private attachArrived: () => void = () => undefined;
   private readonly firstAttach = new Promise<void>((resolve) => { this.attachArrived = resolve; });
   private mainChannel: Channel | undefined;
-  private imageCacheKeyOnce: Promise<string> | undefined;
   /** The --map directories this process serves to the guest over FUSE. */
   private directoryMaps: ServedMap[] = [];
   /** The attached terminal's latest window size (-t), which the container's terminal follows. */
@@ -99,6 +99,11 @@ export class Supervisor {
       restored: () => this.restoredFrom !== undefined,
       linkLost: (error) => void this.finish('failed', { error }),
     });
+    this.imageCache = new ImageCachePolicy(store, this.records, this.snapshotter, {
+      bootSpec: () => this.vmSpec(loadAssets()),
+      spec: () => this.spec,
+      progress: (message) => this.progress(message),
+    });
   }
 
   private get record(): VmRecord {
@@ -123,7 +128,7 @@ export class Supervisor {
         await this.restore(restore);
         exitCode = await this.watchMainContainer();
       } else {
-        const startup = await this.startupSnapshotKey();
+        const startup = await this.imageCache.startupKey();
         const cachedStartup = startup ? cachedImageSnapshot(this.store, startup) : undefined;
         if (startup && cachedStartup) {
           // The app as it was once its health check passed: restored, already running.
@@ -242,11 +247,11 @@ export class Supervisor {
    * Returns the image reference to run.
    */
   private async bootOrRestoreFromImageCache(options: { allowHit: boolean } = { allowHit: true }): Promise<string> {
-    if (!this.imageCacheUsable()) {
+    if (!this.imageCache.usable()) {
       await this.boot();
       return this.prepareImage();
     }
-    const key = await this.imageCacheKey();
+    const key = await this.imageCache.key();
     const cached = options.allowHit ? cachedImageSnapshot(this.store, key) : undefined;
     if (cached?.manifest.loadedImage) {
       touchImageCache(cached.dir);
@@ -265,37 +270,8 @@ export class Supervisor {
     this.records.update((r) => { r.imageCache = { key, hit: false }; });
     await this.boot();
     const image = await this.prepareImage();
-    await this.saveImageCache(key).catch((err: Error) => this.progress(`the image cache was not saved: ${err.message}`));
+    await this.imageCache.save(key).catch((err: Error) => this.progress(`the image cache was not saved: ${err.message}`));
     return image;
-  }
-
-  /** Whether this VM may use (and be saved to) the image cache. */
-  private imageCacheUsable(): boolean {
-    const { config } = this.record;
-    // A bridged VM's address is on its kernel command line, which is part of the cache key: no
-    // later run (with an address of its own) would ever hit its entry.
-    return config.imageCache !== false && vmmTraits(this.record.backend).imageCache && config.network !== 'bridged' && snapshotSafe(this.record.accel, config.cpus);
-  }
-
-  /** Computed once: it hashes the whole image archive, and a startup-snapshot run needs it twice. */
-  private imageCacheKey(): Promise<string> {
-    this.imageCacheKeyOnce ??= (async () => {
-      const digest = await imageDigest(parseImage(this.record.config.image));
-      return imageCacheKey(digest, this.record.config, this.vmSpec(loadAssets()), this.record.backend, this.record.accel);
-    })();
-    return this.imageCacheKeyOnce;
-  }
-
-  /**
-   * The startup snapshot's cache key (the image cache's key and the health-check URL), or
-   * undefined when this run takes none: no --health-check, no image cache, or --map (whose FUSE
-   * state cannot be snapshotted).
-   */
-  private async startupSnapshotKey(): Promise<string | undefined> {
-    const { config } = this.record;
-    if (!config.healthCheck || !this.imageCacheUsable() || (config.maps ?? []).length > 0) return undefined;
-    const base = await this.imageCacheKey();
-    return crypto.createHash('sha256').update(`startup\0${base}\0${config.healthCheck}`).digest('hex').slice(0, 32);
   }
 
   /** Once the container runs and its health check passes: snapshot the running app into the cache. */
@@ -310,39 +286,11 @@ export class Supervisor {
       this.progress(`waiting for the health check ${url}`);
       await waitHealthy(this.agent!, url, HEALTH_TIMEOUT_MS, ended);
       this.progress('health check passed: saving the startup snapshot');
-      await this.saveImageCache(key, 'startup');
+      await this.imageCache.save(key, 'startup');
       this.records.update((r) => { r.startupSnapshot = key; });
       this.progress('startup snapshot saved: later runs start from here');
     } catch (err) {
       if (!ended()) this.progress(`no startup snapshot: ${(err as Error).message}`);
-    }
-  }
-
-  private async saveImageCache(key: string, kind: 'image' | 'startup' = 'image'): Promise<void> {
-    const temp = newImageCacheTempDir(this.store, key);
-    try {
-      if (kind === 'image') this.progress('saving the loaded image to the image cache');
-      const timings = await this.snapshotter.take(temp, () => undefined);
-      const manifest = buildManifest(
-        temp,
-        {
-          tag: `${kind === 'image' ? 'image-cache' : 'startup'}:${key}`,
-          source: { id: this.record.id, name: this.record.config.name },
-          backend: this.record.backend,
-          accel: this.record.accel,
-          config: this.record.config,
-          vmSpec: this.spec!,
-          loadedImage: this.record.loadedImage,
-          timings,
-        },
-        { measure: false },
-      );
-      publishImageCache(this.store, temp, key, manifest);
-      const evicted = evictImageCache(this.store);
-      if (evicted.length > 0) this.progress(`image cache: evicted ${evicted.length} least recently used entr${evicted.length === 1 ? 'y' : 'ies'}`);
-    } catch (err) {
-      fs.rmSync(temp, { recursive: true, force: true });
-      throw err;
     }
   }
 
