@@ -15,7 +15,7 @@ import { podmanExecArgv, podmanLoadArgv, podmanPullArgv, podmanRunArgv, podmanWa
 import { execCollect, request } from '../host/exec-client';
 import { openAgentSession } from '../host/agent-session';
 import { GatedStream } from '../protocol/gate';
-import { STDERR, STDIN, STDOUT, Mux, type Channel } from '../protocol/mux';
+import type { Channel, Mux } from '../protocol/mux';
 import { readSnapshotDir, snapshotFiles } from '../snapshot/store';
 import { readJson } from '../state/atomic';
 import type { VmRecord, RecordedState } from '../state/vm-record';
@@ -24,16 +24,17 @@ import { ShoalError } from '../util/errors';
 import { processStartTime, sleep } from '../util/process';
 import type { RestoreSpec, VmHandle, VmSpec } from '../vmm/backend';
 import { backendFor } from '../vmm/select';
-import { ContainerLogWriter } from './container-log';
 import { relayChannels } from './relay';
 import { waitHealthy } from './health-check';
 import { serveDirectoryMaps, type ServedMap } from './directory-maps';
-import { exitCodeOf, type ExecRequest, type GuestNetworkIdentity, type TerminalSize } from '../protocol/messages';
+import type { ExecRequest, GuestNetworkIdentity } from '../protocol/messages';
 import { ControlServer, refuse, sendEvent } from '../control/server';
-import { parseClientMessage, type ExecControlRequest } from '../control/messages';
+import type { ExecControlRequest } from '../control/messages';
 import { cachedImageSnapshot, touchImageCache } from '../snapshot/image-cache';
 import { vmKernelCmdline } from './guest-cmdline';
 import { VmNetwork } from './vm-network';
+import { Attachments } from './attachments';
+import { MainContainer } from './main-container';
 import { Snapshotter } from './snapshotter';
 import { ImageCachePolicy } from './image-cache-policy';
 import { VmRecordHandle } from './vm-record-handle';
@@ -61,22 +62,11 @@ export class Supervisor {
   private vm: VmHandle | undefined;
   private agent: Mux | undefined;
   private server: ControlServer | undefined;
-  /** CLI channels that asked for progress and the final result. */
-  private readonly watchers = new Set<Channel>();
-  /** Watchers that also want the main container's stdio. */
-  private readonly attached = new Set<Channel>();
-  private attachArrived: () => void = () => undefined;
-  private readonly firstAttach = new Promise<void>((resolve) => { this.attachArrived = resolve; });
-  private mainChannel: Channel | undefined;
+  private readonly attachments: Attachments;
+  private readonly container: MainContainer;
   /** The --map directories this process serves to the guest over FUSE. */
   private directoryMaps: ServedMap[] = [];
-  /** The attached terminal's latest window size (-t), which the container's terminal follows. */
-  private terminalSize: TerminalSize | undefined;
-  private announceMain: (channel: Channel) => void = () => undefined;
-  private readonly mainStarted = new Promise<Channel>((resolve) => { this.announceMain = resolve; });
   private stopRequested = false;
-  /** Progress so far, replayed to CLIs that attach late. */
-  private readonly progressLog: string[] = [];
   private finished = false;
   /** The write gate on the agent link (held while a snapshot is taken). */
   private gate: GatedStream | undefined;
@@ -88,6 +78,9 @@ export class Supervisor {
   constructor(private readonly store: StateStore, id: string) {
     this.records = new VmRecordHandle(store, id);
     this.files = vmFiles(store.vmDir(id));
+    this.attachments = new Attachments(this.records, () => void this.stop());
+    this.container = new MainContainer(this.files.containerLog, this.attachments);
+    this.attachments.main = this.container;
     this.network = new VmNetwork(this.records, this.files.dir, (message) => this.progress(message));
     this.snapshotter = new Snapshotter(this.records, this.files.scratchDisk, {
       parts: () => {
@@ -126,7 +119,7 @@ export class Supervisor {
       if (restore) {
         this.restoredFrom = restore;
         await this.restore(restore);
-        exitCode = await this.watchMainContainer();
+        exitCode = await this.container.followRestored(this.agent!);
       } else {
         const startup = await this.imageCache.startupKey();
         const cachedStartup = startup ? cachedImageSnapshot(this.store, startup) : undefined;
@@ -140,7 +133,7 @@ export class Supervisor {
           const info = { snapshotDir: cachedStartup.dir, tag: 'the startup snapshot' };
           this.restoredFrom = info;
           await this.restore(info);
-          exitCode = await this.watchMainContainer();
+          exitCode = await this.container.followRestored(this.agent!);
         } else {
           // A VM restored from the image cache cannot be snapshotted: one that must save a
           // startup snapshot boots (and still saves the image cache on the way).
@@ -148,7 +141,7 @@ export class Supervisor {
           // After the image cache's snapshot: a FUSE mount's state lives in this process, so no
           // snapshot may hold one.
           await this.mountDirectoryMaps();
-          if (!this.record.config.detach) await Promise.race([this.firstAttach, sleep(ATTACH_GRACE_MS)]);
+          if (!this.record.config.detach) await Promise.race([this.attachments.first, sleep(ATTACH_GRACE_MS)]);
           if (startup) void this.saveStartupSnapshotWhenHealthy(startup);
           exitCode = await this.runMainContainer(image);
         }
@@ -167,7 +160,7 @@ export class Supervisor {
     if (this.stopRequested) return;
     this.stopRequested = true;
     this.setState('stopping');
-    if (this.agent && this.mainChannel) {
+    if (this.agent && this.container.current) {
       await Promise.race([execCollect(this.agent, { argv: ['podman', 'stop', '--time', '5', 'main'] }).catch(() => undefined), sleep(15_000)]);
     }
     // If the container did not end, or never started, finish from here.
@@ -180,8 +173,7 @@ export class Supervisor {
   }
 
   private progress(message: string): void {
-    this.progressLog.push(message);
-    for (const watcher of this.watchers) sendEvent(watcher, { type: 'progress', message });
+    this.attachments.progress(message);
   }
 
   private async boot(): Promise<void> {
@@ -238,7 +230,7 @@ export class Supervisor {
     await execCollect(this.agent!, { argv: ['sh', '-c', 'echo "$1" > /proc/sys/kernel/hostname', 'sh', this.record.config.name] }).catch(() => undefined);
     if (options.announce === false) return;
     this.setState('running', (r) => { r.startedAt = new Date().toISOString(); });
-    for (const watcher of this.watchers) sendEvent(watcher, { type: 'running', name: this.record.config.name, id: this.record.id });
+    this.attachments.running();
   }
 
   /**
@@ -277,7 +269,7 @@ export class Supervisor {
   /** Once the container runs and its health check passes: snapshot the running app into the cache. */
   private async saveStartupSnapshotWhenHealthy(key: string): Promise<void> {
     const url = this.record.config.healthCheck!;
-    const ended = (): boolean => this.finished || this.stopRequested || this.mainChannel?.closed === true;
+    const ended = (): boolean => this.finished || this.stopRequested || this.container.current?.closed === true;
     try {
       while (this.record.state !== 'running') {
         if (ended()) return;
@@ -292,44 +284,6 @@ export class Supervisor {
     } catch (err) {
       if (!ended()) this.progress(`no startup snapshot: ${(err as Error).message}`);
     }
-  }
-
-  /**
-   * In a restored VM, the main container's `podman run` belongs to the snapshot's old session;
-   * the agent hands it over (attach-persistent): its output from now on reaches this VM's log and
-   * attached CLIs, and its exit is the VM's. A terminal (-t) main process cannot be handed over:
-   * then `podman wait` tells the exit code.
-   */
-  private async watchMainContainer(): Promise<number> {
-    const follower = this.agent!.open({ kind: 'attach-persistent' });
-    this.mainChannel = follower;
-    this.announceMain(follower);
-    try {
-      return await this.followMain(follower);
-    } catch (err) {
-      if (!/no persistent process/.test((err as Error).message)) throw err;
-      return this.waitForMainWithPodman();
-    }
-  }
-
-  private waitForMainWithPodman(): Promise<number> {
-    const channel = this.agent!.open({ kind: 'exec', argv: ['podman', 'wait', '--interval', '1s', 'main'], stdin: false });
-    this.mainChannel = channel;
-    return new Promise<number>((resolve, reject) => {
-      const out: Buffer[] = [];
-      let exitCode: number | undefined;
-      channel.setDataHandler((stream, data) => { if (stream === STDOUT) out.push(Buffer.from(data)); });
-      channel.on('message', (message: Record<string, unknown>) => {
-        if (message.type === 'exit') exitCode = exitCodeOf(message);
-      });
-      channel.on('close', () => {
-        channel.close();
-        this.mainChannel = undefined;
-        const code = Number.parseInt(Buffer.concat(out).toString().trim(), 10);
-        if (exitCode === 0 && Number.isInteger(code)) resolve(code);
-        else reject(new ShoalError('lost track of the container restored from the snapshot'));
-      });
-    });
   }
 
   private async connectVm(vm: VmHandle, network?: GuestNetworkIdentity): Promise<void> {
@@ -421,47 +375,13 @@ export class Supervisor {
       stdin: config.interactive,
       // podman hands its proxy variables on to the container (--http-proxy, on by default).
       env: this.network.proxyEnv(),
-      ...(config.tty ? { tty: this.terminalSize ?? config.tty } : {}),
+      ...(config.tty ? { tty: this.container.terminalSize ?? config.tty } : {}),
       // Survives a session reset: a clone restored from a snapshot keeps running its container.
       persistent: true,
     });
-    this.mainChannel = channel;
-    this.announceMain(channel);
+    this.container.adopt(channel);
     void this.markRunningWhenStarted(channel);
-    return this.followMain(channel);
-  }
-
-  /**
-   * The main container's output to its log and to attached CLIs, and its exit code. The channel
-   * is the `podman run` exec, or in a restored VM the agent's `attach-persistent` of it.
-   */
-  private followMain(channel: Channel): Promise<number> {
-    const log = new ContainerLogWriter(this.files.containerLog);
-    return new Promise<number>((resolve, reject) => {
-      let exitCode: number | undefined;
-      let error: string | undefined;
-      channel.setDataHandler(async (stream, data) => {
-        if (stream !== STDOUT && stream !== STDERR) return;
-        log.append(stream, data);
-        await Promise.all([...this.attached].map((client) => client.write(stream, data)));
-      });
-      channel.on('eof', (stream: number) => {
-        for (const client of this.attached) client.end(stream);
-      });
-      channel.on('message', (message: Record<string, unknown>) => {
-        // A podman run that died without a code counts as killed (137), whatever the signal.
-        if (message.type === 'exit') {
-          exitCode = exitCodeOf({ code: message.code }, 128 + 9);
-        } else if (message.type === 'error') error = String(message.message);
-      });
-      channel.on('close', () => {
-        channel.close();
-        log.close();
-        this.mainChannel = undefined;
-        if (exitCode !== undefined) resolve(exitCode);
-        else reject(new ShoalError(error ?? 'the container was lost'));
-      });
-    });
+    return this.container.follow(channel);
   }
 
   /**
@@ -479,7 +399,7 @@ export class Supervisor {
     }
     if (main.closed || this.finished || this.stopRequested) return;
     this.setState('running', (r) => { r.startedAt = new Date().toISOString(); });
-    for (const watcher of this.watchers) sendEvent(watcher, { type: 'running', name: this.record.config.name, id: this.record.id });
+    this.attachments.running();
   }
 
   /**
@@ -499,11 +419,7 @@ export class Supervisor {
     this.server?.close();
     await releaseVmResources(this.record, this.files.dir);
     if (this.record.config.autoRemove) this.store.remove(this.record);
-    for (const watcher of this.watchers) {
-      if (result.error !== undefined) sendEvent(watcher, { type: 'error', message: result.error });
-      else sendEvent(watcher, { type: 'exit', code: result.exitCode ?? null });
-      watcher.close();
-    }
+    this.attachments.end(result);
     // Let the final frames reach the CLI before the process goes.
     setTimeout(() => process.exit(0), 200).unref();
   }
@@ -522,7 +438,7 @@ export class Supervisor {
 
   private async listen(): Promise<void> {
     this.server = await ControlServer.listen(this.files.controlSocket, {
-      attach: (channel, request) => this.onAttach(channel, request.stdio),
+      attach: (channel, request) => this.attachments.attach(channel, request.stdio),
       exec: (channel, request) => this.onExec(channel, request),
       snapshot: (channel, request) => {
         channel.setDataHandler(() => undefined);
@@ -535,43 +451,6 @@ export class Supervisor {
         channel.close();
       },
     });
-  }
-
-  private onAttach(channel: Channel, stdio: boolean): void {
-    this.watchers.add(channel);
-    for (const message of this.progressLog) sendEvent(channel, { type: 'progress', message });
-    if (stdio) this.attached.add(channel);
-    channel.on('close', () => {
-      this.watchers.delete(channel);
-      this.attached.delete(channel);
-      channel.close();
-    });
-    channel.on('message', (value: Record<string, unknown>) => {
-      const message = parseClientMessage(value);
-      if (message?.type === 'resize') {
-        // The attached terminal's window: the latest size wins, also for a container not yet started.
-        if (!this.record.config.tty) return;
-        const size = { cols: message.cols, rows: message.rows };
-        this.terminalSize = size;
-        this.mainChannel?.send({ type: 'resize', ...size });
-        return;
-      }
-      if (message?.type !== 'signal') return;
-      // Like podman's sig-proxy once the container runs; before that, a signal aborts the start.
-      if (this.mainChannel) this.mainChannel.send(message);
-      else void this.stop();
-    });
-    if (stdio && this.record.config.interactive) {
-      // Input that arrives before the container starts waits for it (holding back the CLI's credit).
-      channel.setDataHandler(async (stream, data) => {
-        if (stream === STDIN) await (await this.mainStarted).write(STDIN, data);
-      });
-      channel.on('eof', (stream: number) => {
-        if (stream === STDIN) void this.mainStarted.then((main) => main.end(STDIN));
-      });
-    } else channel.setDataHandler(() => undefined);
-    if (this.record.state === 'running') sendEvent(channel, { type: 'running', name: this.record.config.name, id: this.record.id });
-    this.attachArrived();
   }
 
   private onExec(channel: Channel, req: ExecControlRequest): void {
