@@ -4,7 +4,7 @@
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import { parseImage } from '../container/image-ref';
+import { imageSourceOf } from '../container/image-ref';
 import { evictImageCache, imageCacheKey, imageDigest, newImageCacheTempDir, publishImageCache } from '../snapshot/image-cache';
 import { buildManifest } from '../snapshot/store';
 import type { StateStore } from '../state/store';
@@ -35,7 +35,7 @@ export class ImageCachePolicy {
   key(): Promise<string> {
     this.keyOnce ??= (async () => {
       const record = this.record.current;
-      const digest = await imageDigest(parseImage(record.config.image));
+      const digest = await imageDigest(imageSourceOf(record.config));
       return imageCacheKey(digest, record.config, this.inputs.bootSpec(), record.backend, record.accel);
     })();
     return this.keyOnce;

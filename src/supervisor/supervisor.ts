@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import { promisify } from 'node:util';
 import path from 'node:path';
 import { loadAssets, type GuestAssets } from '../assets/setup';
-import { loadedImageFrom, parseImage } from '../container/image-ref';
+import { imageSourceOf, loadedImageFrom } from '../container/image-ref';
 import { podmanExecArgv, podmanLoadArgv, podmanPullArgv, podmanRunArgv, podmanWaitRunningArgv } from '../container/podman-argv';
 import { execCollect, request } from '../host/exec-client';
 import { openAgentSession } from '../host/agent-session';
@@ -330,7 +330,7 @@ export class Supervisor {
   /** Brings the image into the guest's podman and returns the reference to run. */
   private async prepareImage(): Promise<string> {
     const agent = this.agent!;
-    const source = parseImage(this.record.config.image);
+    const source = imageSourceOf(this.record.config);
     let image: string;
     if (source.kind === 'archive') {
       this.progress(`copying ${path.basename(source.path)} (${(source.size / 1048576).toFixed(1)} MiB) into the VM`);

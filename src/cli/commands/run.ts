@@ -81,7 +81,7 @@ function validate(image: string, command: string[], flags: RunFlags): VmConfig {
   const name = flags.name ?? `vm-${Math.random().toString(16).slice(2, 8)}`;
   const problem = nameProblem(name);
   if (problem) throw new ShoalError(`invalid --name: ${problem}`);
-  parseImage(image); // fails early on a missing archive or a malformed reference
+  const source = parseImage(image); // fails early on a missing archive or a malformed reference
   let env: Record<string, string>;
   try {
     env = parseEnv(flags.env);
@@ -91,6 +91,7 @@ function validate(image: string, command: string[], flags: RunFlags): VmConfig {
   return {
     name,
     image,
+    source,
     command: command[0] === '--' ? command.slice(1) : command,
     env,
     cpus: parseCpus(flags.cpus),
