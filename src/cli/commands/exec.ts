@@ -2,6 +2,9 @@
  * `shoal exec NAME [--vm] [-i] -- CMD...`: runs a command in the VM's container (or, with --vm,
  * in the guest OS) with the same stdio and exit-code rules as run.
  */
+import type { Command } from 'commander';
+import { act } from '../act';
+import { collect } from '../options';
 import { parseEnv } from '../../container/podman-argv';
 import { attachChannel } from '../../host/exec-client';
 import { StateStore, statusOf } from '../../state/store';
@@ -49,4 +52,20 @@ export async function execCommand(nameOrId: string, command: string[], flags: Ex
     releaseStdin();
     client.close();
   }
+}
+
+/** The command's flags, declared beside its handler. */
+export function registerExec(program: Command): void {
+  program
+    .command('exec')
+    .description('run a command in a running VM\'s container (or, with --vm, in the guest OS)')
+    .argument('<name>', 'VM name or id')
+    .argument('<command...>', 'command and arguments (after --)')
+    .option('--vm', 'run in the guest OS instead of the container')
+    .option('-i, --interactive', 'pass stdin')
+    .option('-t, --tty', 'run the command on a terminal (with -i: an interactive session)')
+    .option('-e, --env <KEY=VALUE>', 'set an environment variable (repeatable)', collect, [])
+    // As podman: options after the command are the command's (`exec web sh -c ...`).
+    .passThroughOptions()
+    .action(act((name: string, command: string[], flags: Parameters<typeof execCommand>[2]) => execCommand(name, command, flags)));
 }

@@ -2,6 +2,9 @@
  * `shoal run`: create a VM record, start its supervisor, and either wait for the container to
  * be running (--detach) or stay attached to it and exit with its exit code.
  */
+import type { Command } from 'commander';
+import { act } from '../act';
+import { collect } from '../options';
 import path from 'node:path';
 import { loadAssets } from '../../assets/setup';
 import { parseImage } from '../../container/image-ref';
@@ -191,3 +194,31 @@ function attach(client: SupervisorClient, config: VmConfig): Promise<number> {
   });
 }
 
+/** The command's flags, declared beside its handler. */
+export function registerRun(program: Command): void {
+  program
+    .command('run')
+    .description('run a container in a new microVM')
+    .argument('<image>', 'registry reference, docker-archive:PATH or oci-archive:PATH')
+    .argument('[command...]', 'command and arguments for the container')
+    .option('--name <name>', 'name of the VM')
+    .option('--cpus <n>', 'vCPUs', '1')
+    .option('--memory <MiB>', 'guest memory in MiB', '1024')
+    .option('-e, --env <KEY=VALUE>', 'set an environment variable (repeatable)', collect, [])
+    .option('-d, --detach', 'run in the background and print the name')
+    .option('--rm', 'remove the VM when the container exits')
+    .option('-i, --interactive', 'pass stdin to the container')
+    .option('-t, --tty', 'give the container a terminal (with -i: an interactive session)')
+    .option('--vmm <vmm>', 'auto, qemu or firecracker (default: $SHOAL_VMM, else auto)', process.env.SHOAL_VMM ?? 'auto')
+    .option('--no-snapshot', 'do not use the image cache (neither restore from it nor save to it)')
+    .option('--network <mode>', 'rootless (default: user-mode networking; QEMU\'s slirp, or slirp4netns on Firecracker), slirp4netns, bridged (root) or none')
+    .option('-p, --publish <[ADDR:]HOST:GUEST[/tcp|/udp]>', 'publish a guest port on the host (repeatable, comma-separated)', collect, [])
+    .option('--health-check <url>', 'once this URL answers in the guest, snapshot the running app; later runs start from it')
+    .option('--jailer', 'run Firecracker under its jailer (chroot, unprivileged uid/gid, cgroup)')
+    .option('--jailer-uid <uid>', 'with --jailer: the uid Firecracker drops to (default 65534)')
+    .option('--jailer-gid <gid>', 'with --jailer: the gid Firecracker drops to (default 65534)')
+    .option('--jailer-chroot <dir>', 'with --jailer: the chroot base directory (default /srv/jailer)')
+    .option('--map <HOST:GUEST[:ro]>', 'show a host directory to the container at GUEST, over FUSE (repeatable, comma-separated)', collect, [])
+    .passThroughOptions()
+    .action(act((image: string, command: string[], flags: Parameters<typeof runCommand>[2]) => runCommand(image, command, flags)));
+}

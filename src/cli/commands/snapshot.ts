@@ -2,10 +2,13 @@
  * `shoal snapshot create NAME --tag T`, `snapshot ls [--json]`, `snapshot rm T...`,
  * `snapshot run --snapshot T [--name N] [--rm] [--exec -- CMD...]`.
  */
+import type { Command } from 'commander';
+import { act } from '../act';
+import { collect } from '../options';
 import { startClone, waitUntilRunning } from '../../snapshot/clone';
 import { createSnapshot } from '../../snapshot/create';
 import { findSnapshot, listSnapshots, removeSnapshot, tagProblem } from '../../snapshot/store';
-import { findServer } from './snapshot-serve';
+import { findServer, registerSnapshotServe } from './snapshot-serve';
 import { StateStore } from '../../state/store';
 import { ShoalError } from '../../util/errors';
 import { killVm } from '../../lifecycle/stop';
@@ -129,4 +132,39 @@ async function removeClone(store: StateStore, name: string): Promise<void> {
 
 function mib(bytes: number): string {
   return `${(bytes / 1048576).toFixed(1)} MiB`;
+}
+
+/** The command's flags, declared beside its handler. */
+export function registerSnapshot(program: Command): void {
+  const snapshot = program.command('snapshot').description('snapshots of running VMs, and VMs restored from them');
+  snapshot
+    .command('create')
+    .description('snapshot a running VM (memory, device state, scratch disk); the VM keeps running')
+    .argument('<name>', 'VM name or id')
+    .requiredOption('--tag <tag>', 'name of the snapshot')
+    .option('--json', 'print the manifest as JSON')
+    .action(act((name: string, flags: { tag?: string; json?: boolean }) => snapshotCreateCommand(name, flags)));
+  snapshot
+    .command('ls')
+    .description('list snapshots')
+    .option('--json', 'machine-readable output')
+    .action(act((flags: { json?: boolean }) => snapshotLsCommand(flags)));
+  snapshot
+    .command('rm')
+    .description('remove snapshots (VMs restored from them keep running)')
+    .argument('<tags...>')
+    .action(act((tags: string[]) => snapshotRmCommand(tags)));
+  snapshot
+    .command('run')
+    .description('start a new VM from a snapshot; its container is already running')
+    .requiredOption('--snapshot <tag>', 'the snapshot to restore')
+    .option('--name <name>', 'name of the new VM')
+    .option('--rm', 'remove the VM when its container exits')
+    .option('--exec', 'run the command after -- in the clone\'s container, print its output, exit with its code, remove the clone')
+    .option('-p, --publish <[ADDR:]HOST:GUEST[/tcp|/udp]>', 'publish a guest port of the clone on the host (repeatable)', collect, [])
+    .option('--pid <pid>', 'Firecracker: take the clone\'s memory from this `snapshot serve` process (Uffd backend)')
+    .argument('[command...]', 'with --exec: command and arguments (after --)')
+    .passThroughOptions()
+    .action(act((command: string[], flags: Parameters<typeof snapshotRunCommand>[1]) => snapshotRunCommand(command, flags)));
+  registerSnapshotServe(snapshot);
 }
