@@ -11,8 +11,9 @@
 import fs from 'node:fs';
 import { Duplex } from 'node:stream';
 
-export const AGENT_VSOCK_PORT = 1024;
-export const SERIAL_PORT_NAME = 'shoal.agent';
+import { AGENT_VSOCK_PORT, SERIAL_PORT_NAME } from '../protocol/transport';
+
+export { AGENT_VSOCK_PORT, SERIAL_PORT_NAME };
 
 /**
  * Finds the device node of the named virtio-serial port. There is no udev in the guest, so

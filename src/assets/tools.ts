@@ -3,8 +3,8 @@
  */
 import { spawn, type SpawnOptions } from 'node:child_process';
 import fs from 'node:fs';
-import path from 'node:path';
 import { ShoalError } from '../util/errors';
+import { searchPath } from '../util/which';
 
 /** Host tool -> the Debian package that provides it. */
 export const HOST_TOOLS: Readonly<Record<string, string>> = {
@@ -24,17 +24,7 @@ const EXTRA_PATH = ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin'
 
 /** Absolute path of an executable on PATH (plus the sbin dirs), or null. */
 export function which(tool: string): string | null {
-  const dirs = [...(process.env.PATH ?? '').split(':').filter(Boolean), ...EXTRA_PATH];
-  for (const d of dirs) {
-    const p = path.join(d, tool);
-    try {
-      fs.accessSync(p, fs.constants.X_OK);
-      if (fs.statSync(p).isFile()) return p;
-    } catch {
-      /* next */
-    }
-  }
-  return null;
+  return searchPath(tool, process.env.PATH, EXTRA_PATH);
 }
 
 export interface MissingTool {

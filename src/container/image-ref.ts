@@ -36,6 +36,11 @@ export function parseImage(image: string): ImageSource {
   return { kind: 'registry', reference: image };
 }
 
+/** The image a VM runs: as the CLI parsed it, or (a record of an older shoal) parsed here. */
+export function imageSourceOf(config: { image: string; source?: ImageSource | undefined }): ImageSource {
+  return config.source ?? parseImage(config.image);
+}
+
 /** Finds the image reference in `podman load` output ("Loaded image: ref" / "Loaded image(s): a,b"). */
 export function loadedImageFrom(output: string): string | undefined {
   const match = /Loaded image(?:\(s\))?:\s*(\S+)/.exec(output);

@@ -3,25 +3,15 @@
  * a channel to local streams (stdin in, stdout and stderr out, kept apart).
  */
 import type { Readable, Writable } from 'node:stream';
-import type { ExecRequest } from '../protocol/messages';
+import { exitCodeOf, type ExecRequest } from '../protocol/messages';
 import { STDERR, STDIN, STDOUT, type Channel, type Mux } from '../protocol/mux';
 import { ShoalError } from '../util/errors';
-import os from 'node:os';
 
 export interface ExecResult {
   /** Exit code, shell-style: 128+n for death by signal n. */
   code: number;
   stdout: Buffer;
   stderr: Buffer;
-}
-
-export function exitCodeFromMessage(message: Record<string, unknown>): number {
-  if (typeof message.code === 'number') return message.code;
-  if (typeof message.signal === 'string') {
-    const number = (os.constants.signals as Record<string, number>)[message.signal];
-    if (number !== undefined) return 128 + number;
-  }
-  return 255;
 }
 
 /**
@@ -42,7 +32,7 @@ export function attachChannel(
       return;
     });
     channel.on('message', (message: Record<string, unknown>) => {
-      if (message.type === 'exit') exitCode = exitCodeFromMessage(message);
+      if (message.type === 'exit') exitCode = exitCodeOf(message);
       else if (message.type === 'error') error = String(message.message);
       else io.onMessage?.(message);
     });

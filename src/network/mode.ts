@@ -11,6 +11,7 @@
 import crypto from 'node:crypto';
 import { ShoalError } from '../util/errors';
 import type { NetSpec, PortForward, VmmKind } from '../vmm/backend';
+import { vmmTraits } from '../vmm/traits';
 import { tapName } from './bridge';
 import { NAMESPACE_GUEST_ADDRESS, NAMESPACE_TAP, namespaceNetworkUnavailable } from './namespace-network';
 
@@ -30,7 +31,7 @@ export function parseNetworkMode(value: string): NetworkMode {
 }
 
 export function attachmentFor(mode: NetworkMode, backend: VmmKind): NetAttachment {
-  if (mode === 'rootless') return backend === 'qemu' ? 'qemu-slirp' : 'namespace';
+  if (mode === 'rootless') return vmmTraits(backend).userModeNetworking ? 'qemu-slirp' : 'namespace';
   if (mode === 'slirp4netns') return 'namespace';
   return mode === 'bridged' ? 'bridge' : 'none';
 }

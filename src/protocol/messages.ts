@@ -2,6 +2,7 @@
  * The requests and messages that travel on channels. Shared by the host and the guest agent
  * (Node built-ins only). Every channel starts with one request (the Open frame's JSON).
  */
+import os from 'node:os';
 
 /** Run a process in the guest OS, with stdio on the channel (stream 0 in, 1 out, 2 err). */
 export interface ExecRequest {
@@ -109,9 +110,15 @@ export function terminalSizeOf(value: unknown): TerminalSize | undefined {
   return ok(cols) && ok(rows) ? { cols, rows } : undefined;
 }
 
-/** Conventional shell exit code for a process killed by a signal. */
-export function exitCodeOf(code: number | null, signal: string | null, signals: Record<string, number>): number {
-  if (code !== null) return code;
-  if (signal && signals[signal] !== undefined) return 128 + signals[signal]!;
-  return 255;
+/**
+ * The one exit-code rule, for every exit message (agent exec, supervisor attach): the process's
+ * code, or, killed by a signal, 128 + the signal's number (the shell's convention); `fallback`
+ * when neither is known.
+ */
+export function exitCodeOf(exit: { code?: unknown; signal?: unknown }, fallback = 255): number {
+  if (typeof exit.code === 'number' && Number.isInteger(exit.code)) return exit.code;
+  const signals: Readonly<Record<string, number>> = os.constants.signals;
+  const number = typeof exit.signal === 'string' ? signals[exit.signal] : undefined;
+  if (number !== undefined) return 128 + number;
+  return fallback;
 }

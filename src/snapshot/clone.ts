@@ -4,14 +4,12 @@
  * instead of booting.
  */
 import { checkNetworkSupport } from '../network/mode';
-import { spawn } from 'node:child_process';
-import fs from 'node:fs';
-import path from 'node:path';
-import { connectSupervisor } from '../cli/control-client';
+import { SupervisorClient } from '../control/client';
+import { startSupervisor } from '../lifecycle/spawn';
 import { writeJsonAtomic } from '../state/atomic';
 import type { StateStore } from '../state/store';
 import { nameProblem, type VmRecord } from '../state/vm-record';
-import { restoreInfoPath, vmFiles, type RestoreInfo } from '../supervisor/vm-files';
+import { restoreInfoPath, type RestoreInfo } from '../state/vm-files';
 import { ShoalError } from '../util/errors';
 import type { PortForward } from '../vmm/backend';
 import type { SnapshotManifest } from './store';
@@ -47,15 +45,7 @@ export function startClone(store: StateStore, snapshotDir: string, manifest: Sna
     const info: RestoreInfo = { snapshotDir, tag: manifest.tag };
     if (request.uffdSocket) info.uffdSocket = request.uffdSocket;
     writeJsonAtomic(restoreInfoPath(store.vmDir(id)), info);
-    const files = vmFiles(store.vmDir(id));
-    const log = fs.openSync(files.supervisorLog, 'a');
-    const child = spawn(process.execPath, [path.join(__dirname, '..', 'supervisor', 'main.js'), id], {
-      detached: true,
-      stdio: ['ignore', log, log],
-      env: { ...process.env, SHOAL_STATE_DIR: store.root },
-    });
-    fs.closeSync(log);
-    child.unref();
+    startSupervisor(store, id);
   } catch (err) {
     store.remove(record);
     throw err;
@@ -65,27 +55,12 @@ export function startClone(store: StateStore, snapshotDir: string, manifest: Sna
 
 /** Resolves once the clone runs; rejects with its error. */
 export async function waitUntilRunning(store: StateStore, record: VmRecord, progress?: (m: string) => void): Promise<void> {
-  const mux = await connectSupervisor(store, record, 60_000);
+  const client = await SupervisorClient.connect(store, record, 60_000);
   try {
-    await new Promise<void>((resolve, reject) => {
-      const channel = mux.open({ kind: 'attach', stdio: false });
-      channel.setDataHandler(() => undefined);
-      let done = false;
-      channel.on('message', (message: Record<string, unknown>) => {
-        if (message.type === 'progress') progress?.(String(message.message));
-        else if ((message.type === 'running' || message.type === 'exit') && !done) {
-          done = true;
-          resolve();
-        } else if (message.type === 'error' && !done) {
-          done = true;
-          reject(new ShoalError(`${record.config.name}: ${String(message.message)}`));
-        }
-      });
-      channel.on('close', () => {
-        if (!done) reject(new ShoalError(`the supervisor of ${record.config.name} went away before it was running`));
-      });
-    });
+    const result = await client.waitUntilRunning(progress);
+    if (result.outcome === 'error') throw new ShoalError(`${record.config.name}: ${result.message}`);
+    if (result.outcome === 'lost') throw new ShoalError(`the supervisor of ${record.config.name} went away before it was running`);
   } finally {
-    mux.destroy();
+    client.close();
   }
 }

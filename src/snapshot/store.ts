@@ -49,8 +49,48 @@ export function snapshotsDir(store: StateStore): string {
   return path.join(store.root, 'snapshots');
 }
 
+/** The file names inside a snapshot directory: the one place they are spelled. */
+export const SNAPSHOT_FILE_NAMES = { state: 'state.bin', memory: 'memory.raw', scratch: 'scratch.img' } as const;
+
 export function snapshotFiles(dir: string): { state: string; memory: string; scratch: string } {
-  return { state: path.join(dir, 'state.bin'), memory: path.join(dir, 'memory.raw'), scratch: path.join(dir, 'scratch.img') };
+  return { state: path.join(dir, SNAPSHOT_FILE_NAMES.state), memory: path.join(dir, SNAPSHOT_FILE_NAMES.memory), scratch: path.join(dir, SNAPSHOT_FILE_NAMES.scratch) };
+}
+
+/** What a manifest is built from: the source VM as its supervisor reported it, and the timings. */
+export interface ManifestSource {
+  tag: string;
+  source: { id: string; name: string };
+  backend: VmmKind;
+  accel: Accelerator;
+  config: VmConfig;
+  vmSpec: VmSpec;
+  loadedImage: string | null | undefined;
+  timings: { pausedMs: number; totalMs: number };
+}
+
+/**
+ * The one manifest builder (snapshot create, fork, the image cache). `dir` holds the files
+ * already; their allocated sizes are recorded when measure is set.
+ */
+export function buildManifest(dir: string, from: ManifestSource, options: { measure: boolean }): SnapshotManifest {
+  const files = snapshotFiles(dir);
+  const manifest: SnapshotManifest = {
+    version: 1,
+    tag: from.tag,
+    createdAt: new Date().toISOString(),
+    source: from.source,
+    backend: from.backend,
+    accel: from.accel,
+    config: from.config,
+    vmSpec: from.vmSpec,
+    files: { ...SNAPSHOT_FILE_NAMES },
+    bytes: options.measure
+      ? { state: allocatedBytes(files.state), memory: allocatedBytes(files.memory), scratch: allocatedBytes(files.scratch) }
+      : { state: 0, memory: 0, scratch: 0 },
+    timings: from.timings,
+  };
+  if (from.loadedImage) manifest.loadedImage = from.loadedImage;
+  return manifest;
 }
 
 export function tagProblem(tag: string): string | undefined {

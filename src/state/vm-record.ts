@@ -3,6 +3,7 @@
  * supervisor (the only writer while it lives). Readers derive liveness from the supervisor's
  * pid and start time, so a VM whose supervisor was killed shows as dead, never as running.
  */
+import type { ImageSource } from '../container/image-ref';
 import type { DirectoryMap } from '../container/map-spec';
 import type { NetworkMode } from '../network/mode';
 import type { TerminalSize } from '../protocol/messages';
@@ -16,6 +17,11 @@ export interface VmConfig {
   name: string;
   /** What the user typed. */
   image: string;
+  /**
+   * The image as parsed once, by the CLI, where the user typed it (an archive's path resolved
+   * against the CLI's working directory). Absent in records of older shoal versions.
+   */
+  source?: ImageSource;
   /** The command to run in the container (empty: the image's default). */
   command: string[];
   env: Record<string, string>;

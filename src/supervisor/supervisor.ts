@@ -6,46 +6,44 @@
  * the VM off and removes what the VM no longer needs (all of it with --rm).
  */
 import { execFile } from 'node:child_process';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
-import net from 'node:net';
 import { promisify } from 'node:util';
 import path from 'node:path';
 import { loadAssets, type GuestAssets } from '../assets/setup';
-import { loadedImageFrom, parseImage } from '../container/image-ref';
+import { imageSourceOf, loadedImageFrom } from '../container/image-ref';
 import { podmanExecArgv, podmanLoadArgv, podmanPullArgv, podmanRunArgv, podmanWaitRunningArgv } from '../container/podman-argv';
 import { execCollect, request } from '../host/exec-client';
 import { openAgentSession } from '../host/agent-session';
-import { encodeSync, FrameType } from '../protocol/frames';
 import { GatedStream } from '../protocol/gate';
-import { STDERR, STDIN, STDOUT, Mux, type Channel } from '../protocol/mux';
+import type { Channel, Mux } from '../protocol/mux';
 import { readSnapshotDir, snapshotFiles } from '../snapshot/store';
 import { readJson } from '../state/atomic';
 import type { VmRecord, RecordedState } from '../state/vm-record';
 import type { StateStore } from '../state/store';
 import { ShoalError } from '../util/errors';
 import { processStartTime, sleep } from '../util/process';
-import type { NetSpec, RestoreSpec, VmHandle, VmmBackend, VmSpec } from '../vmm/backend';
+import type { RestoreSpec, VmHandle, VmSpec } from '../vmm/backend';
 import { backendFor } from '../vmm/select';
-import { ContainerLogWriter } from './container-log';
 import { relayChannels } from './relay';
 import { waitHealthy } from './health-check';
 import { serveDirectoryMaps, type ServedMap } from './directory-maps';
-import { terminalSizeOf, type GuestNetworkIdentity, type TerminalSize } from '../protocol/messages';
-import { attachmentFor, macFor, netSpecFor, SLIRP_HOST_ADDRESS, type NetAttachment } from '../network/mode';
-import { NAMESPACE_GATEWAY, NAMESPACE_GUEST_ADDRESS, NAMESPACE_NAMESERVER, NAMESPACE_PREFIX_LENGTH, startNamespaceNetwork, type NamespaceNetwork } from '../network/namespace-network';
-import { proxyEnvironment } from '../network/proxy-env';
-import { attachTap, claimAddress, createTap, ensureBridge, GATEWAY, hostNameserver, PREFIX_LENGTH } from '../network/bridge';
-import { startPortProxies, type PortProxy } from '../network/port-proxy';
-import type { SnapshotManifest } from '../snapshot/store';
-import { cachedImageSnapshot, evictImageCache, imageCacheKey, imageDigest, newImageCacheTempDir, publishImageCache, touchImageCache } from '../snapshot/image-cache';
-import { guestCmdline, type StaticAddress } from './guest-cmdline';
+import type { ExecRequest, GuestNetworkIdentity } from '../protocol/messages';
+import { ControlServer, refuse, sendEvent } from '../control/server';
+import type { ExecControlRequest } from '../control/messages';
+import { cachedImageSnapshot, touchImageCache } from '../snapshot/image-cache';
+import { vmKernelCmdline } from './guest-cmdline';
+import { VmNetwork } from './vm-network';
+import { Attachments } from './attachments';
+import { MainContainer } from './main-container';
+import { Snapshotter } from './snapshotter';
+import { ImageCachePolicy } from './image-cache-policy';
+import { VmRecordHandle } from './vm-record-handle';
+import { vmmTraits } from '../vmm/traits';
 import { createScratchDisk } from './scratch-disk';
-import { memoryFilePath, releaseVmResources, removeOrphanMemoryFiles, restoreInfoPath, vmFiles, type RestoreInfo } from './vm-files';
+import { releaseVmResources } from '../lifecycle/release';
+import { memoryFilePath, removeOrphanMemoryFiles, restoreInfoPath, vmFiles, type RestoreInfo } from '../state/vm-files';
 
 const execFileAsync = promisify(execFile);
-/** How long the guest has to answer the quiesce request and the re-HELLO around a snapshot. */
-const QUIESCE_TIMEOUT_MS = 30_000;
 
 /** Boot plus agent start under TCG on a loaded 2-core host stays well inside this. */
 const AGENT_TIMEOUT_MS = 120_000;
@@ -56,32 +54,19 @@ const SHUTDOWN_TIMEOUT_MS = 10_000;
 const HEALTH_TIMEOUT_MS = 120_000;
 
 export class Supervisor {
-  private record: VmRecord;
+  private readonly records: VmRecordHandle;
+  private readonly network: VmNetwork;
+  private readonly snapshotter: Snapshotter;
+  private readonly imageCache: ImageCachePolicy;
   private readonly files: ReturnType<typeof vmFiles>;
   private vm: VmHandle | undefined;
   private agent: Mux | undefined;
-  private server: net.Server | undefined;
-  /** CLI channels that asked for progress and the final result. */
-  private readonly watchers = new Set<Channel>();
-  /** Watchers that also want the main container's stdio. */
-  private readonly attached = new Set<Channel>();
-  private attachArrived: () => void = () => undefined;
-  private readonly firstAttach = new Promise<void>((resolve) => { this.attachArrived = resolve; });
-  private mainChannel: Channel | undefined;
-  private imageCacheKeyOnce: Promise<string> | undefined;
-  /** Published ports of a bridged VM, proxied by this process. */
-  private portProxy: PortProxy | undefined;
-  /** The namespace, TAP and slirp4netns of a `--network slirp4netns` VM. */
-  private namespaceNetwork: NamespaceNetwork | undefined;
+  private server: ControlServer | undefined;
+  private readonly attachments: Attachments;
+  private readonly container: MainContainer;
   /** The --map directories this process serves to the guest over FUSE. */
   private directoryMaps: ServedMap[] = [];
-  /** The attached terminal's latest window size (-t), which the container's terminal follows. */
-  private terminalSize: TerminalSize | undefined;
-  private announceMain: (channel: Channel) => void = () => undefined;
-  private readonly mainStarted = new Promise<Channel>((resolve) => { this.announceMain = resolve; });
   private stopRequested = false;
-  /** Progress so far, replayed to CLIs that attach late. */
-  private readonly progressLog: string[] = [];
   private finished = false;
   /** The write gate on the agent link (held while a snapshot is taken). */
   private gate: GatedStream | undefined;
@@ -89,13 +74,33 @@ export class Supervisor {
   private spec: VmSpec | undefined;
   /** Set when this VM was restored from a snapshot rather than booted. */
   private restoredFrom: RestoreInfo | undefined;
-  private snapshotting = false;
 
   constructor(private readonly store: StateStore, id: string) {
-    const record = store.read(id);
-    if (!record) throw new Error(`no record for VM ${id}`);
-    this.record = record;
+    this.records = new VmRecordHandle(store, id);
     this.files = vmFiles(store.vmDir(id));
+    this.attachments = new Attachments(this.records, () => void this.stop());
+    this.container = new MainContainer(this.files.containerLog, this.attachments);
+    this.attachments.main = this.container;
+    this.network = new VmNetwork(this.records, this.files.dir, (message) => this.progress(message));
+    this.snapshotter = new Snapshotter(this.records, this.files.scratchDisk, {
+      parts: () => {
+        const { vm, agent, gate } = this;
+        return vm && agent && gate ? { vm, agent, gate } : undefined;
+      },
+      running: () => this.agent?.destroyed === false && this.record.state === 'running' && !this.finished && !this.stopRequested,
+      spec: () => this.spec,
+      restored: () => this.restoredFrom !== undefined,
+      linkLost: (error) => void this.finish('failed', { error }),
+    });
+    this.imageCache = new ImageCachePolicy(store, this.records, this.snapshotter, {
+      bootSpec: () => this.vmSpec(loadAssets()),
+      spec: () => this.spec,
+      progress: (message) => this.progress(message),
+    });
+  }
+
+  private get record(): VmRecord {
+    return this.records.current;
   }
 
   async main(): Promise<void> {
@@ -114,21 +119,21 @@ export class Supervisor {
       if (restore) {
         this.restoredFrom = restore;
         await this.restore(restore);
-        exitCode = await this.watchMainContainer();
+        exitCode = await this.container.followRestored(this.agent!);
       } else {
-        const startup = await this.startupSnapshotKey();
+        const startup = await this.imageCache.startupKey();
         const cachedStartup = startup ? cachedImageSnapshot(this.store, startup) : undefined;
         if (startup && cachedStartup) {
           // The app as it was once its health check passed: restored, already running.
           touchImageCache(cachedStartup.dir);
-          this.record = this.store.update(this.record.id, (r) => {
+          this.records.update((r) => {
             r.imageCache = { key: startup, hit: true, startup: true };
             if (cachedStartup.manifest.loadedImage) r.loadedImage = cachedStartup.manifest.loadedImage;
           });
           const info = { snapshotDir: cachedStartup.dir, tag: 'the startup snapshot' };
           this.restoredFrom = info;
           await this.restore(info);
-          exitCode = await this.watchMainContainer();
+          exitCode = await this.container.followRestored(this.agent!);
         } else {
           // A VM restored from the image cache cannot be snapshotted: one that must save a
           // startup snapshot boots (and still saves the image cache on the way).
@@ -136,7 +141,7 @@ export class Supervisor {
           // After the image cache's snapshot: a FUSE mount's state lives in this process, so no
           // snapshot may hold one.
           await this.mountDirectoryMaps();
-          if (!this.record.config.detach) await Promise.race([this.firstAttach, sleep(ATTACH_GRACE_MS)]);
+          if (!this.record.config.detach) await Promise.race([this.attachments.first, sleep(ATTACH_GRACE_MS)]);
           if (startup) void this.saveStartupSnapshotWhenHealthy(startup);
           exitCode = await this.runMainContainer(image);
         }
@@ -155,7 +160,7 @@ export class Supervisor {
     if (this.stopRequested) return;
     this.stopRequested = true;
     this.setState('stopping');
-    if (this.agent && this.mainChannel) {
+    if (this.agent && this.container.current) {
       await Promise.race([execCollect(this.agent, { argv: ['podman', 'stop', '--time', '5', 'main'] }).catch(() => undefined), sleep(15_000)]);
     }
     // If the container did not end, or never started, finish from here.
@@ -164,15 +169,11 @@ export class Supervisor {
   }
 
   private setState(state: RecordedState, change?: (record: VmRecord) => void): void {
-    this.record = this.store.update(this.record.id, (r) => {
-      r.state = state;
-      change?.(r);
-    });
+    this.records.setState(state, change);
   }
 
   private progress(message: string): void {
-    this.progressLog.push(message);
-    for (const watcher of this.watchers) watcher.send({ type: 'progress', message });
+    this.attachments.progress(message);
   }
 
   private async boot(): Promise<void> {
@@ -180,56 +181,13 @@ export class Supervisor {
     const backend = backendFor(this.record.backend, this.record.accel, this.record.config.jailer);
     this.progress(`booting a ${this.record.backend} microVM (${this.record.accel})`);
     await createScratchDisk(this.files.scratchDisk);
-    await this.prepareNetwork();
+    await this.network.prepare();
     const spec = this.vmSpec(assets);
     this.spec = spec;
-    await this.createTapIfNeeded(backend, spec.net);
+    await this.network.createTapIfNeeded(backend, spec.net);
     this.vm = await backend.boot(spec);
-    await this.attachTapToBridge(backend, spec.net);
+    await this.network.attachTapToBridge(backend, spec.net);
     await this.connectVm(this.vm);
-  }
-
-  private attachment(): NetAttachment {
-    return attachmentFor(this.record.config.network ?? 'none', this.record.backend);
-  }
-
-  /**
-   * The host side of this VM's network, before its VMM starts. Bridged: the shared bridge and
-   * NAT (idempotent), an address of its own, and its published ports' proxies. Namespace: a
-   * user+network namespace with its TAP and slirp4netns, which forwards the published ports.
-   */
-  private async prepareNetwork(): Promise<void> {
-    const forwards = this.record.config.publish ?? [];
-    const attachment = this.attachment();
-    if (attachment === 'namespace') {
-      this.progress('creating the network namespace (slirp4netns)');
-      this.namespaceNetwork = await startNamespaceNetwork({ runDir: this.files.dir, forwards });
-    } else if (attachment === 'bridge') {
-      await ensureBridge();
-      const address = claimAddress(this.record.id);
-      this.record = this.store.update(this.record.id, (r) => { r.bridgedAddress = address; });
-      if (forwards.length > 0) this.portProxy = await startPortProxies(forwards, address);
-    }
-  }
-
-  /** A bridged VM's TAP, for a VMM that does not create its own (Firecracker), on the bridge before it starts. */
-  private async createTapIfNeeded(backend: VmmBackend, net: NetSpec | undefined): Promise<void> {
-    if (this.attachment() !== 'bridge' || backend.createsTap || !net?.tap) return;
-    const jailer = this.record.config.jailer;
-    await createTap(net.tap, jailer ? { uid: jailer.uid, gid: jailer.gid } : undefined);
-    await attachTap(net.tap);
-  }
-
-  /** A TAP the VMM made itself (QEMU) joins the bridge once it exists. */
-  private async attachTapToBridge(backend: VmmBackend, net: NetSpec | undefined): Promise<void> {
-    if (this.attachment() === 'bridge' && backend.createsTap && net?.tap) await attachTap(net.tap);
-  }
-
-  /** A bridged clone's own identity on the bridge, which its agent applies before answering. */
-  private bridgedIdentity(): GuestNetworkIdentity | undefined {
-    const address = this.record.bridgedAddress;
-    if (this.attachment() !== 'bridge' || !address) return undefined;
-    return { mac: macFor(this.record.id), address: `${address}/${PREFIX_LENGTH}`, gateway: GATEWAY };
   }
 
   /**
@@ -260,19 +218,19 @@ export class Supervisor {
     // way: its own forwards (QEMU slirp), its own namespace (the same TAP name and address in
     // it), or its own TAP, MAC and address on the bridge (applied by the agent on HELLO).
     if (manifest.vmSpec.net) {
-      await this.prepareNetwork();
-      spec.net = this.cloneNetSpec(manifest.vmSpec.net);
+      await this.network.prepare();
+      spec.net = this.network.cloneNetSpec(manifest.vmSpec.net);
       this.spec.net = spec.net;
     }
-    await this.createTapIfNeeded(backend, spec.net);
+    await this.network.createTapIfNeeded(backend, spec.net);
     this.vm = await backend.restore(spec);
-    await this.attachTapToBridge(backend, spec.net);
-    await this.connectVm(this.vm, this.bridgedIdentity());
+    await this.network.attachTapToBridge(backend, spec.net);
+    await this.connectVm(this.vm, this.network.bridgedIdentity());
     // The guest still carries its source's hostname.
     await execCollect(this.agent!, { argv: ['sh', '-c', 'echo "$1" > /proc/sys/kernel/hostname', 'sh', this.record.config.name] }).catch(() => undefined);
     if (options.announce === false) return;
     this.setState('running', (r) => { r.startedAt = new Date().toISOString(); });
-    for (const watcher of this.watchers) watcher.send({ type: 'running', name: this.record.config.name, id: this.record.id });
+    this.attachments.running();
   }
 
   /**
@@ -281,15 +239,15 @@ export class Supervisor {
    * Returns the image reference to run.
    */
   private async bootOrRestoreFromImageCache(options: { allowHit: boolean } = { allowHit: true }): Promise<string> {
-    if (!this.imageCacheUsable()) {
+    if (!this.imageCache.usable()) {
       await this.boot();
       return this.prepareImage();
     }
-    const key = await this.imageCacheKey();
+    const key = await this.imageCache.key();
     const cached = options.allowHit ? cachedImageSnapshot(this.store, key) : undefined;
     if (cached?.manifest.loadedImage) {
       touchImageCache(cached.dir);
-      this.record = this.store.update(this.record.id, (r) => {
+      this.records.update((r) => {
         r.imageCache = { key, hit: true };
         r.loadedImage = cached.manifest.loadedImage;
       });
@@ -301,46 +259,17 @@ export class Supervisor {
       await this.restore(info, { announce: false });
       return cached.manifest.loadedImage;
     }
-    this.record = this.store.update(this.record.id, (r) => { r.imageCache = { key, hit: false }; });
+    this.records.update((r) => { r.imageCache = { key, hit: false }; });
     await this.boot();
     const image = await this.prepareImage();
-    await this.saveImageCache(key).catch((err: Error) => this.progress(`the image cache was not saved: ${err.message}`));
+    await this.imageCache.save(key).catch((err: Error) => this.progress(`the image cache was not saved: ${err.message}`));
     return image;
-  }
-
-  /** Whether this VM may use (and be saved to) the image cache. */
-  private imageCacheUsable(): boolean {
-    const { config } = this.record;
-    // A bridged VM's address is on its kernel command line, which is part of the cache key: no
-    // later run (with an address of its own) would ever hit its entry.
-    return config.imageCache !== false && this.record.backend === 'qemu' && config.network !== 'bridged' && snapshotSafe(this.record.accel, config.cpus);
-  }
-
-  /** Computed once: it hashes the whole image archive, and a startup-snapshot run needs it twice. */
-  private imageCacheKey(): Promise<string> {
-    this.imageCacheKeyOnce ??= (async () => {
-      const digest = await imageDigest(parseImage(this.record.config.image));
-      return imageCacheKey(digest, this.record.config, this.vmSpec(loadAssets()), this.record.backend, this.record.accel);
-    })();
-    return this.imageCacheKeyOnce;
-  }
-
-  /**
-   * The startup snapshot's cache key (the image cache's key and the health-check URL), or
-   * undefined when this run takes none: no --health-check, no image cache, or --map (whose FUSE
-   * state cannot be snapshotted).
-   */
-  private async startupSnapshotKey(): Promise<string | undefined> {
-    const { config } = this.record;
-    if (!config.healthCheck || !this.imageCacheUsable() || (config.maps ?? []).length > 0) return undefined;
-    const base = await this.imageCacheKey();
-    return crypto.createHash('sha256').update(`startup\0${base}\0${config.healthCheck}`).digest('hex').slice(0, 32);
   }
 
   /** Once the container runs and its health check passes: snapshot the running app into the cache. */
   private async saveStartupSnapshotWhenHealthy(key: string): Promise<void> {
     const url = this.record.config.healthCheck!;
-    const ended = (): boolean => this.finished || this.stopRequested || this.mainChannel?.closed === true;
+    const ended = (): boolean => this.finished || this.stopRequested || this.container.current?.closed === true;
     try {
       while (this.record.state !== 'running') {
         if (ended()) return;
@@ -349,78 +278,12 @@ export class Supervisor {
       this.progress(`waiting for the health check ${url}`);
       await waitHealthy(this.agent!, url, HEALTH_TIMEOUT_MS, ended);
       this.progress('health check passed: saving the startup snapshot');
-      await this.saveImageCache(key, 'startup');
-      this.record = this.store.update(this.record.id, (r) => { r.startupSnapshot = key; });
+      await this.imageCache.save(key, 'startup');
+      this.records.update((r) => { r.startupSnapshot = key; });
       this.progress('startup snapshot saved: later runs start from here');
     } catch (err) {
       if (!ended()) this.progress(`no startup snapshot: ${(err as Error).message}`);
     }
-  }
-
-  private async saveImageCache(key: string, kind: 'image' | 'startup' = 'image'): Promise<void> {
-    const temp = newImageCacheTempDir(this.store, key);
-    try {
-      if (kind === 'image') this.progress('saving the loaded image to the image cache');
-      const timings = await this.takeSnapshot(temp, () => undefined);
-      const manifest: SnapshotManifest = {
-        version: 1,
-        tag: `${kind === 'image' ? 'image-cache' : 'startup'}:${key}`,
-        createdAt: new Date().toISOString(),
-        source: { id: this.record.id, name: this.record.config.name },
-        backend: this.record.backend,
-        accel: this.record.accel,
-        config: this.record.config,
-        vmSpec: this.spec!,
-        files: { state: 'state.bin', memory: 'memory.raw', scratch: 'scratch.img' },
-        bytes: { state: 0, memory: 0, scratch: 0 },
-        timings,
-      };
-      if (this.record.loadedImage) manifest.loadedImage = this.record.loadedImage;
-      publishImageCache(this.store, temp, key, manifest);
-      const evicted = evictImageCache(this.store);
-      if (evicted.length > 0) this.progress(`image cache: evicted ${evicted.length} least recently used entr${evicted.length === 1 ? 'y' : 'ies'}`);
-    } catch (err) {
-      fs.rmSync(temp, { recursive: true, force: true });
-      throw err;
-    }
-  }
-
-  /**
-   * In a restored VM, the main container's `podman run` belongs to the snapshot's old session;
-   * the agent hands it over (attach-persistent): its output from now on reaches this VM's log and
-   * attached CLIs, and its exit is the VM's. A terminal (-t) main process cannot be handed over:
-   * then `podman wait` tells the exit code.
-   */
-  private async watchMainContainer(): Promise<number> {
-    const follower = this.agent!.open({ kind: 'attach-persistent' });
-    this.mainChannel = follower;
-    this.announceMain(follower);
-    try {
-      return await this.followMain(follower);
-    } catch (err) {
-      if (!/no persistent process/.test((err as Error).message)) throw err;
-      return this.waitForMainWithPodman();
-    }
-  }
-
-  private waitForMainWithPodman(): Promise<number> {
-    const channel = this.agent!.open({ kind: 'exec', argv: ['podman', 'wait', '--interval', '1s', 'main'], stdin: false });
-    this.mainChannel = channel;
-    return new Promise<number>((resolve, reject) => {
-      const out: Buffer[] = [];
-      let exitCode: number | undefined;
-      channel.setDataHandler((stream, data) => { if (stream === STDOUT) out.push(Buffer.from(data)); });
-      channel.on('message', (message: Record<string, unknown>) => {
-        if (message.type === 'exit') exitCode = typeof message.code === 'number' ? message.code : 255;
-      });
-      channel.on('close', () => {
-        channel.close();
-        this.mainChannel = undefined;
-        const code = Number.parseInt(Buffer.concat(out).toString().trim(), 10);
-        if (exitCode === 0 && Number.isInteger(code)) resolve(code);
-        else reject(new ShoalError('lost track of the container restored from the snapshot'));
-      });
-    });
   }
 
   private async connectVm(vm: VmHandle, network?: GuestNetworkIdentity): Promise<void> {
@@ -444,13 +307,13 @@ export class Supervisor {
 
   private vmSpec(assets: GuestAssets): VmSpec {
     const { config } = this.record;
-    const net = this.netSpec();
+    const net = this.network.netSpec();
     return {
       id: this.record.id,
       runDir: this.files.dir,
-      kernel: this.record.backend === 'firecracker' ? assets.vmlinux : assets.vmlinuz,
+      kernel: assets[vmmTraits(this.record.backend).kernelImage],
       initrd: assets.initrd,
-      cmdline: guestCmdline(assets.cmdline, this.record.backend, config.name, this.attachment(), this.staticAddress()),
+      cmdline: vmKernelCmdline(assets.cmdline, vmmTraits(this.record.backend), config.name, this.network.attachment, this.network.staticAddress()),
       cpus: config.cpus,
       memoryMiB: config.memoryMiB,
       drives: [
@@ -464,39 +327,10 @@ export class Supervisor {
     };
   }
 
-  /** The addresses guest-init gives eth0, in the modes where they are not slirp's DHCP-free defaults. */
-  private staticAddress(): StaticAddress | undefined {
-    const attachment = this.attachment();
-    if (attachment === 'namespace') {
-      return { address: NAMESPACE_GUEST_ADDRESS, prefixLength: NAMESPACE_PREFIX_LENGTH, gateway: NAMESPACE_GATEWAY, nameserver: NAMESPACE_NAMESERVER };
-    }
-    if (attachment === 'bridge' && this.record.bridgedAddress) {
-      return { address: this.record.bridgedAddress, prefixLength: PREFIX_LENGTH, gateway: GATEWAY, nameserver: hostNameserver() };
-    }
-    return undefined;
-  }
-
-  /** This VM's network device, in the namespace prepareNetwork made when it has one. */
-  private netSpec(): NetSpec | undefined {
-    const net = netSpecFor(this.attachment(), this.record.id, this.record.config.publish ?? []);
-    if (net && this.namespaceNetwork) net.namespacePid = this.namespaceNetwork.holderPid;
-    return net;
-  }
-
-  /** A restored VM's network device: the snapshot's, attached this VM's own way. */
-  private cloneNetSpec(source: NetSpec): NetSpec {
-    const net = this.netSpec();
-    if (!net) throw new ShoalError('this VM has no network but its snapshot has a network device');
-    // The device state in the snapshot carries the source's MAC; a bridged clone changes it in
-    // the guest (bridgedIdentity), the other modes keep it (each is alone on its own network).
-    if (this.attachment() !== 'bridge') net.mac = source.mac;
-    return net;
-  }
-
   /** Brings the image into the guest's podman and returns the reference to run. */
   private async prepareImage(): Promise<string> {
     const agent = this.agent!;
-    const source = parseImage(this.record.config.image);
+    const source = imageSourceOf(this.record.config);
     let image: string;
     if (source.kind === 'archive') {
       this.progress(`copying ${path.basename(source.path)} (${(source.size / 1048576).toFixed(1)} MiB) into the VM`);
@@ -508,20 +342,14 @@ export class Supervisor {
       image = loaded;
     } else {
       this.progress(`pulling ${source.reference} in the VM`);
-      const result = await execCollect(agent, { argv: podmanPullArgv(source.reference), env: this.proxyEnv() });
+      const result = await execCollect(agent, { argv: podmanPullArgv(source.reference), env: this.network.proxyEnv() });
       if (result.code !== 0) {
         throw new ShoalError(`pulling ${source.reference} failed: ${lastLine(result.stderr) || `podman pull exited ${result.code}`}`);
       }
       image = source.reference;
     }
-    this.record = this.store.update(this.record.id, (r) => { r.loadedImage = image; });
+    this.records.update((r) => { r.loadedImage = image; });
     return image;
-  }
-
-  /** The host's proxy settings as the guest must see them (this process inherited the CLI's environment). */
-  private proxyEnv(): Record<string, string> {
-    const attachment = this.attachment();
-    return proxyEnvironment(process.env, attachment === 'qemu-slirp' || attachment === 'namespace' ? SLIRP_HOST_ADDRESS : null);
   }
 
   private async mountDirectoryMaps(): Promise<void> {
@@ -546,47 +374,14 @@ export class Supervisor {
       }),
       stdin: config.interactive,
       // podman hands its proxy variables on to the container (--http-proxy, on by default).
-      env: this.proxyEnv(),
-      ...(config.tty ? { tty: this.terminalSize ?? config.tty } : {}),
+      env: this.network.proxyEnv(),
+      ...(config.tty ? { tty: this.container.terminalSize ?? config.tty } : {}),
       // Survives a session reset: a clone restored from a snapshot keeps running its container.
       persistent: true,
     });
-    this.mainChannel = channel;
-    this.announceMain(channel);
+    this.container.adopt(channel);
     void this.markRunningWhenStarted(channel);
-    return this.followMain(channel);
-  }
-
-  /**
-   * The main container's output to its log and to attached CLIs, and its exit code. The channel
-   * is the `podman run` exec, or in a restored VM the agent's `attach-persistent` of it.
-   */
-  private followMain(channel: Channel): Promise<number> {
-    const log = new ContainerLogWriter(this.files.containerLog);
-    return new Promise<number>((resolve, reject) => {
-      let exitCode: number | undefined;
-      let error: string | undefined;
-      channel.setDataHandler(async (stream, data) => {
-        if (stream !== STDOUT && stream !== STDERR) return;
-        log.append(stream, data);
-        await Promise.all([...this.attached].map((client) => client.write(stream, data)));
-      });
-      channel.on('eof', (stream: number) => {
-        for (const client of this.attached) client.end(stream);
-      });
-      channel.on('message', (message: Record<string, unknown>) => {
-        if (message.type === 'exit') {
-          exitCode = typeof message.code === 'number' ? message.code : 128 + 9;
-        } else if (message.type === 'error') error = String(message.message);
-      });
-      channel.on('close', () => {
-        channel.close();
-        log.close();
-        this.mainChannel = undefined;
-        if (exitCode !== undefined) resolve(exitCode);
-        else reject(new ShoalError(error ?? 'the container was lost'));
-      });
-    });
+    return this.container.follow(channel);
   }
 
   /**
@@ -604,7 +399,7 @@ export class Supervisor {
     }
     if (main.closed || this.finished || this.stopRequested) return;
     this.setState('running', (r) => { r.startedAt = new Date().toISOString(); });
-    for (const watcher of this.watchers) watcher.send({ type: 'running', name: this.record.config.name, id: this.record.id });
+    this.attachments.running();
   }
 
   /**
@@ -615,8 +410,7 @@ export class Supervisor {
     if (this.finished) return;
     this.finished = true;
     await this.powerOff();
-    this.portProxy?.close();
-    await this.namespaceNetwork?.close();
+    await this.network.close();
     this.setState(state, (r) => {
       r.finishedAt = new Date().toISOString();
       if (result.exitCode !== undefined) r.exitCode = result.exitCode;
@@ -625,11 +419,7 @@ export class Supervisor {
     this.server?.close();
     await releaseVmResources(this.record, this.files.dir);
     if (this.record.config.autoRemove) this.store.remove(this.record);
-    for (const watcher of this.watchers) {
-      if (result.error !== undefined) watcher.send({ type: 'error', message: result.error });
-      else watcher.send({ type: 'exit', code: result.exitCode ?? null });
-      watcher.close();
-    }
+    this.attachments.end(result);
     // Let the final frames reach the CLI before the process goes.
     setTimeout(() => process.exit(0), 200).unref();
   }
@@ -647,226 +437,37 @@ export class Supervisor {
   // ---- control socket -------------------------------------------------------------------
 
   private async listen(): Promise<void> {
-    fs.rmSync(this.files.controlSocket, { force: true });
-    this.server = net.createServer((socket) => {
-      socket.on('error', () => undefined);
-      const mux = new Mux(socket, { side: 'guest', startInSync: false });
-      mux.on('open', (channel: Channel) => this.onControlRequest(channel));
-    });
-    await new Promise<void>((resolve, reject) => {
-      this.server!.once('error', reject);
-      this.server!.listen(this.files.controlSocket, resolve);
-    });
-  }
-
-  private onControlRequest(channel: Channel): void {
-    const req = channel.request;
-    switch (req.kind) {
-      case 'attach':
-        this.onAttach(channel, req.stdio === true);
-        return;
-      case 'exec':
-        this.onExec(channel, req);
-        return;
-      case 'snapshot':
+    this.server = await ControlServer.listen(this.files.controlSocket, {
+      attach: (channel, request) => this.attachments.attach(channel, request.stdio),
+      exec: (channel, request) => this.onExec(channel, request),
+      snapshot: (channel, request) => {
         channel.setDataHandler(() => undefined);
-        void this.onSnapshot(channel, String(req.dir ?? ''));
-        return;
-      case 'stop':
+        void this.snapshotter.serve(channel, request.dir);
+      },
+      stop: (channel) => {
         channel.setDataHandler(() => undefined);
         void this.stop();
-        channel.send({ type: 'result' });
+        sendEvent(channel, { type: 'result' });
         channel.close();
-        return;
-      default:
-        channel.send({ type: 'error', message: `unknown request ${String(req.kind)}` });
-        channel.close();
-    }
+      },
+    });
   }
 
-  private onAttach(channel: Channel, stdio: boolean): void {
-    this.watchers.add(channel);
-    for (const message of this.progressLog) channel.send({ type: 'progress', message });
-    if (stdio) this.attached.add(channel);
-    channel.on('close', () => {
-      this.watchers.delete(channel);
-      this.attached.delete(channel);
-      channel.close();
-    });
-    channel.on('message', (message: Record<string, unknown>) => {
-      if (message.type === 'resize') {
-        // The attached terminal's window: the latest size wins, also for a container not yet started.
-        const size = terminalSizeOf(message);
-        if (!size || !this.record.config.tty) return;
-        this.terminalSize = size;
-        this.mainChannel?.send({ type: 'resize', ...size });
-        return;
-      }
-      if (message.type !== 'signal') return;
-      // Like podman's sig-proxy once the container runs; before that, a signal aborts the start.
-      if (this.mainChannel) this.mainChannel.send(message);
-      else void this.stop();
-    });
-    if (stdio && this.record.config.interactive) {
-      // Input that arrives before the container starts waits for it (holding back the CLI's credit).
-      channel.setDataHandler(async (stream, data) => {
-        if (stream === STDIN) await (await this.mainStarted).write(STDIN, data);
-      });
-      channel.on('eof', (stream: number) => {
-        if (stream === STDIN) void this.mainStarted.then((main) => main.end(STDIN));
-      });
-    } else channel.setDataHandler(() => undefined);
-    if (this.record.state === 'running') channel.send({ type: 'running', name: this.record.config.name, id: this.record.id });
-    this.attachArrived();
-  }
-
-  private onExec(channel: Channel, req: Record<string, unknown>): void {
+  private onExec(channel: Channel, req: ExecControlRequest): void {
     if (!this.agent || this.agent.destroyed || this.record.state !== 'running') {
-      channel.send({ type: 'error', message: `VM ${this.record.config.name} is not running` });
-      channel.close();
+      refuse(channel, `VM ${this.record.config.name} is not running`);
       return;
     }
-    const command = Array.isArray(req.argv) ? req.argv.map(String) : [];
-    const env = (req.env ?? {}) as Record<string, string>;
-    const interactive = req.interactive === true;
-    const tty = req.tty === undefined ? undefined : terminalSizeOf(req.tty);
-    if (req.tty !== undefined && !tty) {
-      channel.send({ type: 'error', message: 'invalid terminal size' });
-      channel.close();
-      return;
-    }
-    const argv = req.vm === true ? command : podmanExecArgv(command, { env, interactive, tty: tty !== undefined });
-    const agentRequest: Record<string, unknown> = { kind: 'exec', argv, stdin: interactive };
+    const { argv: command, env, interactive, tty } = req;
+    const argv = req.vm ? command : podmanExecArgv(command, { env, interactive, tty: tty !== undefined });
+    const agentRequest: ExecRequest = { kind: 'exec', argv, stdin: interactive };
     if (tty) agentRequest.tty = tty;
-    if (req.vm === true) agentRequest.env = env;
-    relayChannels(channel, this.agent.open(agentRequest));
+    if (req.vm) agentRequest.env = env;
+    relayChannels(channel, this.agent.open({ ...agentRequest }));
   }
-
-  // ---- snapshots ------------------------------------------------------------------------
-
-  /**
-   * Writes state.bin, memory.raw and scratch.img of this VM into dir (the CLI builds the
-   * snapshot directory around them). The agent link is quiesced first: the agent answers and
-   * then holds its writes, the host holds its own, so no frame is half-sent at the snapshot
-   * point. Then pause, migrate device state (RAM stays in its file), copy RAM and disk, resume,
-   * and re-HELLO with resume: true so the agent sends what it held and the session goes on.
-   */
-  private async onSnapshot(channel: Channel, dir: string): Promise<void> {
-    const say = (message: string): void => channel.send({ type: 'progress', message });
-    const fail = (message: string): void => {
-      channel.send({ type: 'error', message });
-      channel.close();
-    };
-    const vm = this.vm;
-    const agent = this.agent;
-    const gate = this.gate;
-    if (!vm || !agent || agent.destroyed || !gate || this.record.state !== 'running' || this.finished || this.stopRequested) {
-      fail(`VM ${this.record.config.name} is not running`);
-      return;
-    }
-    if ((this.record.config.maps ?? []).length > 0) {
-      fail(`VM ${this.record.config.name} has --map directories, whose FUSE state lives in its supervisor: it cannot be snapshotted`);
-      return;
-    }
-    if (!snapshotSafe(this.record.accel, this.record.config.cpus)) {
-      fail(`VM ${this.record.config.name} has ${this.record.config.cpus} vCPUs under TCG: pausing such a guest for a snapshot leaves it in soft lockups on resume here, so only 1-vCPU TCG VMs (or KVM VMs) can be snapshotted`);
-      return;
-    }
-    if (this.restoredFrom) {
-      fail(`VM ${this.record.config.name} was restored from a snapshot; its memory is a private mapping of that snapshot, so it cannot be snapshotted itself (snapshot the source instead)`);
-      return;
-    }
-    if (this.snapshotting) {
-      fail(`VM ${this.record.config.name} is already being snapshotted`);
-      return;
-    }
-    if (!dir || !fs.existsSync(dir)) {
-      fail(`snapshot directory ${dir} does not exist`);
-      return;
-    }
-    try {
-      const timings = await this.takeSnapshot(dir, say);
-      channel.send({
-        type: 'result',
-        vmSpec: this.spec,
-        config: this.record.config,
-        loadedImage: this.record.loadedImage ?? null,
-        timings,
-      });
-      channel.close();
-    } catch (err) {
-      fail(`snapshot of ${this.record.config.name} failed: ${(err as Error).message}`);
-    }
-  }
-
-  /** Quiesce, pause, state + memory + disk into dir, resume, resume the link. */
-  private async takeSnapshot(dir: string, say: (message: string) => void): Promise<{ pausedMs: number; totalMs: number }> {
-    const vm = this.vm!;
-    const agent = this.agent!;
-    const gate = this.gate!;
-    this.snapshotting = true;
-    const started = Date.now();
-    let pausedAt = 0;
-    let resumedAt = 0;
-    try {
-      say('quiescing the agent link');
-      await withTimeout(request(agent, { kind: 'quiesce' }), QUIESCE_TIMEOUT_MS, 'the guest agent did not quiesce');
-      gate.hold();
-      try {
-        pausedAt = Date.now();
-        await vm.pause();
-        say('saving device state and guest memory');
-        await vm.snapshot({ stateFile: path.join(dir, 'state.bin'), memoryFile: path.join(dir, 'memory.raw') }, 'full');
-        say('copying the scratch disk');
-        await execFileAsync('cp', ['--reflink=auto', '--sparse=always', this.files.scratchDisk, path.join(dir, 'scratch.img')]);
-      } finally {
-        await vm.resume().catch(() => undefined);
-        resumedAt = Date.now();
-        await this.resumeLink(agent, gate);
-      }
-      return { pausedMs: resumedAt - pausedAt, totalMs: Date.now() - started };
-    } finally {
-      this.snapshotting = false;
-    }
-  }
-
-  /** After a snapshot: re-HELLO (resume: true) until the agent answers, then send what we held. */
-  private async resumeLink(agent: Mux, gate: GatedStream): Promise<void> {
-    const acked = new Promise<void>((resolve) => agent.once('helloAck', () => resolve()));
-    const deadline = Date.now() + QUIESCE_TIMEOUT_MS;
-    let done = false;
-    void acked.then(() => { done = true; });
-    while (!done) {
-      if (Date.now() > deadline || agent.destroyed) {
-        void this.finish('failed', { error: 'the guest agent did not answer after a snapshot' });
-        throw new ShoalError('the guest agent did not answer after the snapshot');
-      }
-      gate.bypass(encodeSync(FrameType.Hello, { session: 'resume', resume: true, timeMs: Date.now(), seed: crypto.randomBytes(32).toString('hex') }));
-      await Promise.race([acked, sleep(500)]);
-    }
-    gate.release(true);
-  }
-
-}
-
-/**
- * Under TCG, a guest with more than one vCPU that is paused and migrated for a snapshot hangs in
- * soft lockups after it resumes (seen on this project's machines), so snapshots, and with them the
- * image cache, are limited to 1-vCPU guests there. KVM guests are not affected.
- */
-function snapshotSafe(accel: string, cpus: number): boolean {
-  return accel === 'kvm' || cpus === 1;
 }
 
 function lastLine(buffer: Buffer): string {
   const lines = buffer.toString('utf8').trim().split('\n');
   return (lines[lines.length - 1] ?? '').replace(/^Error:\s*/, '');
-}
-
-function withTimeout<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    promise.finally(() => clearTimeout(timer)),
-    new Promise<T>((_, reject) => { timer = setTimeout(() => reject(new ShoalError(message)), ms); }),
-  ]);
 }

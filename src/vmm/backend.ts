@@ -4,6 +4,7 @@
  * live behind it and must not leak their vocabulary upward.
  */
 import type { Duplex } from 'node:stream';
+import type { VmmTraits } from './traits';
 
 export type VmmKind = 'qemu' | 'firecracker';
 export type Accelerator = 'kvm' | 'tcg';
@@ -123,6 +124,8 @@ export interface VmHandle {
 
 export interface VmmBackend {
   readonly kind: VmmKind;
+  /** What this VMM can and needs, by name (kernel image, command line, networking, snapshot features). */
+  readonly traits: VmmTraits;
   /**
    * Whether the VMM creates a host TAP it is given by name (QEMU does, as a device that goes
    * with its process). Otherwise the caller creates the TAP first, as Firecracker expects.

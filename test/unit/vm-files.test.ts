@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { removeOrphanMemoryFiles } from '../../src/supervisor/vm-files';
+import { removeOrphanMemoryFiles } from '../../src/state/vm-files';
 
 test('orphaned memory files go; used or young ones stay', async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-shm-'));

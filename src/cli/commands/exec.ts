@@ -2,11 +2,15 @@
  * `shoal exec NAME [--vm] [-i] -- CMD...`: runs a command in the VM's container (or, with --vm,
  * in the guest OS) with the same stdio and exit-code rules as run.
  */
+import type { Command } from 'commander';
+import { act } from '../act';
+import { collect } from '../options';
 import { parseEnv } from '../../container/podman-argv';
 import { attachChannel } from '../../host/exec-client';
 import { StateStore, statusOf } from '../../state/store';
 import { ShoalError } from '../../util/errors';
-import { connectSupervisor } from '../control-client';
+import { sendClientMessage, SupervisorClient } from '../../control/client';
+import type { ExecControlRequest } from '../../control/messages';
 import { releaseStdin, startTerminal } from '../terminal';
 
 export interface ExecFlags {
@@ -29,13 +33,13 @@ export async function execCommand(nameOrId: string, command: string[], flags: Ex
   } catch (err) {
     throw new ShoalError(`invalid --env: ${(err as Error).message}`);
   }
-  const mux = await connectSupervisor(store, record);
-  const request: Record<string, unknown> = { kind: 'exec', argv, env, interactive: flags.interactive === true, vm: flags.vm === true };
+  const client = await SupervisorClient.connect(store, record);
+  const request: Omit<ExecControlRequest, 'kind'> = { argv, env, interactive: flags.interactive === true, vm: flags.vm === true };
   const terminal = flags.tty ? startTerminal(flags.interactive === true) : undefined;
   if (terminal) request.tty = terminal.size;
-  const channel = mux.open(request);
-  terminal?.onResize((size) => channel.send({ type: 'resize', ...size }));
-  const forward = (signal: NodeJS.Signals): void => channel.send({ type: 'signal', signal });
+  const channel = client.exec(request);
+  terminal?.onResize((size) => sendClientMessage(channel, { type: 'resize', ...size }));
+  const forward = (signal: NodeJS.Signals): void => sendClientMessage(channel, { type: 'signal', signal });
   const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
   for (const signal of signals) process.on(signal, forward);
   try {
@@ -46,6 +50,22 @@ export async function execCommand(nameOrId: string, command: string[], flags: Ex
     terminal?.restore();
     for (const signal of signals) process.off(signal, forward);
     releaseStdin();
-    mux.destroy();
+    client.close();
   }
+}
+
+/** The command's flags, declared beside its handler. */
+export function registerExec(program: Command): void {
+  program
+    .command('exec')
+    .description('run a command in a running VM\'s container (or, with --vm, in the guest OS)')
+    .argument('<name>', 'VM name or id')
+    .argument('<command...>', 'command and arguments (after --)')
+    .option('--vm', 'run in the guest OS instead of the container')
+    .option('-i, --interactive', 'pass stdin')
+    .option('-t, --tty', 'run the command on a terminal (with -i: an interactive session)')
+    .option('-e, --env <KEY=VALUE>', 'set an environment variable (repeatable)', collect, [])
+    // As podman: options after the command are the command's (`exec web sh -c ...`).
+    .passThroughOptions()
+    .action(act((name: string, command: string[], flags: Parameters<typeof execCommand>[2]) => execCommand(name, command, flags)));
 }

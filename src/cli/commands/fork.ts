@@ -9,6 +9,9 @@
  * its QEMU maps memory.raw MAP_PRIVATE, which keeps the (unlinked) file's pages alive and shared
  * until the last child exits. So nothing needs reference counting, and nothing leaks.
  */
+import type { Command } from 'commander';
+import { act } from '../act';
+import { collect } from '../options';
 import fs from 'node:fs';
 import { assertPortsFree, formatForward, forwardsForChild, parsePublish } from '../../network/publish';
 import { startClone, waitUntilRunning } from '../../snapshot/clone';
@@ -16,7 +19,7 @@ import { createSnapshot } from '../../snapshot/create';
 import { StateStore } from '../../state/store';
 import type { VmRecord } from '../../state/vm-record';
 import { ShoalError } from '../../util/errors';
-import { killVm } from '../vm-lifecycle';
+import { killVm } from '../../lifecycle/stop';
 import { progressLine } from '../output';
 
 export interface ForkFlags {
@@ -71,4 +74,22 @@ export async function forkCommand(name: string, flags: ForkFlags): Promise<numbe
   else for (const child of out) process.stdout.write(`${child.name}\n`);
   progressLine(`forked ${count} in ${totalMs} ms (snapshot ${snapshotMs} ms)`);
   return 0;
+}
+
+/** The command's flags, declared beside its handler. */
+export function registerFork(program: Command): void {
+  program
+    .command('fork')
+    .description('snapshot a running VM and start N clones of it at once (NAME-1..NAME-N)')
+    .argument('<name>', 'VM name or id')
+    .option('-n, --count <n>', 'number of clones', '1')
+    .option('--name-prefix <prefix>', 'name the clones PREFIX-1..PREFIX-N')
+    .option('-p, --publish <[ADDR:]HOST:GUEST[/proto]>', 'publish a guest port of every clone: clone i gets host port HOST+i-1 (repeatable)', collect, [])
+    .option('--json', 'print the clones as JSON')
+    .action(act((name: string, flags: { count: string; namePrefix?: string; publish: string[]; json?: boolean }) => {
+      const forkFlags: Parameters<typeof forkCommand>[1] = { n: flags.count, publish: flags.publish };
+      if (flags.namePrefix !== undefined) forkFlags.namePrefix = flags.namePrefix;
+      if (flags.json !== undefined) forkFlags.json = flags.json;
+      return forkCommand(name, forkFlags);
+    }));
 }

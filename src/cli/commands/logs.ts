@@ -2,10 +2,12 @@
  * `shoal logs [--console] NAME`: the container's output (stdout to stdout, stderr to stderr),
  * or with --console the guest's serial console.
  */
+import type { Command } from 'commander';
+import { act } from '../act';
 import fs from 'node:fs';
 import { StateStore } from '../../state/store';
 import { readContainerLog } from '../../supervisor/container-log';
-import { vmFiles } from '../../supervisor/vm-files';
+import { vmFiles } from '../../state/vm-files';
 import { STDERR } from '../../protocol/mux';
 
 export function logsCommand(nameOrId: string, flags: { console?: boolean }): number {
@@ -20,4 +22,14 @@ export function logsCommand(nameOrId: string, flags: { console?: boolean }): num
     (stream === STDERR ? process.stderr : process.stdout).write(data);
   }
   return 0;
+}
+
+/** The command's flags, declared beside its handler. */
+export function registerLogs(program: Command): void {
+  program
+    .command('logs')
+    .description('print a VM\'s container output (or its guest console)')
+    .argument('<name>')
+    .option('--console', 'print the guest serial console instead')
+    .action(act((name: string, flags: { console?: boolean }) => logsCommand(name, flags)));
 }

@@ -1,6 +1,8 @@
 /**
  * `shoal ls [--json]`: every VM, with what it is now (a VM whose supervisor died is dead).
  */
+import type { Command } from 'commander';
+import { act } from '../act';
 import { attachmentFor, guestAddress } from '../../network/mode';
 import { formatForward } from '../../network/publish';
 import { StateStore, statusOf } from '../../state/store';
@@ -78,4 +80,14 @@ export function lsCommand(flags: { json?: boolean }): number {
   ]);
   process.stdout.write(table(['NAME', 'ID', 'STATE', 'BACKEND', 'ACCEL', 'PID', 'UPTIME', 'PORTS', 'IMAGE'], rows));
   return 0;
+}
+
+/** The command's flags, declared beside its handler. */
+export function registerLs(program: Command): void {
+  program
+    .command('ls')
+    .alias('ps')
+    .description('list VMs')
+    .option('--json', 'machine-readable output')
+    .action(act((flags: { json?: boolean }) => lsCommand(flags)));
 }

@@ -2,23 +2,25 @@
  * `shoal run`: create a VM record, start its supervisor, and either wait for the container to
  * be running (--detach) or stay attached to it and exit with its exit code.
  */
-import { spawn } from 'node:child_process';
-import fs from 'node:fs';
+import type { Command } from 'commander';
+import { act } from '../act';
+import { collect } from '../options';
 import path from 'node:path';
 import { loadAssets } from '../../assets/setup';
 import { parseImage } from '../../container/image-ref';
 import { parseMaps } from '../../container/map-spec';
 import { parseHealthCheck } from '../../supervisor/health-check';
 import { parseEnv } from '../../container/podman-argv';
-import { STDERR, STDIN, STDOUT, type Channel, type Mux } from '../../protocol/mux';
+import { STDERR, STDIN, STDOUT, type Channel } from '../../protocol/mux';
 import { checkNetworkSupport, parseNetworkMode } from '../../network/mode';
 import { assertPortsFree, parsePublish } from '../../network/publish';
 import { StateStore } from '../../state/store';
 import { nameProblem, type VmConfig, type VmRecord } from '../../state/vm-record';
-import { vmFiles } from '../../supervisor/vm-files';
 import { ShoalError } from '../../util/errors';
 import { selectBackend, type JailerChoice, type VmmChoice } from '../../vmm/select';
-import { connectSupervisor } from '../control-client';
+import { onControlEvents, sendClientMessage, SupervisorClient } from '../../control/client';
+import { exitCodeOf } from '../../protocol/messages';
+import { startSupervisor } from '../../lifecycle/spawn';
 import { parseCpus, parseMemory, parseVmm } from '../options';
 import { progressLine } from '../output';
 import { releaseStdin, startTerminal, terminalSizeNow } from '../terminal';
@@ -71,8 +73,8 @@ export async function runCommand(image: string, command: string[], flags: RunFla
     throw err;
   }
   progressLine(`using ${selection.reason}`);
-  const mux = await connectSupervisor(store, record);
-  return config.detach ? waitUntilRunning(mux, config.name) : attach(mux, config);
+  const client = await SupervisorClient.connect(store, record);
+  return config.detach ? waitUntilRunning(client, config.name) : attach(client, config);
 }
 
 function validate(image: string, command: string[], flags: RunFlags): VmConfig {
@@ -82,7 +84,7 @@ function validate(image: string, command: string[], flags: RunFlags): VmConfig {
   const name = flags.name ?? `vm-${Math.random().toString(16).slice(2, 8)}`;
   const problem = nameProblem(name);
   if (problem) throw new ShoalError(`invalid --name: ${problem}`);
-  parseImage(image); // fails early on a missing archive or a malformed reference
+  const source = parseImage(image); // fails early on a missing archive or a malformed reference
   let env: Record<string, string>;
   try {
     env = parseEnv(flags.env);
@@ -92,6 +94,7 @@ function validate(image: string, command: string[], flags: RunFlags): VmConfig {
   return {
     name,
     image,
+    source,
     command: command[0] === '--' ? command.slice(1) : command,
     env,
     cpus: parseCpus(flags.cpus),
@@ -124,45 +127,17 @@ function parseJailer(flags: RunFlags): JailerChoice {
   return choice;
 }
 
-/** The supervisor runs detached, in its own session, so the VM outlives this CLI process. */
-function startSupervisor(store: StateStore, id: string): void {
-  const files = vmFiles(store.vmDir(id));
-  const log = fs.openSync(files.supervisorLog, 'a');
-  const child = spawn(process.execPath, [path.join(__dirname, '..', '..', 'supervisor', 'main.js'), id], {
-    detached: true,
-    stdio: ['ignore', log, log],
-    env: { ...process.env, SHOAL_STATE_DIR: store.root },
-  });
-  fs.closeSync(log);
-  child.unref();
-}
-
-function waitUntilRunning(mux: Mux, name: string): Promise<number> {
-  return new Promise<number>((resolve, reject) => {
-    const channel = mux.open({ kind: 'attach', stdio: false });
-    channel.setDataHandler(() => undefined);
-    let done = false;
-    channel.on('message', (message: Record<string, unknown>) => {
-      if (message.type === 'progress') progressLine(String(message.message));
-      else if (message.type === 'running' && !done) {
-        done = true;
-        process.stdout.write(`${name}\n`);
-        mux.destroy();
-        resolve(0);
-      } else if (message.type === 'error' && !done) {
-        done = true;
-        reject(new ShoalError(String(message.message)));
-      } else if (message.type === 'exit' && !done) {
-        // The container ended before we looked: it did run.
-        done = true;
-        process.stdout.write(`${name}\n`);
-        resolve(0);
-      }
-    });
-    channel.on('close', () => {
-      if (!done) reject(new ShoalError('the supervisor went away before the VM was running'));
-    });
-  });
+/** -d: returns once the container really runs (or already ended: it did run) and prints the name. */
+async function waitUntilRunning(client: SupervisorClient, name: string): Promise<number> {
+  try {
+    const result = await client.waitUntilRunning(progressLine);
+    if (result.outcome === 'error') throw new ShoalError(result.message);
+    if (result.outcome === 'lost') throw new ShoalError('the supervisor went away before the VM was running');
+    process.stdout.write(`${name}\n`);
+    return 0;
+  } finally {
+    client.close();
+  }
 }
 
 /**
@@ -171,19 +146,19 @@ function waitUntilRunning(mux: Mux, name: string): Promise<number> {
  * must not be echoed here), a Ctrl-C typed before the container runs still aborts the start,
  * and the window size follows along.
  */
-function attach(mux: Mux, config: VmConfig): Promise<number> {
+function attach(client: SupervisorClient, config: VmConfig): Promise<number> {
   const { interactive } = config;
   return new Promise<number>((resolve, reject) => {
-    const channel: Channel = mux.open({ kind: 'attach', stdio: true });
+    const channel: Channel = client.attach(true);
     let running = false;
     const terminal = config.tty ? startTerminal(interactive) : undefined;
     if (terminal) {
-      channel.send({ type: 'resize', ...terminal.size });
-      terminal.onResize((size) => channel.send({ type: 'resize', ...size }));
+      sendClientMessage(channel, { type: 'resize', ...terminal.size });
+      terminal.onResize((size) => sendClientMessage(channel, { type: 'resize', ...size }));
     }
     let exitCode: number | undefined;
     let error: string | undefined;
-    const forward = (signal: NodeJS.Signals): void => channel.send({ type: 'signal', signal });
+    const forward = (signal: NodeJS.Signals): void => sendClientMessage(channel, { type: 'signal', signal });
     const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'];
     for (const signal of signals) process.on(signal, forward);
     channel.setDataHandler((stream, data) => {
@@ -191,17 +166,17 @@ function attach(mux: Mux, config: VmConfig): Promise<number> {
       if (target && !target.write(data)) return new Promise<void>((r) => target.once('drain', r));
       return;
     });
-    channel.on('message', (message: Record<string, unknown>) => {
-      if (message.type === 'progress') progressLine(String(message.message));
-      else if (message.type === 'running') running = true;
-      else if (message.type === 'exit') exitCode = typeof message.code === 'number' ? message.code : 255;
-      else if (message.type === 'error') error = String(message.message);
+    onControlEvents(channel, (event) => {
+      if (event.type === 'progress') progressLine(event.message);
+      else if (event.type === 'running') running = true;
+      else if (event.type === 'exit') exitCode = exitCodeOf(event);
+      else if (event.type === 'error') error = event.message;
     });
     channel.on('close', () => {
       for (const signal of signals) process.off(signal, forward);
       terminal?.restore();
       releaseStdin();
-      mux.destroy();
+      client.close();
       if (exitCode !== undefined) resolve(exitCode);
       else reject(new ShoalError(error ?? 'lost the connection to the VM supervisor'));
     });
@@ -219,3 +194,31 @@ function attach(mux: Mux, config: VmConfig): Promise<number> {
   });
 }
 
+/** The command's flags, declared beside its handler. */
+export function registerRun(program: Command): void {
+  program
+    .command('run')
+    .description('run a container in a new microVM')
+    .argument('<image>', 'registry reference, docker-archive:PATH or oci-archive:PATH')
+    .argument('[command...]', 'command and arguments for the container')
+    .option('--name <name>', 'name of the VM')
+    .option('--cpus <n>', 'vCPUs', '1')
+    .option('--memory <MiB>', 'guest memory in MiB', '1024')
+    .option('-e, --env <KEY=VALUE>', 'set an environment variable (repeatable)', collect, [])
+    .option('-d, --detach', 'run in the background and print the name')
+    .option('--rm', 'remove the VM when the container exits')
+    .option('-i, --interactive', 'pass stdin to the container')
+    .option('-t, --tty', 'give the container a terminal (with -i: an interactive session)')
+    .option('--vmm <vmm>', 'auto, qemu or firecracker (default: $SHOAL_VMM, else auto)', process.env.SHOAL_VMM ?? 'auto')
+    .option('--no-snapshot', 'do not use the image cache (neither restore from it nor save to it)')
+    .option('--network <mode>', 'rootless (default: user-mode networking; QEMU\'s slirp, or slirp4netns on Firecracker), slirp4netns, bridged (root) or none')
+    .option('-p, --publish <[ADDR:]HOST:GUEST[/tcp|/udp]>', 'publish a guest port on the host (repeatable, comma-separated)', collect, [])
+    .option('--health-check <url>', 'once this URL answers in the guest, snapshot the running app; later runs start from it')
+    .option('--jailer', 'run Firecracker under its jailer (chroot, unprivileged uid/gid, cgroup)')
+    .option('--jailer-uid <uid>', 'with --jailer: the uid Firecracker drops to (default 65534)')
+    .option('--jailer-gid <gid>', 'with --jailer: the gid Firecracker drops to (default 65534)')
+    .option('--jailer-chroot <dir>', 'with --jailer: the chroot base directory (default /srv/jailer)')
+    .option('--map <HOST:GUEST[:ro]>', 'show a host directory to the container at GUEST, over FUSE (repeatable, comma-separated)', collect, [])
+    .passThroughOptions()
+    .action(act((image: string, command: string[], flags: Parameters<typeof runCommand>[2]) => runCommand(image, command, flags)));
+}

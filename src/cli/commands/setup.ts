@@ -2,6 +2,8 @@
  * `shoal setup [--force] [--vmm firecracker [--firecracker PATH]]`: build (or find cached) guest
  * assets, decide the accelerator, and with --vmm firecracker install Firecracker.
  */
+import type { Command } from 'commander';
+import { act } from '../act';
 import { ensureAssets } from '../../assets/setup';
 import { ShoalError } from '../../util/errors';
 import { installFirecracker } from '../../vmm/firecracker/install';
@@ -49,4 +51,16 @@ export async function setupCommand(flags: SetupFlags): Promise<number> {
   lines.push(`assets in      ${assets.dir}`);
   process.stdout.write(`${lines.join('\n')}\n`);
   return 0;
+}
+
+/** The command's flags, declared beside its handler. */
+export function registerSetup(program: Command): void {
+  program
+    .command('setup')
+    .description('build and cache the guest kernel, initramfs and rootfs; probe whether KVM works here')
+    .option('--force', 'rebuild everything and probe again')
+    .option('--json', 'print the asset paths as JSON')
+    .option('--vmm <vmm>', 'also install this VMM: qemu (default) or firecracker')
+    .option('--firecracker <path>', 'with --vmm firecracker: use this binary instead of downloading the release')
+    .action(act((flags: Parameters<typeof setupCommand>[0]) => setupCommand(flags)));
 }

@@ -5,6 +5,8 @@
  * pages. It runs in the foreground until SIGINT/SIGTERM, survives its clones' deaths, and
  * registers itself under <state>/serve/<pid>.json so `snapshot run --pid PID` can find it.
  */
+import type { Command } from 'commander';
+import { act } from '../act';
 import fs from 'node:fs';
 import path from 'node:path';
 import { readJson, writeJsonAtomic } from '../../state/atomic';
@@ -65,4 +67,15 @@ export function findServer(store: StateStore, pid: number): ServeRegistration {
   const registration = readJson<ServeRegistration>(path.join(serveDir(store), `${pid}.json`));
   if (!registration || !isAlive(registration.pid, registration.startTime)) throw new ShoalError(`no \`shoal snapshot serve\` runs as pid ${pid}`);
   return registration;
+}
+
+/** The command's flags, declared beside its handler. */
+export function registerSnapshotServe(snapshot: Command): void {
+  snapshot
+    .command('serve')
+    .description('serve a snapshot\'s memory to Firecracker clones (Uffd backend) until interrupted')
+    .argument('<tag>', 'the snapshot')
+    .option('--socket <path>', 'the Unix socket to listen on (default <state>/serve/<pid>.sock)')
+    .option('--json', 'print {pid, tag, socket} as JSON')
+    .action(act((tag: string, flags: { socket?: string; json?: boolean }) => snapshotServeCommand(tag, flags)));
 }

@@ -2,13 +2,18 @@
  * `shoal snapshot create NAME --tag T`, `snapshot ls [--json]`, `snapshot rm T...`,
  * `snapshot run --snapshot T [--name N] [--rm] [--exec -- CMD...]`.
  */
+import type { Command } from 'commander';
+import { act } from '../act';
+import { collect } from '../options';
 import { startClone, waitUntilRunning } from '../../snapshot/clone';
 import { createSnapshot } from '../../snapshot/create';
 import { findSnapshot, listSnapshots, removeSnapshot, tagProblem } from '../../snapshot/store';
-import { findServer } from './snapshot-serve';
+import { findServer, registerSnapshotServe } from './snapshot-serve';
 import { StateStore } from '../../state/store';
 import { ShoalError } from '../../util/errors';
-import { killVm } from '../vm-lifecycle';
+import { killVm } from '../../lifecycle/stop';
+import type { VmmKind } from '../../vmm/backend';
+import { vmmTraits } from '../../vmm/traits';
 import { formatDuration, progressLine, table } from '../output';
 import { execCommand } from './exec';
 import { assertPortsFree, parsePublish } from '../../network/publish';
@@ -108,11 +113,11 @@ export async function snapshotRunCommand(command: string[], flags: SnapshotRunFl
 }
 
 /** `--pid`: the socket of the `snapshot serve` process serving this snapshot to Firecracker clones. */
-function serverSocket(store: StateStore, pidText: string, tag: string, backend: string): string {
+function serverSocket(store: StateStore, pidText: string, tag: string, backend: VmmKind): string {
   if (!/^\d+$/.test(pidText)) throw new ShoalError(`invalid --pid "${pidText}": expected a process id`);
   const server = findServer(store, Number(pidText));
   if (server.tag !== tag) throw new ShoalError(`pid ${pidText} serves snapshot ${server.tag}, not ${tag}`);
-  if (backend !== 'firecracker') {
+  if (!vmmTraits(backend).uffdRestore) {
     throw new ShoalError(`--pid restores memory through Firecracker's Uffd backend; snapshot ${tag} is a ${backend} snapshot, whose clones map its memory file directly`);
   }
   return server.socket;
@@ -127,4 +132,39 @@ async function removeClone(store: StateStore, name: string): Promise<void> {
 
 function mib(bytes: number): string {
   return `${(bytes / 1048576).toFixed(1)} MiB`;
+}
+
+/** The command's flags, declared beside its handler. */
+export function registerSnapshot(program: Command): void {
+  const snapshot = program.command('snapshot').description('snapshots of running VMs, and VMs restored from them');
+  snapshot
+    .command('create')
+    .description('snapshot a running VM (memory, device state, scratch disk); the VM keeps running')
+    .argument('<name>', 'VM name or id')
+    .requiredOption('--tag <tag>', 'name of the snapshot')
+    .option('--json', 'print the manifest as JSON')
+    .action(act((name: string, flags: { tag?: string; json?: boolean }) => snapshotCreateCommand(name, flags)));
+  snapshot
+    .command('ls')
+    .description('list snapshots')
+    .option('--json', 'machine-readable output')
+    .action(act((flags: { json?: boolean }) => snapshotLsCommand(flags)));
+  snapshot
+    .command('rm')
+    .description('remove snapshots (VMs restored from them keep running)')
+    .argument('<tags...>')
+    .action(act((tags: string[]) => snapshotRmCommand(tags)));
+  snapshot
+    .command('run')
+    .description('start a new VM from a snapshot; its container is already running')
+    .requiredOption('--snapshot <tag>', 'the snapshot to restore')
+    .option('--name <name>', 'name of the new VM')
+    .option('--rm', 'remove the VM when its container exits')
+    .option('--exec', 'run the command after -- in the clone\'s container, print its output, exit with its code, remove the clone')
+    .option('-p, --publish <[ADDR:]HOST:GUEST[/tcp|/udp]>', 'publish a guest port of the clone on the host (repeatable)', collect, [])
+    .option('--pid <pid>', 'Firecracker: take the clone\'s memory from this `snapshot serve` process (Uffd backend)')
+    .argument('[command...]', 'with --exec: command and arguments (after --)')
+    .passThroughOptions()
+    .action(act((command: string[], flags: Parameters<typeof snapshotRunCommand>[1]) => snapshotRunCommand(command, flags)));
+  registerSnapshotServe(snapshot);
 }

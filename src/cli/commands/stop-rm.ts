@@ -1,9 +1,11 @@
 /**
  * `shoal stop NAME...` and `shoal rm [-f] NAME...`.
  */
+import type { Command } from 'commander';
+import { act } from '../act';
 import { StateStore } from '../../state/store';
 import { ShoalError } from '../../util/errors';
-import { isRunning, killVm, stopVm } from '../vm-lifecycle';
+import { isRunning, killVm, stopVm } from '../../lifecycle/stop';
 
 export async function stopCommand(names: string[]): Promise<number> {
   const store = new StateStore();
@@ -29,4 +31,20 @@ export async function rmCommand(names: string[], flags: { force?: boolean }): Pr
     process.stdout.write(`${record.config.name}\n`);
   }
   return 0;
+}
+
+/** The command's flags, declared beside its handler. */
+export function registerStopRm(program: Command): void {
+  program
+    .command('stop')
+    .description('stop VMs (the container gets SIGTERM, then the VM powers off)')
+    .argument('<names...>')
+    .action(act((names: string[]) => stopCommand(names)));
+
+  program
+    .command('rm')
+    .description('remove VMs')
+    .argument('<names...>')
+    .option('-f, --force', 'kill and remove running VMs')
+    .action(act((names: string[], flags: { force?: boolean }) => rmCommand(names, flags)));
 }

@@ -17,6 +17,8 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Duplex } from 'node:stream';
 import type { RestoreSpec, SnapshotFiles, SnapshotKind, VmExit, VmHandle, VmmBackend, VmSpec } from '../backend';
+import { isExecutable, searchPath } from '../../util/which';
+import { vmmTraits } from '../traits';
 import { ShoalError } from '../../util/errors';
 import { FirecrackerApiClient, waitForSocket } from './api-client';
 import { connectHybridVsock, VsockConnectError } from './hybrid-vsock';
@@ -69,29 +71,6 @@ export interface FirecrackerBackendOptions {
 }
 
 const SNAPSHOT_TIMEOUT_MS = 120_000;
-
-function searchPath(name: string, envPath: string | undefined): string | null {
-  for (const dir of (envPath ?? '').split(':')) {
-    if (!dir) continue;
-    const p = path.join(dir, name);
-    try {
-      fs.accessSync(p, fs.constants.X_OK);
-      if (fs.statSync(p).isFile()) return p;
-    } catch {
-      /* keep looking */
-    }
-  }
-  return null;
-}
-
-function isExecutable(p: string): boolean {
-  try {
-    fs.accessSync(p, fs.constants.X_OK);
-    return fs.statSync(p).isFile();
-  } catch {
-    return false;
-  }
-}
 
 /** Where the firecracker binary is: configured path, SHOAL_FIRECRACKER, the setup cache, then PATH. */
 export function findFirecrackerBinary(opts: Pick<FirecrackerBackendOptions, 'binary' | 'env' | 'cacheDir' | 'arch'> = {}): { path: string | null; tried: string[] } {
@@ -155,6 +134,7 @@ export class FirecrackerBackend implements VmmBackend {
   readonly kind = 'firecracker' as const;
   /** Firecracker opens an existing TAP (docs/network-setup.md: `ip tuntap add ... mode tap` first). */
   readonly createsTap = false;
+  readonly traits = vmmTraits('firecracker');
 
   constructor(private readonly opts: FirecrackerBackendOptions = {}) {}
 

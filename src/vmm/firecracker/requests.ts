@@ -53,8 +53,8 @@ export type LogLevel = 'Error' | 'Warning' | 'Info' | 'Debug' | 'Trace' | 'Off';
 
 // ---------------------------------------------------------------- constants
 
-/** The guest agent's AF_VSOCK port (docs/ARCHITECTURE.md). */
-export const AGENT_VSOCK_PORT = 1024;
+/** The guest agent's AF_VSOCK port, defined with the transport both ends share. */
+export { AGENT_VSOCK_PORT } from '../../protocol/transport';
 /** Guest CID; any value >= 3 (the spec's minimum). Each VM has its own vsock UDS, so all can share it. */
 export const GUEST_CID = 3;
 /** Interface id of the one guest NIC. */

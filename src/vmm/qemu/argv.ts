@@ -3,6 +3,7 @@
  * Pure, so the device layout can be unit-tested without starting QEMU.
  */
 import path from 'node:path';
+import { SERIAL_PORT_NAME } from '../../protocol/transport';
 import type { DriveSpec, NetSpec, VmSpec } from '../backend';
 
 export interface QemuPaths {
@@ -50,7 +51,7 @@ export function buildQemuArgv(launch: QemuLaunch): string[] {
     '-device', 'virtio-rng-device',
     '-device', 'virtio-serial-device',
     '-chardev', `socket,id=agent,path=${launch.paths.agentSocket},server=on,wait=off`,
-    '-device', 'virtserialport,chardev=agent,name=shoal.agent',
+    '-device', `virtserialport,chardev=agent,name=${SERIAL_PORT_NAME}`,
   ];
   if (spec.initrd) argv.push('-initrd', spec.initrd);
   if (launch.memory) {

@@ -15,6 +15,7 @@ import { promisify } from 'node:util';
 import { ShoalError } from '../../util/errors';
 import { sleep, spawnTied, which } from '../../util/process';
 import type { RestoreSpec, SnapshotFiles, SnapshotKind, VmExit, VmHandle, VmmBackend, VmSpec } from '../backend';
+import { vmmTraits } from '../traits';
 import { buildQemuArgv, qemuPaths, type QemuLaunch, type QemuPaths } from './argv';
 import { QmpClient } from './qmp';
 
@@ -25,6 +26,7 @@ const MONITOR_TIMEOUT_MS = 15_000;
 export class QemuBackend implements VmmBackend {
   readonly kind = 'qemu' as const;
   readonly createsTap = true;
+  readonly traits = vmmTraits('qemu');
 
   async unavailableReason(): Promise<string | null> {
     if (!which(QEMU_BINARY)) return `${QEMU_BINARY} not found: apt-get install qemu-system-x86`;

@@ -4,7 +4,7 @@
  */
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
-import { sleep } from '../../util/process';
+import { connectUnix, retryUntil } from '../../util/connect';
 
 interface Pending {
   resolve: (value: unknown) => void;
@@ -60,24 +60,16 @@ export class QmpClient extends EventEmitter {
   }
 
   /** Connects (retrying until the socket exists) and negotiates capabilities. */
-  static async connect(path: string, timeoutMs: number): Promise<QmpClient> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      try {
-        const socket = await new Promise<net.Socket>((resolve, reject) => {
-          const s = net.connect(path);
-          s.once('connect', () => resolve(s));
-          s.once('error', reject);
-        });
-        const client = new QmpClient(socket);
+  static connect(path: string, timeoutMs: number): Promise<QmpClient> {
+    return retryUntil(
+      async () => {
+        const client = new QmpClient(await connectUnix(path));
         await client.greeted;
         await client.execute('qmp_capabilities');
         return client;
-      } catch (err) {
-        if (Date.now() > deadline) throw new Error(`cannot reach QEMU's monitor at ${path}: ${(err as Error).message}`);
-        await sleep(25);
-      }
-    }
+      },
+      { timeoutMs, intervalMs: 25, timeoutError: (err) => new Error(`cannot reach QEMU's monitor at ${path}: ${err.message}`) },
+    );
   }
 
   execute(command: string, args?: Record<string, unknown>): Promise<unknown> {

@@ -1,14 +1,13 @@
 /**
- * Stopping and removing VMs from the CLI, including VMs whose supervisor died (then the CLI
- * cleans up after it: a VMM that somehow survived, sockets, the scratch disk).
+ * Stopping and removing VMs, for every command that ends one, including VMs whose supervisor
+ * died (then the caller cleans up after it: a VMM that somehow survived, sockets, the scratch disk).
  */
 import fs from 'node:fs';
-import { request } from '../host/exec-client';
+import { SupervisorClient } from '../control/client';
 import { StateStore, statusOf } from '../state/store';
 import type { VmRecord } from '../state/vm-record';
-import { releaseVmResources } from '../supervisor/vm-files';
 import { isAlive, sleep } from '../util/process';
-import { connectSupervisor } from './control-client';
+import { releaseVmResources } from './release';
 
 const STOP_TIMEOUT_MS = 30_000;
 
@@ -51,9 +50,9 @@ async function killLeftoverVmm(store: StateStore, record: VmRecord): Promise<voi
 export async function stopVm(store: StateStore, record: VmRecord): Promise<void> {
   if (isLive(record) && record.supervisorPid !== undefined) {
     try {
-      const mux = await connectSupervisor(store, record, 5000);
-      await Promise.race([request(mux, { kind: 'stop' }), sleep(5000)]);
-      mux.destroy();
+      const client = await SupervisorClient.connect(store, record, 5000);
+      await Promise.race([client.stop(), sleep(5000)]);
+      client.close();
     } catch {
       // unreachable supervisor: fall through to the kill
     }

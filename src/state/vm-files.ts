@@ -1,9 +1,9 @@
-/** The files of one VM inside its state directory. */
+/**
+ * The files of one VM inside its state directory, and its guest memory file on tmpfs. Plain
+ * paths: releasing them is src/lifecycle/release.ts's job.
+ */
 import fs from 'node:fs';
 import path from 'node:path';
-import type { VmRecord } from '../state/vm-record';
-import { jailDirOf } from '../vmm/select';
-import { releaseAddress, removeTap, tapName } from '../network/bridge';
 
 export function vmFiles(dir: string) {
   return {
@@ -49,31 +49,6 @@ export interface RestoreInfo {
   tag: string;
   /** Firecracker: the `snapshot serve` socket to restore memory from (Uffd backend). */
   uffdSocket?: string;
-}
-
-/**
- * Everything a VM holds on the host besides its record, released once its VMM is gone: by its
- * supervisor at the end, and by `rm -f` after a supervisor that died. The record must be current
- * (a bridged VM's address is in it).
- */
-export async function releaseVmResources(record: VmRecord, dir: string): Promise<void> {
-  removeJail(record);
-  if (record.config.network === 'bridged') {
-    // QEMU's TAP goes with it; one made for Firecracker does not. The address claim is released
-    // here, or taken over later.
-    await removeTap(tapName(record.id));
-    releaseAddress(record.id, record.bridgedAddress);
-  }
-  removeSockets(dir);
-  fs.rmSync(vmFiles(dir).scratchDisk, { force: true });
-  fs.rmSync(memoryFilePath(record.id), { force: true });
-}
-
-/** Removes a jailed VM's jail directory (the jailer does not), once its VMM is gone. */
-function removeJail(record: VmRecord): void {
-  if (!record.config.jailer) return;
-  const dir = jailDirOf(record.id, record.config.jailer);
-  if (dir) fs.rmSync(dir, { recursive: true, force: true });
 }
 
 /** How old an unused memory file must be before it counts as orphaned (a starting VM maps its own within seconds). */

@@ -1,0 +1,153 @@
+/**
+ * The CLI<->supervisor control protocol: what travels on a VM's control socket (`ctl.sock`).
+ * It rides the same channel multiplexing as the agent link (src/protocol/mux.ts): every channel
+ * starts with one ControlRequest (the Open frame), the supervisor answers with ControlEvents,
+ * the CLI may send ClientMessages, and stdio travels as data on streams 0/1/2.
+ *
+ * Both ends parse what they receive here, so a malformed request or reply is refused where it
+ * enters instead of being cast into shape deep inside.
+ */
+import type { TerminalSize } from '../protocol/messages';
+import { terminalSizeOf } from '../protocol/messages';
+import type { VmConfig } from '../state/vm-record';
+import type { VmSpec } from '../vmm/backend';
+
+/** Follow the VM: progress, `running`, and the final exit or error; with stdio, the main container's streams too. */
+export type AttachRequest = { kind: 'attach'; stdio: boolean };
+
+/** Run a command in the VM's container (podman exec) or, with vm, in the guest OS. */
+export type ExecControlRequest = {
+  kind: 'exec';
+  argv: string[];
+  env: Record<string, string>;
+  interactive: boolean;
+  vm: boolean;
+  tty?: TerminalSize;
+};
+
+/** Write state.bin, memory.raw and scratch.img of the VM into dir (an existing directory). */
+export type SnapshotControlRequest = { kind: 'snapshot'; dir: string };
+
+/** Graceful stop (the container gets SIGTERM through podman, then the VM powers off). */
+export type StopRequest = { kind: 'stop' };
+
+export type ControlRequest = AttachRequest | ExecControlRequest | SnapshotControlRequest | StopRequest;
+
+/** What a snapshot request returns: what the CLI needs to write the snapshot's manifest. */
+export type SnapshotResult = {
+  type: 'result';
+  vmSpec: VmSpec;
+  config: VmConfig;
+  loadedImage: string | null;
+  timings: { pausedMs: number; totalMs: number };
+};
+
+/** Supervisor -> CLI. */
+export type ControlEvent =
+  | { type: 'progress'; message: string }
+  | { type: 'running'; name: string; id: string }
+  /** The VM (attach) or the command (exec) ended; exec replies carry the signal that killed it. */
+  | { type: 'exit'; code: number | null; signal?: string | null }
+  | { type: 'error'; message: string }
+  | SnapshotResult
+  /** A stop request was taken. */
+  | { type: 'result' };
+
+/** CLI -> supervisor, on an attach or exec channel. */
+export type ClientMessage = { type: 'resize'; cols: number; rows: number } | { type: 'signal'; signal: string };
+
+/** Longest argv/env the control socket accepts in one exec request. */
+const MAX_ARGS = 4096;
+
+type Parsed<T> = { ok: true; value: T } | { ok: false; error: string };
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+const isString = (v: unknown): v is string => typeof v === 'string';
+const isStringArray = (v: unknown): v is string[] => Array.isArray(v) && v.length <= MAX_ARGS && v.every(isString);
+
+function isStringRecord(v: unknown): v is Record<string, string> {
+  return isObject(v) && Object.keys(v).length <= MAX_ARGS && Object.values(v).every(isString);
+}
+
+/** The supervisor's side: a channel's opening request, or why it is refused. */
+export function parseControlRequest(value: unknown): Parsed<ControlRequest> {
+  if (!isObject(value)) return { ok: false, error: 'malformed request' };
+  switch (value.kind) {
+    case 'attach':
+      return { ok: true, value: { kind: 'attach', stdio: value.stdio === true } };
+    case 'exec': {
+      if (!isStringArray(value.argv)) return { ok: false, error: 'malformed exec request: argv must be a list of strings' };
+      const env = value.env ?? {};
+      if (!isStringRecord(env)) return { ok: false, error: 'malformed exec request: env must map names to strings' };
+      const request: ExecControlRequest = { kind: 'exec', argv: value.argv, env, interactive: value.interactive === true, vm: value.vm === true };
+      if (value.tty !== undefined) {
+        const tty = terminalSizeOf(value.tty);
+        if (!tty) return { ok: false, error: 'invalid terminal size' };
+        request.tty = tty;
+      }
+      return { ok: true, value: request };
+    }
+    case 'snapshot':
+      if (!isString(value.dir)) return { ok: false, error: 'malformed snapshot request: dir must be a string' };
+      return { ok: true, value: { kind: 'snapshot', dir: value.dir } };
+    case 'stop':
+      return { ok: true, value: { kind: 'stop' } };
+    default:
+      return { ok: false, error: `unknown request ${String(value.kind)}` };
+  }
+}
+
+/** The CLI's side: a supervisor's message, or undefined when it is not one of ControlEvent. */
+export function parseControlEvent(value: unknown): ControlEvent | undefined {
+  if (!isObject(value)) return undefined;
+  switch (value.type) {
+    case 'progress':
+    case 'error':
+      return isString(value.message) ? { type: value.type, message: value.message } : undefined;
+    case 'running':
+      return isString(value.name) && isString(value.id) ? { type: 'running', name: value.name, id: value.id } : undefined;
+    case 'exit': {
+      const code = value.code ?? null;
+      const signal = value.signal ?? null;
+      if (code !== null && !(typeof code === 'number' && Number.isInteger(code))) return undefined;
+      if (signal !== null && !isString(signal)) return undefined;
+      return { type: 'exit', code, signal };
+    }
+    case 'result':
+      if (value.vmSpec === undefined && value.config === undefined) return { type: 'result' };
+      return parseSnapshotResult(value);
+    default:
+      return undefined;
+  }
+}
+
+/**
+ * Shape checks of what the manifest is built from (the supervisor wrote it from its own record,
+ * and the restore re-validates the spec when it boots from it): the fields every reader uses.
+ */
+function isVmSpec(v: unknown): v is VmSpec {
+  return isObject(v) && isString(v.id) && isString(v.kernel) && (v.initrd === undefined || isString(v.initrd)) && isString(v.cmdline) && Array.isArray(v.drives) && typeof v.cpus === 'number' && typeof v.memoryMiB === 'number';
+}
+
+function isVmConfig(v: unknown): v is VmConfig {
+  return isObject(v) && isString(v.name) && isString(v.image) && isStringArray(v.command) && isStringRecord(v.env) && typeof v.cpus === 'number' && typeof v.memoryMiB === 'number';
+}
+
+function parseSnapshotResult(value: Record<string, unknown>): SnapshotResult | undefined {
+  const { vmSpec, config, loadedImage, timings } = value;
+  if (!isVmSpec(vmSpec) || !isVmConfig(config)) return undefined;
+  if (loadedImage !== null && !isString(loadedImage)) return undefined;
+  if (!isObject(timings) || typeof timings.pausedMs !== 'number' || typeof timings.totalMs !== 'number') return undefined;
+  return { type: 'result', vmSpec, config, loadedImage, timings: { pausedMs: timings.pausedMs, totalMs: timings.totalMs } };
+}
+
+/** The supervisor's side: a message the CLI sent on an attach channel. */
+export function parseClientMessage(value: unknown): ClientMessage | undefined {
+  if (!isObject(value)) return undefined;
+  if (value.type === 'signal') return isString(value.signal) ? { type: 'signal', signal: value.signal } : undefined;
+  if (value.type === 'resize') {
+    const size = terminalSizeOf(value);
+    return size ? { type: 'resize', ...size } : undefined;
+  }
+  return undefined;
+}

@@ -1,0 +1,34 @@
+/**
+ * Releasing a VM's host resources once its VMM is gone: by its supervisor at the end, and by the
+ * CLI (`rm -f`, stop) after a supervisor that died.
+ */
+import fs from 'node:fs';
+import { releaseAddress, removeTap, tapName } from '../network/bridge';
+import type { VmRecord } from '../state/vm-record';
+import { memoryFilePath, removeSockets, vmFiles } from '../state/vm-files';
+import { jailDirOf } from '../vmm/select';
+
+/**
+ * Everything a VM holds on the host besides its record, released once its VMM is gone: by its
+ * supervisor at the end, and by `rm -f` after a supervisor that died. The record must be current
+ * (a bridged VM's address is in it).
+ */
+export async function releaseVmResources(record: VmRecord, dir: string): Promise<void> {
+  removeJail(record);
+  if (record.config.network === 'bridged') {
+    // QEMU's TAP goes with it; one made for Firecracker does not. The address claim is released
+    // here, or taken over later.
+    await removeTap(tapName(record.id));
+    releaseAddress(record.id, record.bridgedAddress);
+  }
+  removeSockets(dir);
+  fs.rmSync(vmFiles(dir).scratchDisk, { force: true });
+  fs.rmSync(memoryFilePath(record.id), { force: true });
+}
+
+/** Removes a jailed VM's jail directory (the jailer does not), once its VMM is gone. */
+function removeJail(record: VmRecord): void {
+  if (!record.config.jailer) return;
+  const dir = jailDirOf(record.id, record.config.jailer);
+  if (dir) fs.rmSync(dir, { recursive: true, force: true });
+}
