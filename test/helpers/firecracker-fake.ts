@@ -30,7 +30,9 @@
  * Environment: FAKE_FC_RECORD (jsonl path), FAKE_FC_VERSION (default 1.16.1),
  * FAKE_FC_AGENT_DELAY_MS (guest agent starts listening this long after start),
  * FAKE_FC_IGNORE_CAD=1 (ignore SendCtrlAltDel, to exercise the kill path),
- * FAKE_FC_AGENT=session (the guest's port 1024 runs the real agent session code instead of an echo).
+ * FAKE_FC_AGENT=session (the guest's port 1024 runs the real agent session code instead of an echo;
+ * it runs what it is asked ON THE HOST: only for tests that ask for harmless things), or
+ * FAKE_FC_AGENT=fake (test/helpers/firecracker-fake-agent.ts: the protocol, with podman simulated).
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -40,6 +42,7 @@ import path from 'node:path';
 import { loadSpecJudge } from './firecracker-spec';
 import { HybridVsockPeer, type GuestListener } from './firecracker-vsock-peer';
 import { serveSession } from '../../src/agent/session';
+import { fakeAgent } from './firecracker-fake-agent';
 import { versionAtLeast, parseVersion } from '../../src/vmm/firecracker/requests';
 
 /** The guest agent's session code (src/agent/session.ts) on each accepted connection, as its vsock mode does. */
@@ -94,7 +97,7 @@ export class FakeFirecracker {
     readonly id: string,
     private readonly opts: {
       record?: string; version?: string; agentDelayMs?: number; ignoreCtrlAltDel?: boolean; onExit?: (code: number) => void;
-      root?: string; agent?: 'echo' | 'session'; guestInit?: string; guestRun?: string; console?: (text: string) => void;
+      root?: string; agent?: 'echo' | 'session' | 'fake'; guestInit?: string; guestRun?: string; console?: (text: string) => void;
     } = {},
   ) {}
 
@@ -347,7 +350,15 @@ export class FakeFirecracker {
     child.on('close', () => fs.rmSync(bin, { recursive: true, force: true }));
   }
 
-  /** Brings up the vsock device's UDS with a guest agent on port 1024 (an echo, or the real session code). */
+  private agentListener: GuestListener | undefined;
+
+  /** One guest agent per VM (it outlives connections, as the real one does). */
+  private guestAgent(): GuestListener {
+    this.agentListener ??= this.opts.agent === 'session' ? sessionAgent() : this.opts.agent === 'fake' ? fakeAgent(() => this.opts.onExit?.(0)) : (s) => s.pipe(s);
+    return this.agentListener;
+  }
+
+  /** Brings up the vsock device's UDS with a guest agent on port 1024 (an echo, the real session code, or a fake agent). */
   private async startGuest(): Promise<string | null> {
     if (!this.vsockPath) return null;
     const uds = this.host(this.vsockPath);
@@ -355,7 +366,7 @@ export class FakeFirecracker {
     this.peer = new HybridVsockPeer(uds);
     await this.peer.start();
     const listen = (): void => {
-      this.peer?.listen(1024, this.opts.agent === 'session' ? sessionAgent() : (s) => s.pipe(s));
+      this.peer?.listen(1024, this.guestAgent());
     };
     const delay = this.opts.agentDelayMs ?? 0;
     if (delay > 0) setTimeout(listen, delay);
@@ -407,7 +418,7 @@ async function main(): Promise<void> {
     ignoreCtrlAltDel: process.env.FAKE_FC_IGNORE_CAD === '1',
     onExit: exit,
     ...(root ? { root } : {}),
-    agent: process.env.FAKE_FC_AGENT === 'session' ? 'session' : 'echo',
+    agent: process.env.FAKE_FC_AGENT === 'session' ? 'session' : process.env.FAKE_FC_AGENT === 'fake' ? 'fake' : 'echo',
     ...(process.env.FAKE_FC_GUEST_INIT ? { guestInit: process.env.FAKE_FC_GUEST_INIT } : {}),
     ...(process.env.FAKE_FC_GUEST_RUN ? { guestRun: process.env.FAKE_FC_GUEST_RUN } : {}),
     console: (text) => process.stdout.write(text),
