@@ -338,6 +338,7 @@ export class FakeFirecracker {
     child.stdout!.on('data', (c: Buffer) => {
       out += c.toString();
       this.opts.console?.(c.toString().replace(/FAKE-GUEST-\w+\n/g, ''));
+      if (out.includes('FAKE-GUEST-')) fs.rmSync(bin, { recursive: true, force: true });
       if (out.includes('FAKE-GUEST-reboot')) {
         child.kill('SIGKILL');
         this.opts.console?.('reboot: Restarting system\n');
