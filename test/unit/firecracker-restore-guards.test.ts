@@ -10,6 +10,8 @@ import { after, before, describe, it } from 'node:test';
 import { FirecrackerBackend } from '../../src/vmm/firecracker/backend';
 import { linkIntoJail } from '../../src/vmm/firecracker/launch';
 import { uffdAccessProblem } from '../../src/vmm/firecracker/uffd-access';
+import { placeStandIns } from '../../src/vmm/firecracker/stand-ins';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 let dir = '';
 before(() => {
@@ -59,5 +61,30 @@ describe('item 9: jailed snapshots stay refused, without a dead restore path', (
     } finally {
       fs.rmSync(other, { recursive: true, force: true });
     }
+  });
+});
+
+describe('item 2: stand-ins at a snapshot\'s recorded drive paths', () => {
+  it('has the clone disk\'s size, and concurrent loads of one snapshot take turns with it', async () => {
+    const recorded = path.join(dir, 'gone', 'vms', 'abc', 'scratch.img');
+    const clone = path.join(dir, 'clone.img');
+    fs.writeFileSync(clone, '');
+    fs.truncateSync(clone, 1 << 20);
+    const first = await placeStandIns([{ recorded, replacement: clone }], dir);
+    assert.equal(fs.statSync(recorded).size, 1 << 20);
+    assert.equal(fs.statSync(recorded).mode & 0o777, 0o600);
+    let secondPlaced = false;
+    const second = placeStandIns([{ recorded, replacement: clone }], dir).then((release) => {
+      secondPlaced = true;
+      return release;
+    });
+    await sleep(300);
+    assert.equal(secondPlaced, false, 'the second load waits while the first holds the stand-in');
+    first();
+    const release = await second;
+    assert.ok(fs.existsSync(recorded));
+    release();
+    assert.equal(fs.existsSync(path.join(dir, 'gone')), false, 'stand-in and the directories made for it are gone');
+    assert.deepEqual(fs.readdirSync(dir).filter((f) => f.startsWith('.fc-load-')), []);
   });
 });

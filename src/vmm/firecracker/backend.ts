@@ -25,7 +25,7 @@ import { connectHybridVsock, VsockConnectError } from './hybrid-vsock';
 import { installedPaths, releaseArch } from './install';
 import type { JailerOptions } from './jailer';
 import { jailedLaunch, plainLaunch, type Launch } from './launch';
-import { placeStandIns } from './stand-ins';
+import { checkKeptDrives, placeStandIns } from './stand-ins';
 import { uffdAccessProblem } from './uffd-access';
 import {
   AGENT_VSOCK_PORT,
@@ -274,36 +274,37 @@ export class FirecrackerBackend implements VmmBackend {
       const problem = uffdAccessProblem({ privileged: process.geteuid?.() === 0 && spec.net?.namespacePid === undefined });
       if (problem) throw new ShoalError(`cannot restore ${spec.id} with Firecracker: ${problem}`);
     }
-    const launch = this.launch(spec.id, spec.runDir, spec.net?.namespacePid);
-    // The load opens the snapshot's recorded drive paths before PATCH /drives swaps the clone's in.
     const recorded = new Map(spec.source.drives.map((d) => [d.id, d.path]));
-    const releaseStandIns = await placeStandIns(
-      spec.drives.map((d) => ({ recorded: recorded.get(d.id) ?? d.path, replacement: d.path })),
-      path.dirname(path.resolve(spec.runDir)),
-    );
+    const drives = spec.drives.map((d) => ({ recorded: recorded.get(d.id) ?? d.path, replacement: d.path }));
+    checkKeptDrives(drives);
+    const launch = this.launch(spec.id, spec.runDir, spec.net?.namespacePid);
+    const { vm, version } = await this.start(spec.id, spec.runDir, spec.consoleLog, launch);
+    let reqs: ApiRequest[];
+    let releaseStandIns: () => void;
     try {
-      const { vm, version } = await this.start(spec.id, spec.runDir, spec.consoleLog, launch);
-      let reqs: ApiRequest[];
-      try {
-        reqs = restoreSequence(spec, {
-          version,
-          vsockPath: launch.vsockForVmm,
-          sourceVsockPath: runFiles(spec.source.runDir).vsock,
-          logPath: launch.logForVmm,
-          logLevel: this.opts.logLevel,
-          metricsPath: this.opts.metrics ?? true ? launch.metricsForVmm : undefined,
-          trackDirtyPages: this.opts.trackDirtyPages,
-        });
-      } catch (e) {
-        vm.kill();
-        await vm.exited;
-        throw e;
-      }
+      reqs = restoreSequence(spec, {
+        version,
+        vsockPath: launch.vsockForVmm,
+        sourceVsockPath: runFiles(spec.source.runDir).vsock,
+        logPath: launch.logForVmm,
+        logLevel: this.opts.logLevel,
+        metricsPath: this.opts.metrics ?? true ? launch.metricsForVmm : undefined,
+        trackDirtyPages: this.opts.trackDirtyPages,
+      });
+      // The load opens the snapshot's recorded drive paths before PATCH /drives swaps the clone's
+      // in: stand-ins where they are gone, held (and locked) only for the load sequence.
+      releaseStandIns = await placeStandIns(drives, path.dirname(path.resolve(spec.runDir)));
+    } catch (e) {
+      vm.kill();
+      await vm.exited;
+      throw e;
+    }
+    try {
       await this.run(vm, reqs, `restoring ${spec.id} from ${spec.snapshot.stateFile} failed`);
-      return vm;
     } finally {
       releaseStandIns();
     }
+    return vm;
   }
 }
 

@@ -61,6 +61,15 @@ async function lock(dir: string): Promise<() => void> {
   }
 }
 
+/** A drive the clone keeps (the shared rootfs) must still be there: one line before anything starts. */
+export function checkKeptDrives(drives: RecordedDrive[]): void {
+  for (const d of drives) {
+    if (d.recorded === d.replacement && !fs.existsSync(d.recorded)) {
+      throw new ShoalError(`the snapshot's drive ${d.recorded} is gone (was \`shoal setup --force\` run since?)`);
+    }
+  }
+}
+
 /**
  * Places the stand-ins the load needs; returns the function that removes them (and the
  * directories made for them) and releases the locks. lockDir: a directory of this user's.
@@ -78,10 +87,7 @@ export async function placeStandIns(drives: RecordedDrive[], lockDir: string): P
   };
   try {
     for (const d of drives) {
-      if (d.recorded === d.replacement) {
-        if (!fs.existsSync(d.recorded)) throw new ShoalError(`the snapshot's drive ${d.recorded} is gone (was \`shoal setup --force\` run since?)`);
-        continue;
-      }
+      if (d.recorded === d.replacement) continue;
       const hash = crypto.createHash('sha256').update(d.recorded).digest('hex').slice(0, 16);
       undo.push(await lock(path.join(lockDir, `.fc-load-${hash}.lock`)));
       if (fs.existsSync(d.recorded)) continue; // the source still runs: its file is opened, never written while paused
