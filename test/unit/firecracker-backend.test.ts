@@ -407,6 +407,15 @@ describe('FirecrackerBackend against Firecracker v1.16.1 behaviour the fake mode
       vm.kill();
       assert.deepEqual(exit, { code: 0, signal: null });
       assert.match(fs.readFileSync(spec.consoleLog, 'utf8'), /SHOAL-INIT-FAILED: no root disk \/dev\/vda/);
+      // Without shoal.poweroff=reboot (a QEMU guest's line) the same path powers off, which on
+      // Firecracker only halts the guest: the VMM stays.
+      const qemuLine = vmSpec('a9a9a9a9a9a9', { net: undefined, cmdline: 'console=ttyS0 reboot=k panic=1 shoal.transport=vsock' });
+      const halted = await backend().boot(qemuLine);
+      const still = await Promise.race([halted.exited, sleep(1500).then(() => 'still running' as const)]);
+      halted.kill();
+      await halted.exited;
+      assert.equal(still, 'still running');
+      assert.match(fs.readFileSync(qemuLine.consoleLog, 'utf8'), /System halted/);
     } finally {
       delete process.env.FAKE_FC_GUEST_INIT;
       delete process.env.FAKE_FC_GUEST_RUN;
