@@ -30,6 +30,7 @@
  * Environment: FAKE_FC_RECORD (jsonl path), FAKE_FC_VERSION (default 1.16.1),
  * FAKE_FC_AGENT_DELAY_MS (guest agent starts listening this long after start),
  * FAKE_FC_IGNORE_CAD=1 (ignore SendCtrlAltDel, to exercise the kill path),
+ * FAKE_FC_NO_NET_ADMIN=1 (open TAPs as a process without CAP_NET_ADMIN even as root),
  * FAKE_FC_AGENT=session (the guest's port 1024 runs the real agent session code instead of an echo;
  * it runs what it is asked ON THE HOST: only for tests that ask for harmless things), or
  * FAKE_FC_AGENT=fake (test/helpers/firecracker-fake-agent.ts: the protocol, with podman simulated).
@@ -109,7 +110,8 @@ export class FakeFirecracker {
   /** TUNSETIFF on a name: an existing TAP opens; a missing one is created only with CAP_NET_ADMIN. */
   private openTap(name: string): string | null {
     if (fs.existsSync(`/sys/class/net/${name}`)) return null;
-    if (process.geteuid?.() === 0) return null;
+    // CAP_NET_ADMIN: root here, unless FAKE_FC_NO_NET_ADMIN=1 plays an unprivileged (e.g. jailed) process.
+    if (process.geteuid?.() === 0 && process.env.FAKE_FC_NO_NET_ADMIN !== '1') return null;
     return `Open tap device failed: Error while creating ifreq structure: Operation not permitted (os error 1). Invalid TUN/TAP Backend provided by ${name}.`;
   }
 

@@ -34,6 +34,7 @@ beforeEach(() => {
   delete process.env.FAKE_FC_VERSION;
   delete process.env.FAKE_FC_AGENT_DELAY_MS;
   delete process.env.FAKE_FC_IGNORE_CAD;
+  delete process.env.FAKE_FC_NO_NET_ADMIN;
 });
 
 function exchanges(): Exchange[] {
@@ -378,6 +379,25 @@ describe('FirecrackerBackend against Firecracker v1.16.1 behaviour the fake mode
     } finally {
       vm.kill();
       await vm.exited;
+    }
+  });
+
+  it('item 2: the load reopens the TAP by its (overridden) name: without CAP_NET_ADMIN a missing one fails the load', async () => {
+    const source = vmSpec('f2f2f2f2f2f2');
+    const a = await backend().boot(source);
+    await a.pause();
+    const files = { stateFile: path.join(dir, 'f2.state'), memoryFile: path.join(dir, 'f2.mem') };
+    await a.snapshot(files, 'full');
+    a.kill();
+    await a.exited;
+    process.env.FAKE_FC_NO_NET_ADMIN = '1';
+    try {
+      await assert.rejects(backend().restore({
+        id: 'f3f3f3f3f3f3', runDir: path.join(dir, 'f3f3f3f3f3f3'), snapshot: files, memory: { kind: 'file', path: files.memoryFile }, source,
+        drives: source.drives, net: { tap: 'shoalnotap', mac: source.net!.mac }, consoleLog: path.join(dir, 'f3.log'),
+      }), /Load snapshot error: Open tap device failed: .*shoalnotap/);
+    } finally {
+      delete process.env.FAKE_FC_NO_NET_ADMIN;
     }
   });
 
