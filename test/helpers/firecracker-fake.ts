@@ -335,18 +335,27 @@ export class FakeFirecracker {
     const cmdline = path.join(bin, 'cmdline');
     fs.writeFileSync(cmdline, `${this.bootArgs}\n`);
     const body = functions.replace('/bin/busybox --install -s /bin', ':').replace('export PATH=/bin', `export PATH=${bin}:/usr/bin:/bin`).replace(/\/proc\/cmdline/g, cmdline);
-    const child = spawn('/bin/sh', ['-c', `${body}\n${this.opts.guestRun}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // Its own process group: the whole "guest" (the stub poweroff/reboot included) stops at once.
+    const child = spawn('/bin/sh', ['-c', `${body}\n${this.opts.guestRun}`], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    const stopGuest = (): void => {
+      try {
+        process.kill(-child.pid!, 'SIGKILL');
+      } catch {
+        /* already gone */
+      }
+    };
+    process.once('exit', stopGuest);
     let out = '';
     child.stdout!.on('data', (c: Buffer) => {
       out += c.toString();
       this.opts.console?.(c.toString().replace(/FAKE-GUEST-\w+\n/g, ''));
       if (out.includes('FAKE-GUEST-')) fs.rmSync(bin, { recursive: true, force: true });
       if (out.includes('FAKE-GUEST-reboot')) {
-        child.kill('SIGKILL');
+        stopGuest();
         this.opts.console?.('reboot: Restarting system\n');
         this.opts.onExit?.(0);
       } else if (out.includes('FAKE-GUEST-poweroff')) {
-        child.kill('SIGKILL');
+        stopGuest();
         this.opts.console?.('reboot: System halted\n');
       }
     });
