@@ -34,6 +34,11 @@ export interface SnapshotSubject {
   restored(): boolean;
   /** The agent link did not come back after a snapshot: the VM is lost. */
   linkLost(error: string): void;
+  /**
+   * After a snapshot that reset the agent stream (VmHandle.snapshotResetsAgentLink, Firecracker):
+   * replace the old session by a fresh one on a new connection (rejects when none comes).
+   */
+  reconnect(old: Mux): Promise<void>;
 }
 
 export type SnapshotTimings = { pausedMs: number; totalMs: number };
@@ -129,7 +134,8 @@ export class Snapshotter {
       } finally {
         await vm.resume().catch(() => undefined);
         resumedAt = Date.now();
-        await this.resumeLink(agent, gate);
+        if (vm.snapshotResetsAgentLink) await this.subject.reconnect(agent);
+        else await this.resumeLink(agent, gate);
       }
       return { pausedMs: resumedAt - pausedAt, totalMs: Date.now() - started };
     } finally {

@@ -52,6 +52,8 @@ const ATTACH_GRACE_MS = 30_000;
 const SHUTDOWN_TIMEOUT_MS = 10_000;
 /** How long an app has, once its container runs, to pass its --health-check. */
 const HEALTH_TIMEOUT_MS = 120_000;
+/** How long the guest agent has to answer a fresh session after a snapshot reset its link. */
+const RELINK_TIMEOUT_MS = 30_000;
 
 export class Supervisor {
   private readonly records: VmRecordHandle;
@@ -91,6 +93,7 @@ export class Supervisor {
       spec: () => this.spec,
       restored: () => this.restoredFrom !== undefined,
       linkLost: (error) => void this.finish('failed', { error }),
+      reconnect: (old) => this.reconnectAgent(old),
     });
     this.imageCache = new ImageCachePolicy(store, this.records, this.snapshotter, {
       bootSpec: () => this.vmSpec(loadAssets()),
@@ -293,16 +296,43 @@ export class Supervisor {
         void this.finish('failed', { error: `the VM exited unexpectedly (${exit.signal ?? `code ${exit.code}`}); see \`shoal logs --console ${this.record.config.name}\`` });
       }
     });
+    await this.openSession(vm, AGENT_TIMEOUT_MS, network);
+  }
+
+  /** An agent session on a new connection; losing it ends the VM, unless a newer one replaced it. */
+  private async openSession(vm: VmHandle, timeoutMs: number, network?: GuestNetworkIdentity): Promise<Mux> {
     // The agent link runs through a write gate, so a snapshot can hold the host's frames.
     const gated = Object.create(vm) as VmHandle;
-    gated.connectAgent = async (timeoutMs: number) => {
-      this.gate = new GatedStream(await vm.connectAgent(timeoutMs));
+    gated.connectAgent = async (ms: number) => {
+      this.gate = new GatedStream(await vm.connectAgent(ms));
       return this.gate;
     };
-    this.agent = await openAgentSession(gated, AGENT_TIMEOUT_MS, network);
-    this.agent.on('close', () => {
+    const agent = await openAgentSession(gated, timeoutMs, network);
+    this.agent = agent;
+    agent.on('close', () => {
+      if (this.agent !== agent) return;
       if (!this.finished && !this.stopRequested) void this.finish('failed', { error: 'lost the connection to the guest agent' });
     });
+    return agent;
+  }
+
+  /**
+   * After a snapshot on a VMM that resets the agent stream (Firecracker's vsock TRANSPORT_RESET):
+   * the old stream is dead in the guest, so drop it and start a fresh session on a new connection.
+   * The guest keeps the main container running (a persistent exec), which MainContainer takes
+   * over again; channels of the old session (execs in flight) end with it.
+   */
+  private async reconnectAgent(old: Mux): Promise<void> {
+    this.agent = undefined; // so the old session's close is not taken for a lost VM
+    const ready = this.openSession(this.vm!, RELINK_TIMEOUT_MS);
+    this.container.relink = { from: old, ready };
+    old.destroy();
+    try {
+      await ready;
+    } catch (err) {
+      void this.finish('failed', { error: `the guest agent did not answer after a snapshot: ${(err as Error).message}` });
+      throw new ShoalError('the guest agent did not answer after the snapshot');
+    }
   }
 
   private vmSpec(assets: GuestAssets): VmSpec {
@@ -381,7 +411,7 @@ export class Supervisor {
     });
     this.container.adopt(channel);
     void this.markRunningWhenStarted(channel);
-    return this.container.follow(channel);
+    return this.container.follow(channel, agent);
   }
 
   /**
