@@ -128,7 +128,13 @@ export class MainContainer {
     return new Promise<number>((resolve, reject) => {
       const out: Buffer[] = [];
       let exitCode: number | undefined;
-      channel.setDataHandler((stream, data) => { if (stream === STDOUT) out.push(Buffer.from(data)); });
+      let kept = 0;
+      // `podman wait` prints one number; a guest that says more is not believed past 4 KiB.
+      channel.setDataHandler((stream, data) => {
+        if (stream !== STDOUT || kept >= 4096) return;
+        out.push(Buffer.from(data.subarray(0, 4096 - kept)));
+        kept += Math.min(data.length, 4096 - kept);
+      });
       channel.on('message', (message: Record<string, unknown>) => {
         if (message.type === 'exit') exitCode = exitCodeOf(message);
       });
