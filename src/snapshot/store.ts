@@ -80,6 +80,8 @@ export interface ManifestSource {
   config: VmConfig;
   vmSpec: VmSpec;
   loadedImage: string | null | undefined;
+  /** The snapshot the source was restored from (lineage), if it was. */
+  parent: SnapshotRef | null | undefined;
   timings: { pausedMs: number; totalMs: number };
 }
 
@@ -92,6 +94,7 @@ export function buildManifest(dir: string, from: ManifestSource, options: { meas
   const manifest: SnapshotManifest = {
     version: 1,
     tag: from.tag,
+    id: newSnapshotId(),
     createdAt: new Date().toISOString(),
     source: from.source,
     backend: from.backend,
@@ -105,6 +108,7 @@ export function buildManifest(dir: string, from: ManifestSource, options: { meas
     timings: from.timings,
   };
   if (from.loadedImage) manifest.loadedImage = from.loadedImage;
+  if (from.parent) manifest.parent = from.parent;
   return manifest;
 }
 
@@ -221,12 +225,18 @@ export function lineageOf(entries: SnapshotEntry[], records: VmRecord[], live: (
   return out;
 }
 
-export function removeSnapshot(store: StateStore, tag: string, options: { force?: boolean } = {}): void {
+/** Throws unless the snapshot exists and, without force, no live VM was restored from it. */
+export function checkRemovable(store: StateStore, tag: string, options: { force?: boolean } = {}): SnapshotEntry {
   const entry = findSnapshot(store, tag);
   const clones = store.list().filter((r) => isRestoredFrom(r, entry.manifest) && isLive(r)).map((r) => r.config.name).sort();
   if (clones.length > 0 && !options.force) {
     throw new ShoalError(`snapshot ${tag} has live clones (${clones.join(', ')}), whose memory maps its memory file: remove them first, or use --force (its space is then freed only when the last of them ends)`);
   }
+  return entry;
+}
+
+export function removeSnapshot(store: StateStore, tag: string, options: { force?: boolean } = {}): void {
+  const entry = checkRemovable(store, tag, options);
   // Rename first, so a reader never sees a half-deleted snapshot. Clones that run from it keep
   // working: their QEMU maps memory.raw, and a mapping keeps the file's pages until it goes.
   const doomed = path.join(snapshotsDir(store), `.rm-${tag}-${process.pid}-${crypto.randomBytes(3).toString('hex')}`);

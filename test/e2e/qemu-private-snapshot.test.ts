@@ -16,7 +16,8 @@ import { loadAssets } from '../../src/assets/setup';
 import { execCollect } from '../../src/host/exec-client';
 import { openAgentSession } from '../../src/host/agent-session';
 import type { Mux } from '../../src/protocol/mux';
-import { guestCmdline } from '../../src/supervisor/guest-cmdline';
+import { vmKernelCmdline } from '../../src/supervisor/guest-cmdline';
+import { vmmTraits } from '../../src/vmm/traits';
 import { createScratchDisk } from '../../src/supervisor/scratch-disk';
 import type { VmHandle, VmSpec } from '../../src/vmm/backend';
 import { QemuBackend, type QemuVmHandle } from '../../src/vmm/qemu/backend';
@@ -92,7 +93,7 @@ test('a clone is snapshotted live through a helper QEMU, and a clone of that goe
     runDir,
     kernel: assets.vmlinuz,
     initrd: assets.initrd,
-    cmdline: guestCmdline(assets.cmdline, 'qemu', 'qps', 'qemu-slirp'),
+    cmdline: vmKernelCmdline(assets.cmdline, vmmTraits('qemu'), 'qps', 'qemu-slirp'),
     cpus: 1,
     memoryMiB: 256,
     drives: [

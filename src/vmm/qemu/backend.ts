@@ -14,7 +14,7 @@ import type { Duplex } from 'node:stream';
 import { promisify } from 'node:util';
 import { ShoalError } from '../../util/errors';
 import { sleep, spawnTied, which } from '../../util/process';
-import type { RestoreSpec, SnapshotFiles, SnapshotKind, VmExit, VmHandle, VmmBackend, VmSpec } from '../backend';
+import { pauseAndSnapshot, type RestoreSpec, type RunningSnapshotOptions, type RunningSnapshotTimings, type SnapshotFiles, type SnapshotKind, type VmExit, type VmHandle, type VmmBackend, type VmSpec } from '../backend';
 import { vmmTraits } from '../traits';
 import { buildQemuArgv, qemuPaths, type QemuLaunch } from './argv';
 import { snapshotPrivateVm, type PrivateSnapshotRequest, type PrivateSnapshotResult } from './private-snapshot';
@@ -151,6 +151,16 @@ export class QemuVmHandle implements VmHandle {
     }
     // The VM is paused, so its RAM file is stable while we copy it.
     await execFileAsync('cp', ['--reflink=auto', '--sparse=always', this.memoryFile, files.memoryFile]);
+  }
+
+  /**
+   * A booted VM: pause, device state (its RAM is its own file: x-ignore-shared), whilePaused,
+   * resume. A restored VM: a live copy through a helper QEMU (./private-snapshot.ts).
+   */
+  async snapshotRunning(files: SnapshotFiles, options: RunningSnapshotOptions): Promise<RunningSnapshotTimings> {
+    if (!this.memoryIsPrivate) return pauseAndSnapshot(this, files, options);
+    const result = await this.snapshotPrivate(files, { whilePaused: options.whilePaused, shmDir: options.tmpfsDir, ...(options.progress ? { progress: options.progress } : {}) });
+    return { pausedMs: result.pausedMs };
   }
 
   /**
