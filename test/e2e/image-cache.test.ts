@@ -121,7 +121,22 @@ test('--health-check: once the app answers, its running state is snapshotted; a 
   }
   assert.ok(logs.includes(`alive ${id}`), `logs of the restored run: ${JSON.stringify(logs.slice(-300))}`);
 
-  const rm = await sandbox.run(['rm', '-f', 'app1', 'app2']);
+  // The startup-snapshot run can itself be snapshotted and cloned: the clone's app is the same
+  // one (same id, still serving), reached through the clone's own published port.
+  await sandbox.run(['exec', 'app2', '--', 'sh', '-c', 'echo app2 > /www/who']);
+  const p3 = await freePort();
+  const fork = await sandbox.run(['fork', 'app2', '-n', '1', '-p', `127.0.0.1:${p3}:8080`], { timeoutMs: 180_000 });
+  assert.equal(fork.code, 0, fork.stderr.toString());
+  let who: string | undefined;
+  const whoDeadline = Date.now() + 30_000;
+  while (who === undefined && Date.now() < whoDeadline) {
+    who = await httpGet(p3, '/who');
+    if (who === undefined) await new Promise((resolve) => setTimeout(resolve, 300));
+  }
+  assert.equal(who, 'app2\n');
+  assert.equal(await httpGet(p3, '/id'), id);
+
+  const rm = await sandbox.run(['rm', '-f', 'app1', 'app2', 'app2-1']);
   assert.equal(rm.code, 0, rm.stderr.toString());
   assert.deepEqual(sandbox.processes(), []);
 });
