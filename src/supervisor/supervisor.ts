@@ -235,13 +235,13 @@ export class Supervisor {
    * run of the same image, command, env and shape, or boot, load the image, and save one.
    * Returns the image reference to run.
    */
-  private async bootOrRestoreFromImageCache(options: { allowHit: boolean } = { allowHit: true }): Promise<string> {
+  private async bootOrRestoreFromImageCache(): Promise<string> {
     if (!this.imageCache.usable()) {
       await this.boot();
       return this.prepareImage();
     }
     const key = await this.imageCache.key();
-    const cached = options.allowHit ? cachedImageSnapshot(this.store, key) : undefined;
+    const cached = cachedImageSnapshot(this.store, key);
     if (cached?.manifest.loadedImage) {
       touchImageCache(cached.dir);
       this.records.update((r) => {
