@@ -20,7 +20,7 @@ export interface ExecFlags {
   interactive?: boolean;
   tty?: boolean;
   env: string[];
-  envFile: string[];
+  envFile?: string[];
   user?: string;
   workdir?: string;
 }
