@@ -7,12 +7,15 @@ import { Command, CommanderError } from 'commander';
 import { ShoalError } from '../util/errors';
 import { registerExec } from './commands/exec';
 import { registerFork } from './commands/fork';
+import { registerInspect } from './commands/inspect';
 import { registerLogs } from './commands/logs';
 import { registerLs } from './commands/ls';
+import { registerPort } from './commands/port';
 import { registerRun } from './commands/run';
 import { registerSetup } from './commands/setup';
 import { registerSnapshot } from './commands/snapshot';
 import { registerStopRm } from './commands/stop-rm';
+import { registerWait } from './commands/wait';
 
 function buildProgram(): Command {
   const program = new Command('shoal')
@@ -29,6 +32,9 @@ function buildProgram(): Command {
   registerLs(program);
   registerStopRm(program);
   registerLogs(program);
+  registerInspect(program);
+  registerWait(program);
+  registerPort(program);
   registerSnapshot(program);
   registerFork(program);
 
