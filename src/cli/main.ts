@@ -5,6 +5,7 @@
  */
 import { Command, CommanderError } from 'commander';
 import { ShoalError } from '../util/errors';
+import { registerCp } from './commands/cp';
 import { registerExec } from './commands/exec';
 import { registerFork } from './commands/fork';
 import { registerInspect } from './commands/inspect';
@@ -32,6 +33,7 @@ function buildProgram(): Command {
   registerLs(program);
   registerStopRm(program);
   registerLogs(program);
+  registerCp(program);
   registerInspect(program);
   registerWait(program);
   registerPort(program);
