@@ -70,15 +70,15 @@ describe('podman parity', () => {
     assert.deepEqual(sandbox.vmNames(), []);
   });
 
-  test('run -d with --env-file, -w, --entrypoint, --hostname, --label: exec, cp, inspect, stop -t', async () => {
+  test('run -d with --user, --env-file, -w, --entrypoint, --hostname, --label: exec, cp, inspect, stop -t', async () => {
     const started = await shoal([
-      'run', '-d', '--name', 'pp', '--no-snapshot', '--env-file', envFile, '-w', '/tmp', '--hostname', 'pp-host',
+      'run', '-d', '--name', 'pp', '--no-snapshot', '--user', '1000:1000', '--env-file', envFile, '-w', '/tmp', '--hostname', 'pp-host',
       '--label', 'team=blue', '--stop-timeout', '60', '--entrypoint', '["sh","-c"]', image, STUBBORN,
     ], 240_000);
     assert.equal(started.code, 0, started.err);
 
-    const pwd = await shoal(['exec', 'pp', 'pwd']);
-    assert.equal(pwd.out, '/tmp\n', pwd.err);
+    const pwd = await shoal(['exec', 'pp', 'sh', '-c', 'id -u; pwd']);
+    assert.equal(pwd.out, '1000\n/tmp\n', pwd.err);
     const env = await shoal(['exec', 'pp', 'env']);
     assert.match(env.out, /^FOO=bar$/m);
     assert.match(env.out, /^QUOTED="hello world"$/m); // podman keeps quotes literally
@@ -88,11 +88,11 @@ describe('podman parity', () => {
     assert.equal(host.out, 'pp-host\n');
     const ps = await shoal(['exec', 'pp', 'cat', '/proc/1/cmdline']);
     assert.equal(ps.out.split('\0').slice(0, 2).join(' '), 'sh -c'); // the entrypoint runs the command
-    // The default container is not privileged: mknod is refused.
-    const mknod = await shoal(['exec', 'pp', 'busybox', 'mknod', '/tmp/null2', 'c', '1', '3']);
-    assert.notEqual(mknod.code, 0);
-    const user = await shoal(['exec', '--user', '1000:1000', '-w', '/', 'pp', 'sh', '-c', 'id -u; id -g; pwd']);
-    assert.equal(user.out, '1000\n1000\n/\n', user.err);
+    // The default container is not privileged: mknod is refused, even to root.
+    const mknod = await shoal(['exec', '--user', '0', 'pp', 'busybox', 'mknod', '/tmp/null2', 'c', '1', '3']);
+    assert.notEqual(mknod.code, 0, 'mknod worked without --privileged');
+    const user = await shoal(['exec', '--user', '0:0', '-w', '/', 'pp', 'sh', '-c', 'id -u; id -g; pwd']);
+    assert.equal(user.out, '0\n0\n/\n', user.err);
     fs.writeFileSync(path.join(work, 'exec.env'), 'X=from-file\n');
     const execEnv = await shoal(['exec', '--env-file', path.join(work, 'exec.env'), 'pp', 'sh', '-c', 'echo $X']);
     assert.equal(execEnv.out, 'from-file\n');
@@ -126,7 +126,7 @@ describe('podman parity', () => {
     const [doc] = JSON.parse((await shoal(['inspect', 'pp'])).out) as Array<Record<string, any>>;
     assert.equal(doc!.name, 'pp');
     assert.equal(doc!.state, 'running');
-    assert.deepEqual(doc!.record.config.container, { workdir: '/tmp', entrypoint: ['sh', '-c'], hostname: 'pp-host', labels: { team: 'blue' }, stopTimeout: 60 });
+    assert.deepEqual(doc!.record.config.container, { user: '1000:1000', workdir: '/tmp', entrypoint: ['sh', '-c'], hostname: 'pp-host', labels: { team: 'blue' }, stopTimeout: 60 });
     assert.equal(doc!.container.Config.Labels.team, 'blue');
     assert.equal(doc!.container.Config.WorkingDir, '/tmp');
     assert.equal(doc!.container.Config.StopTimeout, 60);
@@ -148,15 +148,15 @@ describe('podman parity', () => {
     assert.equal(r.out, 'made\n');
   });
 
-  test('--read-only with --user 1000:1000; wait prints the exit code', async () => {
-    const started = await shoal(['run', '-d', '--name', 'ro', '--no-snapshot', '--read-only', '--user', '1000:1000', image,
+  test('--read-only refuses a write to /; wait prints the exit code', async () => {
+    const started = await shoal(['run', '-d', '--name', 'ro', '--no-snapshot', '--read-only', image,
       'sh', '-c', 'id -u; if touch /x 2>/dev/null; then echo wrote; else echo refused; fi; sleep 2; exit 7'], 240_000);
     assert.equal(started.code, 0, started.err);
     const waited = await shoal(['wait', 'ro'], 120_000);
     assert.equal(waited.code, 0, waited.err);
     assert.equal(waited.out, '7\n');
     const logs = await shoal(['logs', 'ro']);
-    assert.equal(logs.out, '1000\nrefused\n');
+    assert.equal(logs.out, '0\nrefused\n');
     await shoal(['rm', 'ro']);
   });
 });
