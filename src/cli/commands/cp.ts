@@ -76,10 +76,10 @@ function exited(child: ChildProcess): Promise<number> {
 
 async function copyIn(store: StateStore, record: VmRecord, plan: CpPlan): Promise<void> {
   const { dir, entry } = hostSourceParts(plan.hostPath);
+  const client = await SupervisorClient.connect(store, record, 5000);
   const tar = spawn('tar', ['-c', '-f', '-', '-C', dir, '--', entry], { stdio: ['ignore', 'pipe', 'pipe'] });
   const tarErr = new TailSink();
   tar.stderr!.pipe(tarErr);
-  const client = await SupervisorClient.connect(store, record, 5000);
   const stderr = new TailSink();
   try {
     const channel = client.exec({
