@@ -161,8 +161,8 @@ export function containerOptionArgv(options: ContainerOptions): string[] {
   const argv: string[] = [];
   if (options.user !== undefined) argv.push('--user', options.user);
   if (options.workdir !== undefined) argv.push('--workdir', options.workdir);
-  // podman takes a JSON array as an argv (an empty string clears the image's entrypoint).
-  if (options.entrypoint !== undefined) argv.push('--entrypoint', options.entrypoint.length === 0 ? '' : JSON.stringify(options.entrypoint));
+  // podman reads a value that parses as a JSON array as the argv (so `[]` clears the image's).
+  if (options.entrypoint !== undefined) argv.push('--entrypoint', JSON.stringify(options.entrypoint));
   for (const [key, value] of Object.entries(options.labels ?? {})) argv.push('--label', `${key}=${value}`);
   if (options.readOnly) argv.push('--read-only');
   if (options.init) argv.push('--init');

@@ -86,7 +86,7 @@ test('only the flags given are stored, and they become podman run arguments in o
   ]);
   // The hostname is the guest's (kernel command line), shared by the container through the host network.
   assert.ok(!argv.includes('--hostname'));
-  assert.deepEqual(containerOptionArgv({ entrypoint: [] }), ['--entrypoint', '']);
+  assert.deepEqual(containerOptionArgv({ entrypoint: [] }), ['--entrypoint', '[]']);
   // Without options the argv is what it always was.
   assert.deepEqual(podmanRunArgv({ image: 'img', command: [], env: {}, interactive: true }), [
     'podman', 'run', '--name', 'main', '--network', 'host', '--pull', 'never', '--log-driver', 'none', '--interactive', 'img',
