@@ -63,4 +63,9 @@ export async function main(argv: string[]): Promise<void> {
   }
 }
 
-if (require.main === module) void main(process.argv);
+/** bin/shoal puts a `--` before the user's arguments (see there); it is not the user's. */
+export function userArgv(argv: string[]): string[] {
+  return argv[2] === '--' ? [...argv.slice(0, 2), ...argv.slice(3)] : argv;
+}
+
+if (require.main === module) void main(userArgv(process.argv));

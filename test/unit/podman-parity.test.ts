@@ -193,3 +193,10 @@ test('cp out of a VM: set-id bits are cleared; a directory merges into an existi
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("bin/shoal's `--` (which keeps node from reading --env-file itself) is dropped, a user's own is kept", async () => {
+  const { userArgv } = await import('../../src/cli/main');
+  assert.deepEqual(userArgv(['node', 'main.js', '--', 'run', '--env-file', 'f', 'img']), ['node', 'main.js', 'run', '--env-file', 'f', 'img']);
+  assert.deepEqual(userArgv(['node', 'main.js', '--', '--', 'x']), ['node', 'main.js', '--', 'x']);
+  assert.deepEqual(userArgv(['node', 'main.js', 'ls']), ['node', 'main.js', 'ls']);
+});
