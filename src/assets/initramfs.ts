@@ -26,7 +26,12 @@ export const INITRAMFS_MODULES = [
   'virtio_console',
   'vmw_vsock_virtio_transport',
   'overlay',
+  // Firecracker's `PUT /entropy` device; a kernel that builds it in, or lacks it, is fine.
+  'virtio_rng',
 ] as const;
+
+/** Modules loaded where the kernel has them (skipped when modules.dep does not list them). */
+export const OPTIONAL_INITRAMFS_MODULES: readonly string[] = ['virtio_rng'];
 
 /** What goes under /shoal besides guest-init. */
 export interface AgentPayload {
@@ -125,7 +130,7 @@ export function initramfsModuleOrder(modulesDir: string): string[] {
   } catch {
     /* none */
   }
-  return resolveLoadOrder(dep, INITRAMFS_MODULES, builtin);
+  return resolveLoadOrder(dep, INITRAMFS_MODULES, [...builtin, ...OPTIONAL_INITRAMFS_MODULES]);
 }
 
 /** A module file's bytes, decompressed when the tree ships .ko.xz/.ko.zst/.ko.gz (busybox insmod wants plain .ko). */

@@ -41,6 +41,8 @@ export class ControlServer {
       server.once('error', reject);
       server.listen(socketPath, resolve);
     });
+    // Its directory is 0700 already; the socket's own mode must not be the umask's either.
+    fs.chmodSync(socketPath, 0o600);
     return new ControlServer(server);
   }
 

@@ -36,7 +36,9 @@ export async function openAgentSession(vm: VmHandle, timeoutMs: number, network?
     const onAck = (ack: HelloAck): void => {
       if (ack.session === session) finish();
     };
-    const onClose = (): void => finish(new ShoalError('the agent connection closed before the guest answered'));
+    const onClose = (): void => finish(new ShoalError(mux.protocolError === undefined
+      ? 'the agent connection closed before the guest answered'
+      : `the guest broke the agent protocol before it answered (${mux.protocolError})`));
     const tick = (): void => {
       if (Date.now() > deadline) {
         finish(new ShoalError(`the guest agent did not answer within ${Math.round(timeoutMs / 1000)} s`));

@@ -57,17 +57,48 @@ async function pumpStdin(stdin: Readable, channel: Channel): Promise<void> {
   channel.end(STDIN);
 }
 
-/** Runs a command in the guest and collects its output (for short control commands). */
-export async function execCollect(mux: Mux, request: Omit<ExecRequest, 'kind' | 'stdin'>, stdin?: Readable): Promise<ExecResult> {
+/**
+ * How much of each output stream execCollect keeps: the tail (where errors are), since the guest
+ * decides how much a command prints and all of it would otherwise sit in the supervisor's memory.
+ */
+export const COLLECT_MAX_BYTES = 1024 * 1024;
+
+/** Keeps the last `limit` bytes written to it. */
+class TailBuffer {
+  private chunks: Buffer[] = [];
+  private size = 0;
+  constructor(private readonly limit: number) {}
+
+  push(data: Buffer): void {
+    const piece = data.length > this.limit ? data.subarray(data.length - this.limit) : data;
+    this.chunks.push(Buffer.from(piece));
+    this.size += piece.length;
+    while (this.size - this.chunks[0]!.length >= this.limit) this.size -= this.chunks.shift()!.length;
+  }
+
+  toBuffer(): Buffer {
+    const all = Buffer.concat(this.chunks);
+    return all.length > this.limit ? all.subarray(all.length - this.limit) : all;
+  }
+}
+
+/** Runs a command in the guest and collects (the tail of) its output (for short control commands). */
+export async function execCollect(
+  mux: Mux,
+  request: Omit<ExecRequest, 'kind' | 'stdin'>,
+  stdin?: Readable,
+  options: { maxOutputBytes?: number } = {},
+): Promise<ExecResult> {
   const channel = mux.open({ kind: 'exec', stdin: stdin !== undefined, ...request });
-  const stdout: Buffer[] = [];
-  const stderr: Buffer[] = [];
-  const sink = (chunks: Buffer[]): Writable =>
-    ({ write: (data: Buffer) => { chunks.push(Buffer.from(data)); return true; }, once: () => undefined }) as unknown as Writable;
+  const limit = options.maxOutputBytes ?? COLLECT_MAX_BYTES;
+  const stdout = new TailBuffer(limit);
+  const stderr = new TailBuffer(limit);
+  const sink = (tail: TailBuffer): Writable =>
+    ({ write: (data: Buffer) => { tail.push(data); return true; }, once: () => undefined }) as unknown as Writable;
   const io: Parameters<typeof attachChannel>[1] = { stdout: sink(stdout), stderr: sink(stderr) };
   if (stdin) io.stdin = stdin;
   const code = await attachChannel(channel, io);
-  return { code, stdout: Buffer.concat(stdout), stderr: Buffer.concat(stderr) };
+  return { code, stdout: stdout.toBuffer(), stderr: stderr.toBuffer() };
 }
 
 /** Sends a one-shot request (info, poweroff) and returns its result message. */

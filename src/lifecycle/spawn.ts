@@ -11,7 +11,8 @@ import { vmFiles } from '../state/vm-files';
 
 export function startSupervisor(store: StateStore, id: string): void {
   const files = vmFiles(store.vmDir(id));
-  const log = fs.openSync(files.supervisorLog, 'a');
+  // 0600: the supervisor's log may quote what the guest said.
+  const log = fs.openSync(files.supervisorLog, 'a', 0o600);
   try {
     const child = spawn(process.execPath, [path.join(__dirname, '..', 'supervisor', 'main.js'), id], {
       detached: true,

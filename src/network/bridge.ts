@@ -17,6 +17,8 @@ import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { createWhole } from '../state/atomic';
+import { ensurePrivateDir } from '../util/private-fs';
 import { ShoalError } from '../util/errors';
 import { isAlive, processStartTime } from '../util/process';
 
@@ -134,7 +136,7 @@ function readClaim(file: string): Claim | undefined {
 
 /** Claims a free address of the subnet for the VM `id`, held by the supervisor process `pid`. */
 export function claimAddress(id: string, pid: number = process.pid, dir: string = CLAIMS_DIR): string {
-  fs.mkdirSync(dir, { recursive: true });
+  ensurePrivateDir(dir);
   const claim: Claim = { id, pid };
   const startTime = processStartTime(pid);
   if (startTime !== undefined) claim.startTime = startTime;
@@ -142,21 +144,33 @@ export function claimAddress(id: string, pid: number = process.pid, dir: string 
   for (let host = 2; host < 255; host++) {
     const address = `${SUBNET_PREFIX}.${host}`;
     const file = path.join(dir, address);
-    try {
-      fs.writeFileSync(file, text, { flag: 'wx' });
-      return address;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    // Two rounds: the second after a stale claim was moved aside.
+    for (let round = 0; round < 2; round++) {
+      if (createWhole(file, text)) return address;
+      const holder = readClaim(file);
+      if (holder?.id === id) return address;
+      if (!holder || isAlive(holder.pid, holder.startTime)) break; // taken (or just vanished: next address)
+      // A stale claim: move it aside (rename is atomic, so of two takers only one gets this file),
+      // check that it is still the stale one, then compete for the create like everyone else.
+      const aside = `${file}.reap-${id}`;
+      try {
+        fs.renameSync(file, aside);
+      } catch {
+        continue;
+      }
+      const moved = readClaim(aside);
+      if (moved && moved.id !== holder.id) {
+        // A live claim slipped in between: put it back, it is not ours to take.
+        try {
+          fs.linkSync(aside, file);
+        } catch {
+          // yet another claim took its place; that one stands
+        }
+        fs.rmSync(aside, { force: true });
+        break;
+      }
+      fs.rmSync(aside, { force: true });
     }
-    const holder = readClaim(file);
-    if (holder?.id === id) return address;
-    if (holder && isAlive(holder.pid, holder.startTime)) continue;
-    // A stale claim: take it over by rename, which is atomic. Of two takers the later rename
-    // wins, and the earlier one sees another holder when it reads back.
-    const temp = `${file}.${id}`;
-    fs.writeFileSync(temp, text);
-    fs.renameSync(temp, file);
-    if (readClaim(file)?.id === id) return address;
   }
   throw new ShoalError(`no free address left in ${SUBNET_PREFIX}.0/${PREFIX_LENGTH} for --network bridged`);
 }

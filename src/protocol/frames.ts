@@ -64,19 +64,38 @@ export function encodeSync(type: FrameType.Hello | FrameType.HelloAck, value: un
  * then requires a Hello/HelloAck frame; a malformed frame drops it back into sync mode
  * (reported through onDesync) instead of killing the process.
  */
+export interface FrameDecoderOptions {
+  startInSync?: boolean;
+  onDesync?: (reason: string) => void;
+  /**
+   * A peer that is not trusted (the guest, seen from the host): once the stream is in sync (a
+   * HELLO/HELLO_ACK was decoded, or from the start when not starting in sync), a header that is
+   * neither a valid frame nor the start of a new sync marker is a protocol error, reported here,
+   * and the decoder stops. Without it, the decoder rescans for the marker (the guest's side,
+   * which must survive stale bytes around a snapshot restore).
+   */
+  onViolation?: (reason: string) => void;
+}
+
 export class FrameDecoder {
   private buffer: Buffer = Buffer.alloc(0);
   private syncing: boolean;
+  /** Set once a HELLO/HELLO_ACK was decoded (or at once when starting in sync): strictness applies from here. */
+  private established: boolean;
+  private failed = false;
 
   constructor(
     private readonly onFrame: (frame: Frame) => void,
-    options: { startInSync?: boolean; onDesync?: (reason: string) => void } = {},
+    options: FrameDecoderOptions = {},
   ) {
     this.syncing = options.startInSync ?? true;
+    this.established = !this.syncing;
     this.onDesync = options.onDesync ?? (() => undefined);
+    this.onViolation = options.onViolation;
   }
 
   private readonly onDesync: (reason: string) => void;
+  private readonly onViolation: ((reason: string) => void) | undefined;
 
   /** Forget buffered bytes and wait for the next SYNC_MARKER. */
   resync(): void {
@@ -101,6 +120,7 @@ export class FrameDecoder {
   private need = 0;
 
   push(chunk: Buffer): void {
+    if (this.failed) return;
     if (this.need > 0 && this.buffer.length + this.heldBytes + chunk.length < this.need) {
       this.held.push(chunk);
       this.heldBytes += chunk.length;
@@ -135,6 +155,19 @@ export class FrameDecoder {
       const validType = type >= FrameType.Open && type <= FrameType.HelloAck;
       const helloType = type === FrameType.Hello || type === FrameType.HelloAck;
       if (length > MAX_PAYLOAD || !validType || (this.expectHello && !helloType)) {
+        if (this.onViolation && this.established && !this.expectHello) {
+          // A strict peer may start a new session at a frame boundary (its marker begins with
+          // 00 ff, which as a length would exceed MAX_PAYLOAD), and nothing else.
+          const prefix = Math.min(this.buffer.length, SYNC_MARKER.length);
+          if (!this.buffer.subarray(0, prefix).equals(SYNC_MARKER.subarray(0, prefix))) {
+            this.fail(`bad frame header (length ${length}, channel ${channel}, type ${type})`);
+            return;
+          }
+          if (prefix < SYNC_MARKER.length) {
+            this.need = SYNC_MARKER.length;
+            return;
+          }
+        }
         // Most often this "header" is the start of a sync marker (a new HELLO): scan from here,
         // without dropping a byte, so a marker split across reads is still found.
         this.onDesync(`bad frame header (length ${length}, type ${type})`);
@@ -148,8 +181,20 @@ export class FrameDecoder {
       const payload = this.buffer.subarray(HEADER_BYTES, HEADER_BYTES + length);
       this.buffer = this.buffer.subarray(HEADER_BYTES + length);
       this.expectHello = false;
+      if (helloType) this.established = true;
       this.onFrame({ channel, type, payload });
+      if (this.failed) return;
     }
+  }
+
+  /** Stops decoding for good (a protocol error, from here or from the frame consumer). */
+  fail(reason: string): void {
+    if (this.failed) return;
+    this.failed = true;
+    this.buffer = Buffer.alloc(0);
+    this.held = [];
+    this.heldBytes = 0;
+    this.onViolation?.(reason);
   }
 
   private expectHello = false;

@@ -11,6 +11,7 @@ import { Duplex } from 'node:stream';
 export class GatedStream extends Duplex {
   private held = false;
   private queue: Buffer[] = [];
+  private queueBytes = 0;
 
   constructor(private readonly inner: Duplex) {
     super();
@@ -20,6 +21,11 @@ export class GatedStream extends Duplex {
     inner.on('end', () => this.push(null));
     inner.on('error', (err) => this.destroy(err));
     inner.on('close', () => this.destroy());
+  }
+
+  /** Bytes written to this stream and not yet handed to the OS: what is held plus the inner stream's backlog. */
+  get pendingBytes(): number {
+    return this.queueBytes + this.inner.writableLength;
   }
 
   get isHeld(): boolean {
@@ -33,6 +39,7 @@ export class GatedStream extends Duplex {
   release(flush: boolean): void {
     const queue = this.queue;
     this.queue = [];
+    this.queueBytes = 0;
     this.held = false;
     if (flush) for (const chunk of queue) this.inner.write(chunk);
   }
@@ -48,6 +55,7 @@ export class GatedStream extends Duplex {
   override _write(chunk: Buffer, _enc: BufferEncoding, done: (err?: Error | null) => void): void {
     if (this.held) {
       this.queue.push(chunk);
+      this.queueBytes += chunk.length;
       done();
       return;
     }

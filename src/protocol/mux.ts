@@ -5,6 +5,14 @@
  * promise resolved). So a slow consumer (a container not reading stdin, a slow disk) stalls
  * only its own channel, and memory stays bounded however much is streamed.
  *
+ * The peer may be hostile (the guest, seen from the root supervisor), so every inbound buffer is
+ * bounded by something the peer cannot raise: data beyond the credit it was given, a Credit
+ * frame that is not 4 bytes or that would grant more than a window, a Message or Open that is
+ * not a JSON object, an Open the side does not serve (or on an id already in use), more queued
+ * items than MAX_QUEUED_ITEMS, or a peer that stops reading while we have MAX_OUTBOUND_BYTES to
+ * send: each is a protocol violation. On the host (and on the control socket) a violation ends
+ * the link: 'protocolError' (reason) is emitted, then the mux is destroyed ('close').
+ *
  * Only Node built-ins here: this file also runs inside the guest.
  */
 import { EventEmitter } from 'node:events';
@@ -12,6 +20,31 @@ import type { Duplex } from 'node:stream';
 import { DATA_CHUNK, encodeFrame, encodeJson, encodeSync, FrameDecoder, FrameType, type Frame } from './frames';
 
 export const WINDOW = 1024 * 1024;
+/**
+ * Most inbound items (data chunks and EOFs) one channel may hold unconsumed. Bytes are bounded by
+ * WINDOW; this bounds the per-item overhead of a peer sending one-byte frames (consecutive data of
+ * one stream is merged, so only a consumer stalled across thousands of stream switches gets near).
+ */
+export const MAX_QUEUED_ITEMS = 16_384;
+/** A peer that stops reading while this much is waiting to be written to it is a violation. */
+export const MAX_OUTBOUND_BYTES = 64 * 1024 * 1024;
+/** Queued data of one stream is merged up to this size, so deliveries stay chunk-sized. */
+const MERGE_LIMIT = 64 * 1024;
+
+/** Thrown inside the mux when the peer broke the protocol; caught where frames come in. */
+export class ProtocolViolation extends Error {}
+
+/** A JSON object, or a protocol violation: `null`, arrays and scalars are refused. */
+export function parseJsonObject(payload: Buffer, what: string): Record<string, unknown> {
+  let value: unknown;
+  try {
+    value = JSON.parse(payload.toString('utf8'));
+  } catch {
+    throw new ProtocolViolation(`${what} is not valid JSON`);
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new ProtocolViolation(`${what} is not a JSON object`);
+  return value as Record<string, unknown>;
+}
 
 export const STDIN = 0;
 export const STDOUT = 1;
@@ -28,7 +61,10 @@ export interface ChannelEvents {
 export class Channel extends EventEmitter {
   private credit = WINDOW;
   private creditWaiters: Array<() => void> = [];
-  private inbound: Array<{ stream: number; data: Buffer } | { eof: number }> = [];
+  /** Data waiting for the consumer (merged pieces of one stream are joined only when delivered), and EOFs. */
+  private inbound: Array<{ stream: number; parts: Buffer[]; size: number } | { eof: number }> = [];
+  /** Data bytes received and not yet credited back: a compliant peer never exceeds WINDOW. */
+  private unacknowledged = 0;
   private draining = false;
   private handler: DataHandler | undefined;
   private localClosed = false;
@@ -87,42 +123,61 @@ export class Channel extends EventEmitter {
     this.finish();
   }
 
-  /** Called by the mux for each inbound frame of this channel. */
+  /** Called by the mux for each inbound frame of this channel; throws ProtocolViolation. */
   receive(frame: Frame): void {
     switch (frame.type) {
-      case FrameType.Data:
-        if (frame.payload.length < 1) return;
-        this.inbound.push({ stream: frame.payload[0]!, data: frame.payload.subarray(1) });
-        void this.drainInbound();
-        return;
-      case FrameType.Eof:
-        this.inbound.push({ eof: frame.payload[0] ?? 0 });
-        void this.drainInbound();
-        return;
-      case FrameType.Credit:
-        this.credit += frame.payload.readUInt32BE(0);
-        this.wakeWriters();
-        return;
-      case FrameType.Message: {
-        let value: Record<string, unknown>;
-        try {
-          value = JSON.parse(frame.payload.toString('utf8')) as Record<string, unknown>;
-        } catch {
-          return;
+      case FrameType.Data: {
+        if (frame.payload.length < 1) throw new ProtocolViolation(`empty data frame on channel ${this.id}`);
+        const size = frame.payload.length - 1;
+        if (this.unacknowledged + size > WINDOW) {
+          throw new ProtocolViolation(`channel ${this.id}: ${this.unacknowledged + size} bytes sent beyond the credit window of ${WINDOW}`);
         }
-        this.emit('message', value);
+        if (this.remoteClosed) throw new ProtocolViolation(`data on channel ${this.id} after its close`);
+        this.unacknowledged += size;
+        // A copy: the payload is a view of the decoder's buffer, which it would keep alive.
+        const data = Buffer.from(frame.payload.subarray(1));
+        const stream = frame.payload[0]!;
+        const last = this.inbound[this.inbound.length - 1];
+        if (last && 'parts' in last && last.stream === stream && last.size + data.length <= MERGE_LIMIT) {
+          // Items still queued are not with the consumer (it gets one only as it leaves the queue).
+          last.parts.push(data);
+          last.size += data.length;
+        } else this.enqueue({ stream, parts: [data], size: data.length });
+        void this.drainInbound();
         return;
       }
+      case FrameType.Eof:
+        if (this.remoteClosed) throw new ProtocolViolation(`EOF on channel ${this.id} after its close`);
+        this.enqueue({ eof: frame.payload[0] ?? 0 });
+        void this.drainInbound();
+        return;
+      case FrameType.Credit: {
+        if (frame.payload.length !== 4) throw new ProtocolViolation(`credit frame of ${frame.payload.length} bytes on channel ${this.id}`);
+        const credit = this.credit + frame.payload.readUInt32BE(0);
+        if (credit > WINDOW) throw new ProtocolViolation(`channel ${this.id}: credit beyond the window (${credit})`);
+        this.credit = credit;
+        this.wakeWriters();
+        return;
+      }
+      case FrameType.Message:
+        this.emit('message', parseJsonObject(frame.payload, `a message on channel ${this.id}`));
+        return;
       case FrameType.Close:
+        if (this.remoteClosed) return;
         this.remoteClosed = true;
         this.wakeWriters();
         // Deliver buffered data and EOFs before announcing the close.
-        this.inbound.push({ eof: -1 });
+        this.enqueue({ eof: -1 });
         void this.drainInbound();
         return;
       default:
-        return;
+        throw new ProtocolViolation(`frame type ${frame.type as number} on channel ${this.id}`);
     }
+  }
+
+  private enqueue(item: { stream: number; parts: Buffer[]; size: number } | { eof: number }): void {
+    if (this.inbound.length >= MAX_QUEUED_ITEMS) throw new ProtocolViolation(`channel ${this.id}: more than ${MAX_QUEUED_ITEMS} items queued`);
+    this.inbound.push(item);
   }
 
   /** The transport went away: wake everything up and report the close. */
@@ -156,16 +211,21 @@ export class Channel extends EventEmitter {
         if (!this.handler) return; // wait for setDataHandler
         this.inbound.shift();
         try {
-          await this.handler(item.stream, item.data);
+          await this.handler(item.stream, item.parts.length === 1 ? item.parts[0]! : Buffer.concat(item.parts, item.size));
         } catch {
           // A failing consumer must not stall the credit loop; it reports errors itself.
         }
+        this.unacknowledged -= item.size;
         if (!this.mux.destroyed && !this.localClosed) {
           const credit = Buffer.allocUnsafe(4);
-          credit.writeUInt32BE(item.data.length, 0);
+          credit.writeUInt32BE(item.size, 0);
           this.mux.sendFrame(this.id, FrameType.Credit, credit);
         }
       }
+    } catch (err) {
+      // Only listeners can throw here (eof, close): what the peer sent must not escape as an
+      // unhandled rejection.
+      this.mux.violated((err as Error).message);
     } finally {
       this.draining = false;
     }
@@ -190,13 +250,25 @@ export interface MuxOptions {
   side: 'host' | 'guest';
   /** Start by scanning for the sync marker (host<->guest links), or speak frames at once (control socket). */
   startInSync: boolean;
+  /**
+   * Whether the peer may open channels (default: only the 'guest' side serves them; the host
+   * side, the supervisor towards its guest and the CLI towards its supervisor, never does).
+   */
+  peerMayOpen?: boolean;
+  /**
+   * What a protocol violation does: 'fail' ends the link ('protocolError', then 'close'); 'resync'
+   * drops every channel and rescans for the sync marker, as a new host would (the guest agent's
+   * side, which must get past stale bytes around a restore). Default: 'resync' for the guest side
+   * of a host<->guest link, 'fail' everywhere else.
+   */
+  onViolation?: 'fail' | 'resync';
   /** Debug hook: called for every frame sent ('out') and received ('in'). */
   trace?: (direction: 'in' | 'out', channel: number, type: FrameType, length: number) => void;
 }
 
 /**
  * Emits: 'open' (channel) for channels opened by the peer, 'hello' (json), 'helloAck' (json),
- * 'close' when the transport ends.
+ * 'protocolError' (reason) when the peer broke the protocol, 'close' when the transport ends.
  */
 export class Mux extends EventEmitter {
   private readonly channels = new Map<number, Channel>();
@@ -205,7 +277,11 @@ export class Mux extends EventEmitter {
   private readonly idLimit: number;
   private readonly decoder: FrameDecoder;
   private readonly trace: MuxOptions['trace'];
+  private readonly peerMayOpen: boolean;
+  private readonly violationPolicy: 'fail' | 'resync';
   destroyed = false;
+  /** Why the link ended, when the peer broke the protocol. */
+  protocolError: string | undefined;
 
   constructor(
     private readonly stream: Duplex,
@@ -216,14 +292,28 @@ export class Mux extends EventEmitter {
     this.idLimit = options.side === 'host' ? 0x7fffffff : 0xfffffffe;
     this.nextId = this.idBase;
     this.trace = options.trace;
+    this.peerMayOpen = options.peerMayOpen ?? options.side === 'guest';
+    this.violationPolicy = options.onViolation ?? (options.side === 'guest' && options.startInSync ? 'resync' : 'fail');
     this.decoder = new FrameDecoder(
       (frame) => {
         this.trace?.('in', frame.channel, frame.type, frame.payload.length);
         this.onFrame(frame);
       },
-      { startInSync: options.startInSync },
+      {
+        startInSync: options.startInSync,
+        ...(this.violationPolicy === 'fail' ? { onViolation: (reason: string) => this.violation(reason) } : {}),
+      },
     );
-    stream.on('data', (chunk: Buffer) => this.decoder.push(chunk));
+    stream.on('data', (chunk: Buffer) => {
+      try {
+        this.decoder.push(chunk);
+      } catch (err) {
+        // A ProtocolViolation, or a consumer that choked on what the peer sent: either way the
+        // peer's input must not take this process down.
+        if (this.violationPolicy === 'fail') this.decoder.fail((err as Error).message);
+        else this.violation((err as Error).message);
+      }
+    });
     stream.on('error', () => this.teardown());
     stream.on('close', () => this.teardown());
     stream.on('end', () => this.teardown());
@@ -276,33 +366,52 @@ export class Mux extends EventEmitter {
 
   private write(buffer: Buffer): void {
     if (this.destroyed) return;
+    // A GatedStream reports what it holds plus what its inner stream has not written yet.
+    const pending = (this.stream as { pendingBytes?: number }).pendingBytes ?? this.stream.writableLength;
+    if (pending + buffer.length > MAX_OUTBOUND_BYTES) {
+      this.violation(`the peer stopped reading (${pending} bytes waiting to be sent)`);
+      return;
+    }
     this.stream.write(buffer);
+  }
+
+  /** Reports a violation found outside the frame path (a channel's queued deliveries). */
+  violated(reason: string): void {
+    this.violation(reason);
+  }
+
+  /** The peer broke the protocol: end the link, or (guest side) start over at the next HELLO. */
+  private violation(reason: string): void {
+    if (this.destroyed) return;
+    if (this.violationPolicy === 'resync') {
+      this.reset();
+      return;
+    }
+    this.protocolError = reason;
+    this.emit('protocolError', reason);
+    this.destroy();
   }
 
   private onFrame(frame: Frame): void {
     if (frame.type === FrameType.Hello || frame.type === FrameType.HelloAck) {
-      let value: unknown;
-      try {
-        value = JSON.parse(frame.payload.toString('utf8'));
-      } catch {
-        value = {};
-      }
+      const value = parseJsonObject(frame.payload, frame.type === FrameType.Hello ? 'a HELLO' : 'a HELLO_ACK');
       this.emit(frame.type === FrameType.Hello ? 'hello' : 'helloAck', value);
       return;
     }
     if (frame.type === FrameType.Open) {
-      let request: Record<string, unknown>;
-      try {
-        request = JSON.parse(frame.payload.toString('utf8')) as Record<string, unknown>;
-      } catch {
-        this.sendFrame(frame.channel, FrameType.Close);
-        return;
-      }
+      if (!this.peerMayOpen) throw new ProtocolViolation(`the peer opened channel ${frame.channel}, which this side does not serve`);
+      // The peer allocates from the other half of the id space; an id in use is never replaced.
+      const peerBase = this.idBase === 1 ? 0x80000001 : 1;
+      const peerLimit = this.idBase === 1 ? 0xfffffffe : 0x7fffffff;
+      if (frame.channel < peerBase || frame.channel > peerLimit) throw new ProtocolViolation(`the peer opened channel ${frame.channel}, outside its id range`);
+      if (this.channels.has(frame.channel)) throw new ProtocolViolation(`the peer opened channel ${frame.channel}, which is already open`);
+      const request = parseJsonObject(frame.payload, `the request of channel ${frame.channel}`);
       const channel = new Channel(frame.channel, this, request);
       this.channels.set(frame.channel, channel);
       this.emit('open', channel);
       return;
     }
+    // Frames of a channel we forgot (closed on both sides) may still be in flight: dropped.
     this.channels.get(frame.channel)?.receive(frame);
   }
 

@@ -12,7 +12,9 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { ImageSource } from '../container/image-ref';
+import { fsyncDir, fsyncFilesIn, writeJsonAtomic } from '../state/atomic';
 import type { StateStore } from '../state/store';
+import { isAlive as processIsAlive, processStartTime } from '../util/process';
 import type { VmConfig } from '../state/vm-record';
 import type { VmSpec } from '../vmm/backend';
 import { MANIFEST, readSnapshotDir, type SnapshotManifest } from './store';
@@ -59,16 +61,17 @@ export function cachedImageSnapshot(store: StateStore, key: string): { dir: stri
 }
 
 export function newImageCacheTempDir(store: StateStore, key: string): string {
-  const root = imageCacheRoot(store);
-  fs.mkdirSync(root, { recursive: true });
+  const root = store.ensureDir('image-cache');
   return fs.mkdtempSync(path.join(root, `.tmp-${key}-${process.pid}-`));
 }
 
 /** Writes the manifest last and renames the entry into place; a racing run that got there first wins. */
 export function publishImageCache(store: StateStore, tempDir: string, key: string, manifest: SnapshotManifest): void {
-  fs.writeFileSync(path.join(tempDir, MANIFEST), `${JSON.stringify(manifest, null, 2)}\n`);
+  writeJsonAtomic(path.join(tempDir, MANIFEST), manifest);
+  fsyncFilesIn(tempDir);
   try {
     fs.renameSync(tempDir, path.join(imageCacheRoot(store), key));
+    fsyncDir(imageCacheRoot(store));
   } catch {
     fs.rmSync(tempDir, { recursive: true, force: true });
   }
@@ -126,6 +129,8 @@ export function evictImageCache(store: StateStore, limit: number = imageCacheLim
       fs.rmSync(path.join(root, name), { recursive: true, force: true });
       continue;
     }
+    // An entry a starting VM is restoring from (src/snapshot/lease.ts) stays, however old.
+    if (leased(path.join(root, name))) continue;
     try {
       entries.push({ name, usedMs: fs.statSync(path.join(root, name, MANIFEST)).mtimeMs });
     } catch {
@@ -144,4 +149,35 @@ function pidAlive(pid: number): boolean {
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
+}
+
+/**
+ * A lease on a snapshot or cache entry while a VM is restored from it: `.lease-<pid>-<start>`
+ * in its directory, removed once the VMM has mapped its memory (the mapping keeps the pages after
+ * that). Eviction skips an entry with a live lease, so a restore never loses its files midway.
+ */
+export function leaseSnapshotDir(dir: string): () => void {
+  const file = path.join(dir, `.lease-${process.pid}-${processStartTime(process.pid) ?? '0'}`);
+  try {
+    fs.writeFileSync(file, '', { mode: 0o600 });
+  } catch {
+    return () => undefined; // the entry is gone already; the restore will say so
+  }
+  return () => fs.rmSync(file, { force: true });
+}
+
+function leased(dir: string): boolean {
+  let entries: string[];
+  try {
+    entries = fs.readdirSync(dir);
+  } catch {
+    return false;
+  }
+  for (const entry of entries) {
+    const match = /^\.lease-(\d+)-(\S+)$/.exec(entry);
+    if (!match) continue;
+    if (processIsAlive(Number(match[1]), match[2] === '0' ? undefined : match[2])) return true;
+    fs.rmSync(path.join(dir, entry), { force: true });
+  }
+  return false;
 }

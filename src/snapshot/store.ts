@@ -11,7 +11,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { readJson, writeJsonAtomic } from '../state/atomic';
+import { fsyncDir, fsyncFilesIn, readJson, writeJsonAtomic } from '../state/atomic';
 import type { StateStore } from '../state/store';
 import type { Accelerator, VmmKind, VmSpec } from '../vmm/backend';
 import type { VmConfig } from '../state/vm-record';
@@ -101,19 +101,23 @@ export function tagProblem(tag: string): string | undefined {
 
 /** A fresh temp directory for building a snapshot (named so a sweep can tell whether its creator lives). */
 export function makeTempDir(store: StateStore, label: string, kind: 'tmp' | 'fork' = 'tmp'): string {
-  const base = snapshotsDir(store);
-  fs.mkdirSync(base, { recursive: true });
+  const base = store.ensureDir('snapshots');
   const dir = path.join(base, `.${kind}-${label}-${process.pid}-${crypto.randomBytes(3).toString('hex')}`);
-  fs.mkdirSync(dir);
+  fs.mkdirSync(dir, { mode: 0o700 });
   return dir;
 }
 
 /** Writes the manifest last and renames the directory into place; fails if the tag exists. */
 export function publish(store: StateStore, tempDir: string, manifest: SnapshotManifest): string {
+  const problem = tagProblem(manifest.tag);
+  if (problem) throw new ShoalError(`invalid snapshot tag: ${problem}`);
   writeJsonAtomic(path.join(tempDir, MANIFEST), manifest);
+  // Everything on disk before the rename that makes it visible (and the rename itself after).
+  fsyncFilesIn(tempDir);
   const final = path.join(snapshotsDir(store), manifest.tag);
   if (fs.existsSync(final)) throw new ShoalError(`snapshot ${manifest.tag} already exists`);
   fs.renameSync(tempDir, final);
+  fsyncDir(snapshotsDir(store));
   return final;
 }
 
@@ -122,7 +126,8 @@ export function readSnapshotDir(dir: string): SnapshotManifest | undefined {
 }
 
 export function findSnapshot(store: StateStore, tag: string): SnapshotEntry {
-  if (tagProblem(tag)) throw new ShoalError(`no such snapshot: ${tag}`);
+  const problem = tagProblem(tag);
+  if (problem) throw new ShoalError(`invalid snapshot tag: ${problem}`);
   const dir = path.join(snapshotsDir(store), tag);
   const manifest = readSnapshotDir(dir);
   if (!manifest) throw new ShoalError(`no such snapshot: ${tag}`);
@@ -182,4 +187,23 @@ export function allocatedBytes(file: string): number {
   } catch {
     return 0;
   }
+}
+
+/**
+ * The control socket's `snapshot` request names the directory the supervisor (root) writes the
+ * VM's memory and disk into: only a fresh temp directory of this state directory's snapshots/
+ * (made by makeTempDir) is accepted, and only as a real directory, not a symlink.
+ */
+export function snapshotTempDirProblem(store: StateStore, dir: string): string | undefined {
+  const base = snapshotsDir(store);
+  if (!dir || path.dirname(path.resolve(dir)) !== base || !/^\.(?:tmp|fork)-[A-Za-z0-9_.-]+$/.test(path.basename(dir))) {
+    return `snapshot directory ${dir} is not a temporary directory of ${base}`;
+  }
+  try {
+    const st = fs.lstatSync(dir);
+    if (!st.isDirectory() || st.uid !== (process.geteuid?.() ?? 0)) return `snapshot directory ${dir} is not a directory of ours`;
+  } catch {
+    return `snapshot directory ${dir} does not exist`;
+  }
+  return undefined;
 }

@@ -4,6 +4,8 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import { ShoalError } from '../util/errors';
+import { createPrivateFile } from '../util/private-fs';
 
 export function vmFiles(dir: string) {
   return {
@@ -36,6 +38,24 @@ export const MEMORY_FILE_DIR = process.env.SHOAL_SHM_DIR ?? '/dev/shm';
 
 export function memoryFilePath(id: string): string {
   return path.join(MEMORY_FILE_DIR, `shoal-${id}.ram`);
+}
+
+/**
+ * Creates the guest RAM file before the VMM opens it: mode 0600 and O_EXCL|O_NOFOLLOW, so a file
+ * (or symlink) another local user planted under the name in the world-writable /dev/shm is
+ * refused rather than shared with the guest.
+ */
+export function createMemoryFile(id: string): void {
+  let fd: number;
+  try {
+    fd = createPrivateFile(memoryFilePath(id), fs.constants.O_RDWR);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
+      throw new ShoalError(`${memoryFilePath(id)} exists already (planted by someone?); refusing to use it as guest memory`);
+    }
+    throw err;
+  }
+  fs.closeSync(fd);
 }
 
 /** Present in a VM's directory when its supervisor must restore a snapshot instead of booting. */

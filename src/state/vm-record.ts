@@ -59,6 +59,12 @@ export interface VmRecord {
   finishedAt?: string;
   supervisorPid?: number;
   supervisorStartTime?: string;
+  /**
+   * The `shoal` process that wrote the record in state `creating`, before a supervisor exists:
+   * if it dies before spawning one, the VM shows as dead instead of `creating` forever.
+   */
+  creatorPid?: number;
+  creatorStartTime?: string;
   vmmPid?: number;
   /** The image reference inside the guest after loading/pulling. */
   loadedImage?: string;

@@ -22,6 +22,11 @@ export class MainContainer {
   private readonly started = new Promise<Channel>((resolve) => { this.announce = resolve; });
   /** The attached terminal's latest window size (-t), which the container's terminal follows. */
   private size: TerminalSize | undefined;
+  /**
+   * Set by the supervisor when a snapshot replaced the agent session (Firecracker resets vsock):
+   * a follower on the old session that closes without an exit is taken over on the new one.
+   */
+  relink: { from: Mux; ready: Promise<Mux> } | undefined;
 
   constructor(private readonly containerLog: string, private readonly output: OutputSink) {}
 
@@ -62,9 +67,10 @@ export class MainContainer {
 
   /**
    * The main container's output to its log and to attached CLIs, and its exit code. The channel
-   * is the `podman run` exec, or in a restored VM the agent's `attach-persistent` of it.
+   * is the `podman run` exec, or in a restored VM the agent's `attach-persistent` of it, opened
+   * on the agent session `session`.
    */
-  follow(channel: Channel): Promise<number> {
+  follow(channel: Channel, session: Mux): Promise<number> {
     const log = new ContainerLogWriter(this.containerLog);
     return new Promise<number>((resolve, reject) => {
       let exitCode: number | undefined;
@@ -84,7 +90,9 @@ export class MainContainer {
         channel.close();
         log.close();
         this.channel = undefined;
-        if (exitCode !== undefined) resolve(exitCode);
+        const again = exitCode === undefined ? this.followAgain(session) : undefined;
+        if (again) resolve(again);
+        else if (exitCode !== undefined) resolve(exitCode);
         else reject(new ShoalError(error ?? 'the container was lost'));
       });
     });
@@ -100,11 +108,18 @@ export class MainContainer {
     const follower = agent.open({ kind: 'attach-persistent' });
     this.adopt(follower);
     try {
-      return await this.follow(follower);
+      return await this.follow(follower, agent);
     } catch (err) {
       if (!/no persistent process/.test((err as Error).message)) throw err;
       return this.waitWithPodman(agent);
     }
+  }
+
+  /** When the session a follower was on was replaced after a snapshot: follow again on the new one. */
+  private followAgain(session: Mux): Promise<number> | undefined {
+    const relink = this.relink;
+    if (relink?.from !== session) return undefined;
+    return relink.ready.then((agent) => this.followRestored(agent));
   }
 
   private waitWithPodman(agent: Mux): Promise<number> {
@@ -113,7 +128,13 @@ export class MainContainer {
     return new Promise<number>((resolve, reject) => {
       const out: Buffer[] = [];
       let exitCode: number | undefined;
-      channel.setDataHandler((stream, data) => { if (stream === STDOUT) out.push(Buffer.from(data)); });
+      let kept = 0;
+      // `podman wait` prints one number; a guest that says more is not believed past 4 KiB.
+      channel.setDataHandler((stream, data) => {
+        if (stream !== STDOUT || kept >= 4096) return;
+        out.push(Buffer.from(data.subarray(0, 4096 - kept)));
+        kept += Math.min(data.length, 4096 - kept);
+      });
       channel.on('message', (message: Record<string, unknown>) => {
         if (message.type === 'exit') exitCode = exitCodeOf(message);
       });
@@ -121,7 +142,9 @@ export class MainContainer {
         channel.close();
         this.channel = undefined;
         const code = Number.parseInt(Buffer.concat(out).toString().trim(), 10);
-        if (exitCode === 0 && Number.isInteger(code)) resolve(code);
+        const again = exitCode === undefined ? this.followAgain(agent) : undefined;
+        if (again) resolve(again);
+        else if (exitCode === 0 && Number.isInteger(code)) resolve(code);
         else reject(new ShoalError('lost track of the container restored from the snapshot'));
       });
     });

@@ -1,19 +1,19 @@
 /**
  * Taking a snapshot of the running VM (for `snapshot create`/`fork`, and the image cache): the
  * refusals, and the sequence quiesce, pause, state + memory + disk, resume, resume the link.
- * It owns only its "a snapshot is under way" flag; the VM's live parts come from the
+ * It owns only the chain that serializes its snapshots; the VM's live parts come from the
  * supervisor through SnapshotSubject, each time, since they change (boot, restore, finish).
  */
 import { execFile } from 'node:child_process';
 import crypto from 'node:crypto';
-import fs from 'node:fs';
 import { promisify } from 'node:util';
 import { refuse, sendEvent } from '../control/server';
 import { request } from '../host/exec-client';
 import { encodeSync, FrameType } from '../protocol/frames';
 import type { GatedStream } from '../protocol/gate';
 import type { Channel, Mux } from '../protocol/mux';
-import { snapshotFiles } from '../snapshot/store';
+import { snapshotFiles, snapshotTempDirProblem } from '../snapshot/store';
+import type { StateStore } from '../state/store';
 import { ShoalError } from '../util/errors';
 import { sleep } from '../util/process';
 import type { VmHandle, VmSpec } from '../vmm/backend';
@@ -34,6 +34,11 @@ export interface SnapshotSubject {
   restored(): boolean;
   /** The agent link did not come back after a snapshot: the VM is lost. */
   linkLost(error: string): void;
+  /**
+   * After a snapshot that reset the agent stream (VmHandle.snapshotResetsAgentLink, Firecracker):
+   * replace the old session by a fresh one on a new connection (rejects when none comes).
+   */
+  reconnect(old: Mux): Promise<void>;
 }
 
 export type SnapshotTimings = { pausedMs: number; totalMs: number };
@@ -48,9 +53,11 @@ export function snapshotSafe(accel: string, cpus: number): boolean {
 }
 
 export class Snapshotter {
-  private snapshotting = false;
+  /** Settles when the snapshot in progress (if any) is done; the next one waits for it. */
+  private chain: Promise<void> = Promise.resolve();
 
   constructor(
+    private readonly store: StateStore,
     private readonly record: VmRecordHandle,
     private readonly scratchDisk: string,
     private readonly subject: SnapshotSubject,
@@ -81,12 +88,9 @@ export class Snapshotter {
       fail(`VM ${name} was restored from a snapshot; its memory is a private mapping of that snapshot, so it cannot be snapshotted itself (snapshot the source instead)`);
       return;
     }
-    if (this.snapshotting) {
-      fail(`VM ${name} is already being snapshotted`);
-      return;
-    }
-    if (!dir || !fs.existsSync(dir)) {
-      fail(`snapshot directory ${dir} does not exist`);
+    const dirProblem = snapshotTempDirProblem(this.store, dir);
+    if (dirProblem) {
+      fail(dirProblem);
       return;
     }
     try {
@@ -107,34 +111,44 @@ export class Snapshotter {
    * held and the session goes on.
    */
   async take(dir: string, say: (message: string) => void): Promise<SnapshotTimings> {
+    // One at a time: a user's snapshot that arrives during the startup snapshot (or the other way
+    // round) waits for it, rather than pausing and migrating the VM twice at once.
+    const previous = this.chain;
+    let done: () => void = () => undefined;
+    this.chain = new Promise<void>((resolve) => { done = resolve; });
+    try {
+      await previous;
+      return await this.takeNow(dir, say);
+    } finally {
+      done();
+    }
+  }
+
+  private async takeNow(dir: string, say: (message: string) => void): Promise<SnapshotTimings> {
     const parts = this.subject.parts();
-    if (!parts) throw new ShoalError(`VM ${this.record.current.config.name} is not running`);
+    if (!parts || parts.agent.destroyed) throw new ShoalError(`VM ${this.record.current.config.name} is not running`);
     const { vm, agent, gate } = parts;
-    this.snapshotting = true;
     const started = Date.now();
     let pausedAt = 0;
     let resumedAt = 0;
+    say('quiescing the agent link');
+    await withTimeout(request(agent, { kind: 'quiesce' }), QUIESCE_TIMEOUT_MS, 'the guest agent did not quiesce');
+    gate.hold();
     try {
-      say('quiescing the agent link');
-      await withTimeout(request(agent, { kind: 'quiesce' }), QUIESCE_TIMEOUT_MS, 'the guest agent did not quiesce');
-      gate.hold();
-      try {
-        pausedAt = Date.now();
-        await vm.pause();
-        say('saving device state and guest memory');
-        const target = snapshotFiles(dir);
-        await vm.snapshot({ stateFile: target.state, memoryFile: target.memory }, 'full');
-        say('copying the scratch disk');
-        await execFileAsync('cp', ['--reflink=auto', '--sparse=always', this.scratchDisk, target.scratch]);
-      } finally {
-        await vm.resume().catch(() => undefined);
-        resumedAt = Date.now();
-        await this.resumeLink(agent, gate);
-      }
-      return { pausedMs: resumedAt - pausedAt, totalMs: Date.now() - started };
+      pausedAt = Date.now();
+      await vm.pause();
+      say('saving device state and guest memory');
+      const target = snapshotFiles(dir);
+      await vm.snapshot({ stateFile: target.state, memoryFile: target.memory }, 'full');
+      say('copying the scratch disk');
+      await execFileAsync('cp', ['--reflink=auto', '--sparse=always', this.scratchDisk, target.scratch]);
     } finally {
-      this.snapshotting = false;
+      await vm.resume().catch(() => undefined);
+      resumedAt = Date.now();
+      if (vm.snapshotResetsAgentLink) await this.subject.reconnect(agent);
+      else await this.resumeLink(agent, gate);
     }
+    return { pausedMs: resumedAt - pausedAt, totalMs: Date.now() - started };
   }
 
   /** After a snapshot: re-HELLO (resume: true) until the agent answers, then send what we held. */

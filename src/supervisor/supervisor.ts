@@ -16,13 +16,15 @@ import { execCollect, request } from '../host/exec-client';
 import { openAgentSession } from '../host/agent-session';
 import { GatedStream } from '../protocol/gate';
 import type { Channel, Mux } from '../protocol/mux';
-import { readSnapshotDir, snapshotFiles } from '../snapshot/store';
+import { readSnapshotDir, snapshotFiles, sweepStale } from '../snapshot/store';
 import { readJson } from '../state/atomic';
 import type { VmConfig, VmRecord, RecordedState } from '../state/vm-record';
 import type { StateStore } from '../state/store';
 import { ShoalError } from '../util/errors';
 import { processStartTime, sleep } from '../util/process';
-import type { RestoreSpec, VmHandle, VmSpec } from '../vmm/backend';
+import type { RestoreSpec, VmHandle, VmmBackend, VmSpec } from '../vmm/backend';
+import type { SnapshotManifest } from '../snapshot/store';
+import { capConsoleLog } from './container-log';
 import { backendFor } from '../vmm/select';
 import { relayChannels } from './relay';
 import { waitHealthy } from './health-check';
@@ -30,7 +32,7 @@ import { serveDirectoryMaps, type ServedMap } from './directory-maps';
 import type { ExecRequest, GuestNetworkIdentity } from '../protocol/messages';
 import { ControlServer, refuse, sendEvent } from '../control/server';
 import type { ExecControlRequest } from '../control/messages';
-import { cachedImageSnapshot, touchImageCache } from '../snapshot/image-cache';
+import { cachedImageSnapshot, leaseSnapshotDir, touchImageCache } from '../snapshot/image-cache';
 import { vmKernelCmdline } from './guest-cmdline';
 import { VmNetwork } from './vm-network';
 import { Attachments } from './attachments';
@@ -41,7 +43,7 @@ import { VmRecordHandle } from './vm-record-handle';
 import { vmmTraits } from '../vmm/traits';
 import { createScratchDisk } from './scratch-disk';
 import { releaseVmResources } from '../lifecycle/release';
-import { memoryFilePath, removeOrphanMemoryFiles, restoreInfoPath, vmFiles, type RestoreInfo } from '../state/vm-files';
+import { createMemoryFile, memoryFilePath, removeOrphanMemoryFiles, restoreInfoPath, vmFiles, type RestoreInfo } from '../state/vm-files';
 
 const execFileAsync = promisify(execFile);
 
@@ -50,8 +52,12 @@ const AGENT_TIMEOUT_MS = 120_000;
 /** How long an attached `shoal run` has to attach before the container starts anyway. */
 const ATTACH_GRACE_MS = 30_000;
 const SHUTDOWN_TIMEOUT_MS = 10_000;
+/** How often console.log is checked against its cap (src/util/log-limit.ts). */
+const CONSOLE_CAP_INTERVAL_MS = 1000;
 /** How long an app has, once its container runs, to pass its --health-check. */
 const HEALTH_TIMEOUT_MS = 120_000;
+/** How long the guest agent has to answer a fresh session after a snapshot reset its link. */
+const RELINK_TIMEOUT_MS = 30_000;
 
 export class Supervisor {
   private readonly records: VmRecordHandle;
@@ -82,7 +88,7 @@ export class Supervisor {
     this.container = new MainContainer(this.files.containerLog, this.attachments);
     this.attachments.main = this.container;
     this.network = new VmNetwork(this.records, this.files.dir, (message) => this.progress(message));
-    this.snapshotter = new Snapshotter(this.records, this.files.scratchDisk, {
+    this.snapshotter = new Snapshotter(store, this.records, this.files.scratchDisk, {
       parts: () => {
         const { vm, agent, gate } = this;
         return vm && agent && gate ? { vm, agent, gate } : undefined;
@@ -91,6 +97,7 @@ export class Supervisor {
       spec: () => this.spec,
       restored: () => this.restoredFrom !== undefined,
       linkLost: (error) => void this.finish('failed', { error }),
+      reconnect: (old) => this.reconnectAgent(old),
     });
     this.imageCache = new ImageCachePolicy(store, this.records, this.snapshotter, {
       bootSpec: () => this.vmSpec(loadAssets()),
@@ -112,7 +119,17 @@ export class Supervisor {
     process.on('SIGTERM', () => void this.stop());
     process.on('SIGINT', () => void this.stop());
     await this.listen();
+    // The VMM appends the guest's serial console to console.log; the guest decides how much.
+    setInterval(() => {
+      try {
+        capConsoleLog(this.files.consoleLog);
+      } catch {
+        // the VM directory is going away (rm -f)
+      }
+    }, CONSOLE_CAP_INTERVAL_MS).unref();
     removeOrphanMemoryFiles();
+    // A fork or snapshot killed midway leaves its temp directory (a full RAM and disk copy).
+    sweepStale(this.store);
     let exitCode: number | undefined;
     try {
       const restore = readJson<RestoreInfo>(restoreInfoPath(this.files.dir));
@@ -185,6 +202,8 @@ export class Supervisor {
     const backend = backendFor(this.record.backend, this.record.accel, this.record.config.jailer);
     this.progress(`booting a ${this.record.backend} microVM (${this.record.accel})`);
     await createScratchDisk(this.files.scratchDisk);
+    // Ours before QEMU opens it: 0600, and a file someone planted under the name is refused.
+    createMemoryFile(this.record.id);
     await this.network.prepare();
     const spec = this.vmSpec(assets);
     this.spec = spec;
@@ -204,6 +223,23 @@ export class Supervisor {
     if (!manifest) throw new ShoalError(`snapshot ${info.tag} is gone`);
     const files = snapshotFiles(info.snapshotDir);
     const backend = backendFor(this.record.backend, this.record.accel, this.record.config.jailer);
+    // Held until the VMM has mapped the memory file: the image cache's eviction skips it meanwhile.
+    const releaseLease = leaseSnapshotDir(info.snapshotDir);
+    try {
+      await this.restoreFrom(info, manifest, files, backend);
+    } finally {
+      releaseLease();
+    }
+    await this.network.attachTapToBridge(backend, this.spec!.net);
+    await this.connectVm(this.vm!, this.network.bridgedIdentity());
+    // The guest still carries its source's hostname.
+    await execCollect(this.agent!, { argv: ['sh', '-c', 'echo "$1" > /proc/sys/kernel/hostname', 'sh', guestHostname(this.record.config)] }).catch(() => undefined);
+    if (options.announce === false) return;
+    this.setState('running', (r) => { r.startedAt = new Date().toISOString(); });
+    this.attachments.running();
+  }
+
+  private async restoreFrom(info: RestoreInfo, manifest: SnapshotManifest, files: ReturnType<typeof snapshotFiles>, backend: VmmBackend): Promise<void> {
     this.progress(`restoring snapshot ${info.tag} into a ${this.record.backend} microVM (${this.record.accel})`);
     await execFileAsync('cp', ['--reflink=auto', '--sparse=always', files.scratch, this.files.scratchDisk]);
     const drives = manifest.vmSpec.drives.map((d) => (d.id === 'scratch' ? { ...d, path: this.files.scratchDisk } : d));
@@ -228,13 +264,6 @@ export class Supervisor {
     }
     await this.network.createTapIfNeeded(backend, spec.net);
     this.vm = await backend.restore(spec);
-    await this.network.attachTapToBridge(backend, spec.net);
-    await this.connectVm(this.vm, this.network.bridgedIdentity());
-    // The guest still carries its source's hostname.
-    await execCollect(this.agent!, { argv: ['sh', '-c', 'echo "$1" > /proc/sys/kernel/hostname', 'sh', guestHostname(this.record.config)] }).catch(() => undefined);
-    if (options.announce === false) return;
-    this.setState('running', (r) => { r.startedAt = new Date().toISOString(); });
-    this.attachments.running();
   }
 
   /**
@@ -297,16 +326,46 @@ export class Supervisor {
         void this.finish('failed', { error: `the VM exited unexpectedly (${exit.signal ?? `code ${exit.code}`}); see \`shoal logs --console ${this.record.config.name}\`` });
       }
     });
+    await this.openSession(vm, AGENT_TIMEOUT_MS, network);
+  }
+
+  /** An agent session on a new connection; losing it ends the VM, unless a newer one replaced it. */
+  private async openSession(vm: VmHandle, timeoutMs: number, network?: GuestNetworkIdentity): Promise<Mux> {
     // The agent link runs through a write gate, so a snapshot can hold the host's frames.
     const gated = Object.create(vm) as VmHandle;
-    gated.connectAgent = async (timeoutMs: number) => {
-      this.gate = new GatedStream(await vm.connectAgent(timeoutMs));
+    gated.connectAgent = async (ms: number) => {
+      this.gate = new GatedStream(await vm.connectAgent(ms));
       return this.gate;
     };
-    this.agent = await openAgentSession(gated, AGENT_TIMEOUT_MS, network);
-    this.agent.on('close', () => {
-      if (!this.finished && !this.stopRequested) void this.finish('failed', { error: 'lost the connection to the guest agent' });
+    const agent = await openAgentSession(gated, timeoutMs, network);
+    this.agent = agent;
+    agent.on('close', () => {
+      if (this.agent !== agent) return;
+      if (this.finished || (this.stopRequested && agent.protocolError === undefined)) return;
+      // A guest that broke the protocol gets its VM ended: nothing it sends is trusted after that.
+      const error = agent.protocolError === undefined ? 'lost the connection to the guest agent' : `the guest broke the agent protocol (${agent.protocolError}); the VM was stopped`;
+      void this.finish('failed', { error });
     });
+    return agent;
+  }
+
+  /**
+   * After a snapshot on a VMM that resets the agent stream (Firecracker's vsock TRANSPORT_RESET):
+   * the old stream is dead in the guest, so drop it and start a fresh session on a new connection.
+   * The guest keeps the main container running (a persistent exec), which MainContainer takes
+   * over again; channels of the old session (execs in flight) end with it.
+   */
+  private async reconnectAgent(old: Mux): Promise<void> {
+    this.agent = undefined; // so the old session's close is not taken for a lost VM
+    const ready = this.openSession(this.vm!, RELINK_TIMEOUT_MS);
+    this.container.relink = { from: old, ready };
+    old.destroy();
+    try {
+      await ready;
+    } catch (err) {
+      void this.finish('failed', { error: `the guest agent did not answer after a snapshot: ${(err as Error).message}` });
+      throw new ShoalError('the guest agent did not answer after the snapshot');
+    }
   }
 
   private vmSpec(assets: GuestAssets): VmSpec {
@@ -386,7 +445,7 @@ export class Supervisor {
     });
     this.container.adopt(channel);
     void this.markRunningWhenStarted(channel);
-    return this.container.follow(channel);
+    return this.container.follow(channel, agent);
   }
 
   /**
@@ -432,10 +491,11 @@ export class Supervisor {
   private async powerOff(): Promise<void> {
     const vm = this.vm;
     if (!vm) return;
-    if (this.agent && !this.agent.destroyed) {
-      await Promise.race([request(this.agent, { kind: 'poweroff' }).catch(() => undefined), sleep(2000)]);
-    }
-    await vm.shutdown(SHUTDOWN_TIMEOUT_MS);
+    // Without a link (lost, or ended for a protocol error) nobody can ask the guest to power
+    // off: waiting for it would only delay the end.
+    const asked = this.agent !== undefined && !this.agent.destroyed;
+    if (asked) await Promise.race([request(this.agent!, { kind: 'poweroff' }).catch(() => undefined), sleep(2000)]);
+    await vm.shutdown(asked ? SHUTDOWN_TIMEOUT_MS : 0);
     this.agent?.destroy();
   }
 

@@ -114,6 +114,11 @@ export interface VmHandle {
   connectAgent(timeoutMs: number): Promise<Duplex>;
   pause(): Promise<void>;
   resume(): Promise<void>;
+  /**
+   * True when taking a snapshot cuts the agent stream (Firecracker resets its vsock connections):
+   * after the resume the host connects afresh instead of going on on the old stream.
+   */
+  readonly snapshotResetsAgentLink?: boolean;
   /** Writes a snapshot of a paused VM. */
   snapshot(files: SnapshotFiles, kind: SnapshotKind): Promise<void>;
   /** Asks the guest to power off; kills the VMM after timeoutMs. */

@@ -6,7 +6,8 @@ import { ShoalError } from '../util/errors';
 import type { Accelerator, VmmBackend, VmmKind } from './backend';
 import path from 'node:path';
 import { FirecrackerBackend, findFirecrackerBinary, findJailerBinary } from './firecracker/backend';
-import { jailLayout } from './firecracker/jailer';
+import { DEFAULT_CHROOT_BASE, jailLayout } from './firecracker/jailer';
+import fs from 'node:fs';
 import { QemuBackend } from './qemu/backend';
 
 export type VmmChoice = VmmKind | 'auto';
@@ -25,7 +26,15 @@ export interface JailerChoice {
 export function jailDirOf(id: string, jailer: JailerChoice): string | undefined {
   const firecracker = findFirecrackerBinary().path;
   if (!firecracker) return undefined;
-  return jailLayout({ id, firecrackerBinary: path.resolve(firecracker), chrootBaseDir: jailer.chrootBaseDir }).jailDir;
+  // Named as the jailer names it: canonical binary and base (src/vmm/firecracker/launch.ts canonicalJailPaths).
+  const real = (p: string): string => {
+    try {
+      return fs.realpathSync(p);
+    } catch {
+      return path.resolve(p);
+    }
+  };
+  return jailLayout({ id, firecrackerBinary: real(firecracker), chrootBaseDir: real(jailer.chrootBaseDir ?? DEFAULT_CHROOT_BASE) }).jailDir;
 }
 
 export function backendFor(kind: VmmKind, accel: Accelerator, jailer?: JailerChoice): VmmBackend {

@@ -8,18 +8,51 @@
  * vsock device (docs/vsock.md) with an echoing "guest agent" on port 1024.
  *
  * This is not Firecracker: it checks shoal's sequencing; the spec remains
- * the judge of each body.
+ * the judge of each body. What it models of v1.16.1 beyond the spec, from its source:
+ *  - logger/metrics files are opened with O_CREAT (vmm/src/utils/mod.rs open_file_nonblock);
+ *  - a TAP is opened by name with TUNSETIFF (net/tap.rs Tap::open_named): a missing one is
+ *    created when the process may (CAP_NET_ADMIN, here: euid 0), else the request fails;
+ *  - snapshot create saves device state first (lib.rs save_state), and with it the vsock
+ *    device publishes a TRANSPORT_RESET (vsock/device.rs prepare_save): on the next resume the
+ *    guest drops every open connection (the host's end dies on its next write), listeners stay;
+ *  - every resume arms the vsock RX gate (kick(): pending_event_ack = true); only the guest's ack
+ *    of a published reset clears it, so after a pause without a snapshot host-to-guest vsock
+ *    stalls (CONNECTs unanswered);
+ *  - the MAC is device state: saved in the snapshot, restored by the load, never overridden
+ *    (network_overrides carries iface_id + host_dev_name only); GET /vm/config shows it;
+ *  - the load reopens each drive at its recorded path and each TAP by its (overridden) name:
+ *    a missing drive fails the load, and a failed load ends the process;
+ *  - in a jail (FAKE_FC_ROOT, set by the fake jailer) every path is resolved inside the root;
+ *  - FAKE_FC_GUEST_INIT=<initramfs /init> + FAKE_FC_GUEST_RUN=<shell words>: after InstanceStart
+ *    the guest runs that script's functions and then the words; `poweroff -f` halts the guest (no
+ *    ACPI power-off in Firecracker: the process stays), `reboot -f` ends the process (reboot=k).
  *
  * Environment: FAKE_FC_RECORD (jsonl path), FAKE_FC_VERSION (default 1.16.1),
  * FAKE_FC_AGENT_DELAY_MS (guest agent starts listening this long after start),
- * FAKE_FC_IGNORE_CAD=1 (ignore SendCtrlAltDel, to exercise the kill path).
+ * FAKE_FC_IGNORE_CAD=1 (ignore SendCtrlAltDel, to exercise the kill path),
+ * FAKE_FC_NO_NET_ADMIN=1 (open TAPs as a process without CAP_NET_ADMIN even as root),
+ * FAKE_FC_AGENT=session (the guest's port 1024 runs the real agent session code instead of an echo;
+ * it runs what it is asked ON THE HOST: only for tests that ask for harmless things), or
+ * FAKE_FC_AGENT=fake (test/helpers/firecracker-fake-agent.ts: the protocol, with podman simulated).
  */
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { loadSpecJudge } from './firecracker-spec';
-import { HybridVsockPeer } from './firecracker-vsock-peer';
+import { HybridVsockPeer, type GuestListener } from './firecracker-vsock-peer';
+import { serveSession } from '../../src/agent/session';
+import { fakeAgent } from './firecracker-fake-agent';
+import { versionAtLeast, parseVersion } from '../../src/vmm/firecracker/requests';
+
+/** The guest agent's session code (src/agent/session.ts) on each accepted connection, as its vsock mode does. */
+function sessionAgent(): GuestListener {
+  return (s) => {
+    s.on('error', () => undefined);
+    serveSession(s, () => undefined);
+  };
+}
 
 export interface Exchange {
   method: string;
@@ -34,10 +67,12 @@ export interface Exchange {
   netDevices?: string[];
 }
 
+interface NetDevice { host_dev_name: string; guest_mac?: string }
+
 interface SnapshotState {
   vsock: string | null;
   drives: Record<string, { path_on_host: string; is_read_only: boolean }>;
-  net: Record<string, string>;
+  net: Record<string, NetDevice>;
   machine: unknown;
 }
 
@@ -54,12 +89,40 @@ export class FakeFirecracker {
   private peer: HybridVsockPeer | null = null;
   private server: http.Server | null = null;
   private readonly judge = loadSpecJudge();
+  /** A snapshot saved device state since the last resume: the vsock published a TRANSPORT_RESET. */
+  private resetPublished = false;
+  private bootArgs = '';
 
   constructor(
     readonly apiSock: string,
     readonly id: string,
-    private readonly opts: { record?: string; version?: string; agentDelayMs?: number; ignoreCtrlAltDel?: boolean; onExit?: (code: number) => void } = {},
+    private readonly opts: {
+      record?: string; version?: string; agentDelayMs?: number; ignoreCtrlAltDel?: boolean; onExit?: (code: number) => void;
+      root?: string; agent?: 'echo' | 'session' | 'fake'; guestInit?: string; guestRun?: string; console?: (text: string) => void;
+    } = {},
   ) {}
+
+  /** A path as the process sees it: inside the jail root when jailed. */
+  private host(p: string): string {
+    return this.opts.root ? path.join(this.opts.root, p) : p;
+  }
+
+  /** TUNSETIFF on a name: an existing TAP opens; a missing one is created only with CAP_NET_ADMIN. */
+  private openTap(name: string): string | null {
+    if (fs.existsSync(`/sys/class/net/${name}`)) return null;
+    // CAP_NET_ADMIN: root here, unless FAKE_FC_NO_NET_ADMIN=1 plays an unprivileged (e.g. jailed) process.
+    if (process.geteuid?.() === 0 && process.env.FAKE_FC_NO_NET_ADMIN !== '1') return null;
+    return `Open tap device failed: Error while creating ifreq structure: Operation not permitted (os error 1). Invalid TUN/TAP Backend provided by ${name}.`;
+  }
+
+  private canWrite(p: string): boolean {
+    try {
+      fs.accessSync(p, fs.constants.W_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  }
 
   private record(e: Exchange): void {
     if (this.opts.record) fs.appendFileSync(this.opts.record, JSON.stringify(e) + '\n');
@@ -110,23 +173,33 @@ export class FakeFirecracker {
     const ok = { status: 204 };
     if (method === 'GET' && url === '/version') return { status: 200, body: { firecracker_version: this.opts.version ?? '1.16.1' } };
     if (method === 'GET' && url === '/') return { status: 200, body: { app_name: 'Firecracker', id: this.id, state: this.state, vmm_version: this.opts.version ?? '1.16.1' } };
+    if (method === 'GET' && url === '/vm/config') return { status: 200, body: this.vmConfig() };
     if (method === 'PUT' && (url === '/logger' || url === '/metrics')) {
-      const p = String(b.log_path ?? b.metrics_path);
-      if (!fs.existsSync(p)) return this.fault(400, `Failed to open target file: No such file or directory (os error 2): ${p}`);
+      // open_file_nonblock: O_CREAT | O_RDWR, so only a missing directory fails.
+      const p = this.host(String(b.log_path ?? b.metrics_path));
+      try {
+        fs.closeSync(fs.openSync(p, 'a'));
+      } catch (e) {
+        return this.fault(400, `Failed to open target file: ${(e as Error).message}`);
+      }
       return ok;
     }
     if (method === 'PUT' && PRE_BOOT.some((re) => re.test(url))) {
       if (this.state !== 'Not started') return this.fault(400, 'The requested operation is not supported after starting the microVM.');
       this.configured = true;
       if (url === '/boot-source') {
-        if (!fs.existsSync(String(b.kernel_image_path))) return this.fault(400, `The kernel file cannot be opened: ${String(b.kernel_image_path)}`);
+        if (!fs.existsSync(this.host(String(b.kernel_image_path)))) return this.fault(400, `The kernel file cannot be opened: ${String(b.kernel_image_path)}`);
         this.bootSource = { kernel_image_path: String(b.kernel_image_path) };
+        this.bootArgs = String(b.boot_args ?? '');
       } else if (url === '/machine-config') this.machine = b;
       else if (url.startsWith('/drives/')) {
-        if (!fs.existsSync(String(b.path_on_host))) return this.fault(400, `Unable to open block device backing file: ${String(b.path_on_host)}`);
+        if (!fs.existsSync(this.host(String(b.path_on_host)))) return this.fault(400, `Unable to open block device backing file: ${String(b.path_on_host)}`);
         this.drives[String(b.drive_id)] = { path_on_host: String(b.path_on_host), is_read_only: b.is_read_only === true };
-      } else if (url.startsWith('/network-interfaces/')) this.net[String(b.iface_id)] = String(b.host_dev_name);
-      else if (url === '/vsock') this.vsockPath = String(b.uds_path);
+      } else if (url.startsWith('/network-interfaces/')) {
+        const e = this.openTap(String(b.host_dev_name));
+        if (e) return this.fault(400, e);
+        this.net[String(b.iface_id)] = { host_dev_name: String(b.host_dev_name), ...(typeof b.guest_mac === 'string' ? { guest_mac: b.guest_mac } : {}) };
+      } else if (url === '/vsock') this.vsockPath = String(b.uds_path);
       return ok;
     }
     if (method === 'PUT' && url === '/actions') {
@@ -136,6 +209,7 @@ export class FakeFirecracker {
         const e = await this.startGuest();
         if (e) return this.fault(400, e);
         this.state = 'Running';
+        this.runGuestInit();
         return ok;
       }
       if (b.action_type === 'SendCtrlAltDel') {
@@ -147,58 +221,164 @@ export class FakeFirecracker {
     }
     if (method === 'PATCH' && url === '/vm') {
       if (this.state === 'Not started') return this.fault(400, 'The requested operation is not supported before starting the microVM.');
-      this.state = b.state === 'Paused' ? 'Paused' : 'Running';
+      if (b.state === 'Paused') {
+        this.state = 'Paused';
+        return ok;
+      }
+      this.state = 'Running';
+      this.onResume();
       return ok;
     }
     if (method === 'PATCH' && url.startsWith('/drives/')) {
       if (this.state === 'Not started') return this.fault(400, 'The requested operation is not supported before starting the microVM.');
       const d = this.drives[String(b.drive_id)];
       if (!d) return this.fault(400, `Invalid block device ID: ${String(b.drive_id)}`);
-      if (!fs.existsSync(String(b.path_on_host))) return this.fault(400, `Unable to open block device backing file: ${String(b.path_on_host)}`);
+      if (!fs.existsSync(this.host(String(b.path_on_host)))) return this.fault(400, `Unable to open block device backing file: ${String(b.path_on_host)}`);
       d.path_on_host = String(b.path_on_host);
       return ok;
     }
     if (method === 'PUT' && url === '/snapshot/create') {
       if (this.state !== 'Paused') return this.fault(400, 'Operation not allowed: the microVM is not paused.');
+      // save_state: device state first (the vsock publishes its TRANSPORT_RESET), then the files.
+      this.resetPublished = true;
       const st: SnapshotState = { vsock: this.vsockPath, drives: this.drives, net: this.net, machine: this.machine };
-      fs.writeFileSync(String(b.snapshot_path), JSON.stringify(st));
-      fs.writeFileSync(String(b.mem_file_path), Buffer.alloc(4096, b.snapshot_type === 'Diff' ? 1 : 2));
+      try {
+        fs.writeFileSync(this.host(String(b.snapshot_path)), JSON.stringify(st));
+        fs.writeFileSync(this.host(String(b.mem_file_path)), Buffer.alloc(4096, b.snapshot_type === 'Diff' ? 1 : 2));
+      } catch (e) {
+        return this.fault(400, `Cannot create snapshot: ${(e as Error).message}`);
+      }
       return ok;
     }
     if (method === 'PUT' && url === '/snapshot/load') {
       if (this.state !== 'Not started' || this.configured) return this.fault(400, 'Loading a microVM snapshot not allowed after configuring boot-specific resources.');
       let st: SnapshotState;
       try {
-        st = JSON.parse(fs.readFileSync(String(b.snapshot_path), 'utf8')) as SnapshotState;
+        st = JSON.parse(fs.readFileSync(this.host(String(b.snapshot_path)), 'utf8')) as SnapshotState;
       } catch (e) {
         setTimeout(() => this.opts.onExit?.(1), 10); // Firecracker ends the process on a failed load
         return this.fault(400, `Load snapshot error: ${(e as Error).message}`);
       }
       const mem = b.mem_backend as { backend_type: string; backend_path: string };
-      if (!fs.existsSync(mem.backend_path)) {
-        setTimeout(() => this.opts.onExit?.(1), 10);
-        return this.fault(400, `Load snapshot error: cannot open ${mem.backend_type} backend ${mem.backend_path}`);
+      const failLoad = (msg: string): { status: number; body: { fault_message: string } } => {
+        setTimeout(() => this.opts.onExit?.(1), 10); // Firecracker ends the process on a failed load
+        return this.fault(400, `Load snapshot error: ${msg}`);
+      };
+      if (!fs.existsSync(this.host(mem.backend_path))) return failLoad(`cannot open ${mem.backend_type} backend ${mem.backend_path}`);
+      // Block persist: each drive reopened at its RECORDED path (state.disk_path), read-write unless read-only.
+      for (const [id, d] of Object.entries(st.drives)) {
+        const p = this.host(d.path_on_host);
+        if (!fs.existsSync(p)) return failLoad(`Failed to restore block device ${id}: Unable to open block device backing file ${d.path_on_host}: No such file or directory (os error 2)`);
+        if (!d.is_read_only && !this.canWrite(p)) return failLoad(`Failed to restore block device ${id}: ${d.path_on_host} is not writable`);
+      }
+      const net: Record<string, NetDevice> = JSON.parse(JSON.stringify(st.net)) as Record<string, NetDevice>;
+      for (const o of (b.network_overrides as Array<{ iface_id: string; host_dev_name: string }> | undefined) ?? []) {
+        const dev = net[o.iface_id];
+        if (!dev) return failLoad('Unknown network device');
+        dev.host_dev_name = o.host_dev_name; // only the TAP name: the MAC stays the device's
+      }
+      for (const dev of Object.values(net)) {
+        const e = this.openTap(dev.host_dev_name);
+        if (e) return failLoad(e);
       }
       Object.assign(this.drives, st.drives);
-      Object.assign(this.net, st.net);
-      for (const o of (b.network_overrides as Array<{ iface_id: string; host_dev_name: string }> | undefined) ?? []) this.net[o.iface_id] = o.host_dev_name;
+      Object.assign(this.net, net);
       this.vsockPath = (b.vsock_override as { uds_path: string } | undefined)?.uds_path ?? st.vsock;
       const e = await this.startGuest();
       if (e) return this.fault(400, e);
-      this.state = b.resume_vm === true ? 'Running' : 'Paused';
+      // The snapshot carries the published reset: the guest acks it on its first resume.
+      this.resetPublished = true;
+      if (b.resume_vm === true) {
+        this.state = 'Running';
+        this.onResume();
+      } else this.state = 'Paused';
       return ok;
     }
     return this.fault(400, `fake firecracker does not implement ${method} ${url}`);
   }
 
-  /** Brings up the vsock device's UDS with an echoing guest agent on port 1024. */
+  /** What a resume does to the vsock device (v1.16.1 kick(), see the header). */
+  private onResume(): void {
+    const gateOnEveryResume = versionAtLeast(parseVersion(this.opts.version ?? '1.16.1'), '1.16.0');
+    if (this.resetPublished) {
+      // The guest processes the TRANSPORT_RESET: connections dropped, then it acks (gate cleared).
+      this.peer?.resetConnections();
+      this.peer?.setRxGate(false);
+      this.resetPublished = false;
+    } else if (gateOnEveryResume) {
+      this.peer?.setRxGate(true);
+    }
+  }
+
+  private vmConfig(): Record<string, unknown> {
+    const config: Record<string, unknown> = {
+      drives: Object.entries(this.drives).map(([drive_id, d]) => ({ drive_id, path_on_host: d.path_on_host, is_read_only: d.is_read_only, is_root_device: false })),
+      'network-interfaces': Object.entries(this.net).map(([iface_id, n]) => ({ iface_id, host_dev_name: n.host_dev_name, ...(n.guest_mac ? { guest_mac: n.guest_mac } : {}) })),
+    };
+    if (this.machine) config['machine-config'] = this.machine;
+    if (this.vsockPath) config.vsock = { guest_cid: 3, uds_path: this.vsockPath };
+    return config;
+  }
+
+  /**
+   * The guest's early userspace: the initramfs /init's functions, then FAKE_FC_GUEST_RUN, with
+   * /proc/cmdline as the boot args. `poweroff -f` and `reboot -f` do what a Firecracker guest's
+   * would: a halt (no ACPI power-off: the VM stays, vCPUs halted) or the process's exit (reboot=k).
+   */
+  private runGuestInit(): void {
+    if (!this.opts.guestInit || !this.opts.guestRun) return;
+    const script = fs.readFileSync(this.opts.guestInit, 'utf8');
+    // Only the function definitions (no mounts, no insmod): everything up to the first mount.
+    const functions = script.slice(0, script.indexOf('\nmount '));
+    const bin = fs.mkdtempSync(path.join(os.tmpdir(), 'fake-guest-'));
+    for (const cmd of ['poweroff', 'reboot']) fs.writeFileSync(path.join(bin, cmd), `#!/bin/sh\necho "FAKE-GUEST-${cmd}"\nsleep 60\n`, { mode: 0o755 });
+    const cmdline = path.join(bin, 'cmdline');
+    fs.writeFileSync(cmdline, `${this.bootArgs}\n`);
+    const body = functions.replace('/bin/busybox --install -s /bin', ':').replace('export PATH=/bin', `export PATH=${bin}:/usr/bin:/bin`).replace(/\/proc\/cmdline/g, cmdline);
+    // Its own process group: the whole "guest" (the stub poweroff/reboot included) stops at once.
+    const child = spawn('/bin/sh', ['-c', `${body}\n${this.opts.guestRun}`], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    const stopGuest = (): void => {
+      try {
+        process.kill(-child.pid!, 'SIGKILL');
+      } catch {
+        /* already gone */
+      }
+    };
+    process.once('exit', stopGuest);
+    let out = '';
+    child.stdout!.on('data', (c: Buffer) => {
+      out += c.toString();
+      this.opts.console?.(c.toString().replace(/FAKE-GUEST-\w+\n/g, ''));
+      if (out.includes('FAKE-GUEST-')) fs.rmSync(bin, { recursive: true, force: true });
+      if (out.includes('FAKE-GUEST-reboot')) {
+        stopGuest();
+        this.opts.console?.('reboot: Restarting system\n');
+        this.opts.onExit?.(0);
+      } else if (out.includes('FAKE-GUEST-poweroff')) {
+        stopGuest();
+        this.opts.console?.('reboot: System halted\n');
+      }
+    });
+    child.on('close', () => fs.rmSync(bin, { recursive: true, force: true }));
+  }
+
+  private agentListener: GuestListener | undefined;
+
+  /** One guest agent per VM (it outlives connections, as the real one does). */
+  private guestAgent(): GuestListener {
+    this.agentListener ??= this.opts.agent === 'session' ? sessionAgent() : this.opts.agent === 'fake' ? fakeAgent(() => this.opts.onExit?.(0)) : (s) => s.pipe(s);
+    return this.agentListener;
+  }
+
+  /** Brings up the vsock device's UDS with a guest agent on port 1024 (an echo, the real session code, or a fake agent). */
   private async startGuest(): Promise<string | null> {
     if (!this.vsockPath) return null;
-    if (fs.existsSync(this.vsockPath)) return `Cannot create vsock backend: address in use: ${this.vsockPath}`;
-    this.peer = new HybridVsockPeer(this.vsockPath);
+    const uds = this.host(this.vsockPath);
+    if (fs.existsSync(uds)) return `Cannot create vsock backend: address in use: ${this.vsockPath}`;
+    this.peer = new HybridVsockPeer(uds);
     await this.peer.start();
     const listen = (): void => {
-      this.peer?.listen(1024, (s) => s.pipe(s));
+      this.peer?.listen(1024, this.guestAgent());
     };
     const delay = this.opts.agentDelayMs ?? 0;
     if (delay > 0) setTimeout(listen, delay);
@@ -230,7 +410,9 @@ function argValue(argv: string[], name: string): string | undefined {
 
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
-  const apiSock = argValue(argv, '--api-sock') ?? '/run/firecracker.socket';
+  const root = process.env.FAKE_FC_ROOT;
+  const apiSockArg = argValue(argv, '--api-sock') ?? '/run/firecracker.socket';
+  const apiSock = root ? path.join(root, apiSockArg) : apiSockArg;
   const id = argValue(argv, '--id') ?? 'anonymous-instance';
   const record = process.env.FAKE_FC_RECORD;
   // As Firecracker opens its TAP by name in the network namespace it runs in, say which one that is.
@@ -247,6 +429,11 @@ async function main(): Promise<void> {
     agentDelayMs: Number(process.env.FAKE_FC_AGENT_DELAY_MS ?? 0),
     ignoreCtrlAltDel: process.env.FAKE_FC_IGNORE_CAD === '1',
     onExit: exit,
+    ...(root ? { root } : {}),
+    agent: process.env.FAKE_FC_AGENT === 'session' ? 'session' : process.env.FAKE_FC_AGENT === 'fake' ? 'fake' : 'echo',
+    ...(process.env.FAKE_FC_GUEST_INIT ? { guestInit: process.env.FAKE_FC_GUEST_INIT } : {}),
+    ...(process.env.FAKE_FC_GUEST_RUN ? { guestRun: process.env.FAKE_FC_GUEST_RUN } : {}),
+    console: (text) => process.stdout.write(text),
   });
   process.on('SIGTERM', () => exit(143));
   try {

@@ -153,6 +153,12 @@ export function loadSpecJudge(specPath = SPEC_PATH): SpecJudge {
     }
     const v = compile(bodyParam.schema!);
     if (!v(body)) problems.push(...fmtErrors(v.errors).map((e) => `${method} ${found.template}: ${e}`));
+    // Device ids in the path: Firecracker's checked_id (v1.16.1 src/firecracker/src/api_server/
+    // parsed_request.rs) refuses an empty id and any character that is not `_` or alphanumeric.
+    for (const [name, value] of Object.entries(found.params)) {
+      if (!/(^|_)id$/.test(name)) continue;
+      if (!/^[\p{Alphabetic}\p{N}_]+$/u.test(value)) problems.push(`${method} ${found.template}: ${name} ${JSON.stringify(value)} is not alphanumeric/_ (Firecracker: InvalidID)`);
+    }
     // Path parameters echoed in the body must agree (Firecracker rejects a mismatch).
     if (body && typeof body === 'object') {
       for (const [name, value] of Object.entries(found.params)) {

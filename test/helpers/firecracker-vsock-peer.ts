@@ -26,7 +26,45 @@ export class HybridVsockPeer {
   readonly connects: number[] = [];
   private server: net.Server | null = null;
   private readonly sockets = new Set<net.Socket>();
+  /** Connections handed to a guest listener (the ones a TRANSPORT_RESET drops). */
+  private readonly established = new Set<net.Socket>();
+  /** RX gate: host-to-guest delivery (including CONNECT requests) is held while set. */
+  private gated = false;
+  private readonly heldConnects: Array<() => void> = [];
   private nextHostPort = 1073741824;
+
+  /**
+   * Firecracker's RX gate (v1.16.1 vsock/device.rs pending_event_ack): while set, nothing flows
+   * from the host to the guest: CONNECT requests wait unanswered and established connections'
+   * bytes stay in the socket. Clearing it delivers what waited.
+   */
+  setRxGate(on: boolean): void {
+    this.gated = on;
+    for (const s of this.established) {
+      if (on) s.pause();
+      else s.resume();
+    }
+    if (!on) for (const go of this.heldConnects.splice(0)) go();
+  }
+
+  /**
+   * The guest processed a TRANSPORT_RESET: it drops every connection without telling the host
+   * (Linux virtio_transport: virtio_vsock_reset_sock, no RST sent). The host's end stays open
+   * until it writes; then the guest, which no longer knows the connection, answers RST and
+   * Firecracker's muxer closes the host stream.
+   */
+  resetConnections(): number {
+    const n = this.established.size;
+    for (const s of this.established) {
+      s.unpipe();
+      s.removeAllListeners('data');
+      s.removeAllListeners('end');
+      s.on('data', () => s.destroy());
+      s.resume();
+    }
+    this.established.clear();
+    return n;
+  }
 
   constructor(readonly udsPath: string, private readonly opts: PeerOptions = {}) {}
 
@@ -74,16 +112,24 @@ export class HybridVsockPeer {
         s.write('ERR no such port\n');
         return;
       }
-      const fn = this.listeners.get(port);
-      if (!fn) {
-        s.destroy(); // nobody listens in the guest: Firecracker drops the connection
-        return;
-      }
-      const ok = Buffer.from(`OK ${this.nextHostPort++}\n`);
-      s.write(this.opts.extraAfterOk ? Buffer.concat([ok, this.opts.extraAfterOk]) : ok);
-      if (rest.length) s.unshift(rest);
-      fn(s);
-      s.resume();
+      const answer = (): void => {
+        if (s.destroyed) return;
+        const fn = this.listeners.get(port);
+        if (!fn) {
+          s.destroy(); // nobody listens in the guest: Firecracker drops the connection
+          return;
+        }
+        const ok = Buffer.from(`OK ${this.nextHostPort++}\n`);
+        s.write(this.opts.extraAfterOk ? Buffer.concat([ok, this.opts.extraAfterOk]) : ok);
+        if (rest.length) s.unshift(rest);
+        this.established.add(s);
+        s.on('close', () => this.established.delete(s));
+        fn(s);
+        s.resume();
+      };
+      // The request reaches the guest over RX: while the gate is up, it waits.
+      if (this.gated) this.heldConnects.push(answer);
+      else answer();
     };
     s.on('data', onData);
   }

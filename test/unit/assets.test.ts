@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { BASE_CMDLINE, guestCmdline, hostTscKhz } from '../../src/assets/cmdline';
-import { initramfsModuleOrder, payloadFiles, INITRAMFS_MODULES } from '../../src/assets/initramfs';
+import { initramfsModuleOrder, payloadFiles, INITRAMFS_MODULES, OPTIONAL_INITRAMFS_MODULES } from '../../src/assets/initramfs';
 import { kernelHash, parseMetaDepends, parsePolicyCandidate, type KernelAsset } from '../../src/assets/kernel';
 import { moduleName, parseModulesDep, resolveLoadOrder } from '../../src/assets/modules';
 import { buildNewc } from '../../src/assets/newc';
@@ -62,7 +62,11 @@ describe('kernel modules: load order from modules.dep', () => {
       'vmw_vsock_virtio_transport_common',
       'vmw_vsock_virtio_transport',
       'overlay',
+      'virtio_rng',
     ]);
+    // Where the kernel has no virtio_rng module (built in, or absent), it is skipped, not an error.
+    const withoutRng = parseModulesDep(MODULES_DEP.split('\n').filter((l) => !l.includes('virtio-rng')).join('\n'));
+    assert.ok(!resolveLoadOrder(withoutRng, [...INITRAMFS_MODULES], [...OPTIONAL_INITRAMFS_MODULES]).some((p) => p.includes('rng')));
     // Every module's deps come earlier, whatever the request order.
     const shuffled = resolveLoadOrder(dep, ['vmw_vsock_virtio_transport', 'virtio_blk', 'virtio_ring']);
     const pos = new Map(shuffled.map((p, i) => [p, i]));
@@ -93,7 +97,8 @@ describe('kernel modules: load order from modules.dep', () => {
     const order = initramfsModuleOrder(md).map(moduleName);
     assert.equal(order.includes('overlay'), false);
     assert.equal(order[0], 'virtio_ring');
-    assert.equal(order.length, 8);
+    assert.equal(order.length, 9);
+    assert.equal(order.at(-1), 'virtio_rng', 'virtio-rng for Firecracker\'s PUT /entropy');
   });
 });
 

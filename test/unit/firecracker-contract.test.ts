@@ -77,6 +77,8 @@ describe('firecracker contract: spec loading', () => {
     assert.match(judge.checkRequest('PUT', '/machine-config', { vcpu_count: 0, mem_size_mib: 128 }).join(), /must be >= 1/);
     assert.match(judge.checkRequest('PUT', '/vsock', { guest_cid: 2, uds_path: '/v' }).join(), /must be >= 3/);
     assert.match(judge.checkRequest('PUT', '/drives/vdb', good.body).join(), /path drive_id=vdb but body says vda/);
+    assert.match(judge.checkRequest('PUT', '/drives/root-1', { ...good.body, drive_id: 'root-1' }).join(), /drive_id "root-1" is not alphanumeric\/_/);
+    assert.match(judge.checkRequest('PATCH', '/network-interfaces/eth-0', { iface_id: 'eth-0' }).join(), /iface_id "eth-0" is not alphanumeric\/_/);
     assert.match(judge.checkRequest('PUT', '/snapshot/load', { snapshot_path: '/s' }).join(), /exactly one of mem_file_path and mem_backend/);
     assert.match(judge.checkRequest('PUT', '/no-such-thing', {}).join(), /not in the spec/);
     assert.match(judge.checkRequest('PATCH', '/boot-source', {}).join(), /PATCH \/boot-source is not in the spec/);
@@ -250,7 +252,16 @@ describe('firecracker contract: runtime and snapshot bodies', () => {
       source, drives: source.drives, net: source.net, consoleLog: '/c',
     };
     const opts = { version: R.parseVersion('1.16.1'), vsockPath: '/v', sourceVsockPath: '/v' };
-    assert.throws(() => R.restoreSequence({ ...base, net: { tap: 't0', mac: '02:fc:00:00:00:02' } }, opts), /keeps the snapshot's MAC/);
+    // The MAC is device state that network_overrides cannot change (v1.16.1 NetworkOverride has
+    // iface_id and host_dev_name only): a clone asking for its own MAC loads with the snapshot's,
+    // and nothing in the body names a MAC (the guest takes the clone's MAC itself).
+    const ownMac = R.restoreSequence({ ...base, net: { tap: 't1', mac: '02:fc:00:00:00:02' } }, opts);
+    const load = ownMac.find((r) => r.path === '/snapshot/load')!;
+    assert.deepEqual((load.body as R.SnapshotLoadBody).network_overrides, [{ iface_id: 'eth0', host_dev_name: 't1' }]);
+    assert.ok(!JSON.stringify(ownMac).includes('02:fc:00:00:00:02'));
+    // Device ids: alphanumerics and _ only (checked_id); a '-' is refused before Firecracker sees it.
+    assert.throws(() => R.drive({ ...ROOTFS, id: 'root-1' }), /letters, digits and _ only/);
+    assert.doesNotThrow(() => R.drive({ ...ROOTFS, id: 'root_1' }));
     assert.throws(() => R.restoreSequence({ ...base, drives: [{ ...ROOTFS, id: 'vdz' }] }, opts), /drive vdz is not in the snapshot/);
     assert.throws(() => R.restoreSequence({ ...base, drives: [{ ...ROOTFS, readOnly: false }] }, opts), /read-only and read-write/);
     assert.throws(() => R.restoreSequence({ ...base, source: { ...source, net: undefined } }, opts), /cannot add a network interface/);

@@ -60,7 +60,6 @@ describe('jailer argv', () => {
       cgroups: { 'cpuset.cpus': '0-1', 'cpuset.mems': '0' },
       netns: '/var/run/netns/shoal0',
       resourceLimits: { 'no-file': 1024, fsize: 250000000 },
-      newPidNs: true,
       firecrackerArgs: ['--level', 'Debug'],
     });
     const { opts, flags, extra } = parseJailerArgv(argv);
@@ -70,14 +69,16 @@ describe('jailer argv', () => {
     assert.deepEqual(opts['--netns'], ['/var/run/netns/shoal0']);
     assert.deepEqual(opts['--resource-limit'], ['no-file=1024', 'fsize=250000000']);
     assert.deepEqual(opts['--chroot-base-dir'], ['/var/lib/shoal/jail']);
-    assert.ok(flags.has('--new-pid-ns'));
+    // Never --new-pid-ns: the jailer would exit 0 at once (env.rs exec_into_new_pid_ns), leaving shoal no child to watch.
+    assert.equal(flags.size, 0);
     assert.deepEqual(extra, ['--api-sock', '/fc.sock', '--level', 'Debug']);
   });
 
   it('refuses what the jailer would refuse', () => {
     assert.throws(() => jailerArgv({ ...base, id: 'has_underscore' }), /1-64 letters, digits or hyphens/);
     assert.throws(() => jailerArgv({ ...base, id: 'x'.repeat(65) }), /1-64/);
-    assert.throws(() => jailerArgv({ ...base, firecrackerBinary: '/usr/bin/vmm' }), /contains "firecracker"/);
+    // v1.16.1's validate_exec_file only canonicalizes and wants a file: any name will do.
+    assert.doesNotThrow(() => jailerArgv({ ...base, firecrackerBinary: '/usr/bin/vmm' }));
     assert.throws(() => jailerArgv({ ...base, firecrackerBinary: 'firecracker' }), /absolute/);
     assert.throws(() => jailerArgv({ ...base, uid: -1 }), /uid/);
     assert.throws(() => jailerArgv({ ...base, parentCgroup: '/abs' }), /relative/);
@@ -109,13 +110,42 @@ describe('jail layout', () => {
   });
 
   it('jailedLaunch runs the jailer under setpriv and points the API at the jail', () => {
-    const l = jailedLaunch({ jailer: { jailerBinary: '/usr/local/bin/jailer', uid: 1000, gid: 1000 }, binary: '/usr/local/bin/firecracker', id: '0123456789ab', setpriv: '/usr/bin/setpriv' });
-    assert.deepEqual(l.argv.slice(0, 5), ['/usr/bin/setpriv', '--pdeathsig', 'KILL', '--', '/usr/local/bin/jailer']);
-    assert.equal(l.apiSocket, '/srv/jailer/firecracker/0123456789ab/root/fc.sock');
-    assert.equal(l.vsockForVmm, '/vsock.sock');
-    assert.equal(l.logForVmm, '/firecracker.log');
-    assert.equal(l.place('/k/vmlinux', 'kernel'), '/kernel-vmlinux');
-    assert.equal(l.placeAs('/clone/scratch.img', '/drive-vdb-scratch.img'), '/drive-vdb-scratch.img');
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-jl-'));
+    try {
+      const fc = path.join(tmp, 'firecracker');
+      fs.writeFileSync(fc, '', { mode: 0o755 });
+      const l = jailedLaunch({ jailer: { jailerBinary: '/usr/local/bin/jailer', uid: 1000, gid: 1000, chrootBaseDir: path.join(tmp, 'base') }, binary: fc, id: '0123456789ab', setpriv: '/usr/bin/setpriv' });
+      assert.deepEqual(l.argv.slice(0, 5), ['/usr/bin/setpriv', '--pdeathsig', 'KILL', '--', '/usr/local/bin/jailer']);
+      assert.equal(l.apiSocket, path.join(tmp, 'base/firecracker/0123456789ab/root/fc.sock'));
+      assert.equal(l.vsockForVmm, '/vsock.sock');
+      assert.equal(l.logForVmm, '/firecracker.log');
+      assert.equal(l.place('/k/vmlinux', 'kernel'), '/kernel-vmlinux');
+    } finally {
+      fs.rmSync(tmp, { recursive: true, force: true });
+    }
+  });
+
+  it('canonicalizes like the jailer: the chroot base is created, and the jail is named after the resolved binary (items 6, 7)', () => {
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-jc-'));
+    try {
+      const real = path.join(tmp, 'release', 'firecracker-v1.16.1-x86_64');
+      fs.mkdirSync(path.dirname(real));
+      fs.writeFileSync(real, '', { mode: 0o755 });
+      const link = path.join(tmp, 'firecracker');
+      fs.symlinkSync(real, link);
+      const l = jailedLaunch({ jailer: { jailerBinary: '/j', uid: 1, gid: 1, chrootBaseDir: path.join(tmp, 'jails') }, binary: link, id: 'abc', setpriv: false });
+      assert.ok(fs.statSync(path.join(tmp, 'jails')).isDirectory(), 'the missing chroot base was created');
+      assert.equal(l.jail!.root, path.join(fs.realpathSync(tmp), 'jails', 'firecracker-v1.16.1-x86_64', 'abc', 'root'));
+      // A base reached through a symlink is named by its canonical path, as the jailer names it.
+      fs.symlinkSync(path.join(tmp, 'jails'), path.join(tmp, 'jail-link'));
+      const viaLink = jailedLaunch({ jailer: { jailerBinary: '/j', uid: 1, gid: 1, chrootBaseDir: path.join(tmp, 'jail-link') }, binary: link, id: 'abc', setpriv: false });
+      assert.equal(viaLink.jail!.root, l.jail!.root);
+      assert.ok(l.argv.includes(real), 'the jailer is given the canonical exec file');
+      fs.writeFileSync(path.join(tmp, 'not-a-dir'), '');
+      assert.throws(() => jailedLaunch({ jailer: { jailerBinary: '/j', uid: 1, gid: 1, chrootBaseDir: path.join(tmp, 'not-a-dir') }, binary: link, id: 'abc', setpriv: false }), /chroot base/);
+    } finally {
+      fs.rmSync(tmp, { recursive: true, force: true });
+    }
   });
 });
 
@@ -123,15 +153,16 @@ describe('jail ownership', () => {
   it('hands what Firecracker writes (read-write drives) to the jail user, and nothing else', async () => {
     const base = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-jail-'));
     try {
-      const launch = jailedLaunch({ jailer: { jailerBinary: '/usr/bin/jailer', uid: 4242, gid: 4343, chrootBaseDir: base }, binary: '/opt/fc/firecracker', id: 'vm-1', setpriv: false });
+      const fc = path.join(base, 'bin', 'firecracker');
+      fs.mkdirSync(path.dirname(fc));
+      fs.writeFileSync(fc, '', { mode: 0o755 });
+      const launch = jailedLaunch({ jailer: { jailerBinary: '/usr/bin/jailer', uid: 4242, gid: 4343, chrootBaseDir: base }, binary: fc, id: 'vm-1', setpriv: false });
       const kernel = path.join(base, 'vmlinux');
       const scratch = path.join(base, 'scratch.img');
-      const restored = path.join(base, 'clone-scratch.img');
-      for (const f of [kernel, scratch, restored]) fs.writeFileSync(f, 'x');
+      for (const f of [kernel, scratch]) fs.writeFileSync(f, 'x');
       assert.equal(launch.owner?.uid, 4242);
       const kernelInJail = launch.place(kernel, 'kernel');
       const scratchInJail = launch.place(scratch, 'drive-scratch', true);
-      const restoredInJail = launch.placeAs(restored, '/drive-scratch-old.img', true);
       // The jailer makes the jail root; materialise runs once it exists.
       fs.mkdirSync(launch.jail!.root, { recursive: true });
       await launch.materialise();
@@ -140,7 +171,7 @@ describe('jail ownership', () => {
         return `${st.uid}:${st.gid}`;
       };
       assert.equal(owner(scratchInJail), '4242:4343');
-      assert.equal(owner(restoredInJail), '4242:4343');
+      assert.equal(fs.statSync(scratch).ino, fs.statSync(path.join(launch.jail!.root, scratchInJail)).ino, 'the writable disk is the same file, linked');
       assert.equal(owner(kernelInJail), `${process.getuid!()}:${process.getgid!()}`);
     } finally {
       fs.rmSync(base, { recursive: true, force: true });

@@ -16,6 +16,7 @@ import fs from 'node:fs';
 import { assertPortsFree, formatForward, forwardsForChild, parsePublish } from '../../network/publish';
 import { startClone, waitUntilRunning } from '../../snapshot/clone';
 import { createSnapshot } from '../../snapshot/create';
+import { nameProblem } from '../../state/vm-record';
 import { StateStore } from '../../state/store';
 import type { VmRecord } from '../../state/vm-record';
 import { ShoalError } from '../../util/errors';
@@ -36,6 +37,11 @@ export async function forkCommand(name: string, flags: ForkFlags): Promise<numbe
   const source = store.get(name);
   const prefix = flags.namePrefix ?? source.config.name;
   const names = Array.from({ length: count }, (_, i) => `${prefix}-${i + 1}`);
+  // Checked before the snapshot: a prefix that is no valid name must change nothing.
+  for (const child of names) {
+    const problem = nameProblem(child);
+    if (problem) throw new ShoalError(`invalid --name-prefix: ${problem}`);
+  }
   for (const child of names) if (store.find(child)) throw new ShoalError(`the name "${child}" is already in use`);
   const publish = parsePublish(flags.publish ?? []);
   if (publish.length > 0 && (source.config.network ?? 'none') === 'none') throw new ShoalError(`--publish needs a network, and ${source.config.name} has none`);

@@ -1,25 +1,25 @@
 /**
  * `shoal logs [--console] NAME`: the container's output (stdout to stdout, stderr to stderr),
- * or with --console the guest's serial console.
+ * or with --console the guest's serial console. Both are read in pieces, never whole.
  */
 import type { Command } from 'commander';
 import { act } from '../act';
-import fs from 'node:fs';
 import { StateStore } from '../../state/store';
-import { readContainerLog } from '../../supervisor/container-log';
+import { readContainerLog, streamLogFile } from '../../supervisor/container-log';
 import { vmFiles } from '../../state/vm-files';
 import { STDERR } from '../../protocol/mux';
 
-export function logsCommand(nameOrId: string, flags: { console?: boolean }): number {
+export async function logsCommand(nameOrId: string, flags: { console?: boolean }): Promise<number> {
   const store = new StateStore();
   const record = store.get(nameOrId);
   const files = vmFiles(store.vmDir(record.id));
   if (flags.console) {
-    if (fs.existsSync(files.consoleLog)) process.stdout.write(fs.readFileSync(files.consoleLog));
+    await streamLogFile(files.consoleLog, process.stdout);
     return 0;
   }
   for (const { stream, data } of readContainerLog(files.containerLog)) {
-    (stream === STDERR ? process.stderr : process.stdout).write(data);
+    const out = stream === STDERR ? process.stderr : process.stdout;
+    if (!out.write(Buffer.from(data))) await new Promise<void>((resolve) => out.once('drain', resolve));
   }
   return 0;
 }

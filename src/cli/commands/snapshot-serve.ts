@@ -33,7 +33,7 @@ export async function snapshotServeCommand(tag: string, flags: { socket?: string
   const store = new StateStore();
   const { dir } = findSnapshot(store, tag);
   const registryDir = serveDir(store);
-  fs.mkdirSync(registryDir, { recursive: true });
+  store.ensureDir('serve');
   const socket = path.resolve(flags.socket ?? path.join(registryDir, `${process.pid}.sock`));
   const registration: ServeRegistration = { pid: process.pid, tag, socket };
   const startTime = processStartTime(process.pid);

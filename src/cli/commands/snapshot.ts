@@ -9,6 +9,7 @@ import { startClone, waitUntilRunning } from '../../snapshot/clone';
 import { createSnapshot } from '../../snapshot/create';
 import { findSnapshot, listSnapshots, removeSnapshot, tagProblem } from '../../snapshot/store';
 import { findServer, registerSnapshotServe } from './snapshot-serve';
+import { nameProblem } from '../../state/vm-record';
 import { StateStore } from '../../state/store';
 import { ShoalError } from '../../util/errors';
 import { killVm } from '../../lifecycle/stop';
@@ -93,6 +94,8 @@ export async function snapshotRunCommand(command: string[], flags: SnapshotRunFl
   if (publish.length > 0 && (manifest.config.network ?? 'none') === 'none') throw new ShoalError(`--publish needs a network, and snapshot ${flags.snapshot} was taken of a VM without one`);
   await assertPortsFree(publish);
   const name = flags.name ?? `${manifest.source.name}-${Math.random().toString(16).slice(2, 8)}`;
+  const nameIssue = nameProblem(name);
+  if (nameIssue) throw new ShoalError(`invalid --name: ${nameIssue}`);
   // With --exec the clone is removed afterwards whatever happens.
   const record = startClone(store, dir, manifest, { name, autoRemove: flags.rm === true && !flags.exec, publish, ...(uffdSocket ? { uffdSocket } : {}) });
   try {

@@ -25,11 +25,14 @@ import { connectHybridVsock, VsockConnectError } from './hybrid-vsock';
 import { installedPaths, releaseArch } from './install';
 import type { JailerOptions } from './jailer';
 import { jailedLaunch, plainLaunch, type Launch } from './launch';
+import { checkKeptDrives, placeStandIns } from './stand-ins';
+import { uffdAccessProblem } from './uffd-access';
 import {
   AGENT_VSOCK_PORT,
   bootSequence,
   parseVersion,
   pauseVm,
+  versionAtLeast,
   restoreSequence,
   resumeVm,
   runFiles,
@@ -176,14 +179,14 @@ export class FirecrackerBackend implements VmmBackend {
     const setpriv = this.setprivPath();
     if (this.opts.jailer) {
       if (namespacePid !== undefined) throw new ShoalError('a jailed Firecracker cannot join a slirp4netns network namespace; use a host TAP (--network bridged)');
-      // The jailer needs an absolute exec file.
-      return jailedLaunch({ jailer: this.opts.jailer, binary: path.resolve(binary), id, setpriv });
+      return jailedLaunch({ jailer: this.opts.jailer, binary, id, setpriv });
     }
     return plainLaunch({ binary, id, runDir, setpriv, ...(namespacePid !== undefined ? { namespacePid } : {}) });
   }
 
   /** Spawns the VMM and returns a connected client; the caller configures it. */
   private async start(id: string, runDir: string, consoleLog: string, launch: Launch): Promise<{ vm: FirecrackerVm; version: Version }> {
+    // The launch is planned before anything is spawned (a jail's paths are canonical by then).
     await fs.promises.mkdir(runDir, { recursive: true });
     for (const f of launch.staleFiles) await fs.promises.rm(f, { force: true });
     await fs.promises.mkdir(path.dirname(consoleLog), { recursive: true });
@@ -198,19 +201,21 @@ export class FirecrackerBackend implements VmmBackend {
       fs.closeSync(out);
       fs.closeSync(err);
     }
-    const vm = new FirecrackerVm(child, new FirecrackerApiClient(launch.apiSocket, { timeoutMs: this.opts.apiTimeoutMs }), launch.vsockHost, stderrFile, this.opts.arch ?? process.arch, this.opts.apiTimeoutMs);
+    const vm = new FirecrackerVm(child, new FirecrackerApiClient(launch.apiSocket, { timeoutMs: this.opts.apiTimeoutMs }), launch.vsockHost, stderrFile, this.opts.arch ?? process.arch, this.opts.apiTimeoutMs, { runDir, jailed: launch.jail !== undefined });
     await vm.spawned;
     try {
       await waitForSocket(launch.apiSocket, {
         timeoutMs: this.opts.startTimeoutMs ?? 5000,
         abortReason: () => (vm.exitInfo ? `Firecracker exited (${exitText(vm.exitInfo)}) before opening its API socket: ${tail(stderrFile) || 'no output'}` : null),
       });
+      // Firecracker would create them itself (O_CREAT); made here so that, in a jail, they
+      // belong to the jail's user from the start.
       for (const f of [launch.logHost, ...(this.opts.metrics ?? true ? [launch.metricsHost] : [])]) {
         await fs.promises.writeFile(f, '', { flag: 'a' });
-        // Firecracker opens them for writing, as the jail's user when jailed.
         if (launch.owner) await fs.promises.chown(f, launch.owner.uid, launch.owner.gid);
       }
       const version = parseVersion(await vm.client.version());
+      vm.version = version;
       return { vm, version };
     } catch (e) {
       vm.kill();
@@ -261,54 +266,58 @@ export class FirecrackerBackend implements VmmBackend {
   }
 
   async restore(spec: RestoreSpec): Promise<VmHandle> {
+    if (this.opts.jailer) {
+      // Snapshots of jailed VMs are refused (src/snapshot/create.ts), so no jailed restore exists.
+      throw new ShoalError('restoring a snapshot under --jailer is not supported: the snapshot files and sockets would have to be placed in and moved out of the chroot for the jail\'s uid');
+    }
+    if (spec.memory.kind === 'uffd') {
+      const problem = uffdAccessProblem({ privileged: process.geteuid?.() === 0 && spec.net?.namespacePid === undefined });
+      if (problem) throw new ShoalError(`cannot restore ${spec.id} with Firecracker: ${problem}`);
+    }
+    const recorded = new Map(spec.source.drives.map((d) => [d.id, d.path]));
+    const drives = spec.drives.map((d) => ({ recorded: recorded.get(d.id) ?? d.path, replacement: d.path }));
+    checkKeptDrives(drives);
     const launch = this.launch(spec.id, spec.runDir, spec.net?.namespacePid);
     const { vm, version } = await this.start(spec.id, spec.runDir, spec.consoleLog, launch);
-    let mapped: RestoreSpec;
-    let sourceVsock: string;
-    if (launch.jail) {
-      // Inside a jail every VM names its files alike, so a clone keeps the snapshot's
-      // in-jail names and only the host files behind them change: no overrides needed.
-      const srcDrives = new Map(spec.source.drives.map((d) => [d.id, d]));
-      mapped = {
-        ...spec,
-        snapshot: { stateFile: launch.place(spec.snapshot.stateFile, 'state'), memoryFile: spec.snapshot.memoryFile },
-        memory: spec.memory.kind === 'file' ? { kind: 'file', path: launch.place(spec.memory.path, 'mem') } : { kind: 'uffd', socketPath: launch.place(spec.memory.socketPath, 'uffd') },
-        drives: spec.drives.map((d) => {
-          const s = srcDrives.get(d.id);
-          const name = `/drive-${d.id.toLowerCase()}-${path.basename(s ? s.path : d.path)}`;
-          return { ...d, path: launch.placeAs(d.path, name, !d.readOnly) };
-        }),
-        source: { ...spec.source, drives: spec.source.drives.map((d) => ({ ...d, path: `/drive-${d.id.toLowerCase()}-${path.basename(d.path)}` })) },
-      };
-      sourceVsock = launch.vsockForVmm;
-    } else {
-      mapped = spec;
-      sourceVsock = runFiles(spec.source.runDir).vsock;
-    }
-    await launch.materialise();
     let reqs: ApiRequest[];
+    let releaseStandIns: () => void;
     try {
-      reqs = restoreSequence(mapped, {
+      reqs = restoreSequence(spec, {
         version,
         vsockPath: launch.vsockForVmm,
-        sourceVsockPath: sourceVsock,
+        sourceVsockPath: runFiles(spec.source.runDir).vsock,
         logPath: launch.logForVmm,
         logLevel: this.opts.logLevel,
         metricsPath: this.opts.metrics ?? true ? launch.metricsForVmm : undefined,
         trackDirtyPages: this.opts.trackDirtyPages,
       });
+      // The load opens the snapshot's recorded drive paths before PATCH /drives swaps the clone's
+      // in: stand-ins where they are gone, held (and locked) only for the load sequence.
+      releaseStandIns = await placeStandIns(drives, path.dirname(path.resolve(spec.runDir)));
     } catch (e) {
       vm.kill();
       await vm.exited;
       throw e;
     }
-    await this.run(vm, reqs, `restoring ${spec.id} from ${spec.snapshot.stateFile} failed`);
+    try {
+      await this.run(vm, reqs, `restoring ${spec.id} from ${spec.snapshot.stateFile} failed`);
+    } finally {
+      releaseStandIns();
+    }
     return vm;
   }
 }
 
 export class FirecrackerVm implements VmHandle {
   readonly kind = 'firecracker' as const;
+  /**
+   * `PUT /snapshot/create` resets the vsock transport (v1.16.1 devices/virtio/vsock/device.rs,
+   * prepare_save -> send_transport_reset_event): on resume the guest drops every open
+   * connection, so the host must connect afresh (listeners survive).
+   */
+  readonly snapshotResetsAgentLink = true;
+  /** The binary's version (GET /version), once known. */
+  version: Version | undefined;
   readonly exited: Promise<VmExit>;
   /** Resolves once the process is running (rejects if it could not be spawned). */
   readonly spawned: Promise<void>;
@@ -321,6 +330,7 @@ export class FirecrackerVm implements VmHandle {
     readonly stderrFile: string,
     private readonly arch: string,
     private readonly apiTimeoutMs?: number,
+    private readonly where: { runDir: string; jailed: boolean } = { runDir: '', jailed: false },
   ) {
     this.exited = new Promise<VmExit>((resolve) => {
       child.once('exit', (code, signal) => {
@@ -365,16 +375,50 @@ export class FirecrackerVm implements VmHandle {
     throw new ShoalError(`the guest agent did not answer on vsock port ${AGENT_VSOCK_PORT} within ${timeoutMs} ms${last ? ` (${last.message})` : ''}`);
   }
 
-  pause(): Promise<void> {
-    return this.client.send(pauseVm());
+  /** Paused since the last resume, and whether a snapshot since then published a vsock reset. */
+  private pausedWithoutReset = false;
+
+  async pause(): Promise<void> {
+    await this.client.send(pauseVm());
+    this.pausedWithoutReset = true;
   }
 
-  resume(): Promise<void> {
-    return this.client.send(resumeVm());
+  /**
+   * Resumes the vCPUs. v1.16.x arms its vsock RX gate on every resume (vsock/device.rs kick():
+   * pending_event_ack = true), and only the guest's ack of a TRANSPORT_RESET clears it
+   * (event_handler.rs handle_evq_event). After a pause with no snapshot (say `/snapshot/create`
+   * failed before saving device state) there is no reset to ack: host-to-guest vsock would stall
+   * for good (fixed upstream after 1.16.1, commit a34d51c). So first publish a reset with a
+   * throw-away snapshot in the run directory; the host then reconnects as after any snapshot.
+   */
+  async resume(): Promise<void> {
+    if (this.pausedWithoutReset && this.rxGateOnBareResume()) await this.publishVsockReset();
+    await this.client.send(resumeVm());
+    this.pausedWithoutReset = false;
   }
 
-  snapshot(files: SnapshotFiles, kind: SnapshotKind): Promise<void> {
-    return this.client.send(snapshotCreate(files, kind), Math.max(this.apiTimeoutMs ?? 0, SNAPSHOT_TIMEOUT_MS));
+  private rxGateOnBareResume(): boolean {
+    return this.version !== undefined && versionAtLeast(this.version, '1.16.0');
+  }
+
+  private async publishVsockReset(): Promise<void> {
+    const files = { stateFile: path.join(this.where.runDir, 'vsock-reset.state'), memoryFile: path.join(this.where.runDir, 'vsock-reset.mem') };
+    try {
+      await this.snapshot(files, 'full');
+    } catch (e) {
+      // Device state (with the reset) is saved before the files are written: a failure here may
+      // still have published it. Otherwise the agent link stays stalled and the caller's
+      // reconnect times out with its own message.
+      void e;
+    } finally {
+      for (const f of Object.values(files)) fs.rmSync(f, { force: true });
+    }
+  }
+
+  async snapshot(files: SnapshotFiles, kind: SnapshotKind): Promise<void> {
+    if (this.where.jailed) throw new ShoalError('snapshots of a jailed Firecracker are not supported (its files live in the chroot)');
+    await this.client.send(snapshotCreate(files, kind), Math.max(this.apiTimeoutMs ?? 0, SNAPSHOT_TIMEOUT_MS));
+    this.pausedWithoutReset = false;
   }
 
   async shutdown(timeoutMs: number): Promise<VmExit> {

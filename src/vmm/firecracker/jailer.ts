@@ -1,7 +1,11 @@
 /**
  * Firecracker's jailer (docs/jailer.md): argv builder and the chroot layout.
  *
- * The jailer creates `<chroot_base>/<exec_file_name>/<id>/root` (the jail),
+ * The jailer creates `<chroot_base>/<exec_file_name>/<id>/root` (the jail), where both
+ * the chroot base and the exec file are canonicalized first (v1.16.1 src/jailer/src/env.rs,
+ * Env::new and validate_exec_file): the base must be an existing directory and
+ * exec_file_name is the file name of the resolved binary, not of a symlink to it. The
+ * caller resolves both (launch.ts) so that the layout computed here is the jailer's.
  * copies the Firecracker binary in, sets up cgroups, pivots into the jail,
  * drops to uid:gid and execs `<exec_file_name> --id=<id> ...` plus whatever
  * follows `--`. Every file handed to Firecracker through the API (kernel,
@@ -18,13 +22,13 @@ export const DEFAULT_CHROOT_BASE = '/srv/jailer';
 export interface JailerOptions {
   /** Path of the `jailer` binary. */
   jailerBinary: string;
-  /** Path of the Firecracker binary to exec; its file name must contain "firecracker". */
+  /** Canonical path of the Firecracker binary to exec (symlinks resolved: it names the jail). */
   firecrackerBinary: string;
   /** VM id: letters, digits and hyphens, at most 64 characters. */
   id: string;
   uid: number;
   gid: number;
-  /** Default /srv/jailer. */
+  /** Canonical path of an existing directory; default /srv/jailer. */
   chrootBaseDir?: string;
   /** Default 2 (shoal targets cgroup v2 hosts). */
   cgroupVersion?: 1 | 2;
@@ -36,8 +40,6 @@ export interface JailerOptions {
   netns?: string;
   /** e.g. { 'no-file': 1024, fsize: 250000000 }. */
   resourceLimits?: Partial<Record<'fsize' | 'no-file', number>>;
-  /** Spawn Firecracker in a new PID namespace (its pid is then in <root>/firecracker.pid). */
-  newPidNs?: boolean;
   /** Extra Firecracker arguments (after `--`); the API socket argument is added by jailerArgv. */
   firecrackerArgs?: string[];
 }
@@ -51,9 +53,6 @@ const ID_RE = /^[A-Za-z0-9-]{1,64}$/;
 
 export function validateJailerOptions(o: JailerOptions): void {
   if (!ID_RE.test(o.id)) throw new ShoalError(`jailer id ${JSON.stringify(o.id)} must be 1-64 letters, digits or hyphens`);
-  if (!path.basename(o.firecrackerBinary).includes('firecracker')) {
-    throw new ShoalError(`the jailer only execs files whose name contains "firecracker", not ${o.firecrackerBinary}`);
-  }
   if (!path.isAbsolute(o.firecrackerBinary)) throw new ShoalError(`--exec-file must be an absolute path, not ${o.firecrackerBinary}`);
   for (const [k, v] of [['uid', o.uid], ['gid', o.gid]] as const) {
     if (!Number.isInteger(v) || v < 0) throw new ShoalError(`jailer ${k} must be a non-negative integer, not ${v}`);
@@ -79,7 +78,8 @@ export function jailerArgv(o: JailerOptions): string[] {
   for (const [file, value] of Object.entries(o.cgroups ?? {})) argv.push('--cgroup', `${file}=${value}`);
   if (o.netns) argv.push('--netns', o.netns);
   for (const [res, value] of Object.entries(o.resourceLimits ?? {})) argv.push('--resource-limit', `${res}=${value}`);
-  if (o.newPidNs) argv.push('--new-pid-ns');
+  // Never --new-pid-ns: with it the jailer clones Firecracker into the new namespace and exits 0
+  // at once (env.rs exec_into_new_pid_ns), so shoal's child would not be the VMM. Nor --daemonize.
   // The jailer itself passes --id to Firecracker; shoal adds the socket location.
   argv.push('--', '--api-sock', JAIL_API_SOCKET, ...(o.firecrackerArgs ?? []));
   return argv;
@@ -96,7 +96,7 @@ export interface JailLayout {
   vsockHost: string;
   /** The vsock UDS as Firecracker names it (PUT /vsock uds_path). */
   vsockInJail: string;
-  /** Where the jailer writes Firecracker's pid. */
+  /** Where the jailer writes Firecracker's pid (save_exec_file_pid: `/<exec_file_name>.pid` in the jail). */
   pidFile: string;
 }
 

@@ -8,7 +8,8 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { JailPlanner, jailLayout, jailerArgv, JAIL_VSOCK, type JailerOptions, type JailLayout } from './jailer';
+import { DEFAULT_CHROOT_BASE, JailPlanner, jailLayout, jailerArgv, JAIL_VSOCK, type JailerOptions, type JailLayout } from './jailer';
+import { ShoalError } from '../../util/errors';
 import { runFiles } from './requests';
 import { enterNamespacesArgv } from '../../util/process';
 
@@ -31,8 +32,6 @@ export interface Launch {
    * read-write drive), so in a jail it is handed to the jail's uid:gid.
    */
   place(hostPath: string, role: string, writable?: boolean): string;
-  /** Names hostPath for the VMM under a fixed VMM-side name (jail restores keep the snapshot's names). */
-  placeAs(hostPath: string, vmmPath: string, writable?: boolean): string;
   /** Materialises planned links; call once the jail exists (after the API socket is up). */
   materialise(): Promise<void>;
   /** Files to remove before spawning (stale sockets). */
@@ -61,28 +60,59 @@ export function plainLaunch(opts: { binary: string; id: string; runDir: string; 
     metricsHost: f.metrics,
     metricsForVmm: f.metrics,
     place: (p) => p,
-    placeAs: (p) => p,
     materialise: async () => {},
     staleFiles: [f.apiSocket, f.vsock],
   };
 }
 
-/** Link, or copy when the jail is on another filesystem. */
-async function linkOrCopy(from: string, to: string): Promise<void> {
+/**
+ * Hard-links a file into the jail. A read-only file (kernel, initrd, rootfs) on another
+ * filesystem is copied instead; a file the VM writes never is: the VM would write to the
+ * copy and the host's file (the one snapshots and the record point at) would not change.
+ */
+export async function linkIntoJail(from: string, to: string, writable: boolean): Promise<void> {
   await fs.promises.rm(to, { force: true });
   try {
     await fs.promises.link(from, to);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
+    if (writable) {
+      throw new ShoalError(`${from} is on another filesystem than the jail ${path.dirname(to)}: the VM's writable disk must be hard-linked into the jail, never copied; put --jailer-chroot on the same filesystem as the state directory`);
+    }
     await fs.promises.copyFile(from, to);
   }
 }
 
+/**
+ * What the jailer will make of its --exec-file and --chroot-base-dir (v1.16.1 src/jailer/src/
+ * env.rs, Env::new and validate_exec_file): both canonicalized, the base must be an existing
+ * directory (the jailer exits otherwise, so it is created here, root-owned, 0755) and the jail is
+ * named after the resolved binary's file name. Returns the canonical paths the layout is built from.
+ */
+export function canonicalJailPaths(binary: string, chrootBaseDir: string): { binary: string; chrootBaseDir: string } {
+  let base: string;
+  try {
+    fs.mkdirSync(chrootBaseDir, { recursive: true, mode: 0o755 });
+    base = fs.realpathSync(chrootBaseDir);
+  } catch (err) {
+    throw new ShoalError(`cannot create the jailer's chroot base ${chrootBaseDir}: ${(err as Error).message}`);
+  }
+  if (!fs.statSync(base).isDirectory()) throw new ShoalError(`the jailer's chroot base ${chrootBaseDir} is not a directory`);
+  let exec: string;
+  try {
+    exec = fs.realpathSync(binary);
+  } catch (err) {
+    throw new ShoalError(`cannot resolve the Firecracker binary ${binary}: ${(err as Error).message}`);
+  }
+  if (!fs.statSync(exec).isFile()) throw new ShoalError(`the Firecracker binary ${binary} is not a file`);
+  return { binary: exec, chrootBaseDir: base };
+}
+
 export function jailedLaunch(opts: { jailer: Omit<JailerOptions, 'id' | 'firecrackerBinary'>; binary: string; id: string; setpriv: string | false }): Launch {
-  const full: JailerOptions = { ...opts.jailer, id: opts.id, firecrackerBinary: opts.binary };
+  const canonical = canonicalJailPaths(opts.binary, opts.jailer.chrootBaseDir ?? DEFAULT_CHROOT_BASE);
+  const full: JailerOptions = { ...opts.jailer, id: opts.id, firecrackerBinary: canonical.binary, chrootBaseDir: canonical.chrootBaseDir };
   const layout = jailLayout(full);
   const planner = new JailPlanner(layout);
-  const fixed: Array<{ from: string; to: string }> = [];
   const writable = new Set<string>();
   const owner = { uid: full.uid, gid: full.gid };
   return {
@@ -101,14 +131,8 @@ export function jailedLaunch(opts: { jailer: Omit<JailerOptions, 'id' | 'firecra
       if (isWritable) writable.add(path.join(layout.root, inJail));
       return inJail;
     },
-    placeAs: (p, vmmPath, isWritable) => {
-      const to = path.join(layout.root, vmmPath);
-      fixed.push({ from: p, to });
-      if (isWritable) writable.add(to);
-      return vmmPath;
-    },
     materialise: async () => {
-      for (const l of [...planner.links, ...fixed]) await linkOrCopy(l.from, l.to);
+      for (const l of planner.links) await linkIntoJail(l.from, l.to, writable.has(l.to));
       // A hard link shares its inode: the VM's own writable file (its scratch disk) changes owner
       // on the host too, which is what lets the jailed VMM, and only it, write it.
       for (const file of writable) await fs.promises.chown(file, owner.uid, owner.gid);

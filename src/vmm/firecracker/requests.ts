@@ -136,10 +136,15 @@ export function machineConfig(spec: Pick<VmSpec, 'cpus' | 'memoryMiB'>, opts: { 
   return { method: 'PUT', path: '/machine-config', body };
 }
 
-const ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
+/**
+ * Firecracker's API accepts a device id only when every character is `_` or alphanumeric
+ * (v1.16.1 src/firecracker/src/api_server/parsed_request.rs, checked_id); a `-` is refused.
+ * shoal keeps to ASCII and 64 characters on top of that.
+ */
+const ID_RE = /^[A-Za-z0-9_]{1,64}$/;
 
 function checkId(kind: string, id: string): void {
-  if (!ID_RE.test(id)) throw new ShoalError(`invalid Firecracker ${kind} id ${JSON.stringify(id)} (letters, digits, - and _ only)`);
+  if (!ID_RE.test(id)) throw new ShoalError(`invalid Firecracker ${kind} id ${JSON.stringify(id)} (letters, digits and _ only)`);
 }
 
 /**
@@ -191,12 +196,12 @@ export function entropy(): ApiRequest<EntropyBody> {
   return { method: 'PUT', path: '/entropy', body: {} };
 }
 
-/** The file must exist before the request: Firecracker opens it without O_CREAT. */
+/** Firecracker opens (and creates, O_CREAT) the file at this request (v1.16.1 utils::open_file_nonblock). */
 export function logger(logPath: string, level: LogLevel = 'Warning'): ApiRequest<LoggerBody> {
   return { method: 'PUT', path: '/logger', body: { log_path: logPath, level, show_level: true, show_log_origin: false } };
 }
 
-/** The file must exist before the request: Firecracker opens it without O_CREAT. */
+/** Firecracker opens (and creates, O_CREAT) the file at this request (v1.16.1 utils::open_file_nonblock). */
 export function metrics(metricsPath: string): ApiRequest<MetricsBody> {
   return { method: 'PUT', path: '/metrics', body: { metrics_path: metricsPath } };
 }
@@ -318,9 +323,9 @@ export function restoreSequence(spec: RestoreSpec, opts: RestoreOptions): ApiReq
   if (srcNet && spec.net) {
     if (spec.net.userMode) throw new ShoalError('Firecracker has no user-mode (slirp) networking');
     if (!spec.net.tap) throw new ShoalError('Firecracker networking needs a host TAP device name');
-    if (spec.net.mac !== srcNet.mac) {
-      throw new ShoalError(`a Firecracker clone keeps the snapshot's MAC address ${srcNet.mac}; it cannot be changed to ${spec.net.mac}`);
-    }
+    // The MAC is device state (net persist.rs: config_space.guest_mac) and network_overrides
+    // carries only iface_id and host_dev_name, so the device keeps the snapshot's MAC whatever
+    // spec.net.mac says; a clone that needs its own MAC (bridged) takes it inside the guest.
     if (spec.net.tap !== srcNet.tap) {
       if (!feats.networkOverrides) {
         throw new ShoalError(`restoring onto a different TAP (${spec.net.tap}) needs Firecracker >= ${FEATURE_MIN_VERSION.networkOverrides} (network_overrides); this one is ${formatVersion(opts.version)}`);

@@ -43,6 +43,10 @@ export function buildQemuArgv(launch: QemuLaunch): string[] {
     '-smp', String(spec.cpus),
     '-m', `${spec.memoryMiB}M`,
     '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
+    // QEMU's seccomp filter: no obsolete syscalls, no set*uid/gid, no scheduler or affinity
+    // changes. Spawning stays allowed: snapshots migrate through `exec:cat` (QEMU 7.2 has no
+    // `file:` migration), which QEMU forks.
+    '-sandbox', 'on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny',
     '-chardev', `file,id=console,path=${launch.consoleLog},append=on`,
     '-serial', 'chardev:console',
     '-kernel', spec.kernel,
