@@ -5,14 +5,18 @@
  */
 import { Command, CommanderError } from 'commander';
 import { ShoalError } from '../util/errors';
+import { registerCp } from './commands/cp';
 import { registerExec } from './commands/exec';
 import { registerFork } from './commands/fork';
+import { registerInspect } from './commands/inspect';
 import { registerLogs } from './commands/logs';
 import { registerLs } from './commands/ls';
+import { registerPort } from './commands/port';
 import { registerRun } from './commands/run';
 import { registerSetup } from './commands/setup';
 import { registerSnapshot } from './commands/snapshot';
 import { registerStopRm } from './commands/stop-rm';
+import { registerWait } from './commands/wait';
 
 function buildProgram(): Command {
   const program = new Command('shoal')
@@ -29,6 +33,10 @@ function buildProgram(): Command {
   registerLs(program);
   registerStopRm(program);
   registerLogs(program);
+  registerCp(program);
+  registerInspect(program);
+  registerWait(program);
+  registerPort(program);
   registerSnapshot(program);
   registerFork(program);
 
@@ -55,4 +63,9 @@ export async function main(argv: string[]): Promise<void> {
   }
 }
 
-if (require.main === module) void main(process.argv);
+/** bin/shoal puts a `--` before the user's arguments (see there); it is not the user's. */
+export function userArgv(argv: string[]): string[] {
+  return argv[2] === '--' ? [...argv.slice(0, 2), ...argv.slice(3)] : argv;
+}
+
+if (require.main === module) void main(userArgv(process.argv));

@@ -4,6 +4,8 @@
  * namespace (the VM is the isolation boundary), and conmon keeps stdout and stderr apart.
  */
 
+import { containerOptionArgv, type ContainerOptions } from './container-options';
+
 export const MAIN_CONTAINER = 'main';
 
 export interface RunOptions {
@@ -15,6 +17,8 @@ export interface RunOptions {
   tty?: boolean;
   /** Guest-OS directories bind-mounted into the container (the FUSE mounts of --map). */
   volumes?: { source: string; target: string; readOnly: boolean }[];
+  /** --user, --workdir, --entrypoint, --privileged, ... (src/container/container-options.ts). */
+  container?: ContainerOptions;
 }
 
 export function podmanRunArgv(options: RunOptions): string[] {
@@ -22,15 +26,26 @@ export function podmanRunArgv(options: RunOptions): string[] {
   if (options.interactive) argv.push('--interactive');
   if (options.tty) argv.push('--tty');
   for (const volume of options.volumes ?? []) argv.push('--volume', `${volume.source}:${volume.target}${volume.readOnly ? ':ro' : ''}`);
+  argv.push(...containerOptionArgv(options.container ?? {}));
   for (const [key, value] of Object.entries(options.env)) argv.push('--env', `${key}=${value}`);
   argv.push(options.image, ...options.command);
   return argv;
 }
 
-export function podmanExecArgv(command: string[], options: { env: Record<string, string>; interactive: boolean; tty?: boolean }): string[] {
+export interface ExecOptions {
+  env: Record<string, string>;
+  interactive: boolean;
+  tty?: boolean;
+  user?: string;
+  workdir?: string;
+}
+
+export function podmanExecArgv(command: string[], options: ExecOptions): string[] {
   const argv = ['podman', 'exec'];
   if (options.interactive) argv.push('--interactive');
   if (options.tty) argv.push('--tty');
+  if (options.user !== undefined) argv.push('--user', options.user);
+  if (options.workdir !== undefined) argv.push('--workdir', options.workdir);
   for (const [key, value] of Object.entries(options.env)) argv.push('--env', `${key}=${value}`);
   argv.push(MAIN_CONTAINER, ...command);
   return argv;

@@ -113,8 +113,8 @@ export class SupervisorClient {
   }
 
   /** Asks for a graceful stop; resolves once the supervisor took the request. */
-  async stop(): Promise<void> {
-    await this.oneShot({ kind: 'stop' }, undefined, (event) => (event.type === 'result' ? event : undefined), 'the connection to the VM was lost');
+  async stop(timeoutSeconds?: number): Promise<void> {
+    await this.oneShot(timeoutSeconds === undefined ? { kind: 'stop' } : { kind: 'stop', timeoutSeconds }, undefined, (event) => (event.type === 'result' ? event : undefined), 'the connection to the VM was lost');
   }
 
   close(): void {

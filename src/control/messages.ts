@@ -23,13 +23,16 @@ export type ExecControlRequest = {
   interactive: boolean;
   vm: boolean;
   tty?: TerminalSize;
+  /** podman exec --user / --workdir (container commands only). */
+  user?: string;
+  workdir?: string;
 };
 
 /** Write state.bin, memory.raw and scratch.img of the VM into dir (an existing directory). */
 export type SnapshotControlRequest = { kind: 'snapshot'; dir: string };
 
 /** Graceful stop (the container gets SIGTERM through podman, then the VM powers off). */
-export type StopRequest = { kind: 'stop' };
+export type StopRequest = { kind: 'stop'; /** stop -t: seconds between SIGTERM and SIGKILL. */ timeoutSeconds?: number };
 
 export type ControlRequest = AttachRequest | ExecControlRequest | SnapshotControlRequest | StopRequest;
 
@@ -87,13 +90,23 @@ export function parseControlRequest(value: unknown): Parsed<ControlRequest> {
         if (!tty) return { ok: false, error: 'invalid terminal size' };
         request.tty = tty;
       }
+      for (const field of ['user', 'workdir'] as const) {
+        const v = value[field];
+        if (v === undefined) continue;
+        if (!isString(v) || v.length > 4096 || v.includes('\0')) return { ok: false, error: `malformed exec request: ${field} must be a string` };
+        request[field] = v;
+      }
       return { ok: true, value: request };
     }
     case 'snapshot':
       if (!isString(value.dir)) return { ok: false, error: 'malformed snapshot request: dir must be a string' };
       return { ok: true, value: { kind: 'snapshot', dir: value.dir } };
     case 'stop':
-      return { ok: true, value: { kind: 'stop' } };
+      if (value.timeoutSeconds === undefined) return { ok: true, value: { kind: 'stop' } };
+      if (typeof value.timeoutSeconds !== 'number' || !Number.isInteger(value.timeoutSeconds) || value.timeoutSeconds < 0 || value.timeoutSeconds > 86_400) {
+        return { ok: false, error: 'malformed stop request: timeoutSeconds must be whole seconds' };
+      }
+      return { ok: true, value: { kind: 'stop', timeoutSeconds: value.timeoutSeconds } };
     default:
       return { ok: false, error: `unknown request ${String(value.kind)}` };
   }

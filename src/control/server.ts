@@ -7,13 +7,13 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import { Mux, type Channel } from '../protocol/mux';
-import { parseControlRequest, type AttachRequest, type ControlEvent, type ExecControlRequest, type SnapshotControlRequest } from './messages';
+import { parseControlRequest, type AttachRequest, type ControlEvent, type ExecControlRequest, type SnapshotControlRequest, type StopRequest } from './messages';
 
 export interface ControlHandlers {
   attach(channel: Channel, request: AttachRequest): void;
   exec(channel: Channel, request: ExecControlRequest): void;
   snapshot(channel: Channel, request: SnapshotControlRequest): void;
-  stop(channel: Channel): void;
+  stop(channel: Channel, request: StopRequest): void;
 }
 
 export function sendEvent(channel: Channel, event: ControlEvent): void {
@@ -70,7 +70,7 @@ function dispatch(channel: Channel, handlers: ControlHandlers): void {
       handlers.snapshot(channel, request);
       return;
     case 'stop':
-      handlers.stop(channel);
+      handlers.stop(channel, request);
       return;
   }
 }

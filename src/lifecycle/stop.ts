@@ -46,17 +46,21 @@ async function killLeftoverVmm(store: StateStore, record: VmRecord): Promise<voi
   await waitForExit(pid, undefined, 5000);
 }
 
-/** Graceful stop through the supervisor; SIGKILL when it does not finish in time. */
-export async function stopVm(store: StateStore, record: VmRecord): Promise<void> {
+/**
+ * Graceful stop through the supervisor (the container gets timeoutSeconds between SIGTERM and
+ * SIGKILL, default: its --stop-timeout, else 5); SIGKILL to the supervisor when it does not finish in time.
+ */
+export async function stopVm(store: StateStore, record: VmRecord, timeoutSeconds?: number): Promise<void> {
   if (isLive(record) && record.supervisorPid !== undefined) {
     try {
       const client = await SupervisorClient.connect(store, record, 5000);
-      await Promise.race([client.stop(), sleep(5000)]);
+      await Promise.race([client.stop(timeoutSeconds), sleep(5000)]);
       client.close();
     } catch {
       // unreachable supervisor: fall through to the kill
     }
-    if (!(await waitForExit(record.supervisorPid, record.supervisorStartTime, STOP_TIMEOUT_MS))) {
+    const grace = timeoutSeconds ?? record.config.container?.stopTimeout ?? 0;
+    if (!(await waitForExit(record.supervisorPid, record.supervisorStartTime, Math.max(STOP_TIMEOUT_MS, (grace + 25) * 1000)))) {
       killSupervisor(record);
       await waitForExit(record.supervisorPid, record.supervisorStartTime, 5000);
     }

@@ -37,6 +37,9 @@ export function imageCacheKey(digest: string, config: VmConfig, spec: VmSpec, ba
     digest,
     command: config.command,
     env: config.env,
+    // What the container runs as, where and with which privileges; only when given, so the
+    // keys of plain runs stay what they were.
+    ...(config.container && Object.keys(config.container).length > 0 ? { container: config.container } : {}),
     cpus: spec.cpus,
     memoryMiB: spec.memoryMiB,
     backend,

@@ -3,6 +3,7 @@
  * supervisor (the only writer while it lives). Readers derive liveness from the supervisor's
  * pid and start time, so a VM whose supervisor was killed shows as dead, never as running.
  */
+import type { ContainerOptions } from '../container/container-options';
 import type { ImageSource } from '../container/image-ref';
 import type { DirectoryMap } from '../container/map-spec';
 import type { NetworkMode } from '../network/mode';
@@ -41,6 +42,8 @@ export interface VmConfig {
   healthCheck?: string;
   /** Run Firecracker under its jailer (--jailer). */
   jailer?: JailerChoice;
+  /** The podman flags that shape the container (--user, --workdir, --privileged, ...); absent: none given. */
+  container?: ContainerOptions;
   /** Use the automatic image cache (false with --no-snapshot). */
   imageCache?: boolean;
 }

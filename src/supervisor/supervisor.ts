@@ -18,7 +18,7 @@ import { GatedStream } from '../protocol/gate';
 import type { Channel, Mux } from '../protocol/mux';
 import { readSnapshotDir, snapshotFiles, sweepStale } from '../snapshot/store';
 import { readJson } from '../state/atomic';
-import type { VmRecord, RecordedState } from '../state/vm-record';
+import type { VmConfig, VmRecord, RecordedState } from '../state/vm-record';
 import type { StateStore } from '../state/store';
 import { ShoalError } from '../util/errors';
 import { processStartTime, sleep } from '../util/process';
@@ -167,13 +167,17 @@ export class Supervisor {
     await this.finish('stopped', exitCode === undefined ? {} : { exitCode });
   }
 
-  /** Graceful stop: the container gets SIGTERM through podman, then the VM powers off. */
-  async stop(): Promise<void> {
+  /**
+   * Graceful stop: the container gets SIGTERM through podman, SIGKILL after stop -t, else
+   * --stop-timeout, else shoal's 5 seconds; then the VM powers off.
+   */
+  async stop(timeoutSeconds?: number): Promise<void> {
     if (this.stopRequested) return;
     this.stopRequested = true;
     this.setState('stopping');
     if (this.agent && this.container.current) {
-      await Promise.race([execCollect(this.agent, { argv: ['podman', 'stop', '--time', '5', 'main'] }).catch(() => undefined), sleep(15_000)]);
+      const grace = timeoutSeconds ?? this.record.config.container?.stopTimeout ?? 5;
+      await Promise.race([execCollect(this.agent, { argv: ['podman', 'stop', '--time', String(grace), 'main'] }).catch(() => undefined), sleep((grace + 10) * 1000)]);
     }
     // If the container did not end, or never started, finish from here.
     await sleep(500);
@@ -226,7 +230,7 @@ export class Supervisor {
     await this.network.attachTapToBridge(backend, this.spec!.net);
     await this.connectVm(this.vm!, this.network.bridgedIdentity());
     // The guest still carries its source's hostname.
-    await execCollect(this.agent!, { argv: ['sh', '-c', 'echo "$1" > /proc/sys/kernel/hostname', 'sh', this.record.config.name] }).catch(() => undefined);
+    await execCollect(this.agent!, { argv: ['sh', '-c', 'echo "$1" > /proc/sys/kernel/hostname', 'sh', guestHostname(this.record.config)] }).catch(() => undefined);
     if (options.announce === false) return;
     this.setState('running', (r) => { r.startedAt = new Date().toISOString(); });
     this.attachments.running();
@@ -367,7 +371,7 @@ export class Supervisor {
       runDir: this.files.dir,
       kernel: assets[vmmTraits(this.record.backend).kernelImage],
       initrd: assets.initrd,
-      cmdline: vmKernelCmdline(assets.cmdline, vmmTraits(this.record.backend), config.name, this.network.attachment, this.network.staticAddress()),
+      cmdline: vmKernelCmdline(assets.cmdline, vmmTraits(this.record.backend), guestHostname(config), this.network.attachment, this.network.staticAddress()),
       cpus: config.cpus,
       memoryMiB: config.memoryMiB,
       drives: [
@@ -425,6 +429,7 @@ export class Supervisor {
         interactive: config.interactive,
         tty: config.tty !== undefined,
         volumes: this.directoryMaps.map((m) => ({ source: m.mountpoint, target: m.map.guest, readOnly: m.map.readOnly })),
+        ...(config.container ? { container: config.container } : {}),
       }),
       stdin: config.interactive,
       // podman hands its proxy variables on to the container (--http-proxy, on by default).
@@ -499,9 +504,9 @@ export class Supervisor {
         channel.setDataHandler(() => undefined);
         void this.snapshotter.serve(channel, request.dir);
       },
-      stop: (channel) => {
+      stop: (channel, request) => {
         channel.setDataHandler(() => undefined);
-        void this.stop();
+        void this.stop(request.timeoutSeconds);
         sendEvent(channel, { type: 'result' });
         channel.close();
       },
@@ -513,13 +518,18 @@ export class Supervisor {
       refuse(channel, `VM ${this.record.config.name} is not running`);
       return;
     }
-    const { argv: command, env, interactive, tty } = req;
-    const argv = req.vm ? command : podmanExecArgv(command, { env, interactive, tty: tty !== undefined });
+    const { argv: command, env, interactive, tty, user, workdir } = req;
+    const argv = req.vm ? command : podmanExecArgv(command, { env, interactive, tty: tty !== undefined, ...(user !== undefined ? { user } : {}), ...(workdir !== undefined ? { workdir } : {}) });
     const agentRequest: ExecRequest = { kind: 'exec', argv, stdin: interactive };
     if (tty) agentRequest.tty = tty;
     if (req.vm) agentRequest.env = env;
     relayChannels(channel, this.agent.open({ ...agentRequest }));
   }
+}
+
+/** --hostname names the guest too (the container shares the guest's network and so its name). */
+function guestHostname(config: VmConfig): string {
+  return config.container?.hostname ?? config.name;
 }
 
 function lastLine(buffer: Buffer): string {

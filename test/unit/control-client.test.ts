@@ -33,7 +33,7 @@ async function fakeSupervisor(handlers: Partial<ControlHandlers>): Promise<{ cli
     attach: (channel, request) => { received.push(request); (handlers.attach ?? unexpected)(channel, request); },
     exec: (channel, request) => { received.push(request); (handlers.exec ?? unexpected)(channel, request); },
     snapshot: (channel, request) => { received.push(request); (handlers.snapshot ?? unexpected)(channel, request); },
-    stop: (channel) => { received.push({ kind: 'stop' }); (handlers.stop ?? unexpected)(channel); },
+    stop: (channel, request) => { received.push(request); (handlers.stop ?? unexpected)(channel, request); },
   });
   const client = SupervisorClient.over(await connectUnix(socketPath), 'vm-test');
   return { client, received, close: () => { client.close(); server.close(); } };

@@ -6,6 +6,8 @@ import type { Command } from 'commander';
 import { act } from '../act';
 import { collect } from '../options';
 import { parseEnv } from '../../container/podman-argv';
+import { parseUser, parseWorkdir } from '../../container/container-options';
+import { readEnvFiles } from '../../container/env-file';
 import { attachChannel } from '../../host/exec-client';
 import { StateStore, statusOf } from '../../state/store';
 import { ShoalError } from '../../util/errors';
@@ -18,9 +20,17 @@ export interface ExecFlags {
   interactive?: boolean;
   tty?: boolean;
   env: string[];
+  envFile?: string[];
+  user?: string;
+  workdir?: string;
 }
 
 export async function execCommand(nameOrId: string, command: string[], flags: ExecFlags): Promise<number> {
+  // Flags first: bad input is refused before anything is looked up.
+  if (flags.vm && (flags.user ?? flags.workdir) !== undefined) throw new ShoalError('--user and --workdir are for the container, not --vm');
+  const user = flags.user === undefined ? undefined : parseUser(flags.user);
+  const workdir = flags.workdir === undefined ? undefined : parseWorkdir(flags.workdir);
+  const fileEnv = readEnvFiles(flags.envFile ?? []);
   const store = new StateStore();
   const record = store.get(nameOrId);
   const status = statusOf(record);
@@ -29,12 +39,14 @@ export async function execCommand(nameOrId: string, command: string[], flags: Ex
   if (argv.length === 0) throw new ShoalError('exec needs a command to run');
   let env: Record<string, string>;
   try {
-    env = parseEnv(flags.env);
+    env = { ...fileEnv, ...parseEnv(flags.env) };
   } catch (err) {
     throw new ShoalError(`invalid --env: ${(err as Error).message}`);
   }
   const client = await SupervisorClient.connect(store, record);
   const request: Omit<ExecControlRequest, 'kind'> = { argv, env, interactive: flags.interactive === true, vm: flags.vm === true };
+  if (user !== undefined) request.user = user;
+  if (workdir !== undefined) request.workdir = workdir;
   const terminal = flags.tty ? startTerminal(flags.interactive === true) : undefined;
   if (terminal) request.tty = terminal.size;
   const channel = client.exec(request);
@@ -65,6 +77,9 @@ export function registerExec(program: Command): void {
     .option('-i, --interactive', 'pass stdin')
     .option('-t, --tty', 'run the command on a terminal (with -i: an interactive session)')
     .option('-e, --env <KEY=VALUE>', 'set an environment variable (repeatable)', collect, [])
+    .option('--env-file <file>', 'read KEY=VALUE lines from a file, podman\'s format (repeatable)', collect, [])
+    .option('-u, --user <user[:group]>', 'run the command as this user (name or uid)')
+    .option('-w, --workdir <dir>', 'the working directory in the container (absolute)')
     // As podman: options after the command are the command's (`exec web sh -c ...`).
     .passThroughOptions()
     .action(act((name: string, command: string[], flags: Parameters<typeof execCommand>[2]) => execCommand(name, command, flags)));

@@ -11,6 +11,8 @@ import { parseImage } from '../../container/image-ref';
 import { parseMaps } from '../../container/map-spec';
 import { parseHealthCheck } from '../../supervisor/health-check';
 import { parseEnv } from '../../container/podman-argv';
+import { parseContainerOptions, type ContainerFlags } from '../../container/container-options';
+import { readEnvFiles } from '../../container/env-file';
 import { STDERR, STDIN, STDOUT, type Channel } from '../../protocol/mux';
 import { checkNetworkSupport, parseNetworkMode } from '../../network/mode';
 import { assertPortsFree, parsePublish } from '../../network/publish';
@@ -25,8 +27,10 @@ import { parseCpus, parseMemory, parseVmm } from '../options';
 import { progressLine } from '../output';
 import { releaseStdin, startTerminal, terminalSizeNow } from '../terminal';
 
-export interface RunFlags {
+export interface RunFlags extends ContainerFlags {
   name?: string;
+  envFile: string[];
+  volume: string[];
   cpus: string;
   memory: string;
   env: string[];
@@ -85,12 +89,15 @@ function validate(image: string, command: string[], flags: RunFlags): VmConfig {
   const problem = nameProblem(name);
   if (problem) throw new ShoalError(`invalid --name: ${problem}`);
   const source = parseImage(image); // fails early on a missing archive or a malformed reference
+  // podman's order: the env files first, then each --env over them.
+  const fileEnv = readEnvFiles(flags.envFile ?? []);
   let env: Record<string, string>;
   try {
-    env = parseEnv(flags.env);
+    env = { ...fileEnv, ...parseEnv(flags.env) };
   } catch (err) {
     throw new ShoalError(`invalid --env: ${(err as Error).message}`);
   }
+  const container = parseContainerOptions(flags);
   return {
     name,
     image,
@@ -105,7 +112,9 @@ function validate(image: string, command: string[], flags: RunFlags): VmConfig {
     autoRemove: flags.rm === true,
     network: parseNetworkMode(flags.network ?? 'rootless'),
     publish: parsePublish(flags.publish),
-    maps: parseMaps(flags.map ?? []),
+    // -v/--volume is podman's spelling of --map (a host directory, served over FUSE).
+    maps: parseMaps([...(flags.map ?? []), ...(flags.volume ?? [])]),
+    ...(Object.keys(container).length > 0 ? { container } : {}),
     ...(flags.healthCheck !== undefined ? { healthCheck: parseHealthCheck(flags.healthCheck) } : {}),
     ...(flags.jailer ? { jailer: parseJailer(flags) } : {}),
     imageCache: flags.snapshot !== false,
@@ -219,6 +228,19 @@ export function registerRun(program: Command): void {
     .option('--jailer-gid <gid>', 'with --jailer: the gid Firecracker drops to (default 65534)')
     .option('--jailer-chroot <dir>', 'with --jailer: the chroot base directory (default /srv/jailer)')
     .option('--map <HOST:GUEST[:ro]>', 'show a host directory to the container at GUEST, over FUSE (repeatable, comma-separated)', collect, [])
+    .option('-v, --volume <HOST:GUEST[:ro]>', 'podman\'s spelling of --map (repeatable)', collect, [])
+    .option('--env-file <file>', 'read KEY=VALUE lines from a file, podman\'s format (repeatable)', collect, [])
+    .option('-u, --user <user[:group]>', 'run the container\'s process as this user (name or uid)')
+    .option('-w, --workdir <dir>', 'the working directory in the container (absolute)')
+    .option('--entrypoint <cmd|json>', 'override the image\'s entrypoint (a JSON array for arguments)')
+    .option('--hostname <name>', 'the container\'s and the guest\'s hostname (default: the VM name)')
+    .option('-l, --label <KEY[=VALUE]>', 'set a label on the container (repeatable)', collect, [])
+    .option('--read-only', 'mount the container\'s root filesystem read-only')
+    .option('--init', 'run an init inside the container that forwards signals and reaps processes')
+    .option('--cap-add <cap>', 'add a capability (repeatable)', collect, [])
+    .option('--cap-drop <cap>', 'drop a capability (repeatable)', collect, [])
+    .option('--privileged', 'all capabilities and the guest\'s devices in the container (the VM stays the boundary)')
+    .option('--stop-timeout <seconds>', 'seconds from SIGTERM to SIGKILL when the container is stopped')
     .passThroughOptions()
     .action(act((image: string, command: string[], flags: Parameters<typeof runCommand>[2]) => runCommand(image, command, flags)));
 }

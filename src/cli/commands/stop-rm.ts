@@ -6,12 +6,14 @@ import { act } from '../act';
 import { StateStore } from '../../state/store';
 import { ShoalError } from '../../util/errors';
 import { isRunning, killVm, stopVm } from '../../lifecycle/stop';
+import { parseStopTimeout } from '../../container/container-options';
 
-export async function stopCommand(names: string[]): Promise<number> {
+export async function stopCommand(names: string[], flags: { time?: string } = {}): Promise<number> {
+  const timeout = flags.time === undefined ? undefined : parseStopTimeout(flags.time, '--time');
   const store = new StateStore();
   const records = names.map((name) => store.get(name));
   for (const record of records) {
-    await stopVm(store, record);
+    await stopVm(store, record, timeout);
     process.stdout.write(`${record.config.name}\n`);
   }
   return 0;
@@ -39,7 +41,8 @@ export function registerStopRm(program: Command): void {
     .command('stop')
     .description('stop VMs (the container gets SIGTERM, then the VM powers off)')
     .argument('<names...>')
-    .action(act((names: string[]) => stopCommand(names)));
+    .option('-t, --time <seconds>', 'seconds from SIGTERM to SIGKILL (default: the VM\'s --stop-timeout, else 5)')
+    .action(act((names: string[], flags: { time?: string }) => stopCommand(names, flags)));
 
   program
     .command('rm')
