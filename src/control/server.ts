@@ -7,11 +7,12 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import { Mux, type Channel } from '../protocol/mux';
-import { parseControlRequest, type AttachRequest, type ControlEvent, type ExecControlRequest, type SnapshotControlRequest } from './messages';
+import { parseControlRequest, type AttachRequest, type ControlEvent, type ExecControlRequest, type FilesControlRequest, type SnapshotControlRequest } from './messages';
 
 export interface ControlHandlers {
   attach(channel: Channel, request: AttachRequest): void;
   exec(channel: Channel, request: ExecControlRequest): void;
+  files(channel: Channel, request: FilesControlRequest): void;
   snapshot(channel: Channel, request: SnapshotControlRequest): void;
   stop(channel: Channel): void;
 }
@@ -63,6 +64,9 @@ function dispatch(channel: Channel, handlers: ControlHandlers): void {
       return;
     case 'exec':
       handlers.exec(channel, request);
+      return;
+    case 'files':
+      handlers.files(channel, request);
       return;
     case 'snapshot':
       handlers.snapshot(channel, request);
