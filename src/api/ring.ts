@@ -6,8 +6,9 @@
 
 export type ProcessEvent =
   | { type: 'start'; pid: number }
-  | { type: 'stdout'; data: Buffer }
-  | { type: 'stderr'; data: Buffer }
+  /** Output as text (decoded per stream, so a character split across chunks stays whole). */
+  | { type: 'stdout'; data: string }
+  | { type: 'stderr'; data: string }
   | { type: 'exit'; exitCode: number | null; signal: string | null }
   | { type: 'error'; message: string };
 
@@ -25,7 +26,7 @@ export interface RingLimits {
 export const DEFAULT_RING_LIMITS: RingLimits = { maxEvents: 4096, maxBytes: 1024 * 1024 };
 
 function sizeOf(event: ProcessEvent): number {
-  return event.type === 'stdout' || event.type === 'stderr' ? event.data.length + 64 : 64;
+  return event.type === 'stdout' || event.type === 'stderr' ? Buffer.byteLength(event.data) + 64 : 64;
 }
 
 export class EventRing {

@@ -13,6 +13,8 @@ import { registerRun } from './commands/run';
 import { registerSetup } from './commands/setup';
 import { registerSnapshot } from './commands/snapshot';
 import { registerStopRm } from './commands/stop-rm';
+import { registerServe } from './commands/serve';
+import { registerMcp } from './commands/mcp';
 
 function buildProgram(): Command {
   const program = new Command('shoal')
@@ -31,6 +33,8 @@ function buildProgram(): Command {
   registerLogs(program);
   registerSnapshot(program);
   registerFork(program);
+  registerServe(program);
+  registerMcp(program);
 
   return program;
 }
