@@ -67,6 +67,8 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
   const limits = { ...LIMITS, ...options };
   const app = Fastify({
     logger: options.logger ?? false,
+    // Streams (SSE, WebSocket) would otherwise hold a closing server open.
+    forceCloseConnections: true,
     bodyLimit: limits.bodyLimit,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true, allErrors: false } },
   });
@@ -441,7 +443,7 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
     timer.unref();
     app.addHook('onClose', async () => clearInterval(timer));
   }
-  app.addHook('onClose', async () => {
+  app.addHook('preClose', async () => {
     for (const vm of core.list()) processes.forget(vm.id);
   });
   return app;
@@ -493,18 +495,23 @@ function containerPath(value: string): string {
 
 async function* emptyBody(): AsyncGenerator<Buffer> {}
 
+/**
+ * Reads a raw body of at most `limit` bytes. Past the limit the rest is read and dropped (up to
+ * a bound), so the client, which is still sending, gets the 413 instead of a reset connection.
+ */
 async function readLimited(body: Readable | undefined, limit: number): Promise<Buffer> {
   if (!body) return Buffer.alloc(0);
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of body) {
     size += (chunk as Buffer).length;
-    if (size > limit) {
+    if (size > limit * 16 + 1024 * 1024) {
       body.destroy();
-      throw new ApiError('payload_too_large', `the body is larger than ${limit} bytes`);
+      break;
     }
-    chunks.push(chunk as Buffer);
+    if (size <= limit) chunks.push(chunk as Buffer);
   }
+  if (size > limit) throw new ApiError('payload_too_large', `the body is larger than ${limit} bytes`);
   return Buffer.concat(chunks);
 }
 
