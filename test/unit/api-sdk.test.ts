@@ -77,7 +77,7 @@ describe('sdk', () => {
     const handle = await sbx.commands.run(['sleep', '30'], { background: true });
     await handle.kill();
     await assert.rejects(handle.wait(), (err: unknown) => err instanceof CommandExitError && err.result.signal === 'SIGKILL');
-    const trapped = await sbx.commands.run(['sh', '-c', 'trap "echo got TERM; kill $!; exit 0" TERM; sleep 30 & wait'], { background: true });
+    const trapped = await sbx.commands.run(['sh', '-c', 'trap "echo got TERM; exit 0" TERM; while :; do sleep 0.1; done'], { background: true });
     await new Promise((r) => setTimeout(r, 200));
     await trapped.kill('SIGTERM');
     assert.equal((await trapped.wait()).stdout, 'got TERM\n');
