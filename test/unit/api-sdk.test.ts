@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { FastifyInstance } from 'fastify';
+import WebSocket from 'ws';
 import { buildServer } from '../../src/api/server';
 import { CommandExitError, Shoal, ShoalApiError, type Sandbox } from '../../sdk/src/index';
 import { FakeCore } from '../helpers/fake-core';
@@ -113,5 +114,60 @@ describe('sdk', () => {
     for (const child of children) await (child as Sandbox).kill();
     assert.equal((await shoal.sandboxes.list({ metadata: { suite: 'sdk-child' } })).length, 0);
     await assert.rejects(shoal.sandboxes.get((children[0] as Sandbox).sandboxId), (err: unknown) => err instanceof ShoalApiError && err.status === 404);
+  });
+});
+
+describe('serve, continued', () => {
+  it('a restarted server finds the sandboxes and their metadata again', async () => {
+    const core = new FakeCore();
+    const first = await buildServer(core, { token: TOKEN, sweepMs: 0 });
+    const created = await first.inject({ method: 'POST', url: '/v1/sandboxes', headers: { authorization: `Bearer ${TOKEN}` }, payload: { image: 'busybox', metadata: { keep: 'me' }, timeoutSec: 600 } });
+    const before = JSON.parse(created.body) as { sandboxId: string; expiresAt: string };
+    await first.close();
+    const second = await buildServer(core, { token: TOKEN, sweepMs: 0 });
+    try {
+      const got = await second.inject({ method: 'GET', url: `/v1/sandboxes/${before.sandboxId}`, headers: { authorization: `Bearer ${TOKEN}` } });
+      assert.equal(got.statusCode, 200);
+      const after = JSON.parse(got.body) as { metadata: Record<string, string>; expiresAt: string };
+      assert.deepEqual(after.metadata, { keep: 'me' });
+      assert.equal(after.expiresAt, before.expiresAt);
+    } finally {
+      await second.close();
+    }
+  });
+
+  it('logs: JSON by default, SSE while following, ending when the sandbox stops', async () => {
+    const core = new FakeCore();
+    const server = await buildServer(core, { token: TOKEN, sweepMs: 0 });
+    const url = await server.listen({ host: '127.0.0.1', port: 0 });
+    try {
+      const headers = { authorization: `Bearer ${TOKEN}` };
+      const vm = JSON.parse((await server.inject({ method: 'POST', url: '/v1/sandboxes', headers, payload: { image: 'busybox' } })).body) as { sandboxId: string };
+      core.logRecords = [{ stream: 'stdout', data: Buffer.from('one\n') }, { stream: 'stderr', data: Buffer.from('two\n') }];
+      const plain = await server.inject({ method: 'GET', url: `/v1/sandboxes/${vm.sandboxId}/logs`, headers });
+      assert.deepEqual(JSON.parse(plain.body), { logs: [{ stream: 'stdout', data: 'one\n' }, { stream: 'stderr', data: 'two\n' }], truncated: false });
+      setTimeout(() => { core.vms.get(vm.sandboxId)!.status = 'stopped'; }, 300);
+      const followed = await fetch(`${url}/v1/sandboxes/${vm.sandboxId}/logs?follow=1&access_token=${TOKEN}`);
+      const text = await followed.text();
+      assert.match(text, /event: stdout\ndata: \{"data":"one\\n"\}/);
+      assert.match(text, /event: stderr\ndata: \{"data":"two\\n"\}/);
+      assert.match(text, /event: end\ndata: \{"state":"stopped"\}/);
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('the PTY WebSocket refuses a missing token and an unknown sandbox before the upgrade', async () => {
+    const port = (app.server.address() as { port: number }).port;
+    const status = (path: string, headers: Record<string, string> = {}): Promise<number> => new Promise((resolve, reject) => {
+      const socket = new WebSocket(`ws://127.0.0.1:${port}${path}`, { headers });
+      socket.once('open', () => { socket.close(); reject(new Error('upgraded')); });
+      socket.once('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
+      socket.once('error', () => undefined);
+    });
+    assert.equal(await status(`/v1/sandboxes/${sbx.sandboxId}/pty`), 401);
+    assert.equal(await status('/v1/sandboxes/nosuch/pty', { authorization: `Bearer ${TOKEN}` }), 404);
+    assert.equal(await status(`/v1/sandboxes/${sbx.sandboxId}/pty?cols=0&access_token=${TOKEN}`), 400);
+    assert.equal(await status(`/v1/sandboxes/${sbx.sandboxId}/pty?cols=80&bogus=1&access_token=${TOKEN}`), 400);
   });
 });
