@@ -170,6 +170,11 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
       cmd: body.cmd ?? IDLE_COMMAND,
       network: body.network ?? 'rootless',
       publish: body.publish ?? [],
+    }).catch((err: unknown) => {
+      // Input was checked above: what fails now is the VM (boot, image load), unless a racing
+      // request took the name.
+      if (err instanceof ShoalError && !/already in use/.test(err.message)) throw new ApiError('unavailable', firstLine(err.message));
+      throw err;
     });
     const parent = body.snapshot !== undefined ? core.snapshots().find((s) => s.tag === body.snapshot)?.parent ?? null : null;
     writeFacts(core.vmDir(vm.id), { metadata: body.metadata ?? {}, expiresAt: expiry(body.timeoutSec ?? limits.defaultTimeoutSec), parentId: parent });
