@@ -17,7 +17,7 @@ import { parsePublish } from '../network/publish';
 import { FilesError } from '../host/files-client';
 import { containerPathComponents } from '../protocol/files';
 import { ShoalError } from '../util/errors';
-import type { Core, ExecSpec, VmView } from './core';
+import type { Core, ExecSpec, RemoteProcess, VmView } from './core';
 import { ApiError, firstLine, toApiError, type ErrorCode } from './errors';
 import { readFacts, writeFacts, type ApiFacts } from './facts';
 import { OutputCollector, ProcessTable, type ApiProcess, type ProcessLimits } from './processes';
@@ -570,35 +570,62 @@ async function followLogs(core: Core, id: string, res: ServerResponse): Promise<
 
 /** A terminal over a WebSocket: binary frames both ways, text frames for resize, exit in the close reason. */
 async function runPty(core: Core, id: string, socket: WebSocket, options: { cols: number; rows: number; cmd: string }): Promise<void> {
-  let remote;
+  // Listen at once: what the client sends while the terminal is being set up (its first
+  // command, a resize) is held, up to a bound, and delivered in order once it runs.
+  const early: Array<{ data: Buffer; isBinary: boolean }> = [];
+  let earlyBytes = 0;
+  let remote: RemoteProcess | undefined;
+  let closed = false;
+  const deliver = (target: RemoteProcess, data: Buffer, isBinary: boolean): void => {
+    if (isBinary) {
+      void target.writeStdin(data);
+      return;
+    }
+    try {
+      const message = JSON.parse(data.toString()) as { type?: unknown; cols?: unknown; rows?: unknown };
+      const ok = (n: unknown): n is number => typeof n === 'number' && Number.isInteger(n) && n >= 1 && n <= 1000;
+      if (message.type === 'resize' && ok(message.cols) && ok(message.rows)) target.resize(message.cols, message.rows);
+    } catch {
+      // not JSON: ignored
+    }
+  };
+  socket.on('message', (data: Buffer, isBinary: boolean) => {
+    const copy = Buffer.from(data);
+    if (remote) {
+      deliver(remote, copy, isBinary);
+      return;
+    }
+    earlyBytes += copy.length;
+    if (earlyBytes > 1024 * 1024) {
+      socket.close(1009, JSON.stringify({ error: 'too much input before the terminal started' }));
+      return;
+    }
+    early.push({ data: copy, isBinary });
+  });
+  socket.on('close', () => {
+    closed = true;
+    remote?.close();
+  });
   try {
     remote = await core.exec(id, { argv: ['/bin/sh', '-c', options.cmd], env: { TERM: 'xterm-256color' }, vm: false, stdin: true, tty: { cols: options.cols, rows: options.rows } });
   } catch (err) {
     socket.close(1011, JSON.stringify({ error: classify(err).message.slice(0, 100) }));
     return;
   }
-  socket.on('message', (data: Buffer, isBinary: boolean) => {
-    if (isBinary) {
-      void remote.writeStdin(Buffer.from(data));
-      return;
-    }
-    try {
-      const message = JSON.parse(data.toString()) as { type?: unknown; cols?: unknown; rows?: unknown };
-      const ok = (n: unknown): n is number => typeof n === 'number' && Number.isInteger(n) && n >= 1 && n <= 1000;
-      if (message.type === 'resize' && ok(message.cols) && ok(message.rows)) remote.resize(message.cols, message.rows);
-    } catch {
-      // not JSON: ignored
-    }
-  });
-  socket.on('close', () => remote.close());
-  remote.onOutput((_stream, data) => new Promise<void>((resolve) => {
+  if (closed) {
+    remote.close();
+    return;
+  }
+  for (const { data, isBinary } of early.splice(0)) deliver(remote, data, isBinary);
+  const running = remote;
+  running.onOutput((_stream, data) => new Promise<void>((resolve) => {
     if (socket.readyState !== socket.OPEN) {
       resolve();
       return;
     }
     socket.send(data, { binary: true }, () => resolve());
   }));
-  const end = await remote.done;
+  const end = await running.done;
   if (socket.readyState === socket.OPEN) {
     socket.close(1000, JSON.stringify('error' in end ? { exitCode: null, error: end.error.slice(0, 80) } : { exitCode: end.exitCode ?? (end.signal ? 128 + ((os.constants.signals as Record<string, number>)[end.signal] ?? 0) : null) }));
   }

@@ -21,6 +21,8 @@ export class FakeCore implements Core {
   readonly calls: string[] = [];
   readonly files: FileOps;
   logRecords: LogRecord[] = [];
+  /** How long exec takes to start a process (a real one connects to a supervisor first). */
+  execDelayMs = 0;
 
   constructor() {
     this.files = new LocalFiles(this);
@@ -59,6 +61,7 @@ export class FakeCore implements Core {
 
   async exec(id: string, spec: ExecSpec): Promise<RemoteProcess> {
     this.calls.push(`exec ${id} ${spec.argv.join(' ')}`);
+    if (this.execDelayMs > 0) await new Promise((r) => setTimeout(r, this.execDelayMs));
     return new LocalProcess(spec, this.fsRoot(id));
   }
 

@@ -160,6 +160,26 @@ describe('serve, continued', () => {
     }
   });
 
+  it('the PTY WebSocket: input sent while the terminal starts is not lost; the exit code comes in the close reason', async () => {
+    const core = new FakeCore();
+    core.execDelayMs = 300;
+    const server = await buildServer(core, { token: TOKEN, sweepMs: 0 });
+    const url = await server.listen({ host: '127.0.0.1', port: 0 });
+    try {
+      const client = new Shoal({ baseUrl: url, token: TOKEN });
+      const box = await client.sandboxes.create({ image: 'busybox' });
+      let output = '';
+      // The fake core runs the command without a terminal: stdin and stdout are pipes.
+      const pty = await box.pty.create({ cols: 80, rows: 24, cmd: 'read line; echo got:$line; exit 3', onData: (d) => { output += Buffer.from(d).toString(); } });
+      pty.resize({ cols: 100, rows: 30 });
+      pty.sendInput('typed at once\n');
+      assert.deepEqual(await pty.wait(), { exitCode: 3 });
+      assert.equal(output, 'got:typed at once\n');
+    } finally {
+      await server.close();
+    }
+  });
+
   it('the PTY WebSocket refuses a missing token and an unknown sandbox before the upgrade', async () => {
     const port = (app.server.address() as { port: number }).port;
     const status = (path: string, headers: Record<string, string> = {}): Promise<number> => new Promise((resolve, reject) => {
