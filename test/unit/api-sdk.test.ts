@@ -160,7 +160,7 @@ describe('serve, continued', () => {
     }
   });
 
-  it('the PTY WebSocket: input sent while the terminal starts is not lost; the exit code comes in the close reason', async () => {
+  it('the PTY WebSocket: input sent while the terminal starts is not lost; the exit code comes in the close reason', { timeout: 15_000 }, async () => {
     const core = new FakeCore();
     core.execDelayMs = 300;
     const server = await buildServer(core, { token: TOKEN, sweepMs: 0 });
