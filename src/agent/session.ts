@@ -14,6 +14,8 @@ import type { AgentRequest, ExecRequest, GuestInfo, Hello } from '../protocol/me
 import { Mux, type Channel } from '../protocol/mux';
 import { attachPersistent, runExec } from './exec';
 import { runFuseMount } from './fuse-mount';
+import { runFiles } from './files';
+import type { FilesRequest } from '../protocol/files';
 import { forgetSourceNetworkState } from './network-identity';
 
 export const AGENT_VERSION = '1';
@@ -68,7 +70,7 @@ export function serveSession(stream: Duplex, log: (msg: string) => void, debug =
   return mux;
 }
 
-function handleRequest(request: AgentRequest, channel: Channel, log: (msg: string) => void): void {
+function handleRequest(request: AgentRequest | FilesRequest, channel: Channel, log: (msg: string) => void): void {
   switch (request.kind) {
     case 'exec':
       runExec(request as ExecRequest, channel);
@@ -83,6 +85,9 @@ function handleRequest(request: AgentRequest, channel: Channel, log: (msg: strin
       return;
     case 'fuse-mount':
       runFuseMount(request, channel, log);
+      return;
+    case 'files':
+      runFiles(request, channel);
       return;
     case 'poweroff':
       channel.setDataHandler(() => undefined);

@@ -17,6 +17,8 @@ import { registerSetup } from './commands/setup';
 import { registerSnapshot } from './commands/snapshot';
 import { registerStopRm } from './commands/stop-rm';
 import { registerWait } from './commands/wait';
+import { registerServe } from './commands/serve';
+import { registerMcp } from './commands/mcp';
 
 function buildProgram(): Command {
   const program = new Command('shoal')
@@ -39,6 +41,8 @@ function buildProgram(): Command {
   registerPort(program);
   registerSnapshot(program);
   registerFork(program);
+  registerServe(program);
+  registerMcp(program);
 
   return program;
 }

@@ -11,7 +11,7 @@ import type { VmRecord } from '../state/vm-record';
 import { vmFiles } from '../state/vm-files';
 import { connectUnix, retryUntil } from '../util/connect';
 import { ShoalError } from '../util/errors';
-import { parseControlEvent, type ClientMessage, type ControlEvent, type ControlRequest, type ExecControlRequest, type SnapshotResult } from './messages';
+import { parseControlEvent, type ClientMessage, type ControlEvent, type ControlRequest, type ExecControlRequest, type FilesControlRequest, type SnapshotResult } from './messages';
 
 /** How a wait for `running` ended. */
 export type RunningOutcome = { outcome: 'running' } | { outcome: 'exited' } | { outcome: 'error'; message: string } | { outcome: 'lost' };
@@ -83,6 +83,12 @@ export class SupervisorClient {
   /** Runs a command in the VM; the channel carries its stdio and ends with `exit` or `error`. */
   exec(request: Omit<ExecControlRequest, 'kind'>): Channel {
     const body: ExecControlRequest = { kind: 'exec', ...request };
+    return this.mux.open(body);
+  }
+
+  /** A file operation in the container; the channel carries the exchange of src/protocol/files.ts. */
+  files(request: Omit<FilesControlRequest, 'kind'>): Channel {
+    const body: FilesControlRequest = { kind: 'files', ...request };
     return this.mux.open(body);
   }
 

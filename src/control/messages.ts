@@ -7,6 +7,7 @@
  * Both ends parse what they receive here, so a malformed request or reply is refused where it
  * enters instead of being cast into shape deep inside.
  */
+import { FILES_OPS, MAX_PATH_LENGTH, type FilesOp } from '../protocol/files';
 import type { TerminalSize } from '../protocol/messages';
 import { terminalSizeOf } from '../protocol/messages';
 import type { SnapshotRef, VmConfig } from '../state/vm-record';
@@ -31,10 +32,13 @@ export type ExecControlRequest = {
 /** Write state.bin, memory.raw and scratch.img of the VM into dir (an existing directory). */
 export type SnapshotControlRequest = { kind: 'snapshot'; dir: string };
 
+/** A file operation in the main container, relayed to the agent (src/protocol/files.ts has the exchange). */
+export type FilesControlRequest = { kind: 'files'; op: FilesOp; path: string; to?: string };
+
 /** Graceful stop (the container gets SIGTERM through podman, then the VM powers off). */
 export type StopRequest = { kind: 'stop'; /** stop -t: seconds between SIGTERM and SIGKILL. */ timeoutSeconds?: number };
 
-export type ControlRequest = AttachRequest | ExecControlRequest | SnapshotControlRequest | StopRequest;
+export type ControlRequest = AttachRequest | ExecControlRequest | FilesControlRequest | SnapshotControlRequest | StopRequest;
 
 /** What a snapshot request returns: what the CLI needs to write the snapshot's manifest. */
 export type SnapshotResult = {
@@ -101,6 +105,14 @@ export function parseControlRequest(value: unknown): Parsed<ControlRequest> {
     case 'snapshot':
       if (!isString(value.dir)) return { ok: false, error: 'malformed snapshot request: dir must be a string' };
       return { ok: true, value: { kind: 'snapshot', dir: value.dir } };
+    case 'files': {
+      const op = FILES_OPS.find((o) => o === value.op);
+      if (!op || !isString(value.path) || value.path.length > MAX_PATH_LENGTH) return { ok: false, error: 'malformed files request' };
+      if (value.to !== undefined && (!isString(value.to) || value.to.length > MAX_PATH_LENGTH)) return { ok: false, error: 'malformed files request: to must be a path' };
+      const request: FilesControlRequest = { kind: 'files', op, path: value.path };
+      if (isString(value.to)) request.to = value.to;
+      return { ok: true, value: request };
+    }
     case 'stop':
       if (value.timeoutSeconds === undefined) return { ok: true, value: { kind: 'stop' } };
       if (typeof value.timeoutSeconds !== 'number' || !Number.isInteger(value.timeoutSeconds) || value.timeoutSeconds < 0 || value.timeoutSeconds > 86_400) {

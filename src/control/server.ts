@@ -7,11 +7,12 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import { Mux, type Channel } from '../protocol/mux';
-import { parseControlRequest, type AttachRequest, type ControlEvent, type ExecControlRequest, type SnapshotControlRequest, type StopRequest } from './messages';
+import { parseControlRequest, type AttachRequest, type ControlEvent, type ExecControlRequest, type FilesControlRequest, type SnapshotControlRequest, type StopRequest } from './messages';
 
 export interface ControlHandlers {
   attach(channel: Channel, request: AttachRequest): void;
   exec(channel: Channel, request: ExecControlRequest): void;
+  files(channel: Channel, request: FilesControlRequest): void;
   snapshot(channel: Channel, request: SnapshotControlRequest): void;
   stop(channel: Channel, request: StopRequest): void;
 }
@@ -65,6 +66,9 @@ function dispatch(channel: Channel, handlers: ControlHandlers): void {
       return;
     case 'exec':
       handlers.exec(channel, request);
+      return;
+    case 'files':
+      handlers.files(channel, request);
       return;
     case 'snapshot':
       handlers.snapshot(channel, request);

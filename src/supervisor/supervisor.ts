@@ -26,12 +26,13 @@ import type { RestoreSpec, VmHandle, VmmBackend, VmSpec } from '../vmm/backend';
 import type { SnapshotManifest } from '../snapshot/store';
 import { capConsoleLog } from './container-log';
 import { backendFor } from '../vmm/select';
+import type { FilesRequest } from '../protocol/files';
 import { relayChannels } from './relay';
 import { waitHealthy } from './health-check';
 import { serveDirectoryMaps, type ServedMap } from './directory-maps';
 import type { ExecRequest, GuestNetworkIdentity } from '../protocol/messages';
 import { ControlServer, refuse, sendEvent } from '../control/server';
-import type { ExecControlRequest } from '../control/messages';
+import type { ExecControlRequest, FilesControlRequest } from '../control/messages';
 import { cachedImageSnapshot, leaseSnapshotDir, touchImageCache } from '../snapshot/image-cache';
 import { vmKernelCmdline } from './guest-cmdline';
 import { VmNetwork } from './vm-network';
@@ -500,6 +501,7 @@ export class Supervisor {
     this.server = await ControlServer.listen(this.files.controlSocket, {
       attach: (channel, request) => this.attachments.attach(channel, request.stdio),
       exec: (channel, request) => this.onExec(channel, request),
+      files: (channel, request) => this.onFiles(channel, request),
       snapshot: (channel, request) => {
         channel.setDataHandler(() => undefined);
         void this.snapshotter.serve(channel, request.dir);
@@ -523,6 +525,18 @@ export class Supervisor {
     const agentRequest: ExecRequest = { kind: 'exec', argv, stdin: interactive };
     if (tty) agentRequest.tty = tty;
     if (req.vm) agentRequest.env = env;
+    relayChannels(channel, this.agent.open({ ...agentRequest }));
+  }
+
+  /** File operations in the container, done by the agent (src/agent/files.ts checks the paths again). */
+  private onFiles(channel: Channel, req: FilesControlRequest): void {
+    if (!this.agent || this.agent.destroyed || this.record.state !== 'running') {
+      channel.send({ type: 'error', code: 'ENOCONTAINER', message: `VM ${this.record.config.name} is not running` });
+      channel.close();
+      return;
+    }
+    const agentRequest: FilesRequest = { kind: 'files', op: req.op, path: req.path };
+    if (req.to !== undefined) agentRequest.to = req.to;
     relayChannels(channel, this.agent.open({ ...agentRequest }));
   }
 }

@@ -32,6 +32,7 @@ async function fakeSupervisor(handlers: Partial<ControlHandlers>): Promise<{ cli
   const server = await ControlServer.listen(socketPath, {
     attach: (channel, request) => { received.push(request); (handlers.attach ?? unexpected)(channel, request); },
     exec: (channel, request) => { received.push(request); (handlers.exec ?? unexpected)(channel, request); },
+    files: (channel, request) => { received.push(request); (handlers.files ?? unexpected)(channel, request); },
     snapshot: (channel, request) => { received.push(request); (handlers.snapshot ?? unexpected)(channel, request); },
     stop: (channel, request) => { received.push(request); (handlers.stop ?? unexpected)(channel, request); },
   });
@@ -227,6 +228,9 @@ test('the server refuses malformed and unknown requests with one error', async (
 test('parseControlRequest keeps only the fields of the protocol', () => {
   assert.deepEqual(parseControlRequest({ kind: 'attach', stdio: 'yes', extra: 1 }), { ok: true, value: { kind: 'attach', stdio: false } });
   assert.deepEqual(parseControlRequest(null), { ok: false, error: 'malformed request' });
+  assert.deepEqual(parseControlRequest({ kind: 'files', op: 'rename', path: '/a', to: '/b', extra: 1 }), { ok: true, value: { kind: 'files', op: 'rename', path: '/a', to: '/b' } });
+  assert.deepEqual(parseControlRequest({ kind: 'files', op: 'chmod', path: '/a' }), { ok: false, error: 'malformed files request' });
+  assert.deepEqual(parseControlRequest({ kind: 'files', op: 'read', path: 7 }), { ok: false, error: 'malformed files request' });
 });
 
 test('exitCodeOf: code, then 128+signal, then the fallback', () => {
@@ -254,7 +258,7 @@ test('connect waits for a supervisor that is starting, and gives up at once on a
   let server: ControlServer | undefined;
   const late = setTimeout(() => {
     void ControlServer.listen(socketPath, {
-      attach: () => undefined, exec: () => undefined, snapshot: () => undefined,
+      attach: () => undefined, exec: () => undefined, files: () => undefined, snapshot: () => undefined,
       stop: (channel) => { sendEvent(channel, { type: 'result' }); channel.close(); },
     }).then((s) => { server = s; });
   }, 150);

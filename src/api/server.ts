@@ -1,0 +1,634 @@
+/**
+ * The HTTP API of `shoal serve` (fastify): token auth, the routes of issue 16, every request
+ * validated against the schemas in schemas.ts (which also make the OpenAPI document), and one
+ * error shape. It reaches VMs only through the Core it is given.
+ */
+import crypto from 'node:crypto';
+import os from 'node:os';
+import type { ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
+import fastifySwagger from '@fastify/swagger';
+import fastifyWebsocket from '@fastify/websocket';
+import { Type } from '@sinclair/typebox';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type { WebSocket } from 'ws';
+import { parseImage } from '../container/image-ref';
+import { parsePublish } from '../network/publish';
+import { FilesError } from '../host/files-client';
+import { containerPathComponents } from '../protocol/files';
+import { ShoalError } from '../util/errors';
+import type { Core, ExecSpec, RemoteProcess, VmView } from './core';
+import { ApiError, firstLine, toApiError, type ErrorCode } from './errors';
+import { readFacts, writeFacts, type ApiFacts } from './facts';
+import { OutputCollector, ProcessTable, type ApiProcess, type ProcessLimits } from './processes';
+import type { EventRing, StoredEvent } from './ring';
+import * as S from './schemas';
+
+export const API_VERSION = '0.1.0';
+
+export interface ServerOptions {
+  token: string;
+  /** Largest JSON body (bytes). */
+  bodyLimit?: number;
+  /** Largest file a PUT or GET moves (bytes). */
+  maxFileBytes?: number;
+  /** Cap of stdout and of stderr in a buffered exec reply (bytes each). */
+  execOutputCap?: number;
+  /** Largest stdin body (bytes). */
+  stdinLimit?: number;
+  /** Default sandbox lifetime when create gives none (seconds). */
+  defaultTimeoutSec?: number;
+  processLimits?: ProcessLimits;
+  /** How often expired sandboxes are looked for (ms); 0: never. */
+  sweepMs?: number;
+  logger?: boolean;
+}
+
+export const LIMITS = {
+  bodyLimit: 1024 * 1024,
+  maxFileBytes: 1024 * 1024 * 1024,
+  execOutputCap: 1024 * 1024,
+  stdinLimit: 1024 * 1024,
+  defaultTimeoutSec: 300,
+};
+
+/** The command a sandbox created without one runs: it idles, ready for exec. */
+export const IDLE_COMMAND = ['sleep', '2147483647'];
+
+const SSE_HEADERS = { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', 'x-accel-buffering': 'no', connection: 'keep-alive' };
+
+const errors = { '4xx': S.ref(S.ErrorReply), '5xx': S.ref(S.ErrorReply) };
+const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 128 }) }, { additionalProperties: false });
+const PidParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 128 }), pid: Type.String({ pattern: '^[0-9]{1,9}$' }) }, { additionalProperties: false });
+const Token = Type.Optional(Type.String({ maxLength: 512 }));
+const PathQuery = Type.Object({ path: Type.String({ minLength: 1, maxLength: 4096 }), access_token: Token }, { additionalProperties: false });
+
+export async function buildServer(core: Core, options: ServerOptions): Promise<FastifyInstance> {
+  const limits = { ...LIMITS, ...options };
+  const app = Fastify({
+    logger: options.logger ?? false,
+    // Streams (SSE, WebSocket) would otherwise hold a closing server open.
+    forceCloseConnections: true,
+    bodyLimit: limits.bodyLimit,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true, allErrors: false } },
+  });
+  const processes = new ProcessTable(options.processLimits);
+  const tokenBytes = Buffer.from(options.token);
+
+  await app.register(fastifySwagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: { title: 'shoal API', version: API_VERSION, description: 'Sandboxes (microVMs running a container), their processes, files, snapshots and forks.' },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      security: [{ bearer: [] }],
+    },
+    refResolver: { buildLocalReference: (json, _base, _fragment, i) => String(json.$id ?? `def-${i}`) },
+  });
+  await app.register(fastifyWebsocket, { options: { maxPayload: 1024 * 1024 } });
+  for (const schema of S.NAMED_SCHEMAS) app.addSchema(schema);
+
+  // ---- auth, errors ---------------------------------------------------------------------
+
+  app.addHook('onRequest', async (request) => {
+    const header = request.headers.authorization;
+    let given: string | undefined;
+    if (typeof header === 'string' && header.startsWith('Bearer ')) given = header.slice(7);
+    else if (request.method === 'GET') {
+      const query = request.query as Record<string, unknown>;
+      if (typeof query.access_token === 'string') given = query.access_token;
+    }
+    if (given === undefined) throw new ApiError('unauthorized', 'missing token: send Authorization: Bearer TOKEN');
+    const bytes = Buffer.from(given);
+    if (bytes.length !== tokenBytes.length || !crypto.timingSafeEqual(bytes, tokenBytes)) throw new ApiError('unauthorized', 'wrong token');
+  });
+
+  app.setErrorHandler((err, _request, reply) => {
+    const apiError = classify(err);
+    if (apiError.code === 'internal' && options.logger) app.log.error(err);
+    void reply.code(apiError.status).send({ error: { code: apiError.code, message: apiError.message } });
+  });
+  app.setNotFoundHandler((request, reply) => {
+    void reply.code(404).send({ error: { code: 'not_found', message: `no route ${request.method} ${request.url.split('?')[0]}` } });
+  });
+
+  // ---- helpers --------------------------------------------------------------------------
+
+  const vmOf = (id: string): VmView => {
+    const vm = core.find(id);
+    if (!vm) throw new ApiError('not_found', `no such sandbox: ${id}`);
+    return vm;
+  };
+  const sandboxOf = (vm: VmView): S.Sandbox => {
+    const facts = readFacts(core.vmDir(vm.id));
+    return { sandboxId: vm.id, name: vm.name, state: vm.status, image: vm.image, cpus: vm.cpus, memoryMiB: vm.memoryMiB, createdAt: vm.createdAt, expiresAt: facts.expiresAt, metadata: facts.metadata, parentId: facts.parentId };
+  };
+  const expiry = (timeoutSec: number): string => new Date(Date.now() + timeoutSec * 1000).toISOString();
+  const removing = new Set<string>();
+  const removeSandbox = async (id: string): Promise<void> => {
+    if (removing.has(id)) return;
+    removing.add(id);
+    try {
+      processes.forget(id);
+      await core.remove(id);
+    } finally {
+      removing.delete(id);
+    }
+  };
+  const randomName = (prefix: string): string => `${prefix}-${crypto.randomBytes(4).toString('hex')}`;
+
+  // ---- routes ---------------------------------------------------------------------------
+
+  app.get('/v1/health', { schema: { response: { 200: S.ref(S.Health), ...errors } } }, async () => ({ status: 'ok' as const, version: API_VERSION }));
+
+  app.get('/v1/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+
+  app.post('/v1/sandboxes', { schema: { body: S.ref(S.CreateSandbox), response: { 201: S.ref(S.Sandbox), ...errors } } }, async (request, reply) => {
+    const body = request.body as S.CreateSandbox;
+    if ((body.image === undefined) === (body.snapshot === undefined)) throw new ApiError('bad_request', 'give exactly one of image and snapshot');
+    if (body.snapshot !== undefined) {
+      for (const field of ['cpus', 'memoryMiB', 'env', 'cmd', 'network', 'publish'] as const) {
+        if (body[field] !== undefined) throw new ApiError('bad_request', `${field} cannot be given with snapshot (a clone is its snapshot's VM)`);
+      }
+      if (!core.snapshots().some((s) => s.tag === body.snapshot)) throw new ApiError('not_found', `no such snapshot: ${body.snapshot}`);
+    } else {
+      try {
+        parseImage(body.image!);
+        parsePublish(body.publish ?? []);
+      } catch (err) {
+        throw new ApiError('bad_request', firstLine((err as Error).message));
+      }
+    }
+    const name = body.name ?? randomName('sbx');
+    if (core.find(name)) throw new ApiError('conflict', `the name "${name}" is already in use`);
+    const vm = await core.create({
+      name,
+      ...(body.image !== undefined ? { image: body.image } : {}),
+      ...(body.snapshot !== undefined ? { snapshot: body.snapshot } : {}),
+      cpus: body.cpus ?? 1,
+      memoryMiB: body.memoryMiB ?? 1024,
+      env: body.env ?? {},
+      cmd: body.cmd ?? IDLE_COMMAND,
+      network: body.network ?? 'rootless',
+      publish: body.publish ?? [],
+    }).catch((err: unknown) => {
+      // Input was checked above: what fails now is the VM (boot, image load), unless a racing
+      // request took the name.
+      if (err instanceof ShoalError && !/already in use/.test(err.message)) throw new ApiError('unavailable', firstLine(err.message));
+      throw err;
+    });
+    const parent = body.snapshot !== undefined ? core.snapshots().find((s) => s.tag === body.snapshot)?.parent ?? null : null;
+    writeFacts(core.vmDir(vm.id), { metadata: body.metadata ?? {}, expiresAt: expiry(body.timeoutSec ?? limits.defaultTimeoutSec), parentId: parent });
+    return reply.code(201).send(sandboxOf(vm));
+  });
+
+  app.get('/v1/sandboxes', {
+    schema: {
+      querystring: Type.Object({ access_token: Token }, { additionalProperties: false, patternProperties: { '^metadata\\..{1,128}$': Type.String({ maxLength: 1024 }) } }),
+      response: { 200: Type.Array(S.ref(S.Sandbox)), ...errors },
+    },
+  }, async (request) => {
+    const filters = Object.entries(request.query as Record<string, string>).filter(([k]) => k.startsWith('metadata.')).map(([k, v]) => [k.slice(9), v] as const);
+    return core.list().map(sandboxOf).filter((s) => filters.every(([k, v]) => s.metadata[k] === v));
+  });
+
+  app.get('/v1/sandboxes/:id', { schema: { params: IdParams, response: { 200: S.ref(S.Sandbox), ...errors } } }, async (request) => sandboxOf(vmOf((request.params as { id: string }).id)));
+
+  app.delete('/v1/sandboxes/:id', { schema: { params: IdParams, response: { 204: Type.Null(), ...errors } } }, async (request, reply) => {
+    const vm = vmOf((request.params as { id: string }).id);
+    await removeSandbox(vm.id);
+    return reply.code(204).send();
+  });
+
+  app.post('/v1/sandboxes/:id/timeout', { schema: { params: IdParams, body: S.ref(S.SetTimeout), response: { 200: S.ref(S.Sandbox), ...errors } } }, async (request) => {
+    const vm = vmOf((request.params as { id: string }).id);
+    const facts = readFacts(core.vmDir(vm.id));
+    writeFacts(core.vmDir(vm.id), { ...facts, expiresAt: expiry((request.body as { timeoutSec: number }).timeoutSec) });
+    return sandboxOf(vm);
+  });
+
+  // ---- processes ------------------------------------------------------------------------
+
+  app.post('/v1/sandboxes/:id/exec', {
+    schema: {
+      params: IdParams,
+      body: S.ref(S.Exec),
+      response: { 200: { description: 'application/json: the ExecResult; text/event-stream: events start, stdout, stderr, exit (each with an id)', content: { 'application/json': { schema: S.ref(S.ExecResult) }, 'text/event-stream': { schema: Type.String() } } }, ...errors },
+    },
+  }, async (request, reply) => {
+    const vm = vmOf((request.params as { id: string }).id);
+    const body = request.body as S.Exec;
+    if (body.vm === true && body.user !== undefined) throw new ApiError('bad_request', 'user applies to commands in the container, not with vm: true');
+    const spec: ExecSpec = {
+      argv: typeof body.cmd === 'string' ? ['/bin/sh', '-c', body.cmd] : body.cmd,
+      env: body.env ?? {},
+      vm: body.vm === true,
+      stdin: body.stdin === true,
+      ...(body.cwd !== undefined ? { cwd: body.cwd } : {}),
+      ...(body.user !== undefined ? { user: body.user } : {}),
+    };
+    processes.checkRoom(vm.id);
+    const streaming = (request.headers.accept ?? '').includes('text/event-stream');
+    const collector = streaming ? undefined : new OutputCollector(limits.execOutputCap);
+    const started = Date.now();
+    const remote = await core.exec(vm.id, spec);
+    const process = processes.add(vm.id, spec, remote, { ...(body.timeoutSec !== undefined ? { timeoutSec: body.timeoutSec } : {}), ...(collector ? { collector } : {}) });
+    if (streaming) {
+      reply.hijack();
+      reply.raw.writeHead(200, SSE_HEADERS);
+      await streamRing(reply.raw, process.ring, 0);
+      return reply;
+    }
+    const end = await process.finished;
+    if ('error' in end) throw new ApiError('conflict', end.error);
+    return { pid: process.pid, exitCode: end.exitCode, signal: end.signal, stdout: collector!.stdout, stderr: collector!.stderr, truncated: collector!.truncated, timedOut: process.timedOut, durationMs: Date.now() - started };
+  });
+
+  const processOf = (request: FastifyRequest): ApiProcess => {
+    const params = request.params as { id: string; pid: string };
+    return processes.get(vmOf(params.id).id, Number(params.pid));
+  };
+
+  app.get('/v1/sandboxes/:id/processes', { schema: { params: IdParams, response: { 200: Type.Array(S.ref(S.ProcessInfo)), ...errors } } }, async (request) => {
+    return processes.list(vmOf((request.params as { id: string }).id).id).map((p) => p.info());
+  });
+
+  app.get('/v1/sandboxes/:id/processes/:pid/events', {
+    schema: {
+      params: PidParams,
+      querystring: Type.Object({ lastEventId: Type.Optional(Type.String({ pattern: '^[0-9]{1,12}$' })), access_token: Token }, { additionalProperties: false }),
+      headers: Type.Object({ 'last-event-id': Type.Optional(Type.String({ pattern: '^[0-9]{1,12}$' })) }),
+      response: { 200: { description: 'text/event-stream: the events after Last-Event-ID', content: { 'text/event-stream': { schema: Type.String() } } }, ...errors },
+    },
+  }, async (request, reply) => {
+    const process = processOf(request);
+    const from = Number((request.headers['last-event-id'] as string | undefined) ?? (request.query as { lastEventId?: string }).lastEventId ?? 0);
+    reply.hijack();
+    reply.raw.writeHead(200, SSE_HEADERS);
+    await streamRing(reply.raw, process.ring, from);
+    return reply;
+  });
+
+  app.post('/v1/sandboxes/:id/processes/:pid/signal', { schema: { params: PidParams, body: S.ref(S.Signal), response: { 204: Type.Null(), ...errors } } }, async (request, reply) => {
+    const process = processOf(request);
+    const raw = (request.body as { signal: string }).signal;
+    const signal = raw.startsWith('SIG') ? raw : `SIG${raw}`;
+    if ((os.constants.signals as Record<string, number>)[signal] === undefined) throw new ApiError('bad_request', `unknown signal ${raw}`);
+    if (!process.running) throw new ApiError('conflict', `process ${process.pid} has ended`);
+    process.remote.signal(signal);
+    return reply.code(204).send();
+  });
+
+  // Raw bodies (stdin, file contents) are streamed, whatever their content type.
+  await app.register(async (raw) => {
+    raw.removeAllContentTypeParsers();
+    raw.addContentTypeParser('*', (_request, payload, done) => done(null, payload));
+
+    raw.post('/v1/sandboxes/:id/processes/:pid/stdin', {
+      schema: { params: PidParams, querystring: Type.Object({ eof: Type.Optional(Type.Union([Type.Literal('1'), Type.Literal('0'), Type.Literal('true'), Type.Literal('false')])) }, { additionalProperties: false }), response: { 204: Type.Null(), ...errors } },
+    }, async (request, reply) => {
+      const process = processOf(request);
+      if (!process.spec.stdin) throw new ApiError('conflict', `process ${process.pid} was started without stdin (exec with "stdin": true)`);
+      if (!process.running) throw new ApiError('conflict', `process ${process.pid} has ended`);
+      const data = await readLimited(request.body as Readable | undefined, limits.stdinLimit);
+      if (data.length > 0) await process.remote.writeStdin(data);
+      const eof = (request.query as { eof?: string }).eof;
+      if (eof === '1' || eof === 'true') process.remote.endStdin();
+      return reply.code(204).send();
+    });
+
+    raw.put('/v1/sandboxes/:id/files', { schema: { params: IdParams, querystring: PathQuery, response: { 200: S.ref(S.FileEntry), ...errors } } }, async (request) => {
+      const vm = vmOf((request.params as { id: string }).id);
+      const path = containerPath((request.query as { path: string }).path);
+      const body = request.body as Readable | undefined;
+      const declared = Number(request.headers['content-length'] ?? 0);
+      if (declared > limits.maxFileBytes) throw new ApiError('payload_too_large', `the body is larger than ${limits.maxFileBytes} bytes`);
+      return core.files.write(vm.id, path, body ?? emptyBody(), limits.maxFileBytes);
+    });
+  });
+
+  // ---- files ----------------------------------------------------------------------------
+
+  app.get('/v1/sandboxes/:id/files', {
+    schema: { params: IdParams, querystring: PathQuery, response: { 200: { description: 'the file\'s bytes', content: { 'application/octet-stream': { schema: Type.String({ format: 'binary' }) } } }, ...errors } },
+  }, async (request, reply) => {
+    const vm = vmOf((request.params as { id: string }).id);
+    const { entry, body } = await core.files.read(vm.id, containerPath((request.query as { path: string }).path), limits.maxFileBytes);
+    void reply.header('content-type', 'application/octet-stream').header('x-file-size', String(entry.size));
+    return reply.send(body);
+  });
+
+  app.delete('/v1/sandboxes/:id/files', { schema: { params: IdParams, querystring: PathQuery, response: { 204: Type.Null(), ...errors } } }, async (request, reply) => {
+    const vm = vmOf((request.params as { id: string }).id);
+    await core.files.remove(vm.id, containerPath((request.query as { path: string }).path));
+    return reply.code(204).send();
+  });
+
+  app.get('/v1/sandboxes/:id/fs/list', {
+    schema: { params: IdParams, querystring: PathQuery, response: { 200: Type.Object({ entries: Type.Array(S.ref(S.FileEntry)), truncated: Type.Boolean() }, { additionalProperties: false }), ...errors } },
+  }, async (request) => {
+    const vm = vmOf((request.params as { id: string }).id);
+    return core.files.list(vm.id, containerPath((request.query as { path: string }).path));
+  });
+
+  app.get('/v1/sandboxes/:id/fs/stat', { schema: { params: IdParams, querystring: PathQuery, response: { 200: S.ref(S.FileEntry), ...errors } } }, async (request) => {
+    const vm = vmOf((request.params as { id: string }).id);
+    return core.files.stat(vm.id, containerPath((request.query as { path: string }).path));
+  });
+
+  app.post('/v1/sandboxes/:id/fs/mkdir', {
+    schema: { params: IdParams, body: S.ref(S.PathBody), response: { 200: Type.Object({ created: Type.Boolean() }, { additionalProperties: false }), ...errors } },
+  }, async (request) => {
+    const vm = vmOf((request.params as { id: string }).id);
+    return { created: await core.files.mkdir(vm.id, containerPath((request.body as { path: string }).path)) };
+  });
+
+  app.post('/v1/sandboxes/:id/fs/rename', { schema: { params: IdParams, body: S.ref(S.RenameBody), response: { 200: S.ref(S.FileEntry), ...errors } } }, async (request) => {
+    const vm = vmOf((request.params as { id: string }).id);
+    const body = request.body as { from: string; to: string };
+    return core.files.rename(vm.id, containerPath(body.from), containerPath(body.to));
+  });
+
+  // ---- logs -----------------------------------------------------------------------------
+
+  app.get('/v1/sandboxes/:id/logs', {
+    schema: {
+      params: IdParams,
+      querystring: Type.Object({ follow: Type.Optional(Type.Union([Type.Literal('1'), Type.Literal('0'), Type.Literal('true'), Type.Literal('false')])), access_token: Token }, { additionalProperties: false }),
+      response: { 200: Type.Object({ logs: Type.Array(Type.Object({ stream: Type.String(), data: Type.String() })), truncated: Type.Boolean() }), ...errors },
+    },
+  }, async (request, reply) => {
+    const vm = vmOf((request.params as { id: string }).id);
+    const follow = ['1', 'true'].includes((request.query as { follow?: string }).follow ?? '');
+    if (!follow) {
+      const { records, offset } = core.logs(vm.id, 0, limits.execOutputCap);
+      const more = core.logs(vm.id, offset, 1).records.length > 0;
+      return { logs: records.map((r) => ({ stream: r.stream, data: r.data.toString('utf8') })), truncated: more };
+    }
+    reply.hijack();
+    reply.raw.writeHead(200, SSE_HEADERS);
+    await followLogs(core, vm.id, reply.raw);
+    return reply;
+  });
+
+  // ---- snapshots, fork ------------------------------------------------------------------
+
+  app.post('/v1/sandboxes/:id/snapshots', { schema: { params: IdParams, body: S.ref(S.SnapshotCreate), response: { 201: S.ref(S.SnapshotCreated), ...errors } } }, async (request, reply) => {
+    const vm = vmOf((request.params as { id: string }).id);
+    const tag = (request.body as { tag: string }).tag;
+    if (core.snapshots().some((s) => s.tag === tag)) throw new ApiError('conflict', `snapshot ${tag} already exists`);
+    const result = await core.snapshot(vm.id, tag);
+    return reply.code(201).send({ tag: result.tag, parent: vm.id, pauseMs: result.pauseMs });
+  });
+
+  app.get('/v1/snapshots', { schema: { response: { 200: Type.Array(S.ref(S.SnapshotInfo)), ...errors } } }, async () => core.snapshots());
+
+  app.delete('/v1/snapshots/:tag', { schema: { params: Type.Object({ tag: Type.String({ minLength: 1, maxLength: 128 }) }, { additionalProperties: false }), response: { 204: Type.Null(), ...errors } } }, async (request, reply) => {
+    const tag = (request.params as { tag: string }).tag;
+    if (!core.snapshots().some((s) => s.tag === tag)) throw new ApiError('not_found', `no such snapshot: ${tag}`);
+    core.removeSnapshot(tag);
+    return reply.code(204).send();
+  });
+
+  app.post('/v1/sandboxes/:id/fork', { schema: { params: IdParams, body: S.ref(S.Fork), response: { 201: Type.Array(S.ref(S.ForkEntry)), ...errors } } }, async (request, reply) => {
+    const vm = vmOf((request.params as { id: string }).id);
+    const body = request.body as { count: number; timeoutSec?: number; metadata?: Record<string, string> };
+    const stem = `${vm.name.slice(0, 40)}-${crypto.randomBytes(3).toString('hex')}`;
+    const names = Array.from({ length: body.count }, (_, i) => `${stem}-${i + 1}`);
+    const children = await core.fork(vm.id, names);
+    const facts: Omit<ApiFacts, 'expiresAt'> = { metadata: body.metadata ?? readFacts(core.vmDir(vm.id)).metadata, parentId: vm.id };
+    const out = children.map((child) => {
+      if (child instanceof Error) {
+        const e = classify(child);
+        return { error: { code: e.code, message: e.message } };
+      }
+      writeFacts(core.vmDir(child.id), { ...facts, expiresAt: expiry(body.timeoutSec ?? limits.defaultTimeoutSec) });
+      return { sandbox: sandboxOf(child) };
+    });
+    return reply.code(201).send(out);
+  });
+
+  // ---- PTY ------------------------------------------------------------------------------
+
+  app.get('/v1/sandboxes/:id/pty', {
+    websocket: true,
+    schema: {
+      params: IdParams,
+      querystring: Type.Object({
+        cols: Type.Optional(Type.String({ pattern: '^[0-9]{1,4}$' })),
+        rows: Type.Optional(Type.String({ pattern: '^[0-9]{1,4}$' })),
+        cmd: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })),
+        access_token: Token,
+      }, { additionalProperties: false }),
+    },
+    preHandler: async (request) => {
+      const q = request.query as { cols?: string; rows?: string };
+      for (const [k, v] of Object.entries({ cols: q.cols, rows: q.rows })) {
+        if (v !== undefined && (Number(v) < 1 || Number(v) > 1000)) throw new ApiError('bad_request', `${k} must be 1 to 1000`);
+      }
+      const vm = vmOf((request.params as { id: string }).id);
+      if (vm.status !== 'running') throw new ApiError('conflict', `sandbox ${vm.id} is ${vm.status}, not running`);
+    },
+  }, (socket: WebSocket, request: FastifyRequest) => {
+    const q = request.query as { cols?: string; rows?: string; cmd?: string };
+    const vm = vmOf((request.params as { id: string }).id);
+    void runPty(core, vm.id, socket, { cols: Number(q.cols ?? 80), rows: Number(q.rows ?? 24), cmd: q.cmd ?? '/bin/sh' });
+  });
+
+  // ---- expiry ---------------------------------------------------------------------------
+
+  const sweepMs = options.sweepMs ?? 1000;
+  if (sweepMs > 0) {
+    const timer = setInterval(() => {
+      const now = Date.now();
+      for (const vm of core.list()) {
+        const { expiresAt } = readFacts(core.vmDir(vm.id));
+        if (expiresAt !== null && Date.parse(expiresAt) <= now) void removeSandbox(vm.id).catch(() => undefined);
+      }
+    }, sweepMs);
+    timer.unref();
+    app.addHook('onClose', async () => clearInterval(timer));
+  }
+  app.addHook('preClose', async () => {
+    for (const vm of core.list()) processes.forget(vm.id);
+  });
+  return app;
+}
+
+/** One line for every kind of failure a route can meet. */
+function classify(err: unknown): ApiError {
+  if (err instanceof ApiError) return err;
+  if (err instanceof FilesError) return new ApiError(filesStatus(err.code), err.message);
+  if (err instanceof ShoalError) return toApiError(err);
+  const e = err as { validation?: Array<{ keyword: string; instancePath: string; message?: string; params: Record<string, unknown> }>; validationContext?: string; code?: string; statusCode?: number; message?: string };
+  if (e.validation && e.validation.length > 0) {
+    const v = e.validation[0]!;
+    const where = `${e.validationContext ?? 'request'}${v.instancePath.replace(/\//g, '.')}`;
+    if (v.keyword === 'additionalProperties') return new ApiError('bad_request', `unknown field "${String(v.params.additionalProperty)}" in ${where}`);
+    return new ApiError('bad_request', `${where} ${v.message ?? 'is invalid'}`);
+  }
+  if (e.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return new ApiError('payload_too_large', 'the request body is larger than the limit');
+  if (e.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') return new ApiError('bad_request', 'send the body as application/json');
+  if (e.code === 'FST_ERR_CTP_EMPTY_JSON_BODY') return new ApiError('bad_request', 'the JSON body is empty');
+  if (e.code === 'FST_ERR_CTP_INVALID_JSON_BODY' || err instanceof SyntaxError) return new ApiError('bad_request', `malformed JSON: ${firstLine(e.message ?? '')}`);
+  if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) return new ApiError(e.statusCode === 413 ? 'payload_too_large' : 'bad_request', firstLine(e.message ?? 'bad request'));
+  return toApiError(err);
+}
+
+function filesStatus(code: string): ErrorCode {
+  switch (code) {
+    case 'ENOENT':
+      return 'not_found';
+    case 'EOUTSIDE':
+    case 'EINVAL':
+    case 'ELOOP':
+    case 'ENAMETOOLONG':
+      return 'bad_request';
+    case 'EFBIG':
+      return 'payload_too_large';
+    case 'EIO':
+      return 'unavailable';
+    default:
+      return 'conflict'; // EISDIR, ENOTDIR, EEXIST, ENOTEMPTY, EACCES, ENOCONTAINER, ...
+  }
+}
+
+function containerPath(value: string): string {
+  const parsed = containerPathComponents(value);
+  if ('problem' in parsed) throw new ApiError('bad_request', parsed.problem);
+  return `/${parsed.components.join('/')}`;
+}
+
+async function* emptyBody(): AsyncGenerator<Buffer> {}
+
+/**
+ * Reads a raw body of at most `limit` bytes. Past the limit the rest is read and dropped (up to
+ * a bound), so the client, which is still sending, gets the 413 instead of a reset connection.
+ */
+async function readLimited(body: Readable | undefined, limit: number): Promise<Buffer> {
+  if (!body) return Buffer.alloc(0);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body) {
+    size += (chunk as Buffer).length;
+    if (size > limit * 16 + 1024 * 1024) {
+      body.destroy();
+      break;
+    }
+    if (size <= limit) chunks.push(chunk as Buffer);
+  }
+  if (size > limit) throw new ApiError('payload_too_large', `the body is larger than ${limit} bytes`);
+  return Buffer.concat(chunks);
+}
+
+function sseEvent(stored: StoredEvent): string {
+  const { type, ...rest } = stored.event;
+  return `id: ${stored.id}\nevent: ${type}\ndata: ${JSON.stringify(rest)}\n\n`;
+}
+
+/**
+ * Writes the ring's events after `from` to an SSE response until the process ends or the client
+ * goes. A slow client is waited for (drain); one that fell behind the ring is told how many
+ * events it missed (event `gap`). The process never waits for a client.
+ */
+async function streamRing(res: ServerResponse, ring: EventRing, from: number): Promise<void> {
+  let cursor = from;
+  let gone = false;
+  const closed = new Promise<void>((resolve) => res.once('close', () => { gone = true; resolve(); }));
+  while (!gone) {
+    const { events, missed } = ring.after(cursor);
+    if (missed > 0) res.write(`event: gap\ndata: ${JSON.stringify({ missed })}\n\n`);
+    for (const stored of events) {
+      if (gone) break;
+      cursor = stored.id;
+      if (!res.write(sseEvent(stored))) await Promise.race([new Promise((r) => res.once('drain', r)), closed]);
+    }
+    if (ring.closed && cursor >= ring.lastId) break;
+    await Promise.race([ring.waitAfter(cursor), closed]);
+  }
+  if (!gone) res.end();
+}
+
+/** Follows the container log as SSE (ids are byte offsets) until the sandbox stops running. */
+async function followLogs(core: Core, id: string, res: ServerResponse): Promise<void> {
+  let offset = 0;
+  let gone = false;
+  res.once('close', () => { gone = true; });
+  while (!gone) {
+    const { records, offset: next } = core.logs(id, offset, 256 * 1024);
+    offset = next;
+    for (const r of records) res.write(`id: ${offset}\nevent: ${r.stream}\ndata: ${JSON.stringify({ data: r.data.toString('utf8') })}\n\n`);
+    if (records.length > 0) continue;
+    const vm = core.find(id);
+    if (!vm || (vm.status !== 'running' && vm.status !== 'starting' && vm.status !== 'creating')) {
+      res.write(`event: end\ndata: ${JSON.stringify({ state: vm?.status ?? 'removed' })}\n\n`);
+      break;
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  if (!gone) res.end();
+}
+
+/** A terminal over a WebSocket: binary frames both ways, text frames for resize, exit in the close reason. */
+async function runPty(core: Core, id: string, socket: WebSocket, options: { cols: number; rows: number; cmd: string }): Promise<void> {
+  // Listen at once: what the client sends while the terminal is being set up (its first
+  // command, a resize) is held, up to a bound, and delivered in order once it runs.
+  const early: Array<{ data: Buffer; isBinary: boolean }> = [];
+  let earlyBytes = 0;
+  let remote: RemoteProcess | undefined;
+  let closed = false;
+  const deliver = (target: RemoteProcess, data: Buffer, isBinary: boolean): void => {
+    if (isBinary) {
+      void target.writeStdin(data);
+      return;
+    }
+    try {
+      const message = JSON.parse(data.toString()) as { type?: unknown; cols?: unknown; rows?: unknown };
+      const ok = (n: unknown): n is number => typeof n === 'number' && Number.isInteger(n) && n >= 1 && n <= 1000;
+      if (message.type === 'resize' && ok(message.cols) && ok(message.rows)) target.resize(message.cols, message.rows);
+    } catch {
+      // not JSON: ignored
+    }
+  };
+  socket.on('message', (data: Buffer, isBinary: boolean) => {
+    const copy = Buffer.from(data);
+    if (remote) {
+      deliver(remote, copy, isBinary);
+      return;
+    }
+    earlyBytes += copy.length;
+    if (earlyBytes > 1024 * 1024) {
+      socket.close(1009, JSON.stringify({ error: 'too much input before the terminal started' }));
+      return;
+    }
+    early.push({ data: copy, isBinary });
+  });
+  socket.on('close', () => {
+    closed = true;
+    remote?.close();
+  });
+  try {
+    remote = await core.exec(id, { argv: ['/bin/sh', '-c', options.cmd], env: { TERM: 'xterm-256color' }, vm: false, stdin: true, tty: { cols: options.cols, rows: options.rows } });
+  } catch (err) {
+    socket.close(1011, JSON.stringify({ error: classify(err).message.slice(0, 100) }));
+    return;
+  }
+  if (closed) {
+    remote.close();
+    return;
+  }
+  for (const { data, isBinary } of early.splice(0)) deliver(remote, data, isBinary);
+  const running = remote;
+  running.onOutput((_stream, data) => new Promise<void>((resolve) => {
+    if (socket.readyState !== socket.OPEN) {
+      resolve();
+      return;
+    }
+    socket.send(data, { binary: true }, () => resolve());
+  }));
+  const end = await running.done;
+  if (socket.readyState === socket.OPEN) {
+    socket.close(1000, JSON.stringify('error' in end ? { exitCode: null, error: end.error.slice(0, 80) } : { exitCode: end.exitCode ?? (end.signal ? 128 + ((os.constants.signals as Record<string, number>)[end.signal] ?? 0) : null) }));
+  }
+}
+
+export type { FastifyInstance, FastifyReply };

@@ -1,0 +1,190 @@
+/**
+ * `shoal serve` and `shoal mcp` end to end: the SDK against a real server and real VMs. Lean:
+ * one 1-vCPU sandbox shared by the cases, one fork of 3 and one clone of a snapshot, and the MCP
+ * server over stdio reusing the image cache the first sandbox filled. Cases run in order.
+ */
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
+import { CommandExitError, Shoal, ShoalApiError, type Sandbox } from '../../sdk/src/index';
+import { busyboxImageForFile } from '../helpers/images';
+import { SHOAL_BIN, ShoalSandbox, waitUntil } from '../helpers/shoal-cli';
+
+const image = busyboxImageForFile();
+const cli = new ShoalSandbox('api');
+let serve: ChildProcess;
+let shoal: Shoal;
+let sbx: Sandbox;
+let url = '';
+let token = '';
+
+before(async () => {
+  serve = spawn(SHOAL_BIN, ['serve', '--listen', '127.0.0.1:0'], { env: cli.env(), stdio: ['ignore', 'pipe', 'pipe'] });
+  serve.stderr!.on('data', () => undefined);
+  const line = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('shoal serve did not start')), 20_000);
+    serve.stdout!.once('data', (d: Buffer) => { clearTimeout(timer); resolve(d.toString()); });
+    serve.once('exit', (code) => reject(new Error(`shoal serve exited with ${code}`)));
+  });
+  const started = JSON.parse(line) as { url: string; tokenFile: string };
+  url = started.url;
+  assert.equal(fs.statSync(started.tokenFile).mode & 0o777, 0o600);
+  token = fs.readFileSync(started.tokenFile, 'utf8').trim();
+  shoal = new Shoal({ baseUrl: url, token });
+  sbx = await shoal.sandboxes.create({ image: image.ref, memoryMiB: 512, metadata: { suite: 'api-e2e' }, timeoutMs: 900_000 });
+});
+
+after(async () => {
+  serve?.kill('SIGTERM');
+  cli.cleanup();
+});
+
+describe('shoal serve', { timeout: 600_000 }, () => {
+  it('the sandbox runs and the CLI sees it (and execs in it)', async () => {
+    assert.equal(sbx.info.state, 'running');
+    assert.deepEqual(sbx.info.metadata, { suite: 'api-e2e' });
+    const listed = await cli.vm(sbx.info.name);
+    assert.equal(listed?.id, sbx.sandboxId);
+    assert.equal(listed?.state, 'running');
+    const viaCli = await cli.run(['exec', sbx.info.name, '--', 'echo', 'from the cli'], { timeoutMs: 60_000 });
+    assert.equal(viaCli.stdout.toString(), 'from the cli\n');
+  });
+
+  it('runs commands buffered, with cwd, env and exit codes', async () => {
+    const result = await sbx.commands.run('echo "$A" ; pwd; echo err >&2', { envs: { A: 'set by the api' }, cwd: '/tmp' });
+    assert.equal(result.stdout, 'set by the api\n/tmp\n');
+    assert.equal(result.stderr, 'err\n');
+    await assert.rejects(sbx.commands.run('exit 4'), (err: unknown) => err instanceof CommandExitError && err.exitCode === 4);
+  });
+
+  it('streams output, and a dropped stream is resumed from the ring', async () => {
+    const seen: string[] = [];
+    const handle = await sbx.commands.run('for i in 1 2 3 4; do echo line$i; sleep 0.5; done', { background: true, onStdout: (d) => seen.push(d) });
+    await waitUntil('the first line', 30_000, () => seen.length > 0);
+    handle.disconnect();
+    const again = await sbx.commands.connect(handle.pid);
+    const result = await again.wait();
+    assert.equal(result.stdout, 'line1\nline2\nline3\nline4\n', 'nothing lost across the drop');
+  });
+
+  it('feeds stdin and delivers signals', async () => {
+    const cat = await sbx.commands.run(['cat'], { background: true, stdin: true });
+    await cat.sendStdin('to stdin\n', { eof: true });
+    assert.equal((await cat.wait()).stdout, 'to stdin\n');
+    // In the guest OS the signal reaches the process itself.
+    const sleeper = await sbx.commands.run(['sleep', '100'], { background: true, vm: true });
+    await sleeper.kill('SIGTERM');
+    await assert.rejects(sleeper.wait(), (err: unknown) => err instanceof CommandExitError && err.result.signal === 'SIGTERM');
+  });
+
+  it('moves files through the agent, 10 MiB included, and refuses paths outside the container', async () => {
+    await sbx.files.write('/work/hello.txt', 'hello from the api\n');
+    assert.equal((await sbx.commands.run('cat /work/hello.txt')).stdout, 'hello from the api\n');
+    await sbx.commands.run('echo written in the container > /work/from-container.txt');
+    assert.equal(await sbx.files.read('/work/from-container.txt'), 'written in the container\n');
+    const big = Buffer.alloc(10 * 1024 * 1024);
+    for (let i = 0; i < big.length; i += 4) big.writeUInt32LE((i * 2654435761) >>> 0, i);
+    const entry = await sbx.files.write('/work/big.bin', big);
+    assert.equal(entry.size, big.length);
+    const back = Buffer.from(await sbx.files.read('/work/big.bin', { format: 'bytes' }));
+    assert.ok(back.equals(big), '10 MiB round trip');
+    assert.equal(await sbx.files.makeDir('/work/sub/deeper'), true);
+    await sbx.files.rename('/work/hello.txt', '/work/sub/hello.txt');
+    assert.deepEqual((await sbx.files.list('/work')).map((e) => `${e.name}:${e.type}`).sort(), ['big.bin:file', 'from-container.txt:file', 'sub:dir']);
+    await sbx.files.remove('/work/big.bin');
+    assert.equal(await sbx.files.exists('/work/big.bin'), false);
+    // A symlink in the container to / stays in the container.
+    await sbx.commands.run('busybox ln -s / /work/escape');
+    assert.equal(await sbx.files.read('/work/escape/etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n');
+    await assert.rejects(sbx.files.read('/work/../../etc/shadow'), (err: unknown) => err instanceof ShoalApiError && err.status === 400);
+    await assert.rejects(sbx.files.read('/no/such/file'), (err: unknown) => err instanceof ShoalApiError && err.status === 404);
+  });
+
+  it('opens a PTY over a WebSocket, resizes it, and reports the exit code', async () => {
+    let output = '';
+    const pty = await sbx.pty.create({ cols: 80, rows: 24, onData: (d) => { output += Buffer.from(d).toString(); } });
+    pty.sendInput('stty size\n');
+    await waitUntil('the first size', 30_000, () => output.includes('24 80'));
+    pty.resize({ cols: 100, rows: 30 });
+    await new Promise((r) => setTimeout(r, 500));
+    pty.sendInput('stty size\n');
+    await waitUntil('the new size', 30_000, () => output.includes('30 100'));
+    pty.sendInput('exit 3\n');
+    assert.deepEqual(await pty.wait(), { exitCode: 3 });
+  });
+
+  it('answers 401, 400 and 404 over the wire', async () => {
+    await assert.rejects(new Shoal({ baseUrl: url, token: 'not-the-token-at-all' }).sandboxes.list(), (err: unknown) => err instanceof ShoalApiError && err.status === 401);
+    await assert.rejects(sbx.fork({ count: 101 }), (err: unknown) => err instanceof ShoalApiError && err.status === 400 && /count must be <= 100/.test(err.message));
+    await assert.rejects(shoal.sandboxes.get('000000000000'), (err: unknown) => err instanceof ShoalApiError && err.status === 404);
+    assert.deepEqual((await sbx.logs()), [], 'the idle command wrote nothing');
+  });
+
+  it('snapshots, clones the snapshot, and forks 3 children that see the parent\'s file and not each other\'s writes', async () => {
+    await sbx.files.write('/shared/parent.txt', 'written before the fork\n');
+    const snap = await sbx.snapshot('api-snap');
+    assert.equal(snap.parent, sbx.sandboxId);
+    assert.ok(snap.pauseMs >= 0);
+    assert.deepEqual((await shoal.snapshots.list()).map((s) => s.tag), ['api-snap']);
+    const clone = await shoal.sandboxes.create({ snapshot: 'api-snap' });
+    assert.equal(clone.info.parentId, sbx.sandboxId);
+    assert.equal(await clone.files.read('/shared/parent.txt'), 'written before the fork\n');
+    await clone.kill();
+    await shoal.snapshots.remove('api-snap');
+
+    const children = await sbx.fork({ count: 3, metadata: { role: 'child' } });
+    assert.equal(children.length, 3);
+    const kids = children.map((c) => {
+      assert.ok(!(c instanceof Error), String(c));
+      return c as Sandbox;
+    });
+    for (const [i, kid] of kids.entries()) {
+      assert.equal(kid.info.parentId, sbx.sandboxId);
+      assert.equal(await kid.files.read('/shared/parent.txt'), 'written before the fork\n');
+      await kid.files.write('/shared/own.txt', `child ${i}\n`);
+    }
+    for (const [i, kid] of kids.entries()) assert.equal((await kid.commands.run('cat /shared/own.txt')).stdout, `child ${i}\n`);
+    assert.equal(await sbx.files.exists('/shared/own.txt'), false, 'the parent does not see its children\'s writes');
+    assert.equal((await shoal.sandboxes.list({ metadata: { role: 'child' } })).length, 3);
+
+    // Timeout expiry: one child's lifetime is cut to a second.
+    await kids[2]!.setTimeout(1000);
+    await waitUntil('the expired child to be removed', 30_000, async () => !(await kids[2]!.isRunning()));
+    assert.equal(await cli.vm(kids[2]!.info.name), undefined, 'gone for the CLI too');
+    await kids[0]!.kill();
+    await kids[1]!.kill();
+  });
+
+  it('shoal mcp over stdio: lists tools, creates, runs, forks', async () => {
+    const transport = new StdioClientTransport({ command: SHOAL_BIN, args: ['mcp'], env: cli.env() as Record<string, string>, stderr: 'ignore' });
+    const client = new Client({ name: 'e2e', version: '1' });
+    await client.connect(transport);
+    try {
+      const text = (r: unknown): string => (r as { content: Array<{ text: string }> }).content[0]!.text;
+      const { tools } = await client.listTools();
+      assert.ok(['create_sandbox', 'run_command', 'fork_sandbox', 'read_file', 'write_file'].every((n) => tools.some((t) => t.name === n)));
+      const created = JSON.parse(text(await client.callTool({ name: 'create_sandbox', arguments: { image: image.ref, memoryMiB: 512 } }, undefined, { timeout: 300_000 }))) as { sandboxId: string };
+      const ran = JSON.parse(text(await client.callTool({ name: 'run_command', arguments: { sandboxId: created.sandboxId, cmd: 'echo via mcp' } }, undefined, { timeout: 120_000 }))) as { stdout: string };
+      assert.equal(ran.stdout, 'via mcp\n');
+      // The first sandbox booted (the one made here came from the image cache, which cannot be forked).
+      const forked = JSON.parse(text(await client.callTool({ name: 'fork_sandbox', arguments: { sandboxId: sbx.sandboxId, count: 1 } }, undefined, { timeout: 300_000 }))) as Array<{ sandbox: { sandboxId: string } }>;
+      assert.equal(forked.length, 1);
+      for (const id of [created.sandboxId, forked[0]!.sandbox.sandboxId]) {
+        assert.equal(text(await client.callTool({ name: 'remove_sandbox', arguments: { sandboxId: id } }, undefined, { timeout: 120_000 })), 'ok');
+      }
+    } finally {
+      await client.close();
+    }
+  });
+
+  it('delete removes the VM; nothing of it is left', async () => {
+    await sbx.kill();
+    await assert.rejects(shoal.sandboxes.get(sbx.sandboxId), (err: unknown) => err instanceof ShoalApiError && err.status === 404);
+    assert.deepEqual(await cli.json(['ls', '--json']), []);
+    await waitUntil('no process of the suite', 10_000, () => cli.processes().length === 0);
+    assert.deepEqual(cli.leftovers().filter((f) => !f.startsWith('names') && f !== 'api-token'), []);
+  });
+});
