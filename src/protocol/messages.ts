@@ -77,6 +77,8 @@ export interface Hello {
    * its own MAC and address on the shared bridge); applied to eth0 before the HELLO_ACK.
    */
   network?: GuestNetworkIdentity;
+  /** A clone's own host name (it still carries its source's); set before the HELLO_ACK. */
+  hostname?: string;
 }
 
 export interface GuestNetworkIdentity {

@@ -13,7 +13,7 @@ import { loadAssets, type GuestAssets } from '../assets/setup';
 import { imageSourceOf, loadedImageFrom } from '../container/image-ref';
 import { podmanExecArgv, podmanLoadArgv, podmanPullArgv, podmanRunArgv, podmanWaitRunningArgv } from '../container/podman-argv';
 import { execCollect, request } from '../host/exec-client';
-import { openAgentSession } from '../host/agent-session';
+import { openAgentSession, type CloneIdentity } from '../host/agent-session';
 import { GatedStream } from '../protocol/gate';
 import type { Channel, Mux } from '../protocol/mux';
 import { readSnapshotDir, snapshotFiles } from '../snapshot/store';
@@ -27,7 +27,7 @@ import { backendFor } from '../vmm/select';
 import { relayChannels } from './relay';
 import { waitHealthy } from './health-check';
 import { serveDirectoryMaps, type ServedMap } from './directory-maps';
-import type { ExecRequest, GuestNetworkIdentity } from '../protocol/messages';
+import type { ExecRequest } from '../protocol/messages';
 import { ControlServer, refuse, sendEvent } from '../control/server';
 import type { ExecControlRequest } from '../control/messages';
 import { cachedImageSnapshot, touchImageCache } from '../snapshot/image-cache';
@@ -225,9 +225,10 @@ export class Supervisor {
     await this.network.createTapIfNeeded(backend, spec.net);
     this.vm = await backend.restore(spec);
     await this.network.attachTapToBridge(backend, spec.net);
-    await this.connectVm(this.vm, this.network.bridgedIdentity());
-    // The guest still carries its source's hostname.
-    await execCollect(this.agent!, { argv: ['sh', '-c', 'echo "$1" > /proc/sys/kernel/hostname', 'sh', this.record.config.name] }).catch(() => undefined);
+    // The guest still carries its source's hostname (and, bridged, its MAC and address): its
+    // agent takes the clone's before it answers, so the clone runs once the answer is in.
+    const network = this.network.bridgedIdentity();
+    await this.connectVm(this.vm, { hostname: this.record.config.name, ...(network ? { network } : {}) });
     if (options.announce === false) return;
     this.setState('running', (r) => { r.startedAt = new Date().toISOString(); });
     this.attachments.running();
@@ -286,7 +287,7 @@ export class Supervisor {
     }
   }
 
-  private async connectVm(vm: VmHandle, network?: GuestNetworkIdentity): Promise<void> {
+  private async connectVm(vm: VmHandle, clone: CloneIdentity = {}): Promise<void> {
     this.setState('starting', (r) => { r.vmmPid = vm.pid; });
     void vm.exited.then((exit) => {
       if (!this.finished && !this.stopRequested) {
@@ -299,7 +300,7 @@ export class Supervisor {
       this.gate = new GatedStream(await vm.connectAgent(timeoutMs));
       return this.gate;
     };
-    this.agent = await openAgentSession(gated, AGENT_TIMEOUT_MS, network);
+    this.agent = await openAgentSession(gated, AGENT_TIMEOUT_MS, clone);
     this.agent.on('close', () => {
       if (!this.finished && !this.stopRequested) void this.finish('failed', { error: 'lost the connection to the guest agent' });
     });
