@@ -11,7 +11,7 @@ import { promisify } from 'node:util';
 import path from 'node:path';
 import { loadAssets, type GuestAssets } from '../assets/setup';
 import { imageSourceOf, loadedImageFrom } from '../container/image-ref';
-import { podmanExecArgv, podmanLoadArgv, podmanPullArgv, podmanRunArgv, podmanWaitRunningArgv } from '../container/podman-argv';
+import { MAIN_CONTAINER, podmanExecArgv, podmanLoadArgv, podmanPullArgv, podmanRunArgv, podmanWaitRunningArgv } from '../container/podman-argv';
 import { execCollect, request } from '../host/exec-client';
 import { openAgentSession, type CloneIdentity } from '../host/agent-session';
 import { GatedStream } from '../protocol/gate';
@@ -464,6 +464,8 @@ export class Supervisor {
     const agentRequest: ExecRequest = { kind: 'exec', argv, stdin: interactive };
     if (tty) agentRequest.tty = tty;
     if (req.vm) agentRequest.env = env;
+    // The agent enters the container directly (crun exec) when it can; argv is its fallback.
+    else agentRequest.container = { name: MAIN_CONTAINER, argv: command, env };
     relayChannels(channel, this.agent.open({ ...agentRequest }));
   }
 }
