@@ -138,7 +138,10 @@ describe('tcpDestroyEstablished', () => {
     // Aborting one end resets its local peer, which is then gone before its turn (not counted).
     assert.ok(Number(r.destroyed) >= 2 && Number(r.destroyed) <= 4, JSON.stringify(r));
     assert.equal(r.left, '');
-    assert.deepEqual(r.events, ['client ECONNABORTED', 'client ECONNABORTED']);
+    // Each client was aborted itself (ECONNABORTED) or reset by its aborted peer (ECONNRESET),
+    // whichever end the dump listed first.
+    assert.equal((r.events as string[]).length, 2, JSON.stringify(r));
+    for (const e of r.events as string[]) assert.match(e, /^client (ECONNABORTED|ECONNRESET)$/);
   });
 });
 
