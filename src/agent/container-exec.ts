@@ -157,6 +157,17 @@ export function execPid(pidFile: string): number | undefined {
   }
 }
 
+/** SIGKILL for the container process of a direct exec whose host went away (crun passes no signal on). */
+export function killExecProcess(direct: DirectExec | undefined): void {
+  const pid = direct ? execPid(direct.pidFile) : undefined;
+  if (pid === undefined) return;
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // already gone
+  }
+}
+
 function readJson(file: string, limit: number): unknown {
   let fd: number | undefined;
   try {

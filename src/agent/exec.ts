@@ -7,7 +7,7 @@ import type { Readable } from 'node:stream';
 import type { ExecRequest } from '../protocol/messages';
 import { STDERR, STDIN, STDOUT, type Channel } from '../protocol/mux';
 import { terminalSizeOf } from '../protocol/messages';
-import { enterContainer, execPid } from './container-exec';
+import { enterContainer, execPid, killExecProcess } from './container-exec';
 import { baseEnv } from './environment';
 import { runTtyExec } from './tty-exec';
 
@@ -76,7 +76,11 @@ export function runExec(request: ExecRequest, channel: Channel): void {
   // snapshot, whose new host watches it with `podman wait`); its output is then read and dropped.
   channel.on('close', () => {
     if (request.persistent === true) return;
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    if (child.exitCode === null && child.signalCode === null) {
+      // A killed crun would leave the process it started running in the container.
+      killExecProcess(direct);
+      child.kill('SIGKILL');
+    }
   });
 
   // Output goes to whichever channel follows the process now: a persistent one (the main

@@ -10,7 +10,7 @@ import * as pty from 'node-pty';
 import type { ExecRequest, TerminalSize } from '../protocol/messages';
 import { terminalSizeOf } from '../protocol/messages';
 import { STDIN, STDOUT, type Channel } from '../protocol/mux';
-import { enterContainer, execPid } from './container-exec';
+import { enterContainer, execPid, killExecProcess } from './container-exec';
 import { baseEnv } from './environment';
 
 export function runTtyExec(request: ExecRequest, size: TerminalSize, channel: Channel): void {
@@ -52,6 +52,7 @@ export function runTtyExec(request: ExecRequest, size: TerminalSize, channel: Ch
   });
   channel.on('close', () => {
     if (request.persistent === true) return;
+    killExecProcess(direct);
     try { terminal.kill('SIGKILL'); } catch { /* already gone */ }
   });
 
