@@ -9,7 +9,6 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { directContainerExec, execPid, mergeEnv, type ContainerPaths } from '../../src/agent/container-exec';
-import { buildQemuArgv, qemuPaths, TCG_TB_SIZE_MIB } from '../../src/vmm/qemu/argv';
 
 const ID = 'a'.repeat(64);
 let dir = '';
@@ -79,15 +78,4 @@ test('podman is left to do it when the container is unknown, not running, or its
   fs.writeFileSync(path.join(other.storage, 'containers.json'), JSON.stringify([{ id: '../../etc', names: ['main'] }]));
   assert.equal(directContainerExec({ name: 'main', argv: ['true'], env: {} }, false, other), undefined);
   assert.deepEqual(fs.existsSync(path.join(dir, 'w2')) ? fs.readdirSync(path.join(dir, 'w2')) : [], []);
-});
-
-test('QEMU under TCG gets a small translation cache; KVM has none', () => {
-  const spec = { id: 'x', runDir: '/r', kernel: '/k', cmdline: '', cpus: 1, memoryMiB: 256, drives: [], consoleLog: '/c' };
-  const accelOf = (accel: 'tcg' | 'kvm'): string => {
-    const argv = buildQemuArgv({ spec: { ...spec, accel }, drives: [], consoleLog: '/c', paths: qemuPaths('/r') });
-    return argv[argv.indexOf('-accel') + 1]!;
-  };
-  assert.equal(accelOf('tcg'), `tcg,thread=single,tb-size=${TCG_TB_SIZE_MIB}`);
-  assert.ok(TCG_TB_SIZE_MIB >= 16 && TCG_TB_SIZE_MIB < 1024);
-  assert.equal(accelOf('kvm'), 'kvm');
 });
