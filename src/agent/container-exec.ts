@@ -20,6 +20,8 @@ export interface ContainerPaths {
   crunRoot: string;
   /** Process files for crun (mode 0600 in a 0700 directory), removed once crun has read them. */
   work: string;
+  /** Where a process's root shows (tests point it at a directory). */
+  procRoot?: (pid: number) => string;
 }
 
 export const DEFAULT_PATHS: ContainerPaths = {
@@ -50,6 +52,8 @@ interface OciProcess {
 interface Resolved {
   id: string;
   process: OciProcess;
+  /** The container's root as the guest sees it (/proc/<init pid>/root). */
+  root: string;
 }
 
 /** The container's process template, by container id (a container's config.json never changes). */
@@ -72,7 +76,7 @@ export function directContainerExec(target: ContainerExecTarget, tty: boolean, p
   const resolved = resolve(target.name, paths);
   if (!resolved) return undefined;
   const env = mergeEnv(resolved.process.env ?? [], target.env ?? {}, tty);
-  if (!env) return undefined;
+  if (!env || !commandRuns(resolved.root, target.argv[0]!, env)) return undefined;
   const process: OciProcess = { ...resolved.process, args: target.argv, env, terminal: false };
   fs.mkdirSync(paths.work, { recursive: true, mode: 0o700 });
   const base = path.join(paths.work, crypto.randomBytes(8).toString('hex'));
@@ -106,7 +110,8 @@ function resolve(name: string, paths: ContainerPaths): Resolved | undefined {
     && Array.isArray((c as { names?: unknown }).names) && (c as { names: unknown[] }).names.includes(name)) as { id?: unknown } | undefined;
   const id = entry?.id;
   if (typeof id !== 'string' || !CONTAINER_ID.test(id)) return undefined;
-  if (!isRunning(id, paths)) return undefined;
+  const pid = runningPid(id, paths);
+  if (pid === undefined) return undefined;
   let process = templates.get(id);
   if (!process) {
     const config = readJson(path.join(paths.storage, id, 'userdata', 'config.json'), MAX_CONFIG_JSON) as { process?: OciProcess } | undefined;
@@ -114,30 +119,87 @@ function resolve(name: string, paths: ContainerPaths): Resolved | undefined {
     process = config.process;
     templates.set(id, process);
   }
-  return { id, process };
+  return { id, process, root: paths.procRoot?.(pid) ?? `/proc/${pid}/root` };
 }
 
-/** crun's state for the container names a live init process (else podman reports the state). */
-function isRunning(id: string, paths: ContainerPaths): boolean {
+/** The container's live init process from crun's state (else podman reports the state). */
+function runningPid(id: string, paths: ContainerPaths): number | undefined {
   const status = readJson(path.join(paths.crunRoot, id, 'status'), 1 << 16) as { pid?: unknown } | undefined;
   const pid = status?.pid;
-  if (typeof pid !== 'number' || !Number.isInteger(pid) || pid <= 0) return false;
+  if (typeof pid !== 'number' || !Number.isInteger(pid) || pid <= 0) return undefined;
   try {
     // A zombie's state is Z; stopped (T) still counts as existing, as for podman.
     const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return !/^\d+ \(.*\) Z /s.test(stat);
+    return /^\d+ \(.*\) Z /s.test(stat) ? undefined : pid;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Whether command names an executable regular file in the container (searched in the process's
+ * PATH when it has no slash), resolving symlinks against the container's root. When it does not,
+ * podman runs the exec: it turns the runtime's failure into its exit codes (127 not found, 126
+ * cannot run) and messages, which crun alone does not.
+ */
+export function commandRuns(root: string, command: string, env: string[]): boolean {
+  if (command.length === 0 || command.includes('\0')) return false;
+  if (command.includes('/')) return isExecutable(root, command.startsWith('/') ? command : `/${command}`);
+  const pathVar = env.find((e) => e.startsWith('PATH='))?.slice(5) ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+  return pathVar.split(':').filter((d) => d.startsWith('/')).some((dir) => isExecutable(root, `${dir}/${command}`));
+}
+
+function isExecutable(root: string, file: string): boolean {
+  const real = resolveInRoot(root, file);
+  if (real === undefined) return false;
+  try {
+    const st = fs.statSync(path.join(root, real));
+    return st.isFile() && (st.mode & 0o111) !== 0;
   } catch {
     return false;
   }
 }
 
-/** The container's env with the request's laid over it; TERM=xterm under -t, as podman exec sets it. */
+/** file (absolute, inside the container) with every symlink resolved inside root; undefined if missing or looping. */
+function resolveInRoot(root: string, file: string): string | undefined {
+  let pending = file.split('/').filter((c) => c !== '' && c !== '.');
+  const done: string[] = [];
+  for (let hops = 0; pending.length > 0;) {
+    const name = pending.shift()!;
+    if (name === '..') {
+      done.pop();
+      continue;
+    }
+    const at = path.join(root, ...done, name);
+    let st: fs.Stats;
+    try {
+      st = fs.lstatSync(at);
+    } catch {
+      return undefined;
+    }
+    if (!st.isSymbolicLink()) {
+      done.push(name);
+      continue;
+    }
+    if (++hops > 40) return undefined;
+    const target = fs.readlinkSync(at);
+    if (target.startsWith('/')) done.length = 0;
+    pending = [...target.split('/').filter((c) => c !== '' && c !== '.'), ...pending];
+  }
+  return `/${done.join('/')}`;
+}
+
+/**
+ * The container's env with the request's laid over it, as podman exec builds it: TERM=xterm under
+ * -t, and no HOSTNAME (the shell sets it from the UTS name).
+ */
 export function mergeEnv(base: unknown[], extra: Record<string, unknown>, tty: boolean): string[] | undefined {
   const env = new Map<string, string>();
   for (const entry of base) {
     if (typeof entry !== 'string') return undefined;
     const eq = entry.indexOf('=');
-    if (eq > 0) env.set(entry.slice(0, eq), entry.slice(eq + 1));
+    // podman puts HOSTNAME in the container's own env but not in an exec's.
+    if (eq > 0 && entry.slice(0, eq) !== 'HOSTNAME') env.set(entry.slice(0, eq), entry.slice(eq + 1));
   }
   if (tty && !env.has('TERM')) env.set('TERM', 'xterm');
   for (const [key, value] of Object.entries(extra)) {

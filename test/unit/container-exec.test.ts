@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { directContainerExec, execPid, mergeEnv, type ContainerPaths } from '../../src/agent/container-exec';
+import { commandRuns, directContainerExec, execPid, mergeEnv, type ContainerPaths } from '../../src/agent/container-exec';
 
 const ID = 'a'.repeat(64);
 let dir = '';
@@ -17,7 +17,7 @@ const template = {
   terminal: false,
   user: { uid: 1000, gid: 1000, additionalGids: [10] },
   args: ['sleep', '1000'],
-  env: ['PATH=/usr/bin:/bin', 'HOME=/home/app', 'APP=1'],
+  env: ['PATH=/usr/bin:/bin', 'HOME=/home/app', 'HOSTNAME=main-host', 'APP=1'],
   cwd: '/srv',
   capabilities: { bounding: ['CAP_CHOWN'], effective: ['CAP_CHOWN'] },
   noNewPrivileges: true,
@@ -25,7 +25,19 @@ const template = {
 
 before(() => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-cexec-'));
-  paths = { storage: path.join(dir, 'storage'), crunRoot: path.join(dir, 'crun'), work: path.join(dir, 'work') };
+  const root = path.join(dir, 'rootfs');
+  paths = { storage: path.join(dir, 'storage'), crunRoot: path.join(dir, 'crun'), work: path.join(dir, 'work'), procRoot: () => root };
+  // A container root like a merged Debian/busybox image: /bin -> usr/bin, sh -> /bin/busybox.
+  fs.mkdirSync(path.join(root, 'usr', 'bin'), { recursive: true });
+  fs.mkdirSync(path.join(root, 'etc'));
+  fs.symlinkSync('usr/bin', path.join(root, 'bin'));
+  fs.writeFileSync(path.join(root, 'usr', 'bin', 'busybox'), '', { mode: 0o755 });
+  fs.symlinkSync('/bin/busybox', path.join(root, 'usr', 'bin', 'sh'));
+  fs.symlinkSync('../../../../../../usr/bin/busybox', path.join(root, 'usr', 'bin', 'deep'));
+  fs.symlinkSync('/etc/passwd', path.join(root, 'usr', 'bin', 'outside'));
+  fs.symlinkSync('loop2', path.join(root, 'usr', 'bin', 'loop1'));
+  fs.symlinkSync('loop1', path.join(root, 'usr', 'bin', 'loop2'));
+  fs.writeFileSync(path.join(root, 'etc', 'passwd'), '', { mode: 0o644 });
   fs.mkdirSync(path.join(paths.storage, ID, 'userdata'), { recursive: true });
   fs.writeFileSync(path.join(paths.storage, 'containers.json'), JSON.stringify([{ id: 'b'.repeat(64), names: ['other'] }, { id: ID, names: ['main'] }]));
   fs.writeFileSync(path.join(paths.storage, ID, 'userdata', 'config.json'), JSON.stringify({ ociVersion: '1.0.0', process: template }));
@@ -51,11 +63,27 @@ test('crun exec with the container\'s own user, cwd and capabilities, the reques
   assert.equal(execPid(direct.pidFile), undefined);
 });
 
+test('only a command that would run goes direct: podman gives the not-found and cannot-run errors', () => {
+  const root = paths.procRoot!(0);
+  const env = ['PATH=/usr/local/bin:/bin'];
+  assert.equal(commandRuns(root, 'sh', env), true, 'via PATH, /bin -> usr/bin and an absolute link');
+  assert.equal(commandRuns(root, '/bin/sh', env), true);
+  assert.equal(commandRuns(root, 'deep', env), true, '.. stops at the container root');
+  assert.equal(commandRuns(root, 'nosuch', env), false);
+  assert.equal(commandRuns(root, '/etc/passwd', env), false, 'not executable');
+  assert.equal(commandRuns(root, 'outside', env), false, 'an absolute link resolves in the container, to its non-executable /etc/passwd');
+  assert.equal(commandRuns(root, '/usr/bin', env), false, 'a directory');
+  assert.equal(commandRuns(root, 'loop1', env), false, 'a symlink loop');
+  assert.equal(commandRuns(root, 'sh', ['PATH=/nowhere']), false);
+  assert.equal(directContainerExec({ name: 'main', argv: ['nosuch'], env: {} }, false, paths), undefined);
+  assert.equal(directContainerExec({ name: 'main', argv: ['/etc/passwd'], env: {} }, false, paths), undefined);
+});
+
 test('under -t the process gets TERM=xterm unless the container or the request sets it', () => {
   assert.deepEqual(mergeEnv(['A=1'], {}, true), ['A=1', 'TERM=xterm']);
   assert.deepEqual(mergeEnv(['TERM=vt100'], {}, true), ['TERM=vt100']);
   assert.deepEqual(mergeEnv([], { TERM: 'dumb' }, true), ['TERM=dumb']);
-  assert.deepEqual(mergeEnv(['A=1=2', 'junk'], {}, false), ['A=1=2']);
+  assert.deepEqual(mergeEnv(['A=1=2', 'junk', 'HOSTNAME=x'], {}, false), ['A=1=2'], 'podman exec passes no HOSTNAME');
   assert.equal(mergeEnv(['A=1'], { 'BAD KEY': 'x' }, false), undefined);
 });
 
