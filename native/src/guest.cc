@@ -11,14 +11,19 @@
 //    `ip route replace default` do.
 //
 // Netlink here is synchronous: the kernel answers rtnetlink and sock_diag requests
-// within the sendmsg/recvmsg calls (no peer to wait for), so a blocking socket with
-// a receive timeout never holds the JS thread for long. A dump is read to its end
-// before anything is deleted, on the same socket, and is bounded (kMaxEntries).
+// within the sendmsg/recvmsg calls (no peer to wait for). These calls run on the
+// agent's JS thread, which also serves the host link, so every exchange has one
+// deadline for all its reads together (poll, then a non-blocking recv): a kernel
+// that never ends a dump, or answers with sequence numbers we do not wait for,
+// costs at most kExchangeTimeoutMs and an ETIMEDOUT, never a hung agent. A dump
+// is read to its end before anything is deleted, on the same socket, and is
+// bounded (kMaxEntries).
 #include "common.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <net/if.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -34,6 +39,7 @@
 #include <netinet/tcp.h>
 // clang-format on
 
+#include <chrono>
 #include <cmath>
 #include <functional>
 #include <vector>
@@ -45,6 +51,8 @@ namespace {
 // if something (a hostile container) made millions of them.
 constexpr size_t kMaxEntries = 1 << 16;
 constexpr size_t kRecvBuffer = 64 * 1024;
+// One request and all its answers; the kernel answers in microseconds, even under TCG.
+constexpr int kExchangeTimeoutMs = 3000;
 
 std::string ArgStr(const Napi::CallbackInfo& info, size_t i, const char* name, size_t maxLen) {
   if (info.Length() <= i || !info[i].IsString())
@@ -106,8 +114,13 @@ class Netlink {
   Netlink(Napi::Env env, int protocol, int type = SOCK_RAW) : env_(env) {
     fd_ = socket(AF_NETLINK, type | SOCK_CLOEXEC, protocol);
     if (fd_ < 0) ThrowErrno(env, "socket(AF_NETLINK)");
-    timeval tv{5, 0};
-    setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    // Sends to the kernel do not wait for a peer, but bound them too (a full receive queue).
+    timeval tv{kExchangeTimeoutMs / 1000, 0};
+    if (setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0) {
+      int e = errno;
+      close(fd_);
+      ThrowErrno(env, "setsockopt(SO_SNDTIMEO)", e);
+    }
     sockaddr_nl sa{};
     sa.nl_family = AF_NETLINK;
     if (bind(fd_, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) < 0) {
@@ -145,12 +158,22 @@ class Netlink {
     if (sendto(fd_, h, h->nlmsg_len, 0, reinterpret_cast<sockaddr*>(&kernel), sizeof(kernel)) < 0) ThrowErrno(env_, "sendto(AF_NETLINK)");
     const bool dump = (h->nlmsg_flags & NLM_F_DUMP) == NLM_F_DUMP;
     std::vector<char> buf(kRecvBuffer);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kExchangeTimeoutMs);
     for (;;) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+      if (left <= 0) ThrowErrno(env_, "netlink: no complete answer", ETIMEDOUT);
+      pollfd pfd{fd_, POLLIN, 0};
+      int ready = poll(&pfd, 1, static_cast<int>(left));
+      if (ready < 0) {
+        if (errno == EINTR) continue;
+        ThrowErrno(env_, "poll(AF_NETLINK)");
+      }
+      if (ready == 0) ThrowErrno(env_, "netlink: no complete answer", ETIMEDOUT);
       sockaddr_nl from{};
       socklen_t fromLen = sizeof(from);
-      ssize_t n = recvfrom(fd_, buf.data(), buf.size(), 0, reinterpret_cast<sockaddr*>(&from), &fromLen);
+      ssize_t n = recvfrom(fd_, buf.data(), buf.size(), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&from), &fromLen);
       if (n < 0) {
-        if (errno == EINTR) continue;
+        if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;
         ThrowErrno(env_, "recvfrom(AF_NETLINK)");
       }
       if (from.nl_pid != 0) continue;  // only the kernel answers

@@ -37,8 +37,10 @@ export function serveSession(stream: Duplex, log: (msg: string) => void, debug =
     }
     // A new host (first boot, a reconnect, or a clone restored from a snapshot): what was held
     // back belongs to the previous host; channels are dropped (persistent ones keep running).
+    // The link is in step (this HELLO came after a sync marker): drop the channels only. A
+    // resync here would swallow the new host's first frames, which follow the HELLO_ACK at once.
     const previous = session;
-    if (previous) mux.reset();
+    if (previous) mux.dropChannels();
     gate.release(false);
     session = hello.session;
     // Synchronous (no process is started), so the HELLO_ACK, which makes a clone count as
