@@ -11,6 +11,7 @@
         "src/bridge.cc",
         "src/uffd.cc",
         "src/pageserver.cc",
+        "src/guest.cc",
         "src/testing.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

@@ -234,6 +234,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   shoal::InitBridge(env, exports);
   shoal::InitUffd(env, exports);
   shoal::InitPageServer(env, exports);
+  shoal::InitGuest(env, exports);
   shoal::InitTesting(env, exports);
   exports.Set("abiVersion", Napi::Number::New(env, 1));
   return exports;

@@ -45,6 +45,7 @@ void InitSock(Napi::Env env, Napi::Object exports);
 void InitBridge(Napi::Env env, Napi::Object exports);
 void InitUffd(Napi::Env env, Napi::Object exports);
 void InitPageServer(Napi::Env env, Napi::Object exports);
+void InitGuest(Napi::Env env, Napi::Object exports);
 void InitTesting(Napi::Env env, Napi::Object exports);
 
 }  // namespace shoal

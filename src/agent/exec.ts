@@ -7,6 +7,7 @@ import type { Readable } from 'node:stream';
 import type { ExecRequest } from '../protocol/messages';
 import { STDERR, STDIN, STDOUT, type Channel } from '../protocol/mux';
 import { terminalSizeOf } from '../protocol/messages';
+import { enterContainer, execPid, killExecProcess } from './container-exec';
 import { baseEnv } from './environment';
 import { runTtyExec } from './tty-exec';
 
@@ -26,7 +27,10 @@ export function runExec(request: ExecRequest, channel: Channel): void {
     runTtyExec(request, size, channel);
     return;
   }
-  const child = spawn(request.argv[0]!, request.argv.slice(1), {
+  // Into the container without podman where possible (see container-exec.ts).
+  const direct = request.container ? enterContainer(request.container, false) : undefined;
+  const argv = direct?.argv ?? request.argv;
+  const child = spawn(argv[0]!, argv.slice(1), {
     cwd: request.cwd ?? '/',
     env: { ...baseEnv(), ...(request.env ?? {}) },
     stdio: [request.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
@@ -34,6 +38,7 @@ export function runExec(request: ExecRequest, channel: Channel): void {
   let spawnFailed = false;
   child.on('error', (err) => {
     spawnFailed = true;
+    direct?.cleanup();
     channel.send({ type: 'error', message: `exec ${request.argv[0]}: ${err.message}` });
     channel.close();
   });
@@ -57,7 +62,12 @@ export function runExec(request: ExecRequest, channel: Channel): void {
 
   const onSignal = (message: Record<string, unknown>): void => {
     if (message.type === 'signal' && typeof message.signal === 'string') {
-      try { child.kill(message.signal as NodeJS.Signals); } catch { /* unknown signal name */ }
+      // crun does not pass signals on: they go to the container process itself once it exists.
+      const pid = direct ? execPid(direct.pidFile) : undefined;
+      try {
+        if (pid !== undefined) process.kill(pid, message.signal as NodeJS.Signals);
+        else child.kill(message.signal as NodeJS.Signals);
+      } catch { /* unknown signal name, or gone */ }
     }
   };
   channel.on('message', onSignal);
@@ -66,7 +76,11 @@ export function runExec(request: ExecRequest, channel: Channel): void {
   // snapshot, whose new host watches it with `podman wait`); its output is then read and dropped.
   channel.on('close', () => {
     if (request.persistent === true) return;
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    if (child.exitCode === null && child.signalCode === null) {
+      // A killed crun would leave the process it started running in the container.
+      killExecProcess(direct);
+      child.kill('SIGKILL');
+    }
   });
 
   // Output goes to whichever channel follows the process now: a persistent one (the main
@@ -87,6 +101,7 @@ export function runExec(request: ExecRequest, channel: Channel): void {
   };
   if (request.persistent === true) persistentProcesses.set(PERSISTENT_MAIN, follow);
   child.on('exit', (code, signal) => {
+    direct?.cleanup();
     void Promise.all(pumps).then(() => {
       if (spawnFailed) return;
       exit = { code, signal };
@@ -123,3 +138,4 @@ async function pump(readable: Readable, sink: { channel: Channel }, stream: numb
   }
   sink.channel.end(stream);
 }
+

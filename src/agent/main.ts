@@ -6,6 +6,7 @@ process.env.UV_THREADPOOL_SIZE = process.env.UV_THREADPOOL_SIZE ?? '8';
 
 import fs from 'node:fs';
 import net from 'node:net';
+import * as native from '../native/index';
 import { serveSession } from './session';
 import { AGENT_VSOCK_PORT, openSerialPort } from './transport';
 
@@ -58,6 +59,9 @@ async function serveVsock(): Promise<void> {
 }
 
 async function main(): Promise<void> {
+  // Load the native addon now, at boot: a clone's recovery uses it, and it should not pay for
+  // loading it (nor a snapshot of this VM miss it).
+  if (!native.isNativeAvailable()) log('the native addon did not load: clones cannot recover without processes');
   const transport = kernelParam('shoal.transport') ?? 'serial';
   if (transport === 'vsock') await serveVsock();
   else await serveSerial();

@@ -16,7 +16,7 @@ import { attachPersistent, runExec } from './exec';
 import { runFuseMount } from './fuse-mount';
 import { runFiles } from './files';
 import type { FilesRequest } from '../protocol/files';
-import { forgetSourceNetworkState } from './network-identity';
+import { applyHostState } from './recovery';
 
 export const AGENT_VERSION = '1';
 
@@ -29,10 +29,7 @@ export function serveSession(stream: Duplex, log: (msg: string) => void, debug =
     ...(debug ? { trace: (dir: string, ch: number, type: number, len: number) => log(`${dir} ch=${ch} type=${FrameType[type]} len=${len}`) } : {}),
   });
   let session = '';
-  /** Set while a new session is being set up (reseeding), so retransmitted HELLOs wait. */
-  let starting = false;
   mux.on('hello', (hello: Hello & { resume?: boolean }) => {
-    if (starting) return;
     if (hello.session === session || (hello.resume === true && session)) {
       // A retransmitted HELLO of the session we serve, or the same host continuing after a
       // snapshot: confirm, and send what was held back while the link was quiesced.
@@ -42,15 +39,16 @@ export function serveSession(stream: Duplex, log: (msg: string) => void, debug =
     }
     // A new host (first boot, a reconnect, or a clone restored from a snapshot): what was held
     // back belongs to the previous host; channels are dropped (persistent ones keep running).
+    // The link is in step (this HELLO came after a sync marker): drop the channels only. A
+    // resync here would swallow the new host's first frames, which follow the HELLO_ACK at once.
     const previous = session;
-    if (previous) mux.reset();
+    if (previous) mux.dropChannels();
     gate.release(false);
     session = hello.session;
-    starting = true;
-    void applyHostState(hello, log, previous !== '').finally(() => {
-      starting = false;
-      mux.sendHello(FrameType.HelloAck, { session, agentVersion: AGENT_VERSION });
-    });
+    // Synchronous (no process is started), so the HELLO_ACK, which makes a clone count as
+    // running, follows a finished recovery.
+    applyHostState(hello, log, { clone: previous !== '' });
+    mux.sendHello(FrameType.HelloAck, { session, agentVersion: AGENT_VERSION });
   });
   mux.on('open', (channel: Channel) => {
     if (debug) log(`open ${channel.id} ${JSON.stringify(channel.request).slice(0, 200)}`);
@@ -114,52 +112,6 @@ function guestInfo(): GuestInfo {
   };
 }
 
-
-async function applyHostState(hello: Hello, log: (msg: string) => void, reseed: boolean): Promise<void> {
-  // Step the clock when it is off by more than a second (a restored snapshot lives in the past).
-  if (typeof hello.timeMs === 'number' && Math.abs(Date.now() - hello.timeMs) > 1000) {
-    execFile('date', ['-u', '-s', `@${(hello.timeMs / 1000).toFixed(3)}`], (err) => {
-      if (err) log(`setting the clock failed: ${err.message}`);
-    });
-  }
-  if (reseed) await forgetSourceNetworkState(log, hello.network);
-  if (typeof hello.seed !== 'string' || hello.seed.length === 0) return;
-  if (!reseed) {
-    // First session after boot: mixing bytes into /dev/urandom needs no privilege beyond the
-    // open; it does not credit entropy but keeps boots apart.
-    try {
-      fs.writeFileSync('/dev/urandom', Buffer.from(hello.seed, 'hex'));
-    } catch (err) {
-      log(`seeding /dev/urandom failed: ${(err as Error).message}`);
-    }
-    return;
-  }
-  // A later session may be a clone of a snapshot, whose crng state is a copy of its siblings'.
-  // Writing to /dev/urandom only mixes into the input pool (6.1 reseeds the crng on its own
-  // schedule), so add the host's bytes with RNDADDENTROPY and force RNDRESEEDCRNG at once.
-  // Node has no ioctl; perl (perl-base, in every Debian rootfs) does.
-  await new Promise<void>((resolve) => {
-    execFile('perl', ['-e', RESEED_PERL, hello.seed], { timeout: 20_000 }, (err, _out, stderr) => {
-      if (err) {
-        log(`reseeding the crng failed: ${String(stderr).trim() || err.message}`);
-        try {
-          fs.writeFileSync('/dev/urandom', Buffer.from(hello.seed, 'hex'));
-        } catch {
-          // nothing more to try
-        }
-      }
-      resolve();
-    });
-  });
-}
-
-/** RNDADDENTROPY = _IOW('R', 3, int[2]) = 0x40085203; RNDRESEEDCRNG = _IO('R', 7) = 0x5207. */
-const RESEED_PERL = [
-  'open(my $f, ">", "/dev/urandom") or die "open: $!";',
-  'my $b = pack("H*", $ARGV[0]);',
-  'ioctl($f, 0x40085203, pack("ii", 8 * length($b), length($b)) . $b) or die "RNDADDENTROPY: $!";',
-  'ioctl($f, 0x5207, 0) or die "RNDRESEEDCRNG: $!";',
-].join(' ');
 
 function powerOff(): void {
   // Flush the scratch disk, then power off at once: there is no init system to ask. Firecracker

@@ -10,12 +10,16 @@ import * as pty from 'node-pty';
 import type { ExecRequest, TerminalSize } from '../protocol/messages';
 import { terminalSizeOf } from '../protocol/messages';
 import { STDIN, STDOUT, type Channel } from '../protocol/mux';
+import { enterContainer, execPid, killExecProcess } from './container-exec';
 import { baseEnv } from './environment';
 
 export function runTtyExec(request: ExecRequest, size: TerminalSize, channel: Channel): void {
   let terminal: pty.IPty;
+  // Into the container without podman where possible (see container-exec.ts).
+  const direct = request.container ? enterContainer(request.container, true) : undefined;
+  const argv = direct?.argv ?? request.argv;
   try {
-    terminal = pty.spawn(request.argv[0]!, request.argv.slice(1), {
+    terminal = pty.spawn(argv[0]!, argv.slice(1), {
       name: 'xterm',
       cols: size.cols,
       rows: size.rows,
@@ -25,6 +29,7 @@ export function runTtyExec(request: ExecRequest, size: TerminalSize, channel: Ch
       encoding: null,
     });
   } catch (err) {
+    direct?.cleanup();
     channel.send({ type: 'error', message: `exec ${request.argv[0]}: ${(err as Error).message}` });
     channel.close();
     return;
@@ -38,11 +43,16 @@ export function runTtyExec(request: ExecRequest, size: TerminalSize, channel: Ch
       const next = terminalSizeOf(message);
       if (next) terminal.resize(next.cols, next.rows);
     } else if (message.type === 'signal' && typeof message.signal === 'string') {
-      try { terminal.kill(message.signal); } catch { /* unknown signal name, or already gone */ }
+      const pid = direct ? execPid(direct.pidFile) : undefined;
+      try {
+        if (pid !== undefined) process.kill(pid, message.signal as NodeJS.Signals);
+        else terminal.kill(message.signal);
+      } catch { /* unknown signal name, or already gone */ }
     }
   });
   channel.on('close', () => {
     if (request.persistent === true) return;
+    killExecProcess(direct);
     try { terminal.kill('SIGKILL'); } catch { /* already gone */ }
   });
 
@@ -55,6 +65,7 @@ export function runTtyExec(request: ExecRequest, size: TerminalSize, channel: Ch
   });
   // node-pty reports the exit only after the terminal's output has been read to its end.
   terminal.onExit(({ exitCode, signal }) => {
+    direct?.cleanup();
     void pending.then(() => {
       channel.end(STDOUT);
       const signalName = signal ? signalNameOf(signal) : null;

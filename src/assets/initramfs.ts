@@ -43,6 +43,8 @@ export interface AgentPayload {
   fuseDir?: string;
   /** The N-API addon, copied to /shoal/agent/native/ when it exists. */
   nativeAddon: string | null;
+  /** Compiled src/native, the addon's typed wrapper (copied to /shoal/agent/native/, next to it). */
+  nativeDir?: string;
   /** The node-pty package (the agent's terminals), copied to /shoal/agent/node_modules/node-pty/ when given. */
   nodePty?: string | null;
 }
@@ -54,6 +56,7 @@ export function defaultPayload(root: string = projectRoot()): AgentPayload {
     protocolDir: path.join(root, 'dist', 'src', 'protocol'),
     fuseDir: path.join(root, 'dist', 'src', 'fuse'),
     nativeAddon: path.join(root, 'native', 'build', 'Release', 'shoal_native.node'),
+    nativeDir: path.join(root, 'dist', 'src', 'native'),
     nodePty: path.join(root, 'node_modules', 'node-pty'),
   };
 }
@@ -95,6 +98,7 @@ export function payloadFiles(p: AgentPayload): PayloadFile[] {
   walk(p.agentDir, 'shoal/agent/agent', out);
   walk(p.protocolDir, 'shoal/agent/protocol', out);
   if (p.fuseDir) walk(p.fuseDir, 'shoal/agent/fuse', out);
+  if (p.nativeDir) walk(p.nativeDir, 'shoal/agent/native', out);
   if (p.nativeAddon && fs.existsSync(p.nativeAddon)) {
     out.push({ dest: 'shoal/agent/native/shoal_native.node', src: p.nativeAddon, mode: 0o755 });
   }

@@ -12,7 +12,13 @@ import type { VmHandle } from '../vmm/backend';
 
 const HELLO_RETRY_MS = 500;
 
-export async function openAgentSession(vm: VmHandle, timeoutMs: number, network?: GuestNetworkIdentity): Promise<Mux> {
+/** What a clone's HELLO carries so its agent can take it on before answering. */
+export interface CloneIdentity {
+  network?: GuestNetworkIdentity;
+  hostname?: string;
+}
+
+export async function openAgentSession(vm: VmHandle, timeoutMs: number, clone: CloneIdentity = {}): Promise<Mux> {
   const deadline = Date.now() + timeoutMs;
   const stream = await vm.connectAgent(timeoutMs);
   // SHOAL_TRACE=1 logs every frame of the agent session on stderr (the supervisor's log).
@@ -21,7 +27,13 @@ export async function openAgentSession(vm: VmHandle, timeoutMs: number, network?
     : undefined;
   const mux = new Mux(stream, { side: 'host', startInSync: true, ...(trace ? { trace } : {}) });
   const session = crypto.randomBytes(8).toString('hex');
-  const hello = (): Hello => ({ session, timeMs: Date.now(), seed: crypto.randomBytes(64).toString('hex'), ...(network ? { network } : {}) });
+  const hello = (): Hello => ({
+    session,
+    timeMs: Date.now(),
+    seed: crypto.randomBytes(64).toString('hex'),
+    ...(clone.network ? { network: clone.network } : {}),
+    ...(clone.hostname ? { hostname: clone.hostname } : {}),
+  });
   return new Promise<Mux>((resolve, reject) => {
     let timer: NodeJS.Timeout | undefined;
     const finish = (err?: Error): void => {

@@ -6,7 +6,9 @@
  *    agent under Firecracker);
  *  - SCM_RIGHTS fd passing over Unix sockets;
  *  - userfaultfd primitives and a native page server for Firecracker's Uffd
- *    memory backend (src/snapshot/uffd-server.ts drives it).
+ *    memory backend (src/snapshot/uffd-server.ts drives it);
+ *  - a clone's recovery in the guest without starting a process: clock step,
+ *    crng reseed, neighbour flush, killing TCP connections, a new MAC/address.
  *
  * Depends on Node built-ins only: the guest agent (Node 18, no npm packages)
  * uses it too. The addon is loaded lazily on first use, so importing this
@@ -149,6 +151,14 @@ interface NativeBinding {
   pageServerClientStats(clientId: number): PageServerClientStats;
   pageServerReapClient(clientId: number): PageServerClientStats;
   pageServerStop(serverId: number): boolean;
+  clockSetRealtime(ms: number): void;
+  randomAddEntropy(bytes: Buffer, reseed: boolean, device?: string): void;
+  neighFlush(): number;
+  tcpDestroyEstablished(): number;
+  linkSetMac(ifname: string, mac: Buffer): void;
+  ipv4AddrFlush(ifname: string): number;
+  ipv4AddrAdd(ifname: string, address: string, prefixLength: number): void;
+  ipv4DefaultRoute(ifname: string, gateway: string): void;
   testing: {
     mmapAnon(len: number): number;
     munmap(addr: number, len: number): void;
@@ -579,6 +589,60 @@ export function pageServerStopClient(client: PageServerClient): PageServerClient
 /** Stop all clients of a server and release its mapping. Cancel pageServerWaitClient() waits first. */
 export function pageServerStop(server: PageServerHandle): void {
   load().pageServerStop(server.id);
+}
+
+// ---------------------------------------------------------------------------
+// a clone's recovery in the guest (src/agent/recovery.ts): each call is what a
+// process did before (`date -s`, perl's ioctl, `ip`, `ss -K`), done in-process
+// because every process start costs tens of ms in an emulated guest.
+// ---------------------------------------------------------------------------
+
+/** clock_settime(CLOCK_REALTIME) to ms since the epoch (CAP_SYS_TIME). Refuses times outside 2000..2200. */
+export function clockSetRealtime(ms: number): void {
+  load().clockSetRealtime(ms);
+}
+
+/**
+ * Mix bytes into the kernel's input pool, crediting 8 bits each (RNDADDENTROPY, CAP_SYS_ADMIN),
+ * and with reseed make the crng use them at once (RNDRESEEDCRNG). 1 to 1024 bytes.
+ */
+export function randomAddEntropy(bytes: Buffer, opts: { reseed: boolean; device?: string }): void {
+  load().randomAddEntropy(bytes, opts.reseed, opts.device);
+}
+
+/** `ip neigh flush all`: deletes IPv4/IPv6 neighbours that are neither permanent nor NOARP; returns how many. */
+export function neighFlush(): number {
+  return load().neighFlush();
+}
+
+/** `ss -K state established` for TCP over IPv4 and IPv6 (SOCK_DESTROY); returns how many were aborted. */
+export function tcpDestroyEstablished(): number {
+  return load().tcpDestroyEstablished();
+}
+
+const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
+
+/** `ip link set IFNAME address MAC` (MAC as aa:bb:cc:dd:ee:ff). */
+export function linkSetMac(ifname: string, mac: string): void {
+  if (!MAC.test(mac)) throw new RangeError(`not a MAC address: ${mac}`);
+  load().linkSetMac(ifname, Buffer.from(mac.replace(/:/g, ''), 'hex'));
+}
+
+/** `ip -4 addr flush dev IFNAME`; returns how many addresses were deleted. */
+export function ipv4AddrFlush(ifname: string): number {
+  return load().ipv4AddrFlush(ifname);
+}
+
+/** `ip addr add ADDRESS/PREFIX dev IFNAME`. */
+export function ipv4AddrAdd(ifname: string, cidr: string): void {
+  const m = /^(\d{1,3}(?:\.\d{1,3}){3})\/(\d{1,2})$/.exec(cidr);
+  if (!m) throw new RangeError(`not an IPv4 ADDRESS/PREFIX: ${cidr}`);
+  load().ipv4AddrAdd(ifname, m[1]!, Number(m[2]));
+}
+
+/** `ip route replace default via GATEWAY dev IFNAME`. */
+export function ipv4DefaultRoute(ifname: string, gateway: string): void {
+  load().ipv4DefaultRoute(ifname, gateway);
 }
 
 // ---------------------------------------------------------------------------

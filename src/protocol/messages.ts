@@ -22,6 +22,19 @@ export interface ExecRequest {
    * terminal (output on stream 1 only), and 'resize' messages follow the host window.
    */
   tty?: TerminalSize;
+  /**
+   * The exec is into this container: the agent may enter it directly (`crun exec` with the
+   * container's own process settings) instead of running argv (`podman exec`), which stays the
+   * fallback when it cannot.
+   */
+  container?: ContainerExecTarget;
+}
+
+/** A command for a running container, as `podman exec NAME ARGV` with `--env` pairs would run it. */
+export interface ContainerExecTarget {
+  name: string;
+  argv: string[];
+  env: Record<string, string>;
 }
 
 export interface TerminalSize {
@@ -77,6 +90,8 @@ export interface Hello {
    * its own MAC and address on the shared bridge); applied to eth0 before the HELLO_ACK.
    */
   network?: GuestNetworkIdentity;
+  /** A clone's own host name (it still carries its source's); set before the HELLO_ACK. */
+  hostname?: string;
 }
 
 export interface GuestNetworkIdentity {

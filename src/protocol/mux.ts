@@ -345,10 +345,20 @@ export class Mux extends EventEmitter {
 
   /** Drops every channel (as if their peer vanished) and rescans for the sync marker. */
   reset(): void {
+    this.dropChannels();
+    this.decoder.resync();
+  }
+
+  /**
+   * Drops every channel (as if their peer vanished) but keeps decoding: for a new host whose
+   * sync-marked HELLO was just read, so the frames after it are in step. reset() here would
+   * discard them (an exec's Open) until the host's next HELLO, which it sends only while it
+   * waits for the HELLO_ACK.
+   */
+  dropChannels(): void {
     const channels = [...this.channels.values()];
     this.channels.clear();
     for (const channel of channels) channel.abort();
-    this.decoder.resync();
   }
 
   forget(id: number): void {

@@ -11,9 +11,9 @@ import { promisify } from 'node:util';
 import path from 'node:path';
 import { loadAssets, type GuestAssets } from '../assets/setup';
 import { imageSourceOf, loadedImageFrom } from '../container/image-ref';
-import { podmanExecArgv, podmanLoadArgv, podmanPullArgv, podmanRunArgv, podmanWaitRunningArgv } from '../container/podman-argv';
+import { MAIN_CONTAINER, podmanExecArgv, podmanLoadArgv, podmanPullArgv, podmanRunArgv, podmanWaitRunningArgv } from '../container/podman-argv';
 import { execCollect, request } from '../host/exec-client';
-import { openAgentSession } from '../host/agent-session';
+import { openAgentSession, type CloneIdentity } from '../host/agent-session';
 import { GatedStream } from '../protocol/gate';
 import type { Channel, Mux } from '../protocol/mux';
 import { readSnapshotDir, snapshotFiles, sweepStale } from '../snapshot/store';
@@ -30,7 +30,7 @@ import type { FilesRequest } from '../protocol/files';
 import { relayChannels } from './relay';
 import { waitHealthy } from './health-check';
 import { serveDirectoryMaps, type ServedMap } from './directory-maps';
-import type { ExecRequest, GuestNetworkIdentity } from '../protocol/messages';
+import type { ExecRequest } from '../protocol/messages';
 import { ControlServer, refuse, sendEvent } from '../control/server';
 import type { ExecControlRequest, FilesControlRequest } from '../control/messages';
 import { cachedImageSnapshot, leaseSnapshotDir, touchImageCache } from '../snapshot/image-cache';
@@ -229,9 +229,10 @@ export class Supervisor {
       releaseLease();
     }
     await this.network.attachTapToBridge(backend, this.spec!.net);
-    await this.connectVm(this.vm!, this.network.bridgedIdentity());
-    // The guest still carries its source's hostname.
-    await execCollect(this.agent!, { argv: ['sh', '-c', 'echo "$1" > /proc/sys/kernel/hostname', 'sh', guestHostname(this.record.config)] }).catch(() => undefined);
+    // The guest still carries its source's hostname (and, bridged, its MAC and address): its
+    // agent takes the clone's before it answers, so the clone runs once the answer is in.
+    const network = this.network.bridgedIdentity();
+    await this.connectVm(this.vm!, { hostname: guestHostname(this.record.config), ...(network ? { network } : {}) });
     if (options.announce === false) return;
     this.setState('running', (r) => { r.startedAt = new Date().toISOString(); });
     this.attachments.running();
@@ -315,25 +316,25 @@ export class Supervisor {
     }
   }
 
-  private async connectVm(vm: VmHandle, network?: GuestNetworkIdentity): Promise<void> {
+  private async connectVm(vm: VmHandle, clone: CloneIdentity = {}): Promise<void> {
     this.setState('starting', (r) => { r.vmmPid = vm.pid; });
     void vm.exited.then((exit) => {
       if (!this.finished && !this.stopRequested) {
         void this.finish('failed', { error: `the VM exited unexpectedly (${exit.signal ?? `code ${exit.code}`}); see \`shoal logs --console ${this.record.config.name}\`` });
       }
     });
-    await this.openSession(vm, AGENT_TIMEOUT_MS, network);
+    await this.openSession(vm, AGENT_TIMEOUT_MS, clone);
   }
 
   /** An agent session on a new connection; losing it ends the VM, unless a newer one replaced it. */
-  private async openSession(vm: VmHandle, timeoutMs: number, network?: GuestNetworkIdentity): Promise<Mux> {
+  private async openSession(vm: VmHandle, timeoutMs: number, clone: CloneIdentity = {}): Promise<Mux> {
     // The agent link runs through a write gate, so a snapshot can hold the host's frames.
     const gated = Object.create(vm) as VmHandle;
     gated.connectAgent = async (ms: number) => {
       this.gate = new GatedStream(await vm.connectAgent(ms));
       return this.gate;
     };
-    const agent = await openAgentSession(gated, timeoutMs, network);
+    const agent = await openAgentSession(gated, timeoutMs, clone);
     this.agent = agent;
     agent.on('close', () => {
       if (this.agent !== agent) return;
@@ -525,6 +526,8 @@ export class Supervisor {
     const agentRequest: ExecRequest = { kind: 'exec', argv, stdin: interactive };
     if (tty) agentRequest.tty = tty;
     if (req.vm) agentRequest.env = env;
+    // The agent enters the container directly (crun exec) when it can; argv is its fallback.
+    else agentRequest.container = { name: MAIN_CONTAINER, argv: command, env };
     relayChannels(channel, this.agent.open({ ...agentRequest }));
   }
 

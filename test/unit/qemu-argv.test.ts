@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { buildQemuArgv, qemuPaths, type QemuLaunch } from '../../src/vmm/qemu/argv';
+import { buildQemuArgv, qemuPaths, TCG_TB_SIZE_MIB, type QemuLaunch } from '../../src/vmm/qemu/argv';
 import type { VmSpec } from '../../src/vmm/backend';
 
 const spec: VmSpec = {
@@ -36,7 +36,9 @@ function values(argv: string[], flag: string): string[] {
 test('the machine, accelerator, shape, kernel and sockets', () => {
   const argv = buildQemuArgv(launch());
   assert.deepEqual(values(argv, '-machine'), ['microvm,x-option-roms=off,isa-serial=on,rtc=on']);
-  assert.deepEqual(values(argv, '-accel'), ['tcg,thread=single']);
+  // TCG's translation cache sized for a small guest (QEMU 7.2's default is 1 GiB).
+  assert.deepEqual(values(argv, '-accel'), [`tcg,thread=single,tb-size=${TCG_TB_SIZE_MIB}`]);
+  assert.ok(TCG_TB_SIZE_MIB >= 16 && TCG_TB_SIZE_MIB < 1024);
   assert.deepEqual(values(argv, '-cpu'), ['max']);
   assert.deepEqual(values(argv, '-smp'), ['2']);
   assert.deepEqual(values(argv, '-m'), ['512M']);

@@ -1,0 +1,49 @@
+/**
+ * The agent's session (src/agent/session.ts) against the host's (src/host/agent-session.ts) over
+ * an in-memory link whose host end is swapped, as when a clone of a snapshot gets a new host:
+ * the new host's first exec, sent right after the HELLO_ACK, must be served. (It was not: the
+ * agent resynced its decoder on the new HELLO and dropped the frames after it; only a slow
+ * recovery, during which the host retransmits its HELLO, hid that.)
+ *
+ * A later HELLO makes the agent run a clone's recovery (neighbour flush, SOCK_DESTROY, host
+ * name), so this runs in a child in network and UTS namespaces of its own (`unshare`).
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import path from 'node:path';
+import { test } from 'node:test';
+
+const root = process.getuid?.() === 0;
+const src = path.resolve(__dirname, '../../src');
+
+const SCRIPT = `
+  const { Duplex } = require('node:stream');
+  const { serveSession } = require(${JSON.stringify(path.join(src, 'agent/session.js'))});
+  const { openAgentSession } = require(${JSON.stringify(path.join(src, 'host/agent-session.js'))});
+  const { execCollect } = require(${JSON.stringify(path.join(src, 'host/exec-client.js'))});
+  let hostEnd = null;
+  const guest = new Duplex({ read() {}, write(chunk, _e, cb) { hostEnd?.push(chunk); cb(); } });
+  const log = [];
+  serveSession(guest, (m) => log.push(m));
+  const vm = { connectAgent: async () => (hostEnd = new Duplex({ read() {}, write(chunk, _e, cb) { guest.push(chunk); cb(); } })) };
+  const within = (p, what) => Promise.race([p, new Promise((_, r) => setTimeout(() => r(new Error(what + ' got no answer')), 5000))]);
+  (async () => {
+    const out = [];
+    for (const name of ['source', 'clone-1', 'clone-2']) {
+      hostEnd = null; // the previous host is gone
+      const mux = await openAgentSession(vm, 5000, name === 'source' ? {} : { hostname: name });
+      const r = await within(execCollect(mux, { argv: ['sh', '-c', 'hostname; exit 3'] }), name + "'s first exec");
+      out.push([name, r.code, r.stdout.toString()]);
+    }
+    return { out, log };
+  })().then((r) => { process.stdout.write(JSON.stringify(r)); process.exit(0); },
+    (e) => { process.stdout.write(JSON.stringify({ thrown: e.message })); process.exit(0); });`;
+
+test('a new host\'s first exec, right after the HELLO_ACK, is served (a clone\'s first exec)', { skip: root ? false : 'needs root (namespaces)' }, () => {
+  const r = spawnSync('unshare', ['--net', '--uts', '--', 'sh', '-c', 'hostname source && exec "$0" -e "$1"', process.execPath, SCRIPT], { encoding: 'utf8', timeout: 30_000 });
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), {
+    out: [['source', 3, 'source\n'], ['clone-1', 3, 'clone-1\n'], ['clone-2', 3, 'clone-2\n']],
+    log: [],
+  });
+});
