@@ -149,7 +149,7 @@ export async function ensureAccel(opts: {
   const v = await probeKvm(opts.kernel, opts.initrd, opts.baseCmdline, opts.timeoutMs);
   const rec: AccelRecord = { accel: v.accel, reason: v.reason, probedAt: new Date().toISOString(), kernelHash: opts.kernelHash };
   fs.mkdirSync(root, { recursive: true });
-  writeFileAtomic(accelFile(root), JSON.stringify(rec, null, 2) + '\n');
+  writeFileAtomic(accelFile(root), JSON.stringify(rec, null, 2) + '\n', 0o644); // public, like the assets it names: unprivileged users boot VMs from this cache
   opts.progress?.(`accelerator: ${rec.accel} (${rec.reason})`);
   return { ...rec, probed: true };
 }

@@ -130,7 +130,10 @@ export async function ensureAssets(opts: EnsureAssetsOptions = {}): Promise<Gues
     prev.rootfsHash !== next.rootfsHash ||
     prev.kernelPackage.version !== pkg.version
   ) {
-    writeFileAtomic(manifestPath(root), JSON.stringify(next, null, 2) + '\n');
+    writeFileAtomic(manifestPath(root), JSON.stringify(next, null, 2) + '\n', 0o644); // public, like the assets it names: unprivileged users boot VMs from this cache
+  } else {
+    // A manifest an earlier shoal wrote 0600 would keep unprivileged users from booting.
+    fs.chmodSync(manifestPath(root), 0o644);
   }
   if (kernel.built || initramfs.built || rootfs.built || accel.probed) {
     progress(`guest assets ready in ${((Date.now() - t0) / 1000).toFixed(1)} s`);

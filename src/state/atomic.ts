@@ -10,7 +10,8 @@ import path from 'node:path';
 
 let counter = 0;
 
-export function writeFileAtomic(target: string, data: string | Buffer): void {
+/** `mode`: 0600 unless the file is meant for other users too (the guest-asset manifests). */
+export function writeFileAtomic(target: string, data: string | Buffer, mode = 0o600): void {
   const temp = path.join(path.dirname(target), `.${path.basename(target)}.tmp-${process.pid}-${counter++}`);
   // 0600 whatever the umask, and never through a symlink or onto a file planted under the temp name.
   const flags = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
@@ -24,6 +25,7 @@ export function writeFileAtomic(target: string, data: string | Buffer): void {
     fd = fs.openSync(temp, flags, 0o600);
   }
   try {
+    if (mode !== 0o600) fs.fchmodSync(fd, mode);
     fs.writeSync(fd, typeof data === 'string' ? Buffer.from(data) : data);
     fs.fsyncSync(fd);
   } finally {
