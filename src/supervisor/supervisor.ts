@@ -531,8 +531,10 @@ export class Supervisor {
     const agentRequest: ExecRequest = { kind: 'exec', argv, stdin: interactive };
     if (tty) agentRequest.tty = tty;
     if (req.vm) agentRequest.env = env;
-    // The agent enters the container directly (crun exec) when it can; argv is its fallback.
-    else agentRequest.container = { name: MAIN_CONTAINER, argv: command, env };
+    // The agent enters the container directly (crun exec) when it can; argv is its fallback. The
+    // direct path runs the container's own user and working directory, so an exec that asks for
+    // others (-u, -w) goes through podman, which applies them.
+    else if (user === undefined && workdir === undefined) agentRequest.container = { name: MAIN_CONTAINER, argv: command, env };
     relayChannels(channel, this.agent.open({ ...agentRequest }));
   }
 
