@@ -164,11 +164,26 @@ async function sh(name: string, script: string): Promise<string> {
   return result.stdout.toString();
 }
 
+/**
+ * A case's body; if it fails, its VMs are removed so that the next case (which reuses the names)
+ * is judged on its own.
+ */
+function removingOnFailure(names: string[], body: () => Promise<void>): () => Promise<void> {
+  return async () => {
+    try {
+      await body();
+    } catch (err) {
+      await sandbox.run(['rm', '-f', ...names.filter((n) => claimedId(n) !== undefined)], { timeoutMs: 60_000 });
+      throw err;
+    }
+  };
+}
+
 /** 1 vCPU (snapshots under TCG need it), no image cache: the source must be a booted VM. */
 const RUN = ['run', '-d', '--cpus', '1', '--memory', '512', '--no-snapshot'];
 
 describe('kill -9', { timeout: 600_000 }, () => {
-  test('run: the supervisor killed as it starts, before its first record write', async () => {
+  test('run: the supervisor killed as it starts, before its first record write', removingOnFailure(['k1'], async () => {
     const cli = sandbox.start([...RUN, '--name', 'k1', image.ref, '--', 'sleep', '3600'], { timeoutMs: 120_000 });
     const id = await watchFor('the claim', 30_000, () => claimedId('k1'));
     const supervisor = await watchFor('the supervisor process', 30_000, () => supervisorOf(id));
@@ -181,9 +196,9 @@ describe('kill -9', { timeout: 600_000 }, () => {
     assertShownDead(await ls('k1'), 'after the CLI gave up');
     await rmF('k1');
     assert.deepEqual(leftoversOf([id], ['k1']), []);
-  });
+  }));
 
-  test('run: the supervisor killed while QEMU boots', async () => {
+  test('run: the supervisor killed while QEMU boots', removingOnFailure(['k1'], async () => {
     const cli = sandbox.start([...RUN, '--name', 'k1', image.ref, '--', 'sleep', '3600'], { timeoutMs: 120_000 });
     const id = await watchFor('the claim', 30_000, () => claimedId('k1'));
     await watchFor('QEMU', 60_000, () => qemuOf(id));
@@ -196,7 +211,7 @@ describe('kill -9', { timeout: 600_000 }, () => {
     await waitUntil('QEMU to die with its supervisor', 10_000, () => qemuOf(id) === undefined);
     await rmF('k1');
     assert.deepEqual(leftoversOf([id], ['k1']), []);
-  });
+  }));
 
   test('run: the CLI killed while QEMU boots; the VM boots on and ls says so (the next start of the name)', async () => {
     const cli = sandbox.start([...RUN, '--name', 'k1', image.ref, '--', 'sleep', '3600'], { timeoutMs: 240_000 });
@@ -229,7 +244,7 @@ describe('kill -9', { timeout: 600_000 }, () => {
     assert.equal(await sh('k1', 'echo still'), 'still\n');
   });
 
-  test('snapshot run: the clone\'s supervisor killed during the restore', async () => {
+  test('snapshot run: the clone\'s supervisor killed during the restore', removingOnFailure(['c1'], async () => {
     const create = await sandbox.run(['snapshot', 'create', 'k1', '--tag', 't1'], { timeoutMs: 120_000 });
     assert.equal(create.code, 0, create.stderr.toString());
     const cli = sandbox.start(['snapshot', 'run', '--snapshot', 't1', '--name', 'c1'], { timeoutMs: 120_000 });
@@ -241,9 +256,9 @@ describe('kill -9', { timeout: 600_000 }, () => {
     await waitUntil('QEMU to die with its supervisor', 10_000, () => qemuOf(id) === undefined);
     await rmF('c1');
     assert.deepEqual(leftoversOf([id], ['c1']), []);
-  });
+  }));
 
-  test('snapshot run: the CLI killed during the restore; the clone runs on (the next start of the name)', async () => {
+  test('snapshot run: the CLI killed during the restore; the clone runs on (the next start of the name)', removingOnFailure(['c1'], async () => {
     const cli = sandbox.start(['snapshot', 'run', '--snapshot', 't1', '--name', 'c1'], { timeoutMs: 120_000 });
     const id = await watchFor('the claim', 30_000, () => claimedId('c1'));
     await watchFor('QEMU', 60_000, () => qemuOf(id));
@@ -255,7 +270,7 @@ describe('kill -9', { timeout: 600_000 }, () => {
     assert.equal(await sh('c1', 'cat /root/mark'), 'before\n');
     await rmF('c1');
     assert.deepEqual(leftoversOf([id], ['c1']), []);
-  });
+  }));
 
   test('fork: the CLI killed mid-snapshot; the source runs on, no child, no .fork-* left', async () => {
     const cli = sandbox.start(['fork', 'k1', '-n', '1'], { timeoutMs: 120_000 });
@@ -271,7 +286,7 @@ describe('kill -9', { timeout: 600_000 }, () => {
     assert.equal(await sh('k1', 'echo still'), 'still\n');
   });
 
-  test('fork: the CLI killed while the children restore; ls is truthful, rm -f leaves nothing', async () => {
+  test('fork: the CLI killed while the children restore; ls is truthful, rm -f leaves nothing', removingOnFailure(['k1-1', 'k1-2'], async () => {
     const cli = sandbox.start(['fork', 'k1', '-n', '2'], { timeoutMs: 180_000 });
     const ids = await watchFor('both children', 120_000, () => {
       const a = claimedId('k1-1');
@@ -297,7 +312,7 @@ describe('kill -9', { timeout: 600_000 }, () => {
     assert.deepEqual(leftoversOf(ids, ['k1-1', 'k1-2']), []);
     assert.deepEqual(tempDirs(), []);
     assert.equal(await sh('k1', 'echo still'), 'still\n');
-  });
+  }));
 
   test('snapshot create: the source\'s supervisor killed mid-migration; the source is shown dead', async () => {
     const id = claimedId('k1')!;
