@@ -84,14 +84,17 @@ async function ls(name: string): Promise<LsEntry | undefined> {
   return vm;
 }
 
-/** Polls until check() returns a value; fast enough to catch a starting process. */
-async function watchFor<T>(what: string, timeoutMs: number, check: () => T | undefined): Promise<T> {
+/**
+ * Polls until check() returns a value. Every 50 ms by default (a scan of /proc is not free on a
+ * 2-core TCG host that is booting a guest); 5 ms to catch a process that just started.
+ */
+async function watchFor<T>(what: string, timeoutMs: number, check: () => T | undefined, intervalMs = 50): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = check();
     if (value !== undefined) return value;
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
+    await new Promise((r) => setTimeout(r, intervalMs));
   }
 }
 
@@ -105,6 +108,18 @@ function migratingDir(prefix: string): string | undefined {
   }
   const dir = entries.find((e) => e.startsWith(prefix) && fs.existsSync(path.join(snapshotsDir, e, 'state.bin')));
   return dir === undefined ? undefined : path.join(snapshotsDir, dir);
+}
+
+/** An image-cache save's temp directory whose state file QEMU has begun to write. */
+function cacheSaveDir(): string | undefined {
+  const root = path.join(sandbox.stateDir, 'image-cache');
+  let entries: string[] = [];
+  try {
+    entries = fs.readdirSync(root);
+  } catch {
+    return undefined;
+  }
+  return entries.find((e) => e.startsWith('.tmp-') && fs.existsSync(path.join(root, e, 'state.bin')));
 }
 
 /** Temp directories of snapshots and image-cache saves. */
@@ -186,8 +201,8 @@ const RUN = ['run', '-d', '--cpus', '1', '--memory', '512', '--no-snapshot'];
 describe('kill -9', { timeout: 600_000 }, () => {
   test('run: the supervisor killed as it starts, before its first record write', removingOnFailure(['k1'], async () => {
     const cli = sandbox.start([...RUN, '--name', 'k1', image.ref, '--', 'sleep', '3600'], { timeoutMs: 120_000 });
-    const id = await watchFor('the claim', 30_000, () => claimedId('k1'));
-    const supervisor = await watchFor('the supervisor process', 30_000, () => supervisorOf(id));
+    const id = await watchFor('the claim', 30_000, () => claimedId('k1'), 5);
+    const supervisor = await watchFor('the supervisor process', 30_000, () => supervisorOf(id), 5);
     kill9(supervisor);
     await waitUntil('the supervisor to go', 5000, () => !processesOf(id).includes(supervisor));
     // The CLI that created the VM still waits for it: ls must not call it `creating` all the same.
@@ -196,7 +211,7 @@ describe('kill -9', { timeout: 600_000 }, () => {
     assertFailedCleanly(result, 'run whose supervisor was killed');
     const gone = await ls('k1');
     assertShownDead(gone, 'after the CLI gave up');
-    console.log(`# run, supervisor killed at start: ls shows ${gone!.state} (${gone!.error}); the CLI said ${result.stderr.toString().trim()}`);
+    process.stdout.write(`# run, supervisor killed at start: ls shows ${gone!.state} (${gone!.error}); the CLI said ${result.stderr.toString().trim()}\n`);
     await rmF('k1');
     assert.deepEqual(leftoversOf([id], ['k1']), []);
   }));
@@ -216,6 +231,22 @@ describe('kill -9', { timeout: 600_000 }, () => {
     assert.deepEqual(leftoversOf([id], ['k1']), []);
   }));
 
+  test('run: the supervisor killed while it saves the image cache', removingOnFailure(['k1'], async () => {
+    // The image cache on (the default): the first run of the image boots, loads it, and saves it.
+    const cli = sandbox.start(['run', '-d', '--cpus', '1', '--memory', '512', '--name', 'k1', image.ref, '--', 'sleep', '3600'], { timeoutMs: 240_000 });
+    const id = await watchFor('the claim', 30_000, () => claimedId('k1'));
+    await watchFor('the image-cache save', 180_000, () => cacheSaveDir());
+    kill9(supervisorOf(id)!);
+    assertShownDead(await ls('k1'), 'supervisor killed during the image-cache save');
+    assertFailedCleanly(await cli.result, 'run whose supervisor was killed');
+    await waitUntil('QEMU to die with its supervisor', 10_000, () => qemuOf(id) === undefined);
+    await rmF('k1');
+    assert.deepEqual(leftoversOf([id], ['k1']), []);
+    // No entry was published; the save's temp directory (a RAM and disk copy) is swept by the
+    // next start (the next case checks).
+    assert.deepEqual(fs.readdirSync(path.join(sandbox.stateDir, 'image-cache')).filter((e) => !e.startsWith('.')), []);
+  }));
+
   test('run: the CLI killed while QEMU boots; the VM boots on and ls says so (the next start of the name)', async () => {
     const cli = sandbox.start([...RUN, '--name', 'k1', image.ref, '--', 'sleep', '3600'], { timeoutMs: 240_000 });
     const id = await watchFor('the claim', 30_000, () => claimedId('k1'));
@@ -228,6 +259,8 @@ describe('kill -9', { timeout: 600_000 }, () => {
     assert.equal(vm.pid, supervisorOf(id));
     await waitUntil('k1 to run', 180_000, async () => (await ls('k1'))?.state === 'running');
     assert.equal(await sh('k1', 'echo up; echo before > /root/mark; sync'), 'up\n');
+    // This start swept what the killed image-cache save left.
+    assert.deepEqual(tempDirs(), []);
   });
 
   test('snapshot create: the CLI killed mid-migration; the source runs on, no snapshot is left', async () => {
@@ -307,7 +340,7 @@ describe('kill -9', { timeout: 600_000 }, () => {
     });
     for (const [i, name] of ['k1-1', 'k1-2'].entries()) {
       const vm = await ls(name);
-      console.log(`# fork child ${name} after its CLI was killed: ${vm!.state}${vm!.error ? ` (${vm!.error})` : ''}`);
+      process.stdout.write(`# fork child ${name} after its CLI was killed: ${vm!.state}${vm!.error ? ` (${vm!.error})` : ''}\n`);
       if (vm!.state === 'running') assert.equal(vm!.pid, supervisorOf(ids[i]!), `${name}: ls shows running`);
       else assertShownDead(vm, name);
     }
@@ -315,6 +348,23 @@ describe('kill -9', { timeout: 600_000 }, () => {
     await sandbox.json(['snapshot', 'ls', '--json']);
     assert.deepEqual(leftoversOf(ids, ['k1-1', 'k1-2']), []);
     assert.deepEqual(tempDirs(), []);
+    assert.equal(await sh('k1', 'echo still'), 'still\n');
+  }));
+
+  test('fork: a child\'s supervisor killed during its restore; fork fails and removes its children and snapshot', removingOnFailure(['k1-1', 'k1-2'], async () => {
+    const cli = sandbox.start(['fork', 'k1', '-n', '2'], { timeoutMs: 180_000 });
+    const id = await watchFor('the first child\'s QEMU', 120_000, () => {
+      const child = claimedId('k1-1');
+      return child && qemuOf(child) !== undefined ? child : undefined;
+    });
+    const other = claimedId('k1-2');
+    kill9(supervisorOf(id)!);
+    assertFailedCleanly(await cli.result, 'fork whose child was killed');
+    assert.equal(await ls('k1-1'), undefined);
+    assert.equal(await ls('k1-2'), undefined);
+    assert.deepEqual(leftoversOf(other ? [id, other] : [id], ['k1-1', 'k1-2']), []);
+    assert.deepEqual(tempDirs(), []);
+    assert.equal((await ls('k1'))?.state, 'running');
     assert.equal(await sh('k1', 'echo still'), 'still\n');
   }));
 

@@ -1,7 +1,7 @@
 /**
  * What a kill -9 leaves in the records, judged without a VM (test/e2e/kill9.test.ts does it with
  * real VMs): a supervisor that died before its first record write is recorded as failed by the
- * CLI that spawned it, and nothing else is.
+ * CLI that spawned it, and nothing else is; an image-cache save killed midway is swept.
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { markDiedAtStart } from '../../src/lifecycle/spawn';
+import { sweepImageCacheTemps } from '../../src/snapshot/image-cache';
 import { StateStore, statusOf } from '../../src/state/store';
 import type { VmRecord } from '../../src/state/vm-record';
 
@@ -46,4 +47,18 @@ test('a supervisor that wrote its record is judged by its pid: the mark changes 
   // Removed meanwhile (rm -f): nothing is recreated.
   markDiedAtStart(store, 'dddddddddddd', 'SIGKILL');
   assert.equal(fs.existsSync(store.vmDir('dddddddddddd')), false);
+});
+
+test('an image-cache save killed midway: its temp directory is swept once its process is dead, a live one and entries stay', () => {
+  const store = tempStore();
+  const root = store.ensureDir('image-cache');
+  const dead = path.join(root, '.tmp-0123abcd-999999-AbCdEf');
+  const live = path.join(root, `.tmp-0123abcd-${process.pid}-XyZ123`);
+  const entry = path.join(root, '0123abcd');
+  for (const dir of [dead, live, entry]) {
+    fs.mkdirSync(dir);
+    fs.writeFileSync(path.join(dir, 'state.bin'), 'x');
+  }
+  assert.deepEqual(sweepImageCacheTemps(store, (pid) => pid === process.pid), ['.tmp-0123abcd-999999-AbCdEf']);
+  assert.deepEqual(fs.readdirSync(root).sort(), ['.tmp-0123abcd-' + process.pid + '-XyZ123', '0123abcd'].sort());
 });
