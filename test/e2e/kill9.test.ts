@@ -14,7 +14,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
-import { tapName } from '../../src/network/bridge';
+import { CLAIMS_DIR, tapName } from '../../src/network/bridge';
 import { MEMORY_FILE_DIR } from '../../src/state/vm-files';
 import { busyboxImageForFile } from '../helpers/images';
 import { ShoalSandbox, waitUntil, type CliResult, type LsEntry } from '../helpers/shoal-cli';
@@ -72,6 +72,51 @@ function supervisorOf(id: string): number | undefined {
 
 function qemuOf(id: string): number | undefined {
   return processesOf(id).find((pid) => cmdlineOf(pid).startsWith('qemu-system') || cmdlineOf(pid).includes('/qemu-system'));
+}
+
+/** Live (not zombie) pid, with its parent's pid. */
+function parentOf(pid: number): number | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return fields[0] === 'Z' ? undefined : Number(fields[1]);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Every process below pid (QEMU, the network helpers, the copies and migration pipes they run),
+ * whether or not its command line names the VM: taken before a kill, none may outlive `rm -f`.
+ */
+function descendantsOf(pid: number): number[] {
+  const parents = new Map<number, number>();
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const parent = parentOf(Number(entry));
+    if (parent !== undefined) parents.set(Number(entry), parent);
+  }
+  const found: number[] = [];
+  let frontier = [pid];
+  while (frontier.length > 0) {
+    const next = [...parents].filter(([, parent]) => frontier.includes(parent)).map(([child]) => child);
+    found.push(...next);
+    frontier = next;
+  }
+  return found;
+}
+
+/** Kills a supervisor; returns what ran below it, to be counted after `rm -f`. */
+function kill9Supervisor(id: string): number[] {
+  const supervisor = supervisorOf(id);
+  assert.ok(supervisor !== undefined, `no supervisor for ${id}`);
+  const family = descendantsOf(supervisor);
+  process.kill(supervisor, 'SIGKILL');
+  return family;
+}
+
+function stillAlive(pids: number[]): string[] {
+  return pids.filter((pid) => parentOf(pid) !== undefined).map((pid) => `process ${pid} (below the killed supervisor): ${cmdlineOf(pid).replace(/\0/g, ' ').slice(0, 120)}`);
 }
 
 function kill9(pid: number): void {
@@ -144,8 +189,8 @@ function assertShownDead(vm: LsEntry | undefined, what: string): void {
 }
 
 /** What is left of these VMs on the host: empty after `rm -f`. */
-function leftoversOf(ids: string[], names: string[]): string[] {
-  const left: string[] = [];
+function leftoversOf(ids: string[], names: string[], family: number[] = []): string[] {
+  const left: string[] = stillAlive(family);
   const mounts = fs.readFileSync('/proc/self/mountinfo', 'utf8');
   const links = fs.readdirSync('/sys/class/net');
   for (const id of ids) {
@@ -221,27 +266,45 @@ describe('kill -9', { timeout: 600_000 }, () => {
     const id = await watchFor('the claim', 30_000, () => claimedId('k1'));
     await watchFor('QEMU', 60_000, () => qemuOf(id));
     assert.equal((await ls('k1'))?.state, 'starting');
-    kill9(supervisorOf(id)!);
+    const family = kill9Supervisor(id);
     assertShownDead(await ls('k1'), 'supervisor killed during boot');
     const result = await cli.result;
     assertFailedCleanly(result, 'run whose supervisor was killed');
     // QEMU dies with its supervisor (parent-death signal).
     await waitUntil('QEMU to die with its supervisor', 10_000, () => qemuOf(id) === undefined);
     await rmF('k1');
-    assert.deepEqual(leftoversOf([id], ['k1']), []);
+    assert.deepEqual(leftoversOf([id], ['k1'], family), []);
   }));
+
+  for (const network of ['bridged', 'slirp4netns']) {
+    test(`run --network ${network}: the supervisor killed while QEMU boots; no helper, TAP or address claim is left`, removingOnFailure(['k1'], async () => {
+      const cli = sandbox.start([...RUN, '--network', network, '--name', 'k1', image.ref, '--', 'sleep', '3600'], { timeoutMs: 120_000 });
+      const id = await watchFor('the claim', 30_000, () => claimedId('k1'));
+      await watchFor('QEMU', 60_000, () => qemuOf(id));
+      const family = kill9Supervisor(id);
+      // The helpers (slirp4netns, the namespace's holder) were running below the supervisor.
+      if (network === 'slirp4netns') assert.ok(family.some((pid) => cmdlineOf(pid).startsWith('slirp4netns')), 'slirp4netns ran below the supervisor');
+      assertShownDead(await ls('k1'), `${network}: supervisor killed during boot`);
+      assertFailedCleanly(await cli.result, 'run whose supervisor was killed');
+      await rmF('k1');
+      assert.deepEqual(leftoversOf([id], ['k1'], family), []);
+      // A bridged VM's address claim (a file naming its id) is released.
+      const claims = fs.existsSync(CLAIMS_DIR) ? fs.readdirSync(CLAIMS_DIR).filter((f) => fs.readFileSync(path.join(CLAIMS_DIR, f), 'utf8').includes(id)) : [];
+      assert.deepEqual(claims, []);
+    }));
+  }
 
   test('run: the supervisor killed while it saves the image cache', removingOnFailure(['k1'], async () => {
     // The image cache on (the default): the first run of the image boots, loads it, and saves it.
     const cli = sandbox.start(['run', '-d', '--cpus', '1', '--memory', '512', '--name', 'k1', image.ref, '--', 'sleep', '3600'], { timeoutMs: 240_000 });
     const id = await watchFor('the claim', 30_000, () => claimedId('k1'));
     await watchFor('the image-cache save', 180_000, () => cacheSaveDir());
-    kill9(supervisorOf(id)!);
+    const family = kill9Supervisor(id);
     assertShownDead(await ls('k1'), 'supervisor killed during the image-cache save');
     assertFailedCleanly(await cli.result, 'run whose supervisor was killed');
     await waitUntil('QEMU to die with its supervisor', 10_000, () => qemuOf(id) === undefined);
     await rmF('k1');
-    assert.deepEqual(leftoversOf([id], ['k1']), []);
+    assert.deepEqual(leftoversOf([id], ['k1'], family), []);
     // No entry was published; the save's temp directory (a RAM and disk copy) is swept by the
     // next start (the next case checks).
     assert.deepEqual(fs.readdirSync(path.join(sandbox.stateDir, 'image-cache')).filter((e) => !e.startsWith('.')), []);
@@ -286,12 +349,12 @@ describe('kill -9', { timeout: 600_000 }, () => {
     const cli = sandbox.start(['snapshot', 'run', '--snapshot', 't1', '--name', 'c1'], { timeoutMs: 120_000 });
     const id = await watchFor('the claim', 30_000, () => claimedId('c1'));
     await watchFor('QEMU', 60_000, () => qemuOf(id));
-    kill9(supervisorOf(id)!);
+    const family = kill9Supervisor(id);
     assertShownDead(await ls('c1'), 'clone supervisor killed during restore');
     assertFailedCleanly(await cli.result, 'snapshot run whose supervisor was killed');
     await waitUntil('QEMU to die with its supervisor', 10_000, () => qemuOf(id) === undefined);
     await rmF('c1');
-    assert.deepEqual(leftoversOf([id], ['c1']), []);
+    assert.deepEqual(leftoversOf([id], ['c1'], family), []);
   }));
 
   test('snapshot run: the CLI killed during the restore; the clone runs on (the next start of the name)', removingOnFailure(['c1'], async () => {
@@ -358,11 +421,11 @@ describe('kill -9', { timeout: 600_000 }, () => {
       return child && qemuOf(child) !== undefined ? child : undefined;
     });
     const other = claimedId('k1-2');
-    kill9(supervisorOf(id)!);
+    const family = kill9Supervisor(id);
     assertFailedCleanly(await cli.result, 'fork whose child was killed');
     assert.equal(await ls('k1-1'), undefined);
     assert.equal(await ls('k1-2'), undefined);
-    assert.deepEqual(leftoversOf(other ? [id, other] : [id], ['k1-1', 'k1-2']), []);
+    assert.deepEqual(leftoversOf(other ? [id, other] : [id], ['k1-1', 'k1-2'], family), []);
     assert.deepEqual(tempDirs(), []);
     assert.equal((await ls('k1'))?.state, 'running');
     assert.equal(await sh('k1', 'echo still'), 'still\n');
@@ -372,13 +435,13 @@ describe('kill -9', { timeout: 600_000 }, () => {
     const id = claimedId('k1')!;
     const cli = sandbox.start(['snapshot', 'create', 'k1', '--tag', 'sup-killed'], { timeoutMs: 120_000 });
     await watchFor('the migration', 60_000, () => migratingDir('.tmp-sup-killed-'));
-    kill9(supervisorOf(id)!);
+    const family = kill9Supervisor(id);
     assertShownDead(await ls('k1'), 'source supervisor killed mid-snapshot');
     assertFailedCleanly(await cli.result, 'snapshot create whose source supervisor was killed');
     await waitUntil('QEMU to die with its supervisor', 10_000, () => qemuOf(id) === undefined);
     assert.deepEqual((await sandbox.json<Array<{ tag: string }>>(['snapshot', 'ls', '--json'])).map((s) => s.tag), ['t1']);
     await rmF('k1');
-    assert.deepEqual(leftoversOf([id], ['k1']), []);
+    assert.deepEqual(leftoversOf([id], ['k1'], family), []);
     assert.deepEqual(tempDirs(), []);
   });
 
