@@ -142,6 +142,29 @@ export function evictImageCache(store: StateStore, limit: number = imageCacheLim
   return removed;
 }
 
+/**
+ * Removes the temp directories of saves whose process died (a supervisor killed -9 mid-save
+ * leaves one, up to a guest's RAM and disk in size). evictImageCache does this too, but only
+ * after a save; this runs at every supervisor start, so the leak ends with the next start.
+ */
+export function sweepImageCacheTemps(store: StateStore, isAlive: (pid: number) => boolean = pidAlive): string[] {
+  const root = imageCacheRoot(store);
+  let names: string[];
+  try {
+    names = fs.readdirSync(root);
+  } catch {
+    return [];
+  }
+  const swept: string[] = [];
+  for (const name of names) {
+    const temp = /^\.tmp-[0-9a-f]+-(\d+)-/.exec(name);
+    if (!temp || isAlive(Number(temp[1]))) continue;
+    fs.rmSync(path.join(root, name), { recursive: true, force: true });
+    swept.push(name);
+  }
+  return swept;
+}
+
 function pidAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);

@@ -33,7 +33,7 @@ import { serveDirectoryMaps, type ServedMap } from './directory-maps';
 import type { ExecRequest } from '../protocol/messages';
 import { ControlServer, refuse, sendEvent } from '../control/server';
 import type { ExecControlRequest, FilesControlRequest } from '../control/messages';
-import { cachedImageSnapshot, leaseSnapshotDir, touchImageCache } from '../snapshot/image-cache';
+import { cachedImageSnapshot, leaseSnapshotDir, sweepImageCacheTemps, touchImageCache } from '../snapshot/image-cache';
 import { vmKernelCmdline } from './guest-cmdline';
 import { VmNetwork } from './vm-network';
 import { Attachments } from './attachments';
@@ -129,8 +129,10 @@ export class Supervisor {
       }
     }, CONSOLE_CAP_INTERVAL_MS).unref();
     removeOrphanMemoryFiles();
-    // A fork or snapshot killed midway leaves its temp directory (a full RAM and disk copy).
+    // A fork or snapshot killed midway leaves its temp directory (a full RAM and disk copy);
+    // so does a supervisor killed while saving the image cache.
     sweepStale(this.store);
+    sweepImageCacheTemps(this.store);
     let exitCode: number | undefined;
     try {
       const restore = readJson<RestoreInfo>(restoreInfoPath(this.files.dir));

@@ -41,12 +41,22 @@ export class ShoalSandbox {
 
   /** Runs shoal with a hard timeout (SIGKILL on expiry, reported as signal). */
   run(args: string[], options: { input?: Buffer | string; timeoutMs?: number; env?: Record<string, string> } = {}): Promise<CliResult> {
-    return new Promise((resolve) => {
+    return this.start(args, options).result;
+  }
+
+  /**
+   * Starts shoal and returns at once: its pid (to kill it at a chosen moment) and its result,
+   * under the same hard timeout as run().
+   */
+  start(args: string[], options: { input?: Buffer | string; timeoutMs?: number; env?: Record<string, string> } = {}): { pid: number; result: Promise<CliResult> } {
+    let pid = -1;
+    const result = new Promise<CliResult>((resolve) => {
       const user = this.options.user;
       const argv = [...(this.options.prefix ?? []), ...(user ? ['setpriv', `--reuid=${user.uid}`, `--regid=${user.gid}`, '--clear-groups'] : []), SHOAL_BIN, ...args];
       // As another user, the guest assets are still this user's (their cache would be empty).
       const env = user ? this.env({ SHOAL_CACHE_DIR: cacheDir(), HOME: this.stateDir, ...options.env }) : this.env(options.env);
       const child = spawn(argv[0]!, argv.slice(1), { env, stdio: ['pipe', 'pipe', 'pipe'] });
+      pid = child.pid ?? -1;
       const stdout: Buffer[] = [];
       const stderr: Buffer[] = [];
       child.stdout.on('data', (d: Buffer) => stdout.push(d));
@@ -60,6 +70,7 @@ export class ShoalSandbox {
         resolve({ code, signal, stdout: Buffer.concat(stdout), stderr: Buffer.concat(stderr) });
       });
     });
+    return { pid, result };
   }
 
   /** One VM as `ls --json` lists it, or undefined. */
