@@ -4,7 +4,7 @@
  * before and after the VMM starts, the guest's addresses, and the clean-up at the end.
  */
 import { attachTap, claimAddress, createTap, ensureBridge, GATEWAY, hostNameserver, PREFIX_LENGTH, tapName } from '../network/bridge';
-import { attachmentFor, macFor, netSpecFor, SLIRP_HOST_ADDRESS, type NetAttachment } from '../network/mode';
+import { attachmentFor, macFor, netSpecFor, reachesHostLoopback, SLIRP_HOST_ADDRESS, type NetAttachment } from '../network/mode';
 import { NAMESPACE_GATEWAY, NAMESPACE_GUEST_ADDRESS, NAMESPACE_NAMESERVER, NAMESPACE_PREFIX_LENGTH, startNamespaceNetwork, type NamespaceNetwork } from '../network/namespace-network';
 import { startPortProxies, type PortProxy } from '../network/port-proxy';
 import { bindPort } from '../network/port-binding';
@@ -44,7 +44,7 @@ export class VmNetwork {
     const attachment = this.attachment;
     if (attachment === 'namespace') {
       this.progress('creating the network namespace (slirp4netns)');
-      this.namespaceNetwork = await startNamespaceNetwork({ runDir: this.runDir, forwards });
+      this.namespaceNetwork = await startNamespaceNetwork({ runDir: this.runDir, forwards, allowHostLoopback: this.record.current.config.allowHostLoopback === true });
     } else if (attachment === 'bridge') {
       await ensureBridge();
       const id = this.record.current.id;
@@ -110,8 +110,8 @@ export class VmNetwork {
 
   /** The host's proxy settings as the guest must see them (this process inherited the CLI's environment). */
   proxyEnv(): Record<string, string> {
-    const attachment = this.attachment;
-    return proxyEnvironment(process.env, attachment === 'qemu-slirp' || attachment === 'namespace' ? SLIRP_HOST_ADDRESS : null);
+    const reaches = reachesHostLoopback(this.attachment, this.record.current.config.allowHostLoopback);
+    return proxyEnvironment(process.env, reaches ? SLIRP_HOST_ADDRESS : null);
   }
 
   /** Ends the port proxies and the namespace (the TAP and address claim go with releaseVmResources). */
