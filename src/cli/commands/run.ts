@@ -53,8 +53,9 @@ export interface RunFlags extends ContainerFlags {
 
 export async function runCommand(image: string, command: string[], flags: RunFlags): Promise<number> {
   const store = new StateStore();
-  const network = parseNetwork(flags.network ?? 'rootless');
   const config = validate(image, command, flags);
+  // Parsed again for what the record does not keep: an explicit allow_host_loopback=false.
+  const network = parseNetwork(flags.network ?? 'rootless');
   const assets = loadAssets();
   const vmm: VmmChoice = parseVmm(flags.vmm);
   const selection = await selectBackend(vmm, assets.accel, assets.accelReason, config.jailer);
@@ -105,6 +106,7 @@ function validate(image: string, command: string[], flags: RunFlags): VmConfig {
     throw new ShoalError(`invalid --env: ${(err as Error).message}`);
   }
   const container = parseContainerOptions(flags);
+  const network = parseNetwork(flags.network ?? 'rootless');
   return {
     name,
     image,
@@ -117,8 +119,8 @@ function validate(image: string, command: string[], flags: RunFlags): VmConfig {
     ...(flags.tty === true ? { tty: terminalSizeNow() } : {}),
     detach: flags.detach === true,
     autoRemove: flags.rm === true,
-    network: parseNetwork(flags.network ?? 'rootless').mode,
-    ...(parseNetwork(flags.network ?? 'rootless').allowHostLoopback === true ? { allowHostLoopback: true } : {}),
+    network: network.mode,
+    ...(network.allowHostLoopback === true ? { allowHostLoopback: true } : {}),
     publish: parsePublish(flags.publish),
     // -v/--volume is podman's spelling of --map (a host directory, served over FUSE).
     maps: parseMaps([...(flags.map ?? []), ...(flags.volume ?? [])]),
