@@ -82,12 +82,39 @@ class TailBuffer {
   }
 }
 
-/** Runs a command in the guest and collects (the tail of) its output (for short control commands). */
+/**
+ * The deadline of the host's own requests to the agent (execCollect, request) unless the caller
+ * gives one: a hostile or hung guest must not hang a supervisor forever. Each caller that knows
+ * its request may take longer (an image load or pull) says so; the user's own execs and the main
+ * container do not go through these and have no deadline (their duration is the user's).
+ */
+export const AGENT_CALL_TIMEOUT_MS = 30_000;
+
+/**
+ * Settles like `promise`, or after `timeoutMs` closes the channel (the guest drops the request,
+ * stdin pumps and credit waits wake up) and rejects with one line naming `what`.
+ */
+export function withChannelDeadline<T>(promise: Promise<T>, channel: Channel, timeoutMs: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      reject(new ShoalError(`${what}: no answer from the guest within ${formatSeconds(timeoutMs)} (the VM may be hung)`));
+      channel.close();
+    }, timeoutMs);
+  });
+  return Promise.race([promise.finally(() => clearTimeout(timer)), expired]);
+}
+
+function formatSeconds(ms: number): string {
+  return ms < 1000 ? `${ms} ms` : `${Math.round(ms / 1000)} s`;
+}
+
+/** Runs a command in the guest and collects (the tail of) its output (for short control commands), within a deadline. */
 export async function execCollect(
   mux: Mux,
   request: Omit<ExecRequest, 'kind' | 'stdin'>,
   stdin?: Readable,
-  options: { maxOutputBytes?: number } = {},
+  options: { maxOutputBytes?: number; timeoutMs?: number } = {},
 ): Promise<ExecResult> {
   const channel = mux.open({ kind: 'exec', stdin: stdin !== undefined, ...request });
   const limit = options.maxOutputBytes ?? COLLECT_MAX_BYTES;
@@ -97,14 +124,19 @@ export async function execCollect(
     ({ write: (data: Buffer) => { tail.push(data); return true; }, once: () => undefined }) as unknown as Writable;
   const io: Parameters<typeof attachChannel>[1] = { stdout: sink(stdout), stderr: sink(stderr) };
   if (stdin) io.stdin = stdin;
-  const code = await attachChannel(channel, io);
+  const what = `\`${request.argv.slice(0, 2).join(' ')}\` in the VM`;
+  const code = await withChannelDeadline(attachChannel(channel, io), channel, options.timeoutMs ?? AGENT_CALL_TIMEOUT_MS, what);
   return { code, stdout: stdout.toBuffer(), stderr: stderr.toBuffer() };
 }
 
-/** Sends a one-shot request (info, poweroff) and returns its result message. */
-export function request(mux: Mux, body: Record<string, unknown>): Promise<Record<string, unknown>> {
+/** Sends a one-shot request (info, poweroff, quiesce) and returns its result message, within a deadline. */
+export function request(mux: Mux, body: Record<string, unknown>, timeoutMs: number = AGENT_CALL_TIMEOUT_MS): Promise<Record<string, unknown>> {
+  const channel = mux.open(body);
+  return withChannelDeadline(oneReply(channel), channel, timeoutMs, `the agent's ${String(body.kind)} request`);
+}
+
+function oneReply(channel: Channel): Promise<Record<string, unknown>> {
   return new Promise((resolve, reject) => {
-    const channel = mux.open(body);
     let result: Record<string, unknown> | undefined;
     channel.setDataHandler(() => undefined);
     channel.on('message', (message: Record<string, unknown>) => {

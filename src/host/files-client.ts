@@ -22,8 +22,31 @@ function errorOf(message: Record<string, unknown>): FilesError {
 
 const lost = (): FilesError => new FilesError('EIO', 'the connection to the VM was lost');
 
-/** One request, one reply message (list, stat, mkdir, rename, remove). */
-export function filesCall(channel: Channel): Promise<Record<string, unknown>> {
+/**
+ * How long the guest may take to answer a file operation (to reply to a call, to open a file for
+ * a read, to confirm a write once its body was sent): a hung guest fails the request with one
+ * line instead of holding it forever. The body of a read or a write moves at the client's pace.
+ */
+export const FILES_REPLY_TIMEOUT_MS = 30_000;
+
+/** Rejects `promise` with EIO (and closes the channel) if it has not settled within `timeoutMs`. */
+function replyWithin<T>(promise: Promise<T>, channel: Channel, timeoutMs: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      reject(new FilesError('EIO', `the guest did not answer the file operation within ${timeoutMs < 1000 ? `${timeoutMs} ms` : `${Math.round(timeoutMs / 1000)} s`} (the VM may be hung)`));
+      channel.close();
+    }, timeoutMs);
+  });
+  return Promise.race([promise.finally(() => clearTimeout(timer)), expired]);
+}
+
+/** One request, one reply message (list, stat, mkdir, rename, remove), within timeoutMs. */
+export function filesCall(channel: Channel, timeoutMs = FILES_REPLY_TIMEOUT_MS): Promise<Record<string, unknown>> {
+  return replyWithin(oneFilesReply(channel), channel, timeoutMs);
+}
+
+function oneFilesReply(channel: Channel): Promise<Record<string, unknown>> {
   return new Promise((resolve, reject) => {
     let settled = false;
     channel.setDataHandler(() => undefined);
@@ -51,8 +74,12 @@ export function entryOf(reply: Record<string, unknown>): FileEntry {
   return reply.entry;
 }
 
-/** A read: resolves with the file's entry once the guest opened it, and its bytes as a stream. */
-export function readFromChannel(channel: Channel, maxBytes: number): Promise<{ entry: FileEntry; body: Readable }> {
+/** A read: resolves with the file's entry once the guest opened it (within timeoutMs), and its bytes as a stream. */
+export function readFromChannel(channel: Channel, maxBytes: number, timeoutMs = FILES_REPLY_TIMEOUT_MS): Promise<{ entry: FileEntry; body: Readable }> {
+  return replyWithin(startRead(channel, maxBytes), channel, timeoutMs);
+}
+
+function startRead(channel: Channel, maxBytes: number): Promise<{ entry: FileEntry; body: Readable }> {
   return new Promise((resolve, reject) => {
     let received = 0;
     let wake: (() => void) | undefined;
@@ -108,8 +135,11 @@ export function readFromChannel(channel: Channel, maxBytes: number): Promise<{ e
   });
 }
 
-/** A write: sends the body (at most maxBytes, else EFBIG and nothing is written) and resolves with the new entry. */
-export async function writeToChannel(channel: Channel, body: AsyncIterable<Buffer | string>, maxBytes: number): Promise<FileEntry> {
+/**
+ * A write: sends the body (at most maxBytes, else EFBIG and nothing is written) and resolves with
+ * the new entry, which the guest must confirm within timeoutMs of the body's end.
+ */
+export async function writeToChannel(channel: Channel, body: AsyncIterable<Buffer | string>, maxBytes: number, timeoutMs = FILES_REPLY_TIMEOUT_MS): Promise<FileEntry> {
   const reply = new Promise<Record<string, unknown>>((resolve, reject) => {
     channel.setDataHandler(() => undefined);
     channel.on('message', (message: Record<string, unknown>) => {
@@ -134,7 +164,7 @@ export async function writeToChannel(channel: Channel, body: AsyncIterable<Buffe
   }
   channel.end(STDIN);
   try {
-    return entryOf(await reply);
+    return entryOf(await replyWithin(reply, channel, timeoutMs));
   } finally {
     channel.close();
   }

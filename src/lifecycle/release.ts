@@ -4,6 +4,7 @@
  */
 import fs from 'node:fs';
 import { releaseAddress, removeTap, tapName } from '../network/bridge';
+import { unbindPort } from '../network/port-binding';
 import type { VmRecord } from '../state/vm-record';
 import { memoryFilePath, removeSockets, vmFiles } from '../state/vm-files';
 import { jailDirOf } from '../vmm/select';
@@ -19,6 +20,10 @@ export async function releaseVmResources(record: VmRecord, dir: string): Promise
     // QEMU's TAP goes with it; one made for Firecracker does not. The address claim is released
     // here, or taken over later.
     await removeTap(tapName(record.id));
+    // Its MAC/address binding, if still its own (a new VM may have taken the TAP name since).
+    // A failure here leaves only rules for a TAP that is gone: the next VM with that name
+    // rewrites them, so it must not stop the rest of the release.
+    await unbindPort(tapName(record.id), record.id).catch(() => false);
     releaseAddress(record.id, record.bridgedAddress);
   }
   removeSockets(dir);

@@ -7,9 +7,10 @@
  *   address, IPv4 forwarding, and the nftables table `ip shoal` (masquerade for the subnet, and
  *   forwarding for it). Re-created atomically in one nft transaction, so concurrent starts do not
  *   duplicate rules.
- * - Per VM: only the TAP. QEMU creates it (non-persistent), so it vanishes with the QEMU process,
- *   even after kill -9 of the supervisor (QEMU dies with it). Bridge ports are isolated: VMs reach
- *   the outside and the host, not each other.
+ * - Per VM: the TAP and its binding. QEMU creates the TAP (non-persistent), so it vanishes with
+ *   the QEMU process, even after kill -9 of the supervisor (QEMU dies with it). Bridge ports are
+ *   isolated: VMs reach the outside and the host, not each other. The binding (an nftables
+ *   `bridge` rule set, ./port-binding.ts) lets the TAP carry only its VM's MAC and address.
  * - The VM's address is claimed by an O_EXCL file (CLAIMS_DIR) and released when the VM ends; a
  *   claim whose supervisor is gone is taken over.
  */

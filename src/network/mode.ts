@@ -6,7 +6,9 @@
  *   QEMU it exercises the same path).
  * - `bridged` (root): a TAP on the host bridge shoal0, NAT by nftables (./bridge.ts).
  * - `none`: no network device.
- * The guest's addresses in the slirp modes are slirp's fixed ones.
+ * The guest's addresses in the slirp modes are slirp's fixed ones. In the slirp4netns namespace
+ * the host's loopback is out of the guest's reach unless asked for (`:allow_host_loopback=true`);
+ * QEMU's own slirp cannot withhold it (docs/security.md).
  */
 import crypto from 'node:crypto';
 import { ShoalError } from '../util/errors';
@@ -30,6 +32,31 @@ export function parseNetworkMode(value: string): NetworkMode {
   throw new ShoalError(`invalid --network "${value}": expected ${NETWORK_MODES.join(', ')}`);
 }
 
+/** A `--network` value: the mode, and its options (podman's `slirp4netns:allow_host_loopback=true`). */
+export interface NetworkChoice {
+  mode: NetworkMode;
+  /** Given explicitly: may the guest reach the host's loopback (as slirp's 10.0.2.2)? */
+  allowHostLoopback?: boolean;
+}
+
+/**
+ * `MODE[:OPTION=VALUE[,...]]`. The one option, `allow_host_loopback=true|false`, is podman's for
+ * slirp4netns and applies to the user-mode modes only (rootless, slirp4netns).
+ */
+export function parseNetwork(value: string): NetworkChoice {
+  const colon = value.indexOf(':');
+  const mode = parseNetworkMode(colon < 0 ? value : value.slice(0, colon));
+  const choice: NetworkChoice = { mode };
+  if (colon < 0) return choice;
+  for (const option of value.slice(colon + 1).split(',')) {
+    const match = /^allow_host_loopback=(true|false)$/.exec(option);
+    if (!match) throw new ShoalError(`invalid --network "${value}": unknown option "${option}" (expected allow_host_loopback=true or false)`);
+    if (mode !== 'rootless' && mode !== 'slirp4netns') throw new ShoalError(`invalid --network "${value}": allow_host_loopback applies to rootless and slirp4netns only`);
+    choice.allowHostLoopback = match[1] === 'true';
+  }
+  return choice;
+}
+
 export function attachmentFor(mode: NetworkMode, backend: VmmKind): NetAttachment {
   if (mode === 'rootless') return vmmTraits(backend).userModeNetworking ? 'qemu-slirp' : 'namespace';
   if (mode === 'slirp4netns') return 'namespace';
@@ -37,8 +64,12 @@ export function attachmentFor(mode: NetworkMode, backend: VmmKind): NetAttachmen
 }
 
 /** Fails early (for runs and clones alike) for combinations shoal cannot provide, or this host lacks. */
-export function checkNetworkSupport(mode: NetworkMode, backend: VmmKind, forwards: PortForward[], options: { jailer?: boolean } = {}): void {
+export function checkNetworkSupport(mode: NetworkMode, backend: VmmKind, forwards: PortForward[], options: { jailer?: boolean; allowHostLoopback?: boolean } = {}): void {
   if (mode === 'none' && forwards.length > 0) throw new ShoalError('--publish needs a network: it cannot be combined with --network none');
+  if (options.allowHostLoopback === false && attachmentFor(mode, backend) === 'qemu-slirp') {
+    // QEMU 7.2's -netdev user has no such switch (restrict=on would cut all outbound traffic).
+    throw new ShoalError(`--network ${mode}:allow_host_loopback=false is not possible on ${backend}: its user-mode network always lets the guest reach the host's loopback; use --network slirp4netns`);
+  }
   if (mode === 'bridged' && process.getuid?.() !== 0) {
     throw new ShoalError('--network bridged needs root (it creates a TAP device and NAT rules); use --network rootless');
   }
@@ -69,4 +100,10 @@ export function guestAddress(attachment: NetAttachment, bridgedAddress?: string)
   if (attachment === 'bridge') return bridgedAddress ?? null;
   if (attachment === 'namespace') return NAMESPACE_GUEST_ADDRESS;
   return attachment === 'qemu-slirp' ? SLIRP_GUEST_ADDRESS : null;
+}
+
+/** Does the guest reach the host's loopback (as slirp's 10.0.2.2)? QEMU's own slirp always lets it. */
+export function reachesHostLoopback(attachment: NetAttachment, allowHostLoopback: boolean | undefined): boolean {
+  if (attachment === 'qemu-slirp') return true;
+  return attachment === 'namespace' && allowHostLoopback === true;
 }

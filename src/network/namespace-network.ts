@@ -10,8 +10,10 @@
  *                   br0          (no address: the namespace is only a wire)
  *     slirp4netns ─ s0 ┘
  *
- * The guest has slirp's "recommended" address 10.0.2.100, slirp's gateway 10.0.2.2 (which also
- * reaches the host's loopback) and slirp's DNS 10.0.2.3 (the host's resolver). Published ports
+ * The guest has slirp's "recommended" address 10.0.2.100, slirp's gateway 10.0.2.2 (which
+ * reaches the host's loopback only with allowHostLoopback: slirp4netns runs with
+ * --disable-host-loopback otherwise) and slirp's DNS 10.0.2.3 (the host's resolver, even one on
+ * the host's loopback). Published ports
  * are slirp4netns host forwards, added over its API socket before the VM starts.
  *
  * Nothing outlives the supervisor: the namespace's holder and slirp4netns run under a
@@ -140,9 +142,12 @@ function startHolder(): Helper {
 }
 
 /** slirp4netns on the holder's namespace, with an exit pipe (fd 3) and a ready pipe (fd 4). */
-function startSlirp(holderPid: number, apiSocket: string, ipv6: boolean): Helper {
+function startSlirp(holderPid: number, apiSocket: string, ipv6: boolean, allowHostLoopback: boolean): Helper {
   const args = ['--exit-fd=3', '--ready-fd=4', `--api-socket=${apiSocket}`, '--enable-sandbox', '--enable-seccomp'];
   if (ipv6) args.push('--enable-ipv6');
+  // Without it, 10.0.2.2 (and fd00::2) is the host's loopback: every service bound to 127.0.0.1
+  // on the host, which a guest has no business reaching unless the user asked for it.
+  if (!allowHostLoopback) args.push('--disable-host-loopback');
   args.push(String(holderPid), SLIRP_TAP);
   return new Helper(spawnTied('slirp4netns', args, { stdio: ['ignore', 'ignore', 'pipe', 'pipe', 'pipe'] }));
 }
@@ -192,7 +197,7 @@ async function addForward(apiSocket: string, f: PortForward): Promise<void> {
  * Creates the namespace, its bridge and TAP, and slirp4netns with the published ports.
  * `runDir` holds the API socket. On any failure everything started is stopped again.
  */
-export async function startNamespaceNetwork(opts: { runDir: string; forwards: PortForward[]; ipv6?: boolean }): Promise<NamespaceNetwork> {
+export async function startNamespaceNetwork(opts: { runDir: string; forwards: PortForward[]; ipv6?: boolean; allowHostLoopback?: boolean }): Promise<NamespaceNetwork> {
   const unavailable = namespaceNetworkUnavailable();
   if (unavailable) throw new ShoalError(`--network slirp4netns: ${unavailable}`);
   const started: Helper[] = [];
@@ -207,7 +212,7 @@ export async function startNamespaceNetwork(opts: { runDir: string; forwards: Po
     await holder.ready(holder.child.stdout!, 'creating the network namespace (unshare --user --net)');
     const holderPid = holder.pid;
     const apiSocket = path.join(opts.runDir, 'slirp.sock');
-    const slirp = startSlirp(holderPid, apiSocket, opts.ipv6 ?? true);
+    const slirp = startSlirp(holderPid, apiSocket, opts.ipv6 ?? true, opts.allowHostLoopback === true);
     started.push(slirp);
     await slirp.ready(slirp.child.stdio[4] as NodeJS.ReadableStream, 'starting slirp4netns');
     const [nsenter, ...nsenterArgs] = enterNamespacesArgv(holderPid);

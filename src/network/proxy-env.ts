@@ -18,3 +18,18 @@ export function proxyEnvironment(hostEnv: NodeJS.ProcessEnv, hostAddressFromGues
 function rewriteLoopback(value: string, hostAddress: string): string {
   return value.replace(/^(\w+:\/\/(?:[^@/]*@)?)(localhost|127(?:\.\d+){3}|\[::1\])(?=[:/]|$)/i, `$1${hostAddress}`);
 }
+
+/**
+ * A proxy variable that names the host's loopback, which a guest that cannot reach the host's
+ * loopback could not use: the one-line reason to refuse the run, or null.
+ */
+export function loopbackProxyProblem(hostEnv: NodeJS.ProcessEnv, mode: string): string | null {
+  for (const name of PROXY_VARIABLES) {
+    const value = hostEnv[name];
+    if (!value || /no_proxy/i.test(name) || rewriteLoopback(value, '\0') === value) continue;
+    // The value is not repeated: it may carry credentials.
+    return `${name} names a proxy on the host's loopback, which a --network ${mode} guest cannot reach by default: ` +
+      `use --network ${mode}:allow_host_loopback=true to let the guest reach the host's loopback, or unset ${name}`;
+  }
+  return null;
+}

@@ -35,6 +35,11 @@ export interface VmConfig {
   /** Remove everything when the container exits. */
   autoRemove: boolean;
   network: NetworkMode;
+  /**
+   * `--network slirp4netns:allow_host_loopback=true` (or rootless on Firecracker): the guest may
+   * reach the host's loopback as 10.0.2.2. Absent: it may not (QEMU's own slirp always lets it).
+   */
+  allowHostLoopback?: boolean;
   publish: PortForward[];
   /** Host directories shown to the container over FUSE (--map). */
   maps?: DirectoryMap[];

@@ -35,7 +35,9 @@ export function parseHealthCheck(value: string): string {
 export async function waitHealthy(agent: Mux, url: string, timeoutMs: number, stopped: () => boolean): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!stopped()) {
-    const result = await execCollect(agent, { argv: ['node', '-e', PROBE, url] }).catch(() => undefined);
+    // Each probe within what is left of the deadline: a hung guest must not hold the loop.
+    const left = Math.max(1000, deadline - Date.now());
+    const result = await execCollect(agent, { argv: ['node', '-e', PROBE, url] }, undefined, { timeoutMs: left }).catch(() => undefined);
     if (result?.code === 0) return;
     if (Date.now() > deadline) throw new ShoalError(`the health check ${url} did not pass within ${Math.round(timeoutMs / 1000)} s`);
     await sleep(1000);

@@ -59,6 +59,12 @@ const CONSOLE_CAP_INTERVAL_MS = 1000;
 const HEALTH_TIMEOUT_MS = 120_000;
 /** How long the guest agent has to answer a fresh session after a snapshot reset its link. */
 const RELINK_TIMEOUT_MS = 30_000;
+/**
+ * How long `podman load`/`podman pull` may take in the guest: a large image over a slow link
+ * under TCG takes minutes, a hung guest takes forever. (The supervisor's other agent requests
+ * have AGENT_CALL_TIMEOUT_MS, src/host/exec-client.ts.)
+ */
+const IMAGE_TIMEOUT_MS = 20 * 60_000;
 
 export class Supervisor {
   private readonly records: VmRecordHandle;
@@ -185,7 +191,7 @@ export class Supervisor {
     this.setState('stopping');
     if (this.agent && this.container.current) {
       const grace = timeoutSeconds ?? this.record.config.container?.stopTimeout ?? 5;
-      await Promise.race([execCollect(this.agent, { argv: ['podman', 'stop', '--time', String(grace), 'main'] }).catch(() => undefined), sleep((grace + 10) * 1000)]);
+      await execCollect(this.agent, { argv: ['podman', 'stop', '--time', String(grace), 'main'] }, undefined, { timeoutMs: (grace + 10) * 1000 }).catch(() => undefined);
     }
     // If the container did not end, or never started, finish from here.
     await sleep(500);
@@ -401,7 +407,7 @@ export class Supervisor {
     let image: string;
     if (source.kind === 'archive') {
       this.progress(`copying ${path.basename(source.path)} (${(source.size / 1048576).toFixed(1)} MiB) into the VM`);
-      const result = await execCollect(agent, { argv: podmanLoadArgv() }, fs.createReadStream(source.path));
+      const result = await execCollect(agent, { argv: podmanLoadArgv() }, fs.createReadStream(source.path), { timeoutMs: IMAGE_TIMEOUT_MS });
       const loaded = loadedImageFrom(result.stdout.toString() + result.stderr.toString());
       if (result.code !== 0 || !loaded) {
         throw new ShoalError(`loading ${source.format}:${source.path} failed: ${lastLine(result.stderr) || `podman load exited ${result.code}`}`);
@@ -409,7 +415,7 @@ export class Supervisor {
       image = loaded;
     } else {
       this.progress(`pulling ${source.reference} in the VM`);
-      const result = await execCollect(agent, { argv: podmanPullArgv(source.reference), env: this.network.proxyEnv() });
+      const result = await execCollect(agent, { argv: podmanPullArgv(source.reference), env: this.network.proxyEnv() }, undefined, { timeoutMs: IMAGE_TIMEOUT_MS });
       if (result.code !== 0) {
         throw new ShoalError(`pulling ${source.reference} failed: ${lastLine(result.stderr) || `podman pull exited ${result.code}`}`);
       }
@@ -498,7 +504,7 @@ export class Supervisor {
     // Without a link (lost, or ended for a protocol error) nobody can ask the guest to power
     // off: waiting for it would only delay the end.
     const asked = this.agent !== undefined && !this.agent.destroyed;
-    if (asked) await Promise.race([request(this.agent!, { kind: 'poweroff' }).catch(() => undefined), sleep(2000)]);
+    if (asked) await request(this.agent!, { kind: 'poweroff' }, 2000).catch(() => undefined);
     await vm.shutdown(asked ? SHUTDOWN_TIMEOUT_MS : 0);
     this.agent?.destroy();
   }

@@ -3,10 +3,11 @@
  * (QEMU slirp, a slirp4netns namespace, a TAP on the bridge), the parts that attachment needs
  * before and after the VMM starts, the guest's addresses, and the clean-up at the end.
  */
-import { attachTap, claimAddress, createTap, ensureBridge, GATEWAY, hostNameserver, PREFIX_LENGTH } from '../network/bridge';
-import { attachmentFor, macFor, netSpecFor, SLIRP_HOST_ADDRESS, type NetAttachment } from '../network/mode';
+import { attachTap, claimAddress, createTap, ensureBridge, GATEWAY, hostNameserver, PREFIX_LENGTH, tapName } from '../network/bridge';
+import { attachmentFor, macFor, netSpecFor, reachesHostLoopback, SLIRP_HOST_ADDRESS, type NetAttachment } from '../network/mode';
 import { NAMESPACE_GATEWAY, NAMESPACE_GUEST_ADDRESS, NAMESPACE_NAMESERVER, NAMESPACE_PREFIX_LENGTH, startNamespaceNetwork, type NamespaceNetwork } from '../network/namespace-network';
 import { startPortProxies, type PortProxy } from '../network/port-proxy';
+import { bindPort } from '../network/port-binding';
 import { proxyEnvironment } from '../network/proxy-env';
 import type { GuestNetworkIdentity } from '../protocol/messages';
 import { ShoalError } from '../util/errors';
@@ -34,7 +35,8 @@ export class VmNetwork {
 
   /**
    * The host side of this VM's network, before its VMM starts. Bridged: the shared bridge and
-   * NAT (idempotent), an address of its own, and its published ports' proxies. Namespace: a
+   * NAT (idempotent), an address of its own, its TAP bound to its MAC and that address
+   * (../network/port-binding.ts), and its published ports' proxies. Namespace: a
    * user+network namespace with its TAP and slirp4netns, which forwards the published ports.
    */
   async prepare(): Promise<void> {
@@ -42,11 +44,15 @@ export class VmNetwork {
     const attachment = this.attachment;
     if (attachment === 'namespace') {
       this.progress('creating the network namespace (slirp4netns)');
-      this.namespaceNetwork = await startNamespaceNetwork({ runDir: this.runDir, forwards });
+      this.namespaceNetwork = await startNamespaceNetwork({ runDir: this.runDir, forwards, allowHostLoopback: this.record.current.config.allowHostLoopback === true });
     } else if (attachment === 'bridge') {
       await ensureBridge();
-      const address = claimAddress(this.record.current.id);
+      const id = this.record.current.id;
+      const address = claimAddress(id);
       this.record.update((r) => { r.bridgedAddress = address; });
+      // Bound before the VMM makes (or opens) the TAP, so it never carries an unbound frame; the
+      // release (by this supervisor or `rm -f`) unbinds it.
+      await bindPort({ port: tapName(id), mac: macFor(id), address, owner: id });
       if (forwards.length > 0) this.portProxy = await startPortProxies(forwards, address);
     }
   }
@@ -104,8 +110,8 @@ export class VmNetwork {
 
   /** The host's proxy settings as the guest must see them (this process inherited the CLI's environment). */
   proxyEnv(): Record<string, string> {
-    const attachment = this.attachment;
-    return proxyEnvironment(process.env, attachment === 'qemu-slirp' || attachment === 'namespace' ? SLIRP_HOST_ADDRESS : null);
+    const reaches = reachesHostLoopback(this.attachment, this.record.current.config.allowHostLoopback);
+    return proxyEnvironment(process.env, reaches ? SLIRP_HOST_ADDRESS : null);
   }
 
   /** Ends the port proxies and the namespace (the TAP and address claim go with releaseVmResources). */

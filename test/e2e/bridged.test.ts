@@ -2,7 +2,8 @@
  * Bridged networking (root): a VM on the shoal0 bridge reaches a server in a network namespace
  * this test creates, through NAT (the server sees the host's address, not the VM's); a published
  * port answers on loopback; after rm -f nothing of the VM is left: no TAP, no bridge port, no
- * address claim, no listener; clones of a bridged VM take their own MAC and address. The namespace and its veth pair are the test's and go in `after`.
+ * address claim, no listener, no MAC/address binding; clones of a bridged VM take their own MAC and
+ * address (and rm -f after kill -9 of one's supervisor releases its binding too). The namespace and its veth pair are the test's and go in `after`.
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -11,6 +12,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { BRIDGE, CLAIMS_DIR, tapName } from '../../src/network/bridge';
+import { macFor } from '../../src/network/mode';
 import { busyboxImageForFile } from '../helpers/images';
 import { freePort, httpGet } from '../helpers/http';
 import { ShoalSandbox, type LsEntry } from '../helpers/shoal-cli';
@@ -87,6 +89,11 @@ test('a published port of a bridged VM answers on loopback; rm -f leaves no TAP,
   const tap = tapName(vm!.id);
   assert.ok(fs.existsSync(`/sys/class/net/${BRIDGE}/brif/${tap}`), 'the TAP is a port of the bridge');
   assert.ok(fs.existsSync(path.join(CLAIMS_DIR, address)));
+  // The TAP is bound to the VM's MAC and address (test/unit/port-binding.test.ts shows the rules at work).
+  const binding = sh('nft', ['list', 'chain', 'bridge', 'shoal', `port_${tap}`]);
+  assert.ok(binding.includes(`ether saddr != ${macFor(vm!.id)} drop comment "vm ${vm!.id}"`), binding);
+  assert.ok(binding.includes(`arp saddr ether ${macFor(vm!.id)} arp saddr ip ${address} accept`), binding);
+  assert.ok(binding.includes(`ip saddr ${address} accept`), binding);
 
   const rm = await sandbox.run(['rm', '-f', 'bweb']);
   assert.equal(rm.code, 0, rm.stderr.toString());
@@ -136,12 +143,17 @@ test('bridged clones of one snapshot get their own address and MAC, reach out th
     assert.equal(body, `${c.name}\n`);
     assert.ok(fs.existsSync(`/sys/class/net/${BRIDGE}/brif/${c.tap}`), `${c.name}'s TAP is a port of the bridge`);
   }
+  // One clone's supervisor is killed -9 first: `rm -f` releases what it held, its binding too.
+  const killed = (await sandbox.vm('bc2'))!;
+  process.kill(killed.pid!, 'SIGKILL');
   const rm = await sandbox.run(['rm', '-f', 'borigin', 'bc1', 'bc2']);
   assert.equal(rm.code, 0, rm.stderr.toString());
   assert.equal((await sandbox.run(['snapshot', 'rm', tag])).code, 0);
+  const ruleset = sh('nft', ['list', 'ruleset']);
   for (const c of clones) {
     assert.ok(!fs.existsSync(`/sys/class/net/${c.tap}`), `${c.name}'s TAP is gone`);
     assert.ok(!fs.existsSync(path.join(CLAIMS_DIR, c.address)), `${c.name}'s address claim is released`);
+    assert.ok(!ruleset.includes(c.tap), `${c.name}'s binding is removed`);
   }
   assert.deepEqual(sandbox.processes(), []);
 });

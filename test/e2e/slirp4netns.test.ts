@@ -4,7 +4,10 @@
  * same TAP (Firecracker cannot run on this machine), so the namespace, the TAP, slirp4netns,
  * its port forwards and the clean-up are all real.
  *
- * - published ports answer on loopback; the guest reaches the host's loopback over IPv4 and IPv6;
+ * - published ports answer on loopback; by default the guest does not reach the host's loopback
+ *   (slirp4netns --disable-host-loopback), neither over IPv4 nor IPv6; with
+ *   `slirp4netns:allow_host_loopback=true` it does, over both; a proxy on the host's loopback
+ *   without that option is refused in one line before anything starts;
  * - two clones of one snapshot, each in its own namespace with the same address inside, answer
  *   on their own ports with their own state;
  * - nothing is left after rm -f, nor after kill -9 of the supervisor: no namespace holder, no
@@ -71,10 +74,11 @@ function networkProcesses(vm: LsEntry): Array<{ pid: number; startTime: string |
   return children.map((c) => ({ pid: c.pid, startTime: processStartTime(c.pid) }));
 }
 
-test('published ports answer; the guest reaches the host over IPv4 and IPv6; rm -f leaves no namespace, slirp4netns or listener', async () => {
-  const server = http.createServer((_req, res) => res.end('from-the-host\n'));
+test('published ports answer; the guest does not reach the host\'s loopback by default; rm -f leaves no namespace, slirp4netns or listener', async () => {
+  let asked = 0;
+  const server = http.createServer((_req, res) => { asked++; res.end('from-the-host\n'); });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const server6 = http.createServer((req, res) => res.end(`v6 client ${req.socket.remoteAddress}\n`));
+  const server6 = http.createServer((req, res) => { asked++; res.end(`v6 client ${req.socket.remoteAddress}\n`); });
   await new Promise<void>((r) => server6.listen(0, '::1', r));
   const port = (server.address() as net.AddressInfo).port;
   const port6 = (server6.address() as net.AddressInfo).port;
@@ -99,15 +103,16 @@ test('published ports answer; the guest reaches the host over IPv4 and IPv6; rm 
     assert.equal(first, 'served-by-8080\n');
     assert.equal(second, 'served-by-8081\n');
 
+    // The host's loopback (127.0.0.1 as 10.0.2.2, ::1 as fd00::2) is not the guest's to reach.
     const outbound = await sandbox.run(['exec', 'nsweb', 'sh', '-c', [
       'ip -4 -o addr show eth0',
-      `wget -q -O - http://10.0.2.2:${port}/`,
-      // slirp4netns advertises fd00::/64 and maps fd00::2 to the host's ::1 (after SLAAC's DAD).
+      `(wget -q -O - http://10.0.2.2:${port}/ || echo no-v4)`,
       'i=0; while ! ip -6 addr show eth0 | grep -q "inet6 fd00:"; do i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.1; done',
-      `wget -q -O - "http://[fd00::2]:${port6}/"`,
+      `(wget -q -O - "http://[fd00::2]:${port6}/" || echo no-v6)`,
     ].join(' && ')]);
     assert.equal(outbound.code, 0, outbound.stderr.toString());
-    assert.match(outbound.stdout.toString(), /^\d+: eth0\s+inet 10\.0\.2\.100\/24 .*\nfrom-the-host\nv6 client ::1\n$/);
+    assert.match(outbound.stdout.toString(), /^\d+: eth0\s+inet 10\.0\.2\.100\/24 .*\nno-v4\nno-v6\n$/);
+    assert.equal(asked, 0, 'no request reached the host\'s loopback');
 
     const vm = await vmNamed('nsweb');
     assert.deepEqual(vm.network, { mode: 'slirp4netns', guestAddress: '10.0.2.100', ports: [`127.0.0.1:${p1}->8080/tcp`, `127.0.0.1:${p2}->8081/tcp`] });
@@ -154,11 +159,29 @@ test('two clones of one snapshot, each in its own namespace, answer on their own
   assert.deepEqual(sandbox.processes(), []);
 });
 
-test('kill -9 of the supervisor takes the namespace, slirp4netns and the VMM with it', async () => {
+test('with allow_host_loopback=true the guest reaches the host\'s loopback over IPv4 and IPv6; kill -9 of the supervisor takes the namespace, slirp4netns and the VMM with it', async () => {
   const port = await freePort();
-  const run = await sandbox.run(['run', '-d', '--name', 'nskill', '--network', 'slirp4netns', '-p', `127.0.0.1:${port}:8080`, busybox.ref, 'sleep', '1000']);
+  const server = http.createServer((_req, res) => res.end('from-the-host\n'));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const server6 = http.createServer((req, res) => res.end(`v6 client ${req.socket.remoteAddress}\n`));
+  await new Promise<void>((r) => server6.listen(0, '::1', r));
+  const run = await sandbox.run(['run', '-d', '--name', 'nskill', '--network', 'slirp4netns:allow_host_loopback=true', '-p', `127.0.0.1:${port}:8080`, busybox.ref, 'sleep', '1000']);
   assert.equal(run.code, 0, run.stderr.toString());
+  try {
+    const outbound = await sandbox.run(['exec', 'nskill', 'sh', '-c', [
+      `wget -q -O - http://10.0.2.2:${(server.address() as net.AddressInfo).port}/`,
+      // slirp4netns advertises fd00::/64 and maps fd00::2 to the host's ::1 (after SLAAC's DAD).
+      'i=0; while ! ip -6 addr show eth0 | grep -q "inet6 fd00:"; do i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.1; done',
+      `wget -q -O - "http://[fd00::2]:${(server6.address() as net.AddressInfo).port}/"`,
+    ].join(' && ')]);
+    assert.equal(outbound.code, 0, outbound.stderr.toString());
+    assert.equal(outbound.stdout.toString(), 'from-the-host\nv6 client ::1\n');
+  } finally {
+    server.close();
+    server6.close();
+  }
   const vm = await vmNamed('nskill');
+  assert.equal(vm.network.mode, 'slirp4netns');
   const helpers = networkProcesses(vm);
   process.kill(vm.pid!, 'SIGKILL');
   await waitUntil('the namespace holder, slirp4netns and the VMM to die', 10_000, () => helpers.every(gone));
@@ -168,6 +191,14 @@ test('kill -9 of the supervisor takes the namespace, slirp4netns and the VMM wit
   const rm = await sandbox.run(['rm', '-f', 'nskill']);
   assert.equal(rm.code, 0, rm.stderr.toString());
   assert.deepEqual(sandbox.leftovers(), []);
+});
+
+test('a proxy on the host\'s loopback without allow_host_loopback: one line, exit 125, nothing created', async () => {
+  const before = sandbox.leftovers();
+  const result = await sandbox.run(['run', '--rm', '--network', 'slirp4netns', busybox.ref, 'true'], { env: { http_proxy: 'http://127.0.0.1:3128' } });
+  assert.equal(result.code, 125);
+  assert.equal(result.stderr.toString(), 'shoal: http_proxy names a proxy on the host\'s loopback, which a --network slirp4netns guest cannot reach by default: use --network slirp4netns:allow_host_loopback=true to let the guest reach the host\'s loopback, or unset http_proxy\n');
+  assert.deepEqual(sandbox.leftovers(), before);
 });
 
 test('without root: an unprivileged user runs a VM on slirp4netns with a published port, and the VMM runs as that user', { skip: process.getuid?.() !== 0 ? 'needs root to switch to an unprivileged user' : false }, async () => {

@@ -5,10 +5,11 @@
  * namespace under a real guest is test/e2e/slirp4netns.test.ts.
  */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { after, before, test } from 'node:test';
 import { NAMESPACE_TAP, slirpApi, startNamespaceNetwork } from '../../src/network/namespace-network';
 import { enterNamespacesArgv, isAlive, processStartTime } from '../../src/util/process';
@@ -137,5 +138,33 @@ test('Firecracker boots and restores inside the namespace, opening the TAP by it
     await first.close();
     await second.close();
     delete process.env.FAKE_FC_RECORD;
+  }
+});
+
+test('the host\'s loopback is out of the namespace\'s reach by default, and reachable as 10.0.2.2 with allowHostLoopback', async () => {
+  const server = net.createServer((s) => s.end('from-the-host-loopback'));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as net.AddressInfo).port;
+  // From inside the namespace, as a guest would: an address of slirp's subnet on the bridge.
+  const probe = async (holder: number): Promise<string> => {
+    inNamespace(holder, ['ip', 'addr', 'add', '10.0.2.100/24', 'dev', 'br0']);
+    const script = `const s=require('net').connect(${port},'10.0.2.2');let got='';s.on('data',d=>got+=d);` +
+      `s.on('end',()=>{console.log('got '+got);process.exit(0)});s.on('error',e=>{console.log('error '+e.code);process.exit(0)});` +
+      `setTimeout(()=>{console.log('timeout');process.exit(0)},3000);`;
+    // Asynchronously: the listener is in this process and must be free to answer.
+    const [nsenter, ...args] = enterNamespacesArgv(holder);
+    const { stdout } = await promisify(execFile)(nsenter!, [...args, process.execPath, '-e', script], { encoding: 'utf8' });
+    return stdout.trim();
+  };
+  const closed = await startNamespaceNetwork({ runDir: fs.mkdtempSync(path.join(dir, 'e-')), forwards: [] });
+  const open = await startNamespaceNetwork({ runDir: fs.mkdtempSync(path.join(dir, 'f-')), forwards: [], allowHostLoopback: true });
+  try {
+    // slirp4netns answers with an ICMP unreachable: the connection never reaches the host.
+    assert.match(await probe(closed.holderPid), /^error (ENETUNREACH|EHOSTUNREACH|ECONNREFUSED)$|^timeout$/);
+    assert.equal(await probe(open.holderPid), 'got from-the-host-loopback');
+  } finally {
+    await closed.close();
+    await open.close();
+    server.close();
   }
 });

@@ -6,11 +6,11 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { attachmentFor, checkNetworkSupport, guestAddress, macFor, netSpecFor, parseNetworkMode } from '../../src/network/mode';
+import { attachmentFor, checkNetworkSupport, guestAddress, macFor, netSpecFor, parseNetwork, parseNetworkMode, reachesHostLoopback } from '../../src/network/mode';
 import { checkNetworkIdentity } from '../../src/agent/network-identity';
 import { assertPortsFree, forwardsForChild, parsePublish } from '../../src/network/publish';
 import { claimAddress, createTap, releaseAddress, removeOrphanTaps, removeTap, tapName } from '../../src/network/bridge';
-import { proxyEnvironment } from '../../src/network/proxy-env';
+import { loopbackProxyProblem, proxyEnvironment } from '../../src/network/proxy-env';
 
 test('--publish accepts podman forms', () => {
   assert.deepEqual(parsePublish(['8080:80', '127.0.0.1:5353:53/udp,9000:9000/tcp', '[::1]:8443:443']), [
@@ -162,4 +162,28 @@ test('a TAP whose VM holds no live address claim is removed as an orphan; a clai
     for (const id of [live, dead, gone]) await removeTap(tapName(id));
     fs.rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('--network takes podman\'s allow_host_loopback option for the user-mode modes only', () => {
+  assert.deepEqual(parseNetwork('slirp4netns'), { mode: 'slirp4netns' });
+  assert.deepEqual(parseNetwork('slirp4netns:allow_host_loopback=true'), { mode: 'slirp4netns', allowHostLoopback: true });
+  assert.deepEqual(parseNetwork('rootless:allow_host_loopback=false'), { mode: 'rootless', allowHostLoopback: false });
+  assert.throws(() => parseNetwork('bridged:allow_host_loopback=true'), (err: Error) => err.message === 'invalid --network "bridged:allow_host_loopback=true": allow_host_loopback applies to rootless and slirp4netns only');
+  assert.throws(() => parseNetwork('slirp4netns:mtu=1500'), /unknown option "mtu=1500"/);
+  assert.throws(() => parseNetwork('slirp4netns:allow_host_loopback=yes'), /unknown option/);
+  assert.throws(() => parseNetwork('slirp:allow_host_loopback=true'), /invalid --network "slirp"/);
+  // Who reaches the host's loopback: QEMU's slirp always (it cannot withhold it), the namespace only when asked.
+  assert.equal(reachesHostLoopback('qemu-slirp', undefined), true);
+  assert.equal(reachesHostLoopback('namespace', undefined), false);
+  assert.equal(reachesHostLoopback('namespace', true), true);
+  assert.equal(reachesHostLoopback('bridge', true), false);
+  assert.throws(() => checkNetworkSupport('rootless', 'qemu', [], { allowHostLoopback: false }), /not possible on qemu: .*use --network slirp4netns/);
+});
+
+test('a proxy on the host\'s loopback is named in one line when the guest cannot reach it', () => {
+  assert.equal(loopbackProxyProblem({ http_proxy: 'http://proxy.example:3128', no_proxy: 'localhost' }, 'slirp4netns'), null);
+  const problem = loopbackProxyProblem({ HTTPS_PROXY: 'http://user:pw@127.0.0.1:3128/' }, 'slirp4netns');
+  assert.equal(problem, 'HTTPS_PROXY names a proxy on the host\'s loopback, which a --network slirp4netns guest cannot reach by default: use --network slirp4netns:allow_host_loopback=true to let the guest reach the host\'s loopback, or unset HTTPS_PROXY');
+  assert.match(loopbackProxyProblem({ http_proxy: 'http://localhost:8080' }, 'rootless') ?? '', /^http_proxy names a proxy on the host's loopback/);
+  assert.match(loopbackProxyProblem({ http_proxy: 'http://[::1]:8080' }, 'rootless') ?? '', /on the host's loopback/);
 });

@@ -14,7 +14,8 @@ import { parseEnv } from '../../container/podman-argv';
 import { parseContainerOptions, type ContainerFlags } from '../../container/container-options';
 import { readEnvFiles } from '../../container/env-file';
 import { STDERR, STDIN, STDOUT, type Channel } from '../../protocol/mux';
-import { checkNetworkSupport, parseNetworkMode } from '../../network/mode';
+import { attachmentFor, checkNetworkSupport, parseNetwork } from '../../network/mode';
+import { loopbackProxyProblem } from '../../network/proxy-env';
 import { assertPortsFree, parsePublish } from '../../network/publish';
 import { StateStore } from '../../state/store';
 import { nameProblem, type VmConfig, type VmRecord } from '../../state/vm-record';
@@ -53,10 +54,17 @@ export interface RunFlags extends ContainerFlags {
 export async function runCommand(image: string, command: string[], flags: RunFlags): Promise<number> {
   const store = new StateStore();
   const config = validate(image, command, flags);
+  // Parsed again for what the record does not keep: an explicit allow_host_loopback=false.
+  const network = parseNetwork(flags.network ?? 'rootless');
   const assets = loadAssets();
   const vmm: VmmChoice = parseVmm(flags.vmm);
   const selection = await selectBackend(vmm, assets.accel, assets.accelReason, config.jailer);
-  checkNetworkSupport(config.network, selection.backend, config.publish, { jailer: config.jailer !== undefined });
+  checkNetworkSupport(config.network, selection.backend, config.publish, { jailer: config.jailer !== undefined, ...(network.allowHostLoopback !== undefined ? { allowHostLoopback: network.allowHostLoopback } : {}) });
+  if (attachmentFor(config.network, selection.backend) === 'namespace' && !config.allowHostLoopback) {
+    // The guest's podman would be handed a proxy it cannot reach; say so instead of a failed pull.
+    const problem = loopbackProxyProblem(process.env, config.network);
+    if (problem) throw new ShoalError(problem);
+  }
   await assertPortsFree(config.publish);
 
   const id = store.newId();
@@ -98,6 +106,7 @@ function validate(image: string, command: string[], flags: RunFlags): VmConfig {
     throw new ShoalError(`invalid --env: ${(err as Error).message}`);
   }
   const container = parseContainerOptions(flags);
+  const network = parseNetwork(flags.network ?? 'rootless');
   return {
     name,
     image,
@@ -110,7 +119,8 @@ function validate(image: string, command: string[], flags: RunFlags): VmConfig {
     ...(flags.tty === true ? { tty: terminalSizeNow() } : {}),
     detach: flags.detach === true,
     autoRemove: flags.rm === true,
-    network: parseNetworkMode(flags.network ?? 'rootless'),
+    network: network.mode,
+    ...(network.allowHostLoopback === true ? { allowHostLoopback: true } : {}),
     publish: parsePublish(flags.publish),
     // -v/--volume is podman's spelling of --map (a host directory, served over FUSE).
     maps: parseMaps([...(flags.map ?? []), ...(flags.volume ?? [])]),
@@ -220,7 +230,7 @@ export function registerRun(program: Command): void {
     .option('-t, --tty', 'give the container a terminal (with -i: an interactive session)')
     .option('--vmm <vmm>', 'auto, qemu or firecracker (default: $SHOAL_VMM, else auto)', process.env.SHOAL_VMM ?? 'auto')
     .option('--no-snapshot', 'do not use the image cache (neither restore from it nor save to it)')
-    .option('--network <mode>', 'rootless (default: user-mode networking; QEMU\'s slirp, or slirp4netns on Firecracker), slirp4netns, bridged (root) or none')
+    .option('--network <mode>', 'rootless (default: user-mode networking; QEMU\'s slirp, or slirp4netns on Firecracker), slirp4netns, bridged (root) or none; slirp4netns:allow_host_loopback=true (also rootless:...) lets the guest reach the host\'s loopback as 10.0.2.2, which slirp4netns withholds by default')
     .option('-p, --publish <[ADDR:]HOST:GUEST[/tcp|/udp]>', 'publish a guest port on the host (repeatable, comma-separated)', collect, [])
     .option('--health-check <url>', 'once this URL answers in the guest, snapshot the running app; later runs start from it')
     .option('--jailer', 'run Firecracker under its jailer (chroot, unprivileged uid/gid, cgroup)')
