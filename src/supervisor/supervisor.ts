@@ -79,8 +79,6 @@ export class Supervisor {
   private gate: GatedStream | undefined;
   /** The boot spec of this VM (for a clone: its source's, with its own scratch disk). */
   private spec: VmSpec | undefined;
-  /** Set when this VM was restored from a snapshot rather than booted. */
-  private restoredFrom: RestoreInfo | undefined;
 
   constructor(private readonly store: StateStore, id: string) {
     this.records = new VmRecordHandle(store, id);
@@ -95,8 +93,8 @@ export class Supervisor {
         return vm && agent && gate ? { vm, agent, gate } : undefined;
       },
       running: () => this.agent?.destroyed === false && this.record.state === 'running' && !this.finished && !this.stopRequested,
+      stopping: () => this.stopRequested || this.record.state === 'stopping',
       spec: () => this.spec,
-      restored: () => this.restoredFrom !== undefined,
       linkLost: (error) => void this.finish('failed', { error }),
       reconnect: (old) => this.reconnectAgent(old),
     });
@@ -135,7 +133,6 @@ export class Supervisor {
     try {
       const restore = readJson<RestoreInfo>(restoreInfoPath(this.files.dir));
       if (restore) {
-        this.restoredFrom = restore;
         await this.restore(restore);
         exitCode = await this.container.followRestored(this.agent!);
       } else {
@@ -149,13 +146,11 @@ export class Supervisor {
             if (cachedStartup.manifest.loadedImage) r.loadedImage = cachedStartup.manifest.loadedImage;
           });
           const info = { snapshotDir: cachedStartup.dir, tag: 'the startup snapshot' };
-          this.restoredFrom = info;
           await this.restore(info);
           exitCode = await this.container.followRestored(this.agent!);
         } else {
-          // A VM restored from the image cache cannot be snapshotted: one that must save a
-          // startup snapshot boots (and still saves the image cache on the way).
-          const image = await this.bootOrRestoreFromImageCache({ allowHit: startup === undefined });
+          // Restored from the image cache or booted, the VM can take its startup snapshot later.
+          const image = await this.bootOrRestoreFromImageCache();
           // After the image cache's snapshot: a FUSE mount's state lives in this process, so no
           // snapshot may hold one.
           await this.mountDirectoryMaps();
@@ -222,6 +217,8 @@ export class Supervisor {
   private async restore(info: RestoreInfo, options: { announce?: boolean } = {}): Promise<void> {
     const manifest = readSnapshotDir(info.snapshotDir);
     if (!manifest) throw new ShoalError(`snapshot ${info.tag} is gone`);
+    // Lineage: what this VM came from (a snapshot of it names that as its parent).
+    this.records.update((r) => { r.restoredFrom = { tag: manifest.tag, ...(manifest.id ? { id: manifest.id } : {}) }; });
     const files = snapshotFiles(info.snapshotDir);
     const backend = backendFor(this.record.backend, this.record.accel, this.record.config.jailer);
     // Held until the VMM has mapped the memory file: the image cache's eviction skips it meanwhile.
@@ -273,13 +270,13 @@ export class Supervisor {
    * run of the same image, command, env and shape, or boot, load the image, and save one.
    * Returns the image reference to run.
    */
-  private async bootOrRestoreFromImageCache(options: { allowHit: boolean } = { allowHit: true }): Promise<string> {
+  private async bootOrRestoreFromImageCache(): Promise<string> {
     if (!this.imageCache.usable()) {
       await this.boot();
       return this.prepareImage();
     }
     const key = await this.imageCache.key();
-    const cached = options.allowHit ? cachedImageSnapshot(this.store, key) : undefined;
+    const cached = cachedImageSnapshot(this.store, key);
     if (cached?.manifest.loadedImage) {
       touchImageCache(cached.dir);
       this.records.update((r) => {
@@ -287,10 +284,8 @@ export class Supervisor {
         r.loadedImage = cached.manifest.loadedImage;
       });
       // Like a clone: the cache's memory is mapped private, shared with every other run restored
-      // from it. (A private copy that could itself be snapshotted hung the guest on its next
-      // pause/resume in CI, so cache-restored VMs cannot be snapshotted or forked, as clones.)
+      // from it; a snapshot or fork of this VM copies its RAM live (src/vmm/qemu/private-snapshot.ts).
       const info = { snapshotDir: cached.dir, tag: 'the image cache' };
-      this.restoredFrom = info;
       await this.restore(info, { announce: false });
       return cached.manifest.loadedImage;
     }
