@@ -232,7 +232,7 @@ export class Supervisor {
     // The guest still carries its source's hostname (and, bridged, its MAC and address): its
     // agent takes the clone's before it answers, so the clone runs once the answer is in.
     const network = this.network.bridgedIdentity();
-    await this.connectVm(this.vm!, { hostname: guestHostname(this.record.config), ...(network ? { network } : {}) });
+    await this.connectVm(this.vm!, { restored: true, hostname: guestHostname(this.record.config), ...(network ? { network } : {}) });
     if (options.announce === false) return;
     this.setState('running', (r) => { r.startedAt = new Date().toISOString(); });
     this.attachments.running();
