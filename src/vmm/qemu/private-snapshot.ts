@@ -7,11 +7,16 @@
  *
  *   1. a short-lived helper QEMU with the same machine shape is started paused (-S) with
  *      `-incoming defer` and a fresh share=on memory file in /dev/shm (mode 0600);
- *   2. the source migrates its whole state (x-ignore-shared off at both ends, since the
- *      capability changes the stream's format) straight into the helper over a Unix socket,
- *      *live*: its vCPUs keep running while RAM is copied, and QEMU stops them only for the last
- *      dirty pages and the device state; `whilePaused` (the disk copy) runs then, and the source
- *      resumes at once;
+ *   2. the source is stopped and migrates its whole state (x-ignore-shared off at both ends,
+ *      since the capability changes the stream's format) straight into the helper over a Unix
+ *      socket; `whilePaused` (the disk copy) runs then, and the source resumes at once. Not live:
+ *      with pre-copy rounds, a few snapshots in a hundred (1 of 36 forks in a loop on a loaded
+ *      host, 2 in one CI run) restored into a kernel that panicked at once, an hrtimer calling
+ *      through a stale pointer: a write the copy missed. The likely cause is that a TCG vCPU
+ *      stores to guest RAM without the big lock, so a store that passed its TLB's dirty check
+ *      just before the migration thread cleared the page's dirty bit and sent the page is never
+ *      sent again. With the vCPUs stopped for the whole copy no dirty tracking is involved. The
+ *      pause is the copy of the RAM the guest ever touched (a zero page costs a flag);
  *   3. the helper, which never runs the guest, saves again with `x-ignore-shared` on: device
  *      state to state.bin; its memory file (now the source's RAM at the stop point) is copied
  *      sparse to memory.raw.
@@ -45,8 +50,6 @@ const MIGRATION_TIMEOUT_MS = 120_000;
  * 8 s; the stream only crosses a local socket, so the CPU is the only limit.
  */
 const MAX_BANDWIDTH = 8 * 1024 * 1024 * 1024;
-/** How long the source may stay stopped for the last dirty pages (QEMU's default is 300 ms). */
-const DOWNTIME_LIMIT_MS = 150;
 
 export interface PrivateSnapshotRequest {
   /** The source's monitor (the source is running). */
@@ -65,7 +68,7 @@ export interface PrivateSnapshotRequest {
 export interface PrivateSnapshotResult {
   /** How long the source's vCPUs were stopped (QEMU's STOP event to the end of our `cont`). */
   pausedMs: number;
-  /** The live copy, from `migrate` to the source's resume. */
+  /** From `migrate` to the source's resume (the source is paused for all of it). */
   sourceMs: number;
   /** The whole snapshot, helper start to memory.raw written. */
   totalMs: number;
@@ -97,8 +100,8 @@ export async function snapshotPrivateVm(request: PrivateSnapshotRequest): Promis
     await helper.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: false }] });
     await helper.qmp.execute('migrate-incoming', { uri: `unix:${incoming}` });
 
-    request.progress?.('copying the VM\'s memory into a snapshot (live)');
-    const source = await migrateLive(request, incoming, helper);
+    request.progress?.('copying the paused VM\'s memory into a snapshot');
+    const source = await migrateStopped(request, incoming, helper);
     await waitForMigration(helper.qmp, 'the helper\'s load', helper.exited);
 
     request.progress?.('saving device state and guest memory');
@@ -121,12 +124,11 @@ export async function snapshotPrivateVm(request: PrivateSnapshotRequest): Promis
 }
 
 /**
- * The live copy of the source into the helper. QEMU stops the source's vCPUs itself for the
- * last round; once the migration completes, `whilePaused` runs and the source is resumed, also
- * when anything failed (a failed or cancelled migration leaves the source running or stopped,
- * and it must end up running either way).
+ * The copy of the stopped source into the helper; once the migration completes, `whilePaused`
+ * runs and the source is resumed, also when anything failed (a failed or cancelled migration
+ * leaves the source stopped, and it must end up running either way).
  */
-async function migrateLive(request: PrivateSnapshotRequest, uri: string, helper: Helper): Promise<{ pausedMs: number; sourceMs: number; transferredBytes: number }> {
+async function migrateStopped(request: PrivateSnapshotRequest, uri: string, helper: Helper): Promise<{ pausedMs: number; sourceMs: number; transferredBytes: number }> {
   const { qmp } = request;
   let stoppedAt: number | undefined;
   const onEvent = (event: { event?: string }): void => {
@@ -139,9 +141,11 @@ async function migrateLive(request: PrivateSnapshotRequest, uri: string, helper:
     // The source was restored with x-ignore-shared on; its RAM is private, so the capability
     // would skip nothing, but it changes the stream and must match the helper's.
     await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: false }] });
-    await qmp.execute('migrate-set-parameters', { 'max-bandwidth': MAX_BANDWIDTH, 'downtime-limit': DOWNTIME_LIMIT_MS });
+    await qmp.execute('migrate-set-parameters', { 'max-bandwidth': MAX_BANDWIDTH });
+    // Stopped for the whole copy, so the helper gets one consistent image (see the file's comment).
+    await qmp.execute('stop');
     await qmp.execute('migrate', { uri: `unix:${uri}` });
-    info = await waitForMigration(qmp, 'the live copy', helper.exited);
+    info = await waitForMigration(qmp, 'the copy of the VM', helper.exited);
     await request.whilePaused();
   } catch (err) {
     await qmp.execute('migrate_cancel').catch(() => undefined);
