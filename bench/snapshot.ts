@@ -18,7 +18,7 @@
  *   pssPerChildMiB[d]     PSS of a child's QEMU at depth d (1: children of a first-generation VM,
  *                         2: children of a depth-1 child, 3: of a depth-2 child), siblings alive
  *   snapshotFirstGen      `snapshot create` of a booted VM: source pause and total
- *   snapshotDepth2        `snapshot create` of a depth-2 clone (live copy through a helper QEMU)
+ *   snapshotDepth2        `snapshot create` of a depth-2 clone (a copy through a helper QEMU)
  */
 import { execFileSync, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
@@ -224,7 +224,7 @@ async function main(): Promise<void> {
     const d3 = await fork(d2.children[0]!, 2, 'd3');
     const depth3 = await pssPerVm(d3.children);
 
-    // Snapshot of a depth-2 clone (a live copy through a helper QEMU).
+    // Snapshot of a depth-2 clone (a copy through a helper QEMU).
     const deep: Array<{ pausedMs: number; totalMs: number; cliMs: number }> = [];
     for (let i = 0; i < RUNS; i++) {
       const r = await shoal(['snapshot', 'create', d2.children[1]!, '--tag', `deep${i}`, '--json']);

@@ -136,7 +136,7 @@ export class Snapshotter {
     gate.hold();
     try {
       // A booted VM is paused for its device state and disk; a restored one (its RAM a private
-      // mapping of its snapshot's) is copied live first and stopped only at the end. Either
+      // mapping of its snapshot's) is paused while it is copied whole into a helper VMM. Either
       // way the scratch disk is copied while the vCPUs are stopped, and the VM is resumed
       // before snapshotRunning returns or throws.
       const target = snapshotFiles(dir);

@@ -152,7 +152,8 @@ export interface VmHandle {
    * Snapshots the running VM into files, whatever its origin (booted, or restored from a
    * snapshot): its vCPUs are stopped at the snapshot point, `whilePaused` runs then (the disk
    * copy), and the VM runs again when this resolves, also on failure. A VMM may copy memory
-   * live before it stops the vCPUs (QEMU does for a VM whose RAM is a private mapping).
+   * live before it stops the vCPUs where its dirty tracking is sound (QEMU under TCG is not:
+   * it copies a VM whose RAM is a private mapping with the vCPUs stopped).
    */
   snapshotRunning(files: SnapshotFiles, options: RunningSnapshotOptions): Promise<RunningSnapshotTimings>;
   /** Asks the guest to power off; kills the VMM after timeoutMs. */

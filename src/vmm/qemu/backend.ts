@@ -155,7 +155,7 @@ export class QemuVmHandle implements VmHandle {
 
   /**
    * A booted VM: pause, device state (its RAM is its own file: x-ignore-shared), whilePaused,
-   * resume. A restored VM: a live copy through a helper QEMU (./private-snapshot.ts).
+   * resume. A restored VM: a paused copy through a helper QEMU (./private-snapshot.ts).
    */
   async snapshotRunning(files: SnapshotFiles, options: RunningSnapshotOptions): Promise<RunningSnapshotTimings> {
     if (!this.memoryIsPrivate) return pauseAndSnapshot(this, files, options);
@@ -172,7 +172,7 @@ export class QemuVmHandle implements VmHandle {
   }
 
   /**
-   * Snapshot of a running restored VM: a live copy into a helper QEMU, which writes an ordinary
+   * Snapshot of a running restored VM: a copy (source paused) into a helper QEMU, which writes an ordinary
    * snapshot (device state + its own memory file). `whilePaused` runs while the vCPUs are
    * stopped at the snapshot point; the VM runs again when this returns.
    */
