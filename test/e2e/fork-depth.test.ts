@@ -9,10 +9,12 @@
  * Lean: 256 MiB 1-vCPU guests, `exec --vm` (no podman exec), VMs removed once no check needs them.
  */
 import assert from 'node:assert/strict';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import path from 'node:path';
 import { after, test } from 'node:test';
 import { busyboxImageForFile } from '../helpers/images';
-import { ShoalSandbox, type LsEntry } from '../helpers/shoal-cli';
+import { SHOAL_BIN, ShoalSandbox, type LsEntry } from '../helpers/shoal-cli';
 
 const sandbox = new ShoalSandbox('depth');
 const busybox = busyboxImageForFile();
@@ -47,6 +49,21 @@ async function fork(source: string, prefix: string): Promise<[string, string]> {
   assert.ok(out.pausedMs > 0, `the source's pause is reported: ${result.stdout.toString()}`);
   for (const vm of await sandbox.json<LsEntry[]>(['ls', '--json'])) seenIds.add(vm.id);
   return [`${prefix}-1`, `${prefix}-2`];
+}
+
+/** Resolves once the child's stderr (the CLI's progress lines) matches. */
+function waitForStderr(child: ChildProcess, pattern: RegExp, timeoutMs: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let text = '';
+    const timer = setTimeout(() => reject(new Error(`no ${pattern} on stderr within ${timeoutMs} ms: ${text}`)), timeoutMs);
+    child.stderr!.on('data', (d: Buffer) => {
+      text += d.toString();
+      if (pattern.test(text)) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+  });
 }
 
 /** The two children differ in their kernel's random bytes (each reseeded from the host). */
@@ -139,6 +156,35 @@ test('a `snapshot run` clone is snapshotted and cloned; rm of a snapshot with li
   assert.equal(again.code, 0, again.stderr.toString());
   for (const vm of await sandbox.json<LsEntry[]>(['ls', '--json'])) seenIds.add(vm.id);
   assert.equal(await state('k2'), 'K1\nK1\n');
+
+  // Faults during a snapshot of a clone (issue 13): the source keeps running with its state, and
+  // nothing that looks like a snapshot is left. Disk full: the snapshot store on a 32 MiB tmpfs.
+  const snapshotsDir = path.join(sandbox.stateDir, 'snapshots');
+  const hidden = path.join(sandbox.stateDir, 'snapshots-hidden');
+  fs.renameSync(snapshotsDir, hidden);
+  fs.mkdirSync(snapshotsDir, { mode: 0o700 });
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=32m,mode=0700', 'tmpfs', snapshotsDir]);
+  try {
+    const full = await sandbox.run(['snapshot', 'create', 'k2', '--tag', 'full'], { timeoutMs: 120_000 });
+    assert.equal(full.code, 125, full.stderr.toString());
+    assert.equal(full.stderr.toString().split('\n').filter(Boolean).length, 1, full.stderr.toString());
+    assert.match(full.stderr.toString(), /^shoal: snapshot of k2 failed: .*(No space left|ENOSPC)/);
+    assert.deepEqual(fs.readdirSync(snapshotsDir), [], 'a failed snapshot leaves nothing in the store');
+  } finally {
+    execFileSync('umount', [snapshotsDir]);
+    fs.rmdirSync(snapshotsDir);
+    fs.renameSync(hidden, snapshotsDir);
+  }
+  assert.equal(await state('k2'), 'K1\nK1\n');
+
+  // kill -9 of the CLI while the clone is being copied: the supervisor finishes or abandons the
+  // snapshot on its own; the source runs on, and no complete-looking snapshot appears.
+  const cli = spawn(SHOAL_BIN, ['snapshot', 'create', 'k2', '--tag', 'killed'], { env: sandbox.env({ SHOAL_PROGRESS: '1' }), stdio: ['ignore', 'ignore', 'pipe'] });
+  await waitForStderr(cli, /copying|migrat|quiesc/i, 60_000);
+  cli.kill('SIGKILL');
+  await new Promise((resolve) => cli.once('close', resolve));
+  assert.equal(await state('k2'), 'K1\nK1\n');
+  assert.deepEqual((await sandbox.json<Array<{ tag: string }>>(['snapshot', 'ls', '--json'])).map((x) => x.tag), ['q']);
   assert.equal((await sandbox.run(['rm', '-f', 'k2'], { timeoutMs: 60_000 })).code, 0);
   assert.equal((await sandbox.run(['snapshot', 'rm', 'q'])).code, 0);
   assert.deepEqual(sandbox.processes(), []);

@@ -1,7 +1,7 @@
 /**
  * The QEMU layer's snapshot of a VM whose RAM is a private mapping (src/vmm/qemu/private-snapshot.ts),
  * below the supervisor: a VM booted with shared RAM is snapshotted the first-generation way, a
- * clone is restored from that, the clone is snapshotted live through a helper QEMU, and a
+ * clone is restored from that, the clone is snapshotted (paused) through a helper QEMU, and a
  * grandchild restored from the result sees the clone's memory and disk as they were, while the
  * clone keeps running with its own state. Real QEMU (TCG here), real guest agent.
  */
@@ -78,7 +78,7 @@ async function restore(backend: QemuBackend, source: VmSpec, snap: ReturnType<ty
   return vm;
 }
 
-test('a clone is snapshotted live through a helper QEMU, and a clone of that goes on from its state', { timeout: 600_000 }, async () => {
+test('a clone is snapshotted through a helper QEMU, and a clone of that goes on from its state', { timeout: 600_000 }, async () => {
   const assets = loadAssets();
   const backend = new QemuBackend();
   const id = crypto.randomBytes(6).toString('hex');
