@@ -4,9 +4,7 @@
  * It owns only the chain that serializes its snapshots; the VM's live parts come from the
  * supervisor through SnapshotSubject, each time, since they change (boot, restore, finish).
  */
-import { execFile } from 'node:child_process';
 import crypto from 'node:crypto';
-import { promisify } from 'node:util';
 import { refuse, sendEvent } from '../control/server';
 import { request } from '../host/exec-client';
 import { encodeSync, FrameType } from '../protocol/frames';
@@ -19,8 +17,8 @@ import { ShoalError } from '../util/errors';
 import { sleep } from '../util/process';
 import type { VmHandle, VmSpec } from '../vmm/backend';
 import type { VmRecordHandle } from './vm-record-handle';
+import { copySparse } from '../util/copy';
 
-const execFileAsync = promisify(execFile);
 /** How long the guest has to answer the quiesce request and the re-HELLO around a snapshot. */
 const QUIESCE_TIMEOUT_MS = 30_000;
 
@@ -145,7 +143,7 @@ export class Snapshotter {
         progress: say,
         whilePaused: async () => {
           say('copying the scratch disk');
-          await execFileAsync('cp', ['--reflink=auto', '--sparse=always', this.scratchDisk, target.scratch]);
+          await copySparse(this.scratchDisk, target.scratch);
         },
       });
       pausedMs = timings.pausedMs;

@@ -5,9 +5,7 @@
  * socket through which CLI processes attach, exec and stop. When the container ends it powers
  * the VM off and removes what the VM no longer needs (all of it with --rm).
  */
-import { execFile } from 'node:child_process';
 import fs from 'node:fs';
-import { promisify } from 'node:util';
 import path from 'node:path';
 import { loadAssets, type GuestAssets } from '../assets/setup';
 import { imageSourceOf, loadedImageFrom } from '../container/image-ref';
@@ -45,8 +43,8 @@ import { vmmTraits } from '../vmm/traits';
 import { createScratchDisk } from './scratch-disk';
 import { releaseVmResources } from '../lifecycle/release';
 import { createMemoryFile, memoryFilePath, removeOrphanMemoryFiles, restoreInfoPath, vmFiles, type RestoreInfo } from '../state/vm-files';
+import { copySparse } from '../util/copy';
 
-const execFileAsync = promisify(execFile);
 
 /** Boot plus agent start under TCG on a loaded 2-core host stays well inside this. */
 const AGENT_TIMEOUT_MS = 120_000;
@@ -240,7 +238,7 @@ export class Supervisor {
 
   private async restoreFrom(info: RestoreInfo, manifest: SnapshotManifest, files: ReturnType<typeof snapshotFiles>, backend: VmmBackend): Promise<void> {
     this.progress(`restoring snapshot ${info.tag} into a ${this.record.backend} microVM (${this.record.accel})`);
-    await execFileAsync('cp', ['--reflink=auto', '--sparse=always', files.scratch, this.files.scratchDisk]);
+    await copySparse(files.scratch, this.files.scratchDisk);
     const drives = manifest.vmSpec.drives.map((d) => (d.id === 'scratch' ? { ...d, path: this.files.scratchDisk } : d));
     this.spec = { ...manifest.vmSpec, id: this.record.id, runDir: this.files.dir, consoleLog: this.files.consoleLog, drives };
     delete this.spec.memoryFile;

@@ -6,12 +6,11 @@
  * state with x-ignore-shared; a clone maps a copy of that file MAP_PRIVATE (share=off), so all
  * clones of one snapshot share its pages through the page cache.
  */
-import { execFile, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import type { Duplex } from 'node:stream';
-import { promisify } from 'node:util';
 import { ShoalError } from '../../util/errors';
 import { sleep, spawnTied, which } from '../../util/process';
 import { pauseAndSnapshot, type RestoreSpec, type RunningSnapshotOptions, type RunningSnapshotTimings, type SnapshotFiles, type SnapshotKind, type VmExit, type VmHandle, type VmmBackend, type VmSpec } from '../backend';
@@ -19,8 +18,8 @@ import { vmmTraits } from '../traits';
 import { buildQemuArgv, qemuPaths, type QemuLaunch } from './argv';
 import { snapshotPrivateVm, type PrivateSnapshotRequest, type PrivateSnapshotResult } from './private-snapshot';
 import { QmpClient } from './qmp';
+import { copySparse } from '../../util/copy';
 
-const execFileAsync = promisify(execFile);
 export const QEMU_BINARY = 'qemu-system-x86_64';
 const MONITOR_TIMEOUT_MS = 15_000;
 
@@ -150,7 +149,7 @@ export class QemuVmHandle implements VmHandle {
       await sleep(10);
     }
     // The VM is paused, so its RAM file is stable while we copy it.
-    await execFileAsync('cp', ['--reflink=auto', '--sparse=always', this.memoryFile, files.memoryFile]);
+    await copySparse(this.memoryFile, files.memoryFile);
   }
 
   /**

@@ -30,18 +30,16 @@
  * its sockets and stand-in disks live in one directory removed at the end (and among the VM's
  * sockets, which its release sweeps).
  */
-import { execFile } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { ShoalError } from '../../util/errors';
 import { sleep, spawnTied } from '../../util/process';
 import type { DriveSpec, NetSpec, SnapshotFiles, VmExit } from '../backend';
 import { buildQemuArgv, qemuPaths, type QemuLaunch } from './argv';
 import { QmpClient } from './qmp';
+import { copySparse } from '../../util/copy';
 
-const execFileAsync = promisify(execFile);
 const MONITOR_TIMEOUT_MS = 15_000;
 /** A whole-RAM transfer under TCG on a loaded host: seconds; a hung one must not hold the source. */
 const MIGRATION_TIMEOUT_MS = 120_000;
@@ -111,7 +109,7 @@ export async function snapshotPrivateVm(request: PrivateSnapshotRequest): Promis
     await helper.stop();
     helper = undefined;
     // The helper never ran the guest, so its memory file holds the source's RAM at the stop point.
-    await execFileAsync('cp', ['--reflink=auto', '--sparse=always', `/proc/${process.pid}/fd/${memory.fd}`, request.files.memoryFile]);
+    await copySparse(`/proc/${process.pid}/fd/${memory.fd}`, request.files.memoryFile);
     return { pausedMs: source.pausedMs, sourceMs: source.sourceMs, totalMs: Date.now() - started, transferredBytes: source.transferredBytes };
   } finally {
     helper?.kill();
