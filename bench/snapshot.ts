@@ -1,26 +1,44 @@
 /**
- * Benchmark: snapshots, clones and fork(n) against a cold start measured in the same run on the
- * same host. Writes JSON to bench/results/snapshot.json and stdout.
+ * Benchmark: snapshots, clones and fork(n), each against a baseline measured in the same run on
+ * the same host. Writes JSON to bench/results/snapshot.json and stdout.
  *
- *   node dist/bench/snapshot.js            (needs `shoal setup` done)
- *   RUNS=3 FORKS=1,5,10 node dist/bench/snapshot.js
+ *   node dist/bench/snapshot.js            (needs `shoal setup` done; boots VMs: run it under
+ *                                           the shared VM lock on a shared machine)
+ *   RUNS=3 FORKS=1,5,10 MEMORY=1024 node dist/bench/snapshot.js
  *
- * Figures (ms unless noted):
- *   coldToFirstExec   `run -d` of a fresh VM + the first `exec true` (the baseline)
- *   snapshotCreate    `snapshot create` of that running VM (and how long the source was paused)
- *   cloneToFirstExec  `snapshot run` + the first `exec true` in the clone
- *   fork[n]           `fork -n n` until every child answered an `exec true`
- *   pssPerCloneMiB    PSS of a clone's QEMU after fork (total, and of its guest RAM mapping)
+ * Figures (ms unless noted; medians over RUNS):
+ *   coldToFirstExec       `run -d --no-snapshot` + the first `exec --vm true` (baseline of clones)
+ *   bareRestore           one qemu-system-x86_64 started here with `-incoming` on the same snapshot
+ *                         files (the clone's own argv), until its guest agent answers a HELLO:
+ *                         the VMM's own restore, the baseline of a clone's start
+ *   cloneToFirstExecVm    `snapshot run` + the first `exec --vm true`
+ *   cloneToFirstExec      `snapshot run` + the first `exec true` (in the container)
+ *   exec / execVm         `exec true` (container) against `exec --vm true`, in a running VM
+ *   fork[n]               `fork -n n` of a first-generation VM until every child answered `exec --vm true`
+ *   pssPerChildMiB[d]     PSS of a child's QEMU at depth d (1: children of a first-generation VM,
+ *                         2: children of a depth-1 child, 3: of a depth-2 child), siblings alive
+ *   snapshotFirstGen      `snapshot create` of a booted VM: source pause and total
+ *   snapshotDepth2        `snapshot create` of a depth-2 clone (a copy through a helper QEMU)
  */
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import type { Duplex } from 'node:stream';
+import { openAgentSession } from '../src/host/agent-session';
+import type { SnapshotManifest } from '../src/snapshot/store';
+import type { VmHandle } from '../src/vmm/backend';
+import { buildQemuArgv, qemuPaths } from '../src/vmm/qemu/argv';
+import { QmpClient } from '../src/vmm/qemu/qmp';
+import { spawnTied } from '../src/util/process';
 import { buildBusyboxDockerArchive } from '../test/helpers/images';
 import { pssKiB } from '../test/helpers/process-memory';
 
 const RUNS = Number(process.env.RUNS ?? 3);
 const FORKS = (process.env.FORKS ?? '1,5,10').split(',').map(Number);
+const MEMORY = Number(process.env.MEMORY ?? 1024);
 const ROOT = path.resolve(__dirname, '..', '..');
 const SHOAL = path.join(ROOT, 'bin', 'shoal');
 
@@ -29,7 +47,7 @@ let stateDir = '';
 function shoal(args: string[], timeoutMs = 300_000): Promise<{ ms: number; stdout: string }> {
   return new Promise((resolve, reject) => {
     const t0 = process.hrtime.bigint();
-    const child = spawn(SHOAL, args, { env: { ...process.env, SHOAL_STATE_DIR: stateDir }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(SHOAL, args, { env: { ...process.env, SHOAL_STATE_DIR: stateDir, SHOAL_VMM: 'qemu' }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
@@ -50,77 +68,198 @@ function median(values: number[]): number {
   return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
 }
 
+const round = (v: number): number => Math.round(v * 10) / 10;
+const ratio = (a: number, b: number): number => +(a / b).toFixed(3);
 
 async function vmmPids(): Promise<Map<string, number>> {
   const vms = JSON.parse((await shoal(['ls', '--json'])).stdout) as Array<{ name: string; vmmPid: number | null }>;
   return new Map(vms.filter((v) => v.vmmPid !== null).map((v) => [v.name, v.vmmPid!]));
 }
 
-const round = (v: number): number => Math.round(v * 10) / 10;
+/** Mean PSS (MiB) of these VMs' QEMU processes: in all, and of their guest-RAM mapping. */
+async function pssPerVm(names: string[]): Promise<{ totalMiB: number; guestRamMiB: number }> {
+  const pids = await vmmPids();
+  const each = names.map((n) => pssKiB(pids.get(n)!));
+  return {
+    totalMiB: round(each.reduce((a, b) => a + b.total, 0) / names.length / 1024),
+    guestRamMiB: round(each.reduce((a, b) => a + b.guestRam, 0) / names.length / 1024),
+  };
+}
+
+/** `fork -n n` until every child answered `exec --vm true`; returns the wall time and the children. */
+async function fork(source: string, n: number, prefix: string): Promise<{ ms: number; children: string[]; snapshotMs: number }> {
+  const t0 = Date.now();
+  const out = JSON.parse((await shoal(['fork', source, '-n', String(n), '--name-prefix', prefix, '--json'], 600_000)).stdout) as { snapshotMs: number; children: Array<{ name: string }> };
+  const children = out.children.map((c) => c.name);
+  await Promise.all(children.map((c) => shoal(['exec', '--vm', c, '--', 'true'])));
+  return { ms: Date.now() - t0, children, snapshotMs: out.snapshotMs };
+}
+
+/**
+ * The baseline of a clone's start: QEMU itself restoring the same snapshot files, with the same
+ * devices (the argv shoal would use), its own sparse copy of the disk, until the guest agent
+ * answers a HELLO on its socket. No supervisor, no record, no network set-up beyond QEMU's.
+ */
+async function bareRestore(snapshotDir: string, work: string): Promise<number> {
+  const manifest = JSON.parse(fs.readFileSync(path.join(snapshotDir, 'snapshot.json'), 'utf8')) as SnapshotManifest;
+  const runDir = fs.mkdtempSync(path.join(work, 'bare-'));
+  const scratch = path.join(runDir, 'scratch.img');
+  execFileSync('cp', ['--reflink=auto', '--sparse=always', path.join(snapshotDir, 'scratch.img'), scratch]);
+  const paths = qemuPaths(runDir);
+  const spec = { ...manifest.vmSpec, runDir, id: crypto.randomBytes(6).toString('hex') };
+  const argv = buildQemuArgv({
+    spec,
+    drives: spec.drives.map((d) => (d.id === 'scratch' ? { ...d, path: scratch } : d)),
+    consoleLog: path.join(runDir, 'console.log'),
+    paths,
+    memory: { path: path.join(snapshotDir, 'memory.raw'), share: false },
+    ...(spec.net ? { net: spec.net.userMode ? { mac: spec.net.mac, userMode: { forwards: [] } } : spec.net } : {}),
+  });
+  const t0 = process.hrtime.bigint();
+  // Tied to this process (parent-death signal), like shoal's own VMMs.
+  const qemu = spawnTied('qemu-system-x86_64', [...argv, '-global', 'migration.x-ignore-shared=on', '-incoming', `exec:cat ${path.join(snapshotDir, 'state.bin')}`], { stdio: 'ignore' });
+  try {
+    const qmp = await QmpClient.connect(paths.qmpSocket, 30_000);
+    // The snapshot was taken of a paused VM, so the restored one lands paused: start it.
+    for (;;) {
+      const status = ((await qmp.execute('query-status')) as { status: string }).status;
+      if (status === 'paused' || status === 'running') break;
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    await qmp.execute('cont');
+    const handle = { connectAgent: () => connectWithRetry(paths.agentSocket) } as unknown as VmHandle;
+    const agent = await openAgentSession(handle, 60_000);
+    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+    agent.destroy();
+    qmp.close();
+    return ms;
+  } finally {
+    qemu.kill('SIGKILL');
+    await new Promise((r) => qemu.once('exit', r));
+    fs.rmSync(runDir, { recursive: true, force: true });
+  }
+}
+
+async function connectWithRetry(socketPath: string): Promise<Duplex> {
+  for (let i = 0; ; i++) {
+    try {
+      return await new Promise<net.Socket>((resolve, reject) => {
+        const s = net.connect(socketPath);
+        s.once('connect', () => resolve(s));
+        s.once('error', reject);
+      });
+    } catch (err) {
+      if (i > 2000) throw err;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  }
+}
 
 async function main(): Promise<void> {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'sb-'));
   stateDir = path.join(work, 's');
   try {
     const image = `docker-archive:${await buildBusyboxDockerArchive(path.join(work, 'busybox.tar'))}`;
+    const mem = ['--memory', String(MEMORY)];
+
+    // Baseline: a cold boot, no image cache.
     const cold: number[] = [];
-    for (let i = 0; i < RUNS; i++) {
-      const run = await shoal(['run', '-d', '--name', `cold${i}`, image, '--', 'sleep', '3600']);
-      const exec = await shoal(['exec', `cold${i}`, '--', 'true']);
+    for (let i = 0; i < Math.min(RUNS, 2); i++) {
+      const run = await shoal(['run', '-d', '--no-snapshot', ...mem, '--name', `cold${i}`, image, '--', 'sleep', '3600']);
+      const exec = await shoal(['exec', '--vm', `cold${i}`, '--', 'true']);
       cold.push(run.ms + exec.ms);
       if (i > 0) await shoal(['rm', '-f', `cold${i}`]);
     }
-    const sourcePss = pssKiB((await vmmPids()).get('cold0')!);
+    const sourcePss = await pssPerVm(['cold0']);
 
-    const create: number[] = [];
-    const paused: number[] = [];
+    // exec into the container against exec --vm, in the same running VM.
+    const execContainer: number[] = [];
+    const execVm: number[] = [];
+    for (let i = 0; i < Math.max(RUNS, 5); i++) {
+      execVm.push((await shoal(['exec', '--vm', 'cold0', '--', 'true'])).ms);
+      execContainer.push((await shoal(['exec', 'cold0', '--', 'true'])).ms);
+    }
+
+    // Snapshot of a first-generation VM.
+    const firstGen: Array<{ pausedMs: number; totalMs: number; cliMs: number }> = [];
     for (let i = 0; i < RUNS; i++) {
       const r = await shoal(['snapshot', 'create', 'cold0', '--tag', `t${i}`, '--json']);
-      create.push(r.ms);
-      paused.push((JSON.parse(r.stdout) as { timings: { pausedMs: number } }).timings.pausedMs);
+      const timings = (JSON.parse(r.stdout) as SnapshotManifest).timings;
+      firstGen.push({ pausedMs: timings.pausedMs, totalMs: timings.totalMs, cliMs: round(r.ms) });
     }
-    const snapshotMiB = (JSON.parse((await shoal(['snapshot', 'ls', '--json'])).stdout) as Array<{ bytes: { memory: number; scratch: number } }>)[0]!.bytes;
+    const snapshotBytes = (JSON.parse(fs.readFileSync(path.join(stateDir, 'snapshots', 't0', 'snapshot.json'), 'utf8')) as SnapshotManifest).bytes;
 
-    const clone: number[] = [];
+    // The VMM's own restore of the same files, against a clone's start.
+    const bare: number[] = [];
+    for (let i = 0; i < RUNS; i++) bare.push(await bareRestore(path.join(stateDir, 'snapshots', 't0'), work));
+    const cloneVm: number[] = [];
+    const cloneContainer: number[] = [];
     for (let i = 0; i < RUNS; i++) {
-      const run = await shoal(['snapshot', 'run', '--snapshot', 't0', '--name', `clone${i}`]);
-      const exec = await shoal(['exec', `clone${i}`, '--', 'true']);
-      clone.push(run.ms + exec.ms);
-      await shoal(['rm', '-f', `clone${i}`]);
+      const run = await shoal(['snapshot', 'run', '--snapshot', 't0', '--name', `cv${i}`]);
+      const exec = await shoal(['exec', '--vm', `cv${i}`, '--', 'true']);
+      cloneVm.push(run.ms + exec.ms);
+      const run2 = await shoal(['snapshot', 'run', '--snapshot', 't0', '--name', `cc${i}`]);
+      const exec2 = await shoal(['exec', `cc${i}`, '--', 'true']);
+      cloneContainer.push(run2.ms + exec2.ms);
+      await shoal(['rm', '-f', `cv${i}`, `cc${i}`]);
     }
 
-    const forks: Record<string, { ms: number; perChildMs: number; vsColdSequential: number; pssPerCloneMiB: number; guestRamPssPerCloneMiB: number }> = {};
+    // fork -n 1, 5, 10 of the first-generation VM; PSS per child at depth 1 from the largest.
+    const forks: Record<string, { ms: number; perChildMs: number; snapshotMs: number }> = {};
+    let depth1: { totalMiB: number; guestRamMiB: number } | undefined;
+    let keep = '';
     for (const n of FORKS) {
-      const t0 = Date.now();
-      const out = JSON.parse((await shoal(['fork', 'cold0', '-n', String(n), '--name-prefix', `f${n}`, '--json'], 600_000)).stdout) as { children: Array<{ name: string }> };
-      await Promise.all(out.children.map((c) => shoal(['exec', c.name, '--', 'true'])));
-      const ms = Date.now() - t0;
-      const pids = await vmmPids();
-      const pss = out.children.map((c) => pssKiB(pids.get(c.name)!));
-      forks[String(n)] = {
-        ms,
-        perChildMs: round(ms / n),
-        vsColdSequential: +(ms / (n * median(cold))).toFixed(3),
-        pssPerCloneMiB: round(pss.reduce((a, b) => a + b.total, 0) / n / 1024),
-        guestRamPssPerCloneMiB: round(pss.reduce((a, b) => a + b.guestRam, 0) / n / 1024),
-      };
-      await shoal(['rm', '-f', ...out.children.map((c) => c.name)], 300_000);
+      const f = await fork('cold0', n, `f${n}`);
+      forks[String(n)] = { ms: f.ms, perChildMs: round(f.ms / n), snapshotMs: f.snapshotMs };
+      if (n === Math.max(...FORKS)) {
+        depth1 = await pssPerVm(f.children);
+        keep = f.children[0]!;
+        await shoal(['rm', '-f', ...f.children.slice(1)], 300_000);
+      } else await shoal(['rm', '-f', ...f.children], 300_000);
     }
 
+    // Depth 2 and 3: a child forked again, a grandchild forked again (2 children each).
+    const d2 = await fork(keep, 2, 'd2');
+    const depth2 = await pssPerVm(d2.children);
+    const d3 = await fork(d2.children[0]!, 2, 'd3');
+    const depth3 = await pssPerVm(d3.children);
+
+    // Snapshot of a depth-2 clone (a copy through a helper QEMU).
+    const deep: Array<{ pausedMs: number; totalMs: number; cliMs: number }> = [];
+    for (let i = 0; i < RUNS; i++) {
+      const r = await shoal(['snapshot', 'create', d2.children[1]!, '--tag', `deep${i}`, '--json']);
+      const timings = (JSON.parse(r.stdout) as SnapshotManifest).timings;
+      deep.push({ pausedMs: timings.pausedMs, totalMs: timings.totalMs, cliMs: round(r.ms) });
+    }
+    const deepBytes = (JSON.parse(fs.readFileSync(path.join(stateDir, 'snapshots', 'deep0', 'snapshot.json'), 'utf8')) as SnapshotManifest).bytes;
+
+    const coldMs = median(cold);
+    const bareMs = median(bare);
+    const forkMax = forks[String(Math.max(...FORKS))]!;
+    const forkMin = forks[String(Math.min(...FORKS))]!;
     const result = {
       host: { cpus: os.cpus().length, memMiB: Math.round(os.totalmem() / 1048576) },
       runs: RUNS,
-      coldToFirstExecMs: round(median(cold)),
-      snapshotCreateMs: round(median(create)),
-      snapshotSourcePausedMs: round(median(paused)),
-      snapshotMiB: { memory: round(snapshotMiB.memory / 1048576), scratch: round(snapshotMiB.scratch / 1048576) },
-      cloneToFirstExecMs: round(median(clone)),
-      cloneVsCold: +(median(clone) / median(cold)).toFixed(3),
+      guestMemoryMiB: MEMORY,
+      coldToFirstExecMs: round(coldMs),
+      bareQemuRestoreToAgentMs: round(bareMs),
+      cloneToFirstExecVmMs: round(median(cloneVm)),
+      cloneToFirstExecMs: round(median(cloneContainer)),
+      execVmMs: round(median(execVm)),
+      execContainerMs: round(median(execContainer)),
       fork: forks,
-      sourcePssMiB: round(sourcePss.total / 1024),
-      sourceGuestRamPssMiB: round(sourcePss.guestRam / 1024),
-      pssPerCloneVsSource: +(Math.max(...Object.values(forks).map((f) => f.pssPerCloneMiB)) / (sourcePss.total / 1024)).toFixed(3),
-      samples: { cold, create, paused, clone },
+      pssPerChildMiB: { depth1, depth2, depth3 },
+      sourcePssMiB: sourcePss,
+      snapshotFirstGen: { pausedMs: median(firstGen.map((s) => s.pausedMs)), totalMs: median(firstGen.map((s) => s.totalMs)), bytes: snapshotBytes },
+      snapshotDepth2: { pausedMs: median(deep.map((s) => s.pausedMs)), totalMs: median(deep.map((s) => s.totalMs)), bytes: deepBytes },
+      ratios: {
+        cloneToFirstExecVmVsBareRestore: { value: ratio(median(cloneVm), bareMs), target: '<= 1.5' },
+        execContainerVsExecVm: { value: ratio(median(execContainer), median(execVm)), target: '<= 1.3' },
+        cloneToFirstExecVsCold: { value: ratio(median(cloneContainer), coldMs), target: '<= 0.05' },
+        fork10VsFork1: { value: ratio(forkMax.ms, forkMin.ms), target: '<= 3' },
+        pssPerChildVsGuestRam: { value: ratio(Math.max(depth1!.totalMiB, depth2.totalMiB, depth3.totalMiB), MEMORY), target: '<= 0.125' },
+      },
+      samples: { cold, bare, cloneVm, cloneContainer, execVm, execContainer, firstGen, deep },
     };
     const text = `${JSON.stringify(result, null, 2)}\n`;
     fs.mkdirSync(path.join(ROOT, 'bench', 'results'), { recursive: true });
@@ -128,7 +267,7 @@ async function main(): Promise<void> {
     process.stdout.write(text);
   } finally {
     const names = fs.existsSync(path.join(stateDir, 'names')) ? fs.readdirSync(path.join(stateDir, 'names')) : [];
-    if (names.length) await shoal(['rm', '-f', ...names]).catch(() => undefined);
+    if (names.length) await shoal(['rm', '-f', ...names], 300_000).catch(() => undefined);
     fs.rmSync(work, { recursive: true, force: true });
   }
 }

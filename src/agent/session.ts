@@ -2,7 +2,8 @@
  * One host session on the agent's stream: answers the host's HELLO (after the sync marker)
  * and serves the channels it opens. A new HELLO means a new host (first boot, a reconnect,
  * or a clone restored from a snapshot): every old channel is dropped, the clock is stepped
- * to the host's, and fresh host randomness is mixed into the kernel's pool.
+ * to the host's, and fresh host randomness is mixed into the kernel's pool. A clone's
+ * recovery (src/agent/recovery.ts) runs only when the host says the VM was restored.
  */
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
@@ -46,8 +47,9 @@ export function serveSession(stream: Duplex, log: (msg: string) => void, debug =
     gate.release(false);
     session = hello.session;
     // Synchronous (no process is started), so the HELLO_ACK, which makes a clone count as
-    // running, follows a finished recovery.
-    applyHostState(hello, log, { clone: previous !== '' });
+    // running, follows a finished recovery. Only the host knows whether this VM was just
+    // restored: a new session is also a boot, or the same host reconnecting after a snapshot.
+    applyHostState(hello, log, { clone: hello.restored === true });
     mux.sendHello(FrameType.HelloAck, { session, agentVersion: AGENT_VERSION });
   });
   mux.on('open', (channel: Channel) => {

@@ -10,7 +10,7 @@
 import { FILES_OPS, MAX_PATH_LENGTH, type FilesOp } from '../protocol/files';
 import type { TerminalSize } from '../protocol/messages';
 import { terminalSizeOf } from '../protocol/messages';
-import type { VmConfig } from '../state/vm-record';
+import type { SnapshotRef, VmConfig } from '../state/vm-record';
 import type { VmSpec } from '../vmm/backend';
 
 /** Follow the VM: progress, `running`, and the final exit or error; with stdio, the main container's streams too. */
@@ -46,6 +46,8 @@ export type SnapshotResult = {
   vmSpec: VmSpec;
   config: VmConfig;
   loadedImage: string | null;
+  /** The snapshot the VM was restored from (its lineage), or null for a booted VM. */
+  parent: SnapshotRef | null;
   timings: { pausedMs: number; totalMs: number };
 };
 
@@ -159,11 +161,16 @@ function isVmConfig(v: unknown): v is VmConfig {
 }
 
 function parseSnapshotResult(value: Record<string, unknown>): SnapshotResult | undefined {
-  const { vmSpec, config, loadedImage, timings } = value;
+  const { vmSpec, config, loadedImage, timings, parent } = value;
   if (!isVmSpec(vmSpec) || !isVmConfig(config)) return undefined;
   if (loadedImage !== null && !isString(loadedImage)) return undefined;
   if (!isObject(timings) || typeof timings.pausedMs !== 'number' || typeof timings.totalMs !== 'number') return undefined;
-  return { type: 'result', vmSpec, config, loadedImage, timings: { pausedMs: timings.pausedMs, totalMs: timings.totalMs } };
+  let lineage: SnapshotRef | null = null;
+  if (parent !== undefined && parent !== null) {
+    if (!isObject(parent) || !isString(parent.tag) || (parent.id !== undefined && !isString(parent.id))) return undefined;
+    lineage = { tag: parent.tag, ...(isString(parent.id) ? { id: parent.id } : {}) };
+  }
+  return { type: 'result', vmSpec, config, loadedImage, parent: lineage, timings: { pausedMs: timings.pausedMs, totalMs: timings.totalMs } };
 }
 
 /** The supervisor's side: a message the CLI sent on an attach channel. */

@@ -16,6 +16,8 @@ const HELLO_RETRY_MS = 500;
 export interface CloneIdentity {
   network?: GuestNetworkIdentity;
   hostname?: string;
+  /** This is the first session of a VM restored from a snapshot (see Hello.restored). */
+  restored?: boolean;
 }
 
 export async function openAgentSession(vm: VmHandle, timeoutMs: number, clone: CloneIdentity = {}): Promise<Mux> {
@@ -33,6 +35,7 @@ export async function openAgentSession(vm: VmHandle, timeoutMs: number, clone: C
     seed: crypto.randomBytes(64).toString('hex'),
     ...(clone.network ? { network: clone.network } : {}),
     ...(clone.hostname ? { hostname: clone.hostname } : {}),
+    ...(clone.restored ? { restored: true } : {}),
   });
   return new Promise<Mux>((resolve, reject) => {
     let timer: NodeJS.Timeout | undefined;

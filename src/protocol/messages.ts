@@ -92,6 +92,15 @@ export interface Hello {
   network?: GuestNetworkIdentity;
   /** A clone's own host name (it still carries its source's); set before the HELLO_ACK. */
   hostname?: string;
+  /**
+   * Set on the first session of a VM restored from a snapshot (a clone, a fork child, an
+   * image-cache hit): the agent then runs a clone's recovery. Any other new session is a boot or
+   * the same host reconnecting (after Firecracker's vsock reset at a snapshot), which must not
+   * flush the VM's neighbours or kill its connections. Said by the host, not guessed by the
+   * agent: on vsock each connection is a fresh agent session, so it cannot tell a clone's first
+   * connection from its source's reconnect.
+   */
+  restored?: boolean;
 }
 
 export interface GuestNetworkIdentity {

@@ -38,6 +38,7 @@ export function startClone(store: StateStore, snapshotDir: string, manifest: Sna
     accel: manifest.accel,
     state: 'creating',
     createdAt: new Date().toISOString(),
+    restoredFrom: { tag: manifest.tag, ...(manifest.id ? { id: manifest.id } : {}) },
   };
   if (manifest.loadedImage) record.loadedImage = manifest.loadedImage;
   try {

@@ -51,6 +51,7 @@ export async function createSnapshot(store: StateStore, record: VmRecord, tag: s
         config: result.config,
         vmSpec: result.vmSpec,
         loadedImage: result.loadedImage,
+        parent: result.parent,
         timings: { pausedMs: result.timings.pausedMs, totalMs: Date.now() - started },
       },
       { measure: true },

@@ -7,6 +7,16 @@
  * A snapshot is built in .tmp-<tag>-<pid>/ and renamed into place, so a killed create never
  * leaves a directory that looks complete; readers skip dot-entries, and listing sweeps temp
  * directories whose creator is gone. fork keeps its snapshot in .fork-<pid>-<rand>/.
+ *
+ * Lineage: a snapshot of a VM that was itself restored records that VM's snapshot as its
+ * parent, and each restored VM's record names the snapshot it came from (restoredFrom), so
+ * `snapshot ls` shows both ways. A child snapshot is complete on its own (its memory file is a
+ * fresh copy of its source's RAM, its disk a copy of its source's disk), so it never depends on
+ * its parent's files. A live clone maps its snapshot's memory file MAP_PRIVATE; unlinking that
+ * file is safe for the clone (the mapping and QEMU's fd keep the inode and its pages until the
+ * clone ends, on tmpfs and disk filesystems alike), but the space would then stay taken, out of
+ * sight, until the last clone ends. So `snapshot rm` refuses while live clones of the snapshot
+ * exist, and names them; --force removes it anyway.
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -14,7 +24,8 @@ import path from 'node:path';
 import { fsyncDir, fsyncFilesIn, readJson, writeJsonAtomic } from '../state/atomic';
 import type { StateStore } from '../state/store';
 import type { Accelerator, VmmKind, VmSpec } from '../vmm/backend';
-import type { VmConfig } from '../state/vm-record';
+import { statusOf } from '../state/store';
+import type { SnapshotRef, VmConfig, VmRecord } from '../state/vm-record';
 import { ShoalError } from '../util/errors';
 import { isAlive } from '../util/process';
 
@@ -23,6 +34,10 @@ export const MANIFEST = 'snapshot.json';
 export interface SnapshotManifest {
   version: 1;
   tag: string;
+  /** Unique per snapshot (a later snapshot may reuse a removed one's tag); absent in older manifests. */
+  id?: string;
+  /** The snapshot the source VM was restored from, when it was restored rather than booted. */
+  parent?: SnapshotRef;
   createdAt: string;
   source: { id: string; name: string };
   backend: VmmKind;
@@ -65,6 +80,8 @@ export interface ManifestSource {
   config: VmConfig;
   vmSpec: VmSpec;
   loadedImage: string | null | undefined;
+  /** The snapshot the source was restored from (lineage), if it was. */
+  parent: SnapshotRef | null | undefined;
   timings: { pausedMs: number; totalMs: number };
 }
 
@@ -77,6 +94,7 @@ export function buildManifest(dir: string, from: ManifestSource, options: { meas
   const manifest: SnapshotManifest = {
     version: 1,
     tag: from.tag,
+    id: newSnapshotId(),
     createdAt: new Date().toISOString(),
     source: from.source,
     backend: from.backend,
@@ -90,6 +108,7 @@ export function buildManifest(dir: string, from: ManifestSource, options: { meas
     timings: from.timings,
   };
   if (from.loadedImage) manifest.loadedImage = from.loadedImage;
+  if (from.parent) manifest.parent = from.parent;
   return manifest;
 }
 
@@ -171,8 +190,58 @@ export function sweepStale(store: StateStore): string[] {
   return swept;
 }
 
-export function removeSnapshot(store: StateStore, tag: string): void {
+export function newSnapshotId(): string {
+  return crypto.randomBytes(8).toString('hex');
+}
+
+/** Whether a VM's restoredFrom names this snapshot (by id; by tag for manifests without one). */
+export function isRestoredFrom(record: VmRecord, manifest: Pick<SnapshotManifest, 'tag' | 'id'>): boolean {
+  const from = record.restoredFrom;
+  if (!from || from.tag !== manifest.tag) return false;
+  return manifest.id === undefined || from.id === undefined || from.id === manifest.id;
+}
+
+const LIVE = new Set(['creating', 'starting', 'running', 'stopping']);
+
+/** VMs whose supervisor still runs (a dead or stopped VM maps nothing). */
+export function isLive(record: VmRecord): boolean {
+  return LIVE.has(statusOf(record));
+}
+
+export interface SnapshotLineage {
+  /** The parent snapshot's tag (it may have been removed since: a child never needs it). */
+  parent: string | null;
+  /** Listed snapshots taken of VMs restored from this one. */
+  children: string[];
+  /** Names of live VMs restored from this snapshot (their memory maps its memory file). */
+  liveClones: string[];
+}
+
+/** Parent, child snapshots and live clones of each snapshot, from the manifests and the VM records. */
+export function lineageOf(entries: SnapshotEntry[], records: VmRecord[], live: (record: VmRecord) => boolean = isLive): Map<string, SnapshotLineage> {
+  const out = new Map<string, SnapshotLineage>();
+  for (const { tag, manifest } of entries) {
+    out.set(tag, {
+      parent: manifest.parent?.tag ?? null,
+      children: entries.filter((e) => e.manifest.parent !== undefined && e.manifest.parent.tag === tag && (manifest.id === undefined || e.manifest.parent.id === undefined || e.manifest.parent.id === manifest.id)).map((e) => e.tag),
+      liveClones: records.filter((r) => isRestoredFrom(r, manifest) && live(r)).map((r) => r.config.name).sort(),
+    });
+  }
+  return out;
+}
+
+/** Throws unless the snapshot exists and, without force, no live VM was restored from it. */
+export function checkRemovable(store: StateStore, tag: string, options: { force?: boolean } = {}): SnapshotEntry {
   const entry = findSnapshot(store, tag);
+  const clones = store.list().filter((r) => isRestoredFrom(r, entry.manifest) && isLive(r)).map((r) => r.config.name).sort();
+  if (clones.length > 0 && !options.force) {
+    throw new ShoalError(`snapshot ${tag} has live clones (${clones.join(', ')}), whose memory maps its memory file: remove them first, or use --force (its space is then freed only when the last of them ends)`);
+  }
+  return entry;
+}
+
+export function removeSnapshot(store: StateStore, tag: string, options: { force?: boolean } = {}): void {
+  const entry = checkRemovable(store, tag, options);
   // Rename first, so a reader never sees a half-deleted snapshot. Clones that run from it keep
   // working: their QEMU maps memory.raw, and a mapping keeps the file's pages until it goes.
   const doomed = path.join(snapshotsDir(store), `.rm-${tag}-${process.pid}-${crypto.randomBytes(3).toString('hex')}`);

@@ -81,6 +81,17 @@ export interface VmRecord {
   imageCache?: { key: string; hit: boolean; startup?: boolean };
   /** The startup snapshot this run saved once its --health-check passed. */
   startupSnapshot?: string;
+  /**
+   * The snapshot this VM was restored from (a clone, a fork child, an image-cache hit, a
+   * startup-snapshot run): its lineage, and what `snapshot rm` checks for live clones.
+   */
+  restoredFrom?: SnapshotRef;
+}
+
+/** A snapshot by tag and, for snapshots that have one, the id that tells apart two snapshots that had the same tag. */
+export interface SnapshotRef {
+  tag: string;
+  id?: string;
 }
 
 export const NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;

@@ -77,6 +77,7 @@ export class ImageCachePolicy {
           config: this.record.current.config,
           vmSpec: this.inputs.spec()!,
           loadedImage: this.record.current.loadedImage,
+          parent: this.record.current.restoredFrom,
           timings,
         },
         { measure: false },

@@ -4,9 +4,7 @@
  * It owns only the chain that serializes its snapshots; the VM's live parts come from the
  * supervisor through SnapshotSubject, each time, since they change (boot, restore, finish).
  */
-import { execFile } from 'node:child_process';
 import crypto from 'node:crypto';
-import { promisify } from 'node:util';
 import { refuse, sendEvent } from '../control/server';
 import { request } from '../host/exec-client';
 import { encodeSync, FrameType } from '../protocol/frames';
@@ -14,12 +12,13 @@ import type { GatedStream } from '../protocol/gate';
 import type { Channel, Mux } from '../protocol/mux';
 import { snapshotFiles, snapshotTempDirProblem } from '../snapshot/store';
 import type { StateStore } from '../state/store';
+import { MEMORY_FILE_DIR } from '../state/vm-files';
 import { ShoalError } from '../util/errors';
 import { sleep } from '../util/process';
 import type { VmHandle, VmSpec } from '../vmm/backend';
 import type { VmRecordHandle } from './vm-record-handle';
+import { copySparse } from '../util/copy';
 
-const execFileAsync = promisify(execFile);
 /** How long the guest has to answer the quiesce request and the re-HELLO around a snapshot. */
 const QUIESCE_TIMEOUT_MS = 30_000;
 
@@ -30,8 +29,8 @@ export interface SnapshotSubject {
   running(): boolean;
   /** The VM's boot spec (for a clone: its source's, with its own scratch disk). */
   spec(): VmSpec | undefined;
-  /** Restored from a snapshot: its memory is a private mapping of that snapshot's. */
-  restored(): boolean;
+  /** A stop was asked for (the VM is going away). */
+  stopping(): boolean;
   /** The agent link did not come back after a snapshot: the VM is lost. */
   linkLost(error: string): void;
   /**
@@ -72,6 +71,10 @@ export class Snapshotter {
     const fail = (message: string): void => refuse(channel, message);
     const record = this.record.current;
     const name = record.config.name;
+    if (this.subject.stopping()) {
+      fail(`VM ${name} is stopping`);
+      return;
+    }
     if (!this.subject.parts() || !this.subject.running()) {
       fail(`VM ${name} is not running`);
       return;
@@ -84,10 +87,6 @@ export class Snapshotter {
       fail(`VM ${name} has ${record.config.cpus} vCPUs under TCG: pausing such a guest for a snapshot leaves it in soft lockups on resume here, so only 1-vCPU TCG VMs (or KVM VMs) can be snapshotted`);
       return;
     }
-    if (this.subject.restored()) {
-      fail(`VM ${name} was restored from a snapshot; its memory is a private mapping of that snapshot, so it cannot be snapshotted itself (snapshot the source instead)`);
-      return;
-    }
     const dirProblem = snapshotTempDirProblem(this.store, dir);
     if (dirProblem) {
       fail(dirProblem);
@@ -96,7 +95,7 @@ export class Snapshotter {
     try {
       const timings = await this.take(dir, say);
       const current = this.record.current;
-      sendEvent(channel, { type: 'result', vmSpec: this.subject.spec()!, config: current.config, loadedImage: current.loadedImage ?? null, timings });
+      sendEvent(channel, { type: 'result', vmSpec: this.subject.spec()!, config: current.config, loadedImage: current.loadedImage ?? null, parent: current.restoredFrom ?? null, timings });
       channel.close();
     } catch (err) {
       fail(`snapshot of ${name} failed: ${(err as Error).message}`);
@@ -129,26 +128,30 @@ export class Snapshotter {
     if (!parts || parts.agent.destroyed) throw new ShoalError(`VM ${this.record.current.config.name} is not running`);
     const { vm, agent, gate } = parts;
     const started = Date.now();
-    let pausedAt = 0;
-    let resumedAt = 0;
+    let pausedMs = 0;
     say('quiescing the agent link');
     await withTimeout(request(agent, { kind: 'quiesce' }), QUIESCE_TIMEOUT_MS, 'the guest agent did not quiesce');
     gate.hold();
     try {
-      pausedAt = Date.now();
-      await vm.pause();
-      say('saving device state and guest memory');
+      // A booted VM is paused for its device state and disk; a restored one (its RAM a private
+      // mapping of its snapshot's) is paused while it is copied whole into a helper VMM. Either
+      // way the scratch disk is copied while the vCPUs are stopped, and the VM is resumed
+      // before snapshotRunning returns or throws.
       const target = snapshotFiles(dir);
-      await vm.snapshot({ stateFile: target.state, memoryFile: target.memory }, 'full');
-      say('copying the scratch disk');
-      await execFileAsync('cp', ['--reflink=auto', '--sparse=always', this.scratchDisk, target.scratch]);
+      const timings = await vm.snapshotRunning({ stateFile: target.state, memoryFile: target.memory }, {
+        tmpfsDir: MEMORY_FILE_DIR,
+        progress: say,
+        whilePaused: async () => {
+          say('copying the scratch disk');
+          await copySparse(this.scratchDisk, target.scratch);
+        },
+      });
+      pausedMs = timings.pausedMs;
     } finally {
-      await vm.resume().catch(() => undefined);
-      resumedAt = Date.now();
       if (vm.snapshotResetsAgentLink) await this.subject.reconnect(agent);
       else await this.resumeLink(agent, gate);
     }
-    return { pausedMs: resumedAt - pausedAt, totalMs: Date.now() - started };
+    return { pausedMs, totalMs: Date.now() - started };
   }
 
   /** After a snapshot: re-HELLO (resume: true) until the agent answers, then send what we held. */

@@ -5,9 +5,7 @@
  * socket through which CLI processes attach, exec and stop. When the container ends it powers
  * the VM off and removes what the VM no longer needs (all of it with --rm).
  */
-import { execFile } from 'node:child_process';
 import fs from 'node:fs';
-import { promisify } from 'node:util';
 import path from 'node:path';
 import { loadAssets, type GuestAssets } from '../assets/setup';
 import { imageSourceOf, loadedImageFrom } from '../container/image-ref';
@@ -45,8 +43,8 @@ import { vmmTraits } from '../vmm/traits';
 import { createScratchDisk } from './scratch-disk';
 import { releaseVmResources } from '../lifecycle/release';
 import { createMemoryFile, memoryFilePath, removeOrphanMemoryFiles, restoreInfoPath, vmFiles, type RestoreInfo } from '../state/vm-files';
+import { copySparse } from '../util/copy';
 
-const execFileAsync = promisify(execFile);
 
 /** Boot plus agent start under TCG on a loaded 2-core host stays well inside this. */
 const AGENT_TIMEOUT_MS = 120_000;
@@ -85,8 +83,6 @@ export class Supervisor {
   private gate: GatedStream | undefined;
   /** The boot spec of this VM (for a clone: its source's, with its own scratch disk). */
   private spec: VmSpec | undefined;
-  /** Set when this VM was restored from a snapshot rather than booted. */
-  private restoredFrom: RestoreInfo | undefined;
 
   constructor(private readonly store: StateStore, id: string) {
     this.records = new VmRecordHandle(store, id);
@@ -101,8 +97,8 @@ export class Supervisor {
         return vm && agent && gate ? { vm, agent, gate } : undefined;
       },
       running: () => this.agent?.destroyed === false && this.record.state === 'running' && !this.finished && !this.stopRequested,
+      stopping: () => this.stopRequested || this.record.state === 'stopping',
       spec: () => this.spec,
-      restored: () => this.restoredFrom !== undefined,
       linkLost: (error) => void this.finish('failed', { error }),
       reconnect: (old) => this.reconnectAgent(old),
     });
@@ -143,7 +139,6 @@ export class Supervisor {
     try {
       const restore = readJson<RestoreInfo>(restoreInfoPath(this.files.dir));
       if (restore) {
-        this.restoredFrom = restore;
         await this.restore(restore);
         exitCode = await this.container.followRestored(this.agent!);
       } else {
@@ -157,13 +152,11 @@ export class Supervisor {
             if (cachedStartup.manifest.loadedImage) r.loadedImage = cachedStartup.manifest.loadedImage;
           });
           const info = { snapshotDir: cachedStartup.dir, tag: 'the startup snapshot' };
-          this.restoredFrom = info;
           await this.restore(info);
           exitCode = await this.container.followRestored(this.agent!);
         } else {
-          // A VM restored from the image cache cannot be snapshotted: one that must save a
-          // startup snapshot boots (and still saves the image cache on the way).
-          const image = await this.bootOrRestoreFromImageCache({ allowHit: startup === undefined });
+          // Restored from the image cache or booted, the VM can take its startup snapshot later.
+          const image = await this.bootOrRestoreFromImageCache();
           // After the image cache's snapshot: a FUSE mount's state lives in this process, so no
           // snapshot may hold one.
           await this.mountDirectoryMaps();
@@ -230,6 +223,8 @@ export class Supervisor {
   private async restore(info: RestoreInfo, options: { announce?: boolean } = {}): Promise<void> {
     const manifest = readSnapshotDir(info.snapshotDir);
     if (!manifest) throw new ShoalError(`snapshot ${info.tag} is gone`);
+    // Lineage: what this VM came from (a snapshot of it names that as its parent).
+    this.records.update((r) => { r.restoredFrom = { tag: manifest.tag, ...(manifest.id ? { id: manifest.id } : {}) }; });
     const files = snapshotFiles(info.snapshotDir);
     const backend = backendFor(this.record.backend, this.record.accel, this.record.config.jailer);
     // Held until the VMM has mapped the memory file: the image cache's eviction skips it meanwhile.
@@ -243,7 +238,7 @@ export class Supervisor {
     // The guest still carries its source's hostname (and, bridged, its MAC and address): its
     // agent takes the clone's before it answers, so the clone runs once the answer is in.
     const network = this.network.bridgedIdentity();
-    await this.connectVm(this.vm!, { hostname: guestHostname(this.record.config), ...(network ? { network } : {}) });
+    await this.connectVm(this.vm!, { restored: true, hostname: guestHostname(this.record.config), ...(network ? { network } : {}) });
     if (options.announce === false) return;
     this.setState('running', (r) => { r.startedAt = new Date().toISOString(); });
     this.attachments.running();
@@ -251,7 +246,7 @@ export class Supervisor {
 
   private async restoreFrom(info: RestoreInfo, manifest: SnapshotManifest, files: ReturnType<typeof snapshotFiles>, backend: VmmBackend): Promise<void> {
     this.progress(`restoring snapshot ${info.tag} into a ${this.record.backend} microVM (${this.record.accel})`);
-    await execFileAsync('cp', ['--reflink=auto', '--sparse=always', files.scratch, this.files.scratchDisk]);
+    await copySparse(files.scratch, this.files.scratchDisk);
     const drives = manifest.vmSpec.drives.map((d) => (d.id === 'scratch' ? { ...d, path: this.files.scratchDisk } : d));
     this.spec = { ...manifest.vmSpec, id: this.record.id, runDir: this.files.dir, consoleLog: this.files.consoleLog, drives };
     delete this.spec.memoryFile;
@@ -281,13 +276,13 @@ export class Supervisor {
    * run of the same image, command, env and shape, or boot, load the image, and save one.
    * Returns the image reference to run.
    */
-  private async bootOrRestoreFromImageCache(options: { allowHit: boolean } = { allowHit: true }): Promise<string> {
+  private async bootOrRestoreFromImageCache(): Promise<string> {
     if (!this.imageCache.usable()) {
       await this.boot();
       return this.prepareImage();
     }
     const key = await this.imageCache.key();
-    const cached = options.allowHit ? cachedImageSnapshot(this.store, key) : undefined;
+    const cached = cachedImageSnapshot(this.store, key);
     if (cached?.manifest.loadedImage) {
       touchImageCache(cached.dir);
       this.records.update((r) => {
@@ -295,10 +290,8 @@ export class Supervisor {
         r.loadedImage = cached.manifest.loadedImage;
       });
       // Like a clone: the cache's memory is mapped private, shared with every other run restored
-      // from it. (A private copy that could itself be snapshotted hung the guest on its next
-      // pause/resume in CI, so cache-restored VMs cannot be snapshotted or forked, as clones.)
+      // from it; a snapshot or fork of this VM copies its RAM live (src/vmm/qemu/private-snapshot.ts).
       const info = { snapshotDir: cached.dir, tag: 'the image cache' };
-      this.restoredFrom = info;
       await this.restore(info, { announce: false });
       return cached.manifest.loadedImage;
     }

@@ -74,6 +74,33 @@ export interface SnapshotFiles {
 
 export type SnapshotKind = 'full' | 'diff';
 
+export interface RunningSnapshotOptions {
+  /** Runs while the vCPUs are stopped at the snapshot point. */
+  whilePaused: () => Promise<void>;
+  /** A tmpfs directory where the VMM may stage guest RAM on the way (QEMU's helper). */
+  tmpfsDir: string;
+  progress?: (message: string) => void;
+}
+
+export interface RunningSnapshotTimings {
+  /** How long the vCPUs were stopped. */
+  pausedMs: number;
+}
+
+/** The plain way: pause, snapshot, whilePaused, resume (resumed whatever failed). */
+export async function pauseAndSnapshot(vm: Pick<VmHandle, 'pause' | 'resume' | 'snapshot'>, files: SnapshotFiles, options: RunningSnapshotOptions): Promise<RunningSnapshotTimings> {
+  const pausedAt = Date.now();
+  try {
+    await vm.pause();
+    options.progress?.('saving device state and guest memory');
+    await vm.snapshot(files, 'full');
+    await options.whilePaused();
+  } finally {
+    await vm.resume().catch(() => undefined);
+  }
+  return { pausedMs: Date.now() - pausedAt };
+}
+
 /** How a restored VM gets its memory. */
 export type MemoryBackend =
   | { kind: 'file'; path: string }
@@ -121,6 +148,14 @@ export interface VmHandle {
   readonly snapshotResetsAgentLink?: boolean;
   /** Writes a snapshot of a paused VM. */
   snapshot(files: SnapshotFiles, kind: SnapshotKind): Promise<void>;
+  /**
+   * Snapshots the running VM into files, whatever its origin (booted, or restored from a
+   * snapshot): its vCPUs are stopped at the snapshot point, `whilePaused` runs then (the disk
+   * copy), and the VM runs again when this resolves, also on failure. A VMM may copy memory
+   * live before it stops the vCPUs where its dirty tracking is sound (QEMU under TCG is not:
+   * it copies a VM whose RAM is a private mapping with the vCPUs stopped).
+   */
+  snapshotRunning(files: SnapshotFiles, options: RunningSnapshotOptions): Promise<RunningSnapshotTimings>;
   /** Asks the guest to power off; kills the VMM after timeoutMs. */
   shutdown(timeoutMs: number): Promise<VmExit>;
   /** SIGKILL the VMM, immediately. */

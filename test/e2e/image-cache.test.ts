@@ -56,7 +56,7 @@ test('a second run of the same busybox.ref, command and env restores the cache; 
   }
 });
 
-test('a VM restored from the cache has its own hostname, and is refused as a snapshot source like a clone', async () => {
+test('a VM restored from the cache has its own hostname, and can be forked', async () => {
   for (const name of ['warm', 'hot']) {
     const run = await sandbox.run(['run', '-d', '--name', name, busybox.ref, '--', 'sleep', '600']);
     assert.equal(run.code, 0, run.stderr.toString());
@@ -66,11 +66,18 @@ test('a VM restored from the cache has its own hostname, and is refused as a sna
   assert.equal(hostname.stdout.toString(), 'hot\n');
   const inContainer = await sandbox.run(['exec', 'hot', '--', 'sh', '-c', 'ps -o comm | grep -c sleep']);
   assert.equal(inContainer.stdout.toString().trim(), '1', inContainer.stderr.toString());
-  const fork = await sandbox.run(['fork', 'hot', '-n', '1']);
-  assert.notEqual(fork.code, 0);
-  assert.match(fork.stderr.toString(), /restored from a snapshot/);
+  // A cache-restored VM can be forked like any other (until issue 13 this was refused): the
+  // child has the container running, its own hostname, and what 'hot' wrote.
+  await sandbox.run(['exec', 'hot', '--', 'sh', '-c', 'echo from-hot > /tmp/mark']);
+  const fork = await sandbox.run(['fork', 'hot', '-n', '1'], { timeoutMs: 180_000 });
+  assert.equal(fork.code, 0, fork.stderr.toString());
+  assert.equal(fork.stdout.toString(), 'hot-1\n');
+  const child = await sandbox.run(['exec', 'hot-1', '--', 'sh', '-c', 'cat /tmp/mark; ps -o comm | grep -c sleep']);
+  assert.equal(child.stdout.toString(), 'from-hot\n1\n', child.stderr.toString());
+  assert.equal((await sandbox.run(['exec', '--vm', 'hot-1', '--', 'hostname'])).stdout.toString(), 'hot-1\n');
+  assert.equal((await sandbox.run(['exec', 'hot', '--', 'cat', '/tmp/mark'])).stdout.toString(), 'from-hot\n');
   const ids = (await sandbox.json<LsEntry[]>(['ls', '--json'])).map((v) => v.id);
-  const rm = await sandbox.run(['rm', '-f', 'warm', 'hot'], { timeoutMs: 60_000 });
+  const rm = await sandbox.run(['rm', '-f', 'warm', 'hot', 'hot-1'], { timeoutMs: 60_000 });
   assert.equal(rm.code, 0, rm.stderr.toString());
   assert.deepEqual(sandbox.processes(), []);
   assert.deepEqual(ids.filter((id) => fs.existsSync(`/dev/shm/shoal-${id}.ram`)), []);
@@ -114,7 +121,22 @@ test('--health-check: once the app answers, its running state is snapshotted; a 
   }
   assert.ok(logs.includes(`alive ${id}`), `logs of the restored run: ${JSON.stringify(logs.slice(-300))}`);
 
-  const rm = await sandbox.run(['rm', '-f', 'app1', 'app2']);
+  // The startup-snapshot run can itself be snapshotted and cloned: the clone's app is the same
+  // one (same id, still serving), reached through the clone's own published port.
+  await sandbox.run(['exec', 'app2', '--', 'sh', '-c', 'echo app2 > /www/who']);
+  const p3 = await freePort();
+  const fork = await sandbox.run(['fork', 'app2', '-n', '1', '-p', `127.0.0.1:${p3}:8080`], { timeoutMs: 180_000 });
+  assert.equal(fork.code, 0, fork.stderr.toString());
+  let who: string | undefined;
+  const whoDeadline = Date.now() + 30_000;
+  while (who === undefined && Date.now() < whoDeadline) {
+    who = await httpGet(p3, '/who');
+    if (who === undefined) await new Promise((resolve) => setTimeout(resolve, 300));
+  }
+  assert.equal(who, 'app2\n');
+  assert.equal(await httpGet(p3, '/id'), id);
+
+  const rm = await sandbox.run(['rm', '-f', 'app1', 'app2', 'app2-1']);
   assert.equal(rm.code, 0, rm.stderr.toString());
   assert.deepEqual(sandbox.processes(), []);
 });

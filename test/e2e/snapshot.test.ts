@@ -76,10 +76,29 @@ describe('snapshots and clones', { timeout: 900_000 }, () => {
     assert.equal(c2.code, 0, c2.stderr.toString());
     assert.equal(await sh('c2', 'ls /tmp/x /root/y 2>/dev/null | wc -l; cat /tmp/a'), '0\nbefore-mem\n');
 
-    // A clone cannot be snapshotted (its RAM is a private mapping of the snapshot), and says so.
-    const nested = await sandbox.run(['snapshot', 'create', 'c1', '--tag', 'nested'], { timeoutMs: 60_000 });
-    assert.notEqual(nested.code, 0);
-    assert.match(nested.stderr.toString(), /restored from a snapshot/);
+    // A clone can be snapshotted (its RAM, a private mapping of t1's, is copied, paused, through a
+    // helper QEMU): it keeps running, and a clone of that snapshot goes on from the clone's state.
+    // (Until issue 13 this was refused.)
+    const nested = await sandbox.run(['snapshot', 'create', 'c1', '--tag', 'nested', '--json'], { timeoutMs: 120_000 });
+    assert.equal(nested.code, 0, nested.stderr.toString());
+    const nestedManifest = JSON.parse(nested.stdout.toString()) as { parent?: { tag: string }; timings: { pausedMs: number } };
+    assert.equal(nestedManifest.parent?.tag, 't1');
+    assert.ok(nestedManifest.timings.pausedMs > 0);
+    await sh('c1', 'echo c1-after > /tmp/x');
+    const c3 = await sandbox.run(['snapshot', 'run', '--snapshot', 'nested', '--name', 'c3'], { timeoutMs: 120_000 });
+    assert.equal(c3.code, 0, c3.stderr.toString());
+    assert.equal(await sh('c3', 'cat /tmp/a /tmp/x /root/y'), 'before-mem\nfrom-c1\nfrom-c1\n');
+    assert.equal(await sh('c1', 'cat /tmp/x'), 'c1-after\n');
+    const lineage = await sandbox.json<Array<{ tag: string; parent: string | null; children: string[]; liveClones: string[] }>>(['snapshot', 'ls', '--json']);
+    assert.deepEqual(lineage.map((s) => [s.tag, s.parent, s.children, s.liveClones]), [['t1', null, ['nested'], ['c1', 'c2']], ['nested', 't1', [], ['c3']]]);
+    // A snapshot with live clones is kept (their memory maps its file), and rm names them.
+    const busy = await sandbox.run(['snapshot', 'rm', 'nested']);
+    assert.equal(busy.code, 125);
+    assert.match(busy.stderr.toString(), /^shoal: snapshot nested has live clones \(c3\)/);
+    assert.ok(fs.existsSync(path.join(sandbox.stateDir, 'snapshots', 'nested', 'memory.raw')));
+    assert.equal((await sandbox.run(['rm', '-f', 'c3'], { timeoutMs: 60_000 })).code, 0);
+    const rmNested = await sandbox.run(['snapshot', 'rm', 'nested']);
+    assert.equal(rmNested.code, 0, rmNested.stderr.toString());
 
     // stop/rm work on clones like on any VM.
     const stop = await sandbox.run(['stop', 'c2'], { timeoutMs: 60_000 });

@@ -7,15 +7,15 @@
 import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import type { Core, ExecSpec, FileOps, LogRecord, ProcessEnd, RemoteProcess, SandboxSpec, SnapshotView, VmView } from '../../src/api/core';
 import { ApiError } from '../../src/api/errors';
+import { tempDir } from './temp-dir';
 import type { FileEntry } from '../../src/protocol/files';
 
 export class FakeCore implements Core {
-  readonly root = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-fake-core-'));
+  readonly root = tempDir('shoal-fake-core-');
   readonly vms = new Map<string, VmView>();
   readonly snaps: SnapshotView[] = [];
   readonly calls: string[] = [];

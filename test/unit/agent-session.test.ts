@@ -5,8 +5,10 @@
  * agent resynced its decoder on the new HELLO and dropped the frames after it; only a slow
  * recovery, during which the host retransmits its HELLO, hid that.)
  *
- * A later HELLO makes the agent run a clone's recovery (neighbour flush, SOCK_DESTROY, host
- * name), so this runs in a child in network and UTS namespaces of its own (`unshare`).
+ * A HELLO that says the VM was restored makes the agent run a clone's recovery (neighbour flush,
+ * SOCK_DESTROY, host name), so this runs in a child in network and UTS namespaces of its own
+ * (`unshare`). On vsock (Firecracker) every connection is a fresh agent session: there, the
+ * source's own reconnect after a snapshot must not recover, and a clone's first connection must.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -31,7 +33,7 @@ const SCRIPT = `
     const out = [];
     for (const name of ['source', 'clone-1', 'clone-2']) {
       hostEnd = null; // the previous host is gone
-      const mux = await openAgentSession(vm, 5000, name === 'source' ? {} : { hostname: name });
+      const mux = await openAgentSession(vm, 5000, name === 'source' ? {} : { hostname: name, restored: true });
       const r = await within(execCollect(mux, { argv: ['sh', '-c', 'hostname; exit 3'] }), name + "'s first exec");
       out.push([name, r.code, r.stdout.toString()]);
     }
@@ -44,6 +46,41 @@ test('a new host\'s first exec, right after the HELLO_ACK, is served (a clone\'s
   assert.equal(r.status, 0, r.stderr);
   assert.deepEqual(JSON.parse(r.stdout), {
     out: [['source', 3, 'source\n'], ['clone-1', 3, 'clone-1\n'], ['clone-2', 3, 'clone-2\n']],
+    log: [],
+  });
+});
+
+/** vsock: a fresh serveSession per connection, as src/agent/main.ts serves each accepted one. */
+const VSOCK_SCRIPT = `
+  const { Duplex } = require('node:stream');
+  const { serveSession } = require(${JSON.stringify(path.join(src, 'agent/session.js'))});
+  const { openAgentSession } = require(${JSON.stringify(path.join(src, 'host/agent-session.js'))});
+  const { execCollect } = require(${JSON.stringify(path.join(src, 'host/exec-client.js'))});
+  const log = [];
+  const vm = { connectAgent: async () => {
+    let hostEnd = null;
+    const guest = new Duplex({ read() {}, write(chunk, _e, cb) { hostEnd.push(chunk); cb(); } });
+    hostEnd = new Duplex({ read() {}, write(chunk, _e, cb) { guest.push(chunk); cb(); } });
+    serveSession(guest, (m) => log.push(m));
+    return hostEnd;
+  } };
+  (async () => {
+    const out = [];
+    const steps = [['boot', {}], ['reconnect', {}], ['clone', { hostname: 'clone-v', restored: true }], ['reconnect-after-clone', {}]];
+    for (const [name, identity] of steps) {
+      const mux = await openAgentSession(vm, 5000, identity);
+      const r = await execCollect(mux, { argv: ['hostname'] });
+      out.push([name, r.stdout.toString()]);
+    }
+    return { out, log };
+  })().then((r) => { process.stdout.write(JSON.stringify(r)); process.exit(0); },
+    (e) => { process.stdout.write(JSON.stringify({ thrown: e.message })); process.exit(0); });`;
+
+test('vsock: the same host reconnecting after a snapshot gets no clone recovery; a restored VM\'s first connection does', { skip: root ? false : 'needs root (namespaces)' }, () => {
+  const r = spawnSync('unshare', ['--net', '--uts', '--', 'sh', '-c', 'hostname source && exec "$0" -e "$1"', process.execPath, VSOCK_SCRIPT], { encoding: 'utf8', timeout: 30_000 });
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), {
+    out: [['boot', 'source\n'], ['reconnect', 'source\n'], ['clone', 'clone-v\n'], ['reconnect-after-clone', 'clone-v\n']],
     log: [],
   });
 });

@@ -76,6 +76,7 @@ const snapshotResult: SnapshotResult = {
     interactive: false, detach: true, autoRemove: false, network: 'none', publish: [],
   },
   loadedImage: 'localhost/a:latest',
+  parent: { tag: 'base', id: '0123456789abcdef' },
   timings: { pausedMs: 12, totalMs: 40 },
 };
 

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { test } from 'node:test';
 import { GatedStream } from '../../src/protocol/gate';
-import { MANIFEST, findSnapshot, listSnapshots, makeTempDir, publish, removeSnapshot, snapshotsDir, tagProblem, type SnapshotManifest } from '../../src/snapshot/store';
+import { MANIFEST, findSnapshot, lineageOf, listSnapshots, makeTempDir, publish, removeSnapshot, snapshotsDir, tagProblem, type SnapshotManifest } from '../../src/snapshot/store';
 import { evictImageCache, imageCacheLimit, imageCacheRoot, touchImageCache } from '../../src/snapshot/image-cache';
 import { StateStore } from '../../src/state/store';
 
@@ -96,5 +96,43 @@ test('image cache eviction keeps the most recently used entries and drops dead s
     assert.equal(imageCacheLimit({ SHOAL_IMAGE_CACHE_MAX: 'lots' }), 5);
   } finally {
     fs.rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('snapshot lineage: parents, child snapshots and live clones; rm refuses while live clones map the snapshot', () => {
+  const store = new StateStore(fs.mkdtempSync(path.join(os.tmpdir(), 'snaplineage-')));
+  try {
+    const root = { ...manifest('root'), id: 'r1' };
+    const child = { ...manifest('child'), id: 'c1', parent: { tag: 'root', id: 'r1' } };
+    // A snapshot that reused a removed snapshot's tag is not the parent of that one's children.
+    const stranger = { ...manifest('other'), id: 'o1', parent: { tag: 'root', id: 'gone' } };
+    for (const m of [root, child, stranger]) publish(store, makeTempDir(store, m.tag), m);
+    const vm = (name: string, from: { tag: string; id?: string } | undefined, state: 'running' | 'stopped', pid?: number): void => {
+      const record = {
+        id: store.newId(), config: { ...root.config, name }, backend: 'qemu' as const, accel: 'tcg' as const, state, createdAt: new Date().toISOString(),
+        ...(pid ? { supervisorPid: pid } : {}), ...(from ? { restoredFrom: from } : {}),
+      };
+      store.write(record);
+    };
+    vm('live-a', { tag: 'root', id: 'r1' }, 'running', process.pid);
+    vm('live-b', { tag: 'root', id: 'r1' }, 'running', process.pid);
+    vm('stopped', { tag: 'root', id: 'r1' }, 'stopped');
+    vm('dead', { tag: 'root', id: 'r1' }, 'running', 4194305);
+    vm('of-an-older-root', { tag: 'root', id: 'older' }, 'running', process.pid);
+    vm('grandchild', { tag: 'child', id: 'c1' }, 'running', process.pid);
+    const lineage = lineageOf(listSnapshots(store), store.list());
+    assert.deepEqual(lineage.get('root'), { parent: null, children: ['child'], liveClones: ['live-a', 'live-b'] });
+    assert.deepEqual(lineage.get('child'), { parent: 'root', children: [], liveClones: ['grandchild'] });
+    assert.deepEqual(lineage.get('other'), { parent: 'root', children: [], liveClones: [] });
+
+    // rm names the live clones and changes nothing; a child snapshot never holds its parent.
+    assert.throws(() => removeSnapshot(store, 'root'), /snapshot root has live clones \(live-a, live-b\).*--force/);
+    assert.ok(findSnapshot(store, 'root'));
+    removeSnapshot(store, 'other');
+    removeSnapshot(store, 'root', { force: true });
+    assert.deepEqual(listSnapshots(store).map((s) => s.tag), ['child']);
+    assert.equal(lineageOf(listSnapshots(store), store.list()).get('child')?.parent, 'root');
+  } finally {
+    fs.rmSync(store.root, { recursive: true, force: true });
   }
 });

@@ -6,7 +6,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { evictImageCache, imageCacheRoot, leaseSnapshotDir } from '../../src/snapshot/image-cache';
@@ -17,10 +16,11 @@ import { StateStore, statusOf } from '../../src/state/store';
 import type { VmRecord } from '../../src/state/vm-record';
 import { capConsoleLog, ContainerLogWriter, readContainerLog } from '../../src/supervisor/container-log';
 import { logMaxBytes } from '../../src/util/log-limit';
+import { tempDir } from '../helpers/temp-dir';
 import { createPrivateFile, ensurePrivateDir, entryOf, isInside } from '../../src/util/private-fs';
 
 function tempStore(): StateStore {
-  return new StateStore(path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'hard-')), 'state'));
+  return new StateStore(path.join(tempDir('hard-'), 'state'));
 }
 
 function record(id: string, name: string, extra: Partial<VmRecord> = {}): VmRecord {
@@ -64,7 +64,7 @@ test('names with path parts are refused everywhere they enter, with one clear er
 test('a planted claim whose id walks out of vms/ is not believed, and rm of it touches nothing outside', () => {
   const store = tempStore();
   store.ensureDir('names');
-  const victim = fs.mkdtempSync(path.join(os.tmpdir(), 'victim-'));
+  const victim = tempDir('victim-');
   fs.writeFileSync(path.join(victim, 'state.json'), JSON.stringify(record('0123456789ab', 'evil')));
   fs.writeFileSync(path.join(store.namesDir, 'evil'), path.relative(store.vmsDir, victim));
   assert.equal(store.idForName('evil'), undefined);
@@ -104,7 +104,7 @@ test('the state directory is private: 0700 dirs (tightened if older), 0600 recor
 });
 
 test('a record is written 0600 whatever the umask, and not through a planted symlink', () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'atomic-'));
+  const dir = tempDir('atomic-');
   const old = process.umask(0);
   try {
     writeFileAtomic(path.join(dir, 'a.json'), '{}');
@@ -115,7 +115,7 @@ test('a record is written 0600 whatever the umask, and not through a planted sym
 });
 
 test('ensurePrivateDir refuses a symlink; createPrivateFile refuses a planted file or symlink', () => {
-  const base = fs.mkdtempSync(path.join(os.tmpdir(), 'priv-'));
+  const base = tempDir('priv-');
   fs.symlinkSync('/tmp', path.join(base, 'link'));
   assert.throws(() => ensurePrivateDir(path.join(base, 'link')), /not a directory/);
   fs.writeFileSync(path.join(base, 'planted'), 'x');
@@ -135,7 +135,7 @@ test('ensurePrivateDir refuses a symlink; createPrivateFile refuses a planted fi
 });
 
 test('the guest RAM file is created 0600, and a planted one is refused', () => {
-  const shm = fs.mkdtempSync(path.join(os.tmpdir(), 'shm-'));
+  const shm = tempDir('shm-');
   process.env.SHOAL_SHM_DIR = shm;
   // Loaded after the variable is set: the directory is read once, at load.
   // eslint-disable-next-line @typescript-eslint/no-var-requires
@@ -202,7 +202,7 @@ test('a VM whose creator died before spawning its supervisor shows as dead, not 
 });
 
 test('the container log is capped and rotated, and read back in order across the rotation', () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'clog-'));
+  const dir = tempDir('clog-');
   const file = path.join(dir, 'container.log');
   const writer = new ContainerLogWriter(file, 64 * 1024);
   const line = Buffer.alloc(1000, 0x61);
@@ -222,7 +222,7 @@ test('the container log is capped and rotated, and read back in order across the
 });
 
 test('the console log is capped by copy and truncate; the limit comes from SHOAL_LOG_MAX_BYTES', () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'con-'));
+  const dir = tempDir('con-');
   const file = path.join(dir, 'console.log');
   const fd = fs.openSync(file, 'a');
   fs.writeSync(fd, Buffer.alloc(100_000, 0x62));
@@ -265,7 +265,7 @@ test('an image-cache entry a VM is restoring from is never evicted; its lease en
 test('bridged address claims: racing takers of one stale claim end up with distinct addresses', async () => {
   const { spawn } = await import('node:child_process');
   for (let round = 0; round < 3; round++) {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'claims-'));
+    const dir = tempDir('claims-');
     fs.writeFileSync(path.join(dir, '10.77.0.2'), JSON.stringify({ id: 'dead00000000', pid: deadPid() }));
     const script = `
       const { claimAddress } = require(${JSON.stringify(path.resolve(__dirname, '../../src/network/bridge.js'))});
@@ -290,7 +290,7 @@ test('the control socket\'s snapshot directory must be a temp directory of this 
   const good = makeTempDir(store, 'tag');
   assert.equal(snapshotTempDirProblem(store, good), undefined);
   assert.equal(snapshotTempDirProblem(store, makeTempDir(store, 'x', 'fork')), undefined);
-  const elsewhere = fs.mkdtempSync(path.join(os.tmpdir(), '.tmp-x-'));
+  const elsewhere = tempDir('.tmp-x-');
   for (const bad of ['', '/etc', elsewhere, path.join(snapshotsDir(store), 'published'), path.join(good, '..', '..', 'vms'), path.join(good, 'sub')]) {
     assert.match(snapshotTempDirProblem(store, bad) ?? '', /is not a temporary directory/, bad);
   }

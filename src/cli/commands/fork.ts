@@ -76,7 +76,7 @@ export async function forkCommand(name: string, flags: ForkFlags): Promise<numbe
     const ports = (record.config.publish ?? []).map(formatForward);
     return { name: record.config.name, id: record.id, state: record.state, pid: record.supervisorPid ?? null, vmmPid: record.vmmPid ?? null, ports };
   });
-  if (flags.json) process.stdout.write(`${JSON.stringify({ source: source.config.name, snapshotMs, totalMs, children: out }, null, 2)}\n`);
+  if (flags.json) process.stdout.write(`${JSON.stringify({ source: source.config.name, snapshotMs, pausedMs: snapshot.manifest.timings.pausedMs, totalMs, children: out }, null, 2)}\n`);
   else for (const child of out) process.stdout.write(`${child.name}\n`);
   progressLine(`forked ${count} in ${totalMs} ms (snapshot ${snapshotMs} ms)`);
   return 0;

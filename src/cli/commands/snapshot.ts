@@ -1,5 +1,5 @@
 /**
- * `shoal snapshot create NAME --tag T`, `snapshot ls [--json]`, `snapshot rm T...`,
+ * `shoal snapshot create NAME --tag T`, `snapshot ls [--json]`, `snapshot rm [-f] T...`,
  * `snapshot run --snapshot T [--name N] [--rm] [--exec -- CMD...]`.
  */
 import type { Command } from 'commander';
@@ -7,7 +7,7 @@ import { act } from '../act';
 import { collect } from '../options';
 import { startClone, waitUntilRunning } from '../../snapshot/clone';
 import { createSnapshot } from '../../snapshot/create';
-import { findSnapshot, listSnapshots, removeSnapshot, tagProblem } from '../../snapshot/store';
+import { checkRemovable, findSnapshot, lineageOf, listSnapshots, removeSnapshot, tagProblem } from '../../snapshot/store';
 import { findServer, registerSnapshotServe } from './snapshot-serve';
 import { nameProblem } from '../../state/vm-record';
 import { StateStore } from '../../state/store';
@@ -35,10 +35,18 @@ export async function snapshotCreateCommand(name: string, flags: { tag?: string;
 }
 
 export function snapshotLsCommand(flags: { json?: boolean }): number {
-  const entries = listSnapshots(new StateStore());
+  const store = new StateStore();
+  const entries = listSnapshots(store);
   if (flags.json) {
+    const lineage = lineageOf(entries, store.list());
     const out = entries.map(({ tag, manifest }) => ({
       tag,
+      id: manifest.id ?? null,
+      // The snapshot the source VM was restored from (named, fork's, or the image cache's), and
+      // what came from this one: snapshots of its clones, and its clones that run now.
+      parent: lineage.get(tag)?.parent ?? null,
+      children: lineage.get(tag)?.children ?? [],
+      liveClones: lineage.get(tag)?.liveClones ?? [],
       source: manifest.source.name,
       sourceId: manifest.source.id,
       createdAt: manifest.createdAt,
@@ -54,20 +62,23 @@ export function snapshotLsCommand(flags: { json?: boolean }): number {
   const rows = entries.map(({ tag, manifest }) => [
     tag,
     manifest.source.name,
+    manifest.parent?.tag ?? '-',
     formatDuration((Date.now() - Date.parse(manifest.createdAt)) / 1000),
     mib(manifest.bytes.memory),
     mib(manifest.bytes.scratch),
     manifest.config.image,
   ]);
-  process.stdout.write(table(['TAG', 'SOURCE', 'AGE', 'MEMORY', 'DISK', 'IMAGE'], rows));
+  process.stdout.write(table(['TAG', 'SOURCE', 'PARENT', 'AGE', 'MEMORY', 'DISK', 'IMAGE'], rows));
   return 0;
 }
 
-export function snapshotRmCommand(tags: string[]): number {
+export function snapshotRmCommand(tags: string[], flags: { force?: boolean } = {}): number {
   const store = new StateStore();
-  for (const tag of tags) findSnapshot(store, tag);
+  const force = flags.force === true;
+  // Every tag is checked (it exists; no live clone maps it, unless --force) before any is removed.
+  for (const tag of tags) checkRemovable(store, tag, { force });
   for (const tag of tags) {
-    removeSnapshot(store, tag);
+    removeSnapshot(store, tag, { force });
     process.stdout.write(`${tag}\n`);
   }
   return 0;
@@ -154,9 +165,10 @@ export function registerSnapshot(program: Command): void {
     .action(act((flags: { json?: boolean }) => snapshotLsCommand(flags)));
   snapshot
     .command('rm')
-    .description('remove snapshots (VMs restored from them keep running)')
+    .description('remove snapshots; refused while live clones of one run (they map its memory file), unless --force')
     .argument('<tags...>')
-    .action(act((tags: string[]) => snapshotRmCommand(tags)));
+    .option('-f, --force', 'remove even with live clones (they keep running; the space is freed when the last ends)')
+    .action(act((tags: string[], flags: { force?: boolean }) => snapshotRmCommand(tags, flags)));
   snapshot
     .command('run')
     .description('start a new VM from a snapshot; its container is already running')

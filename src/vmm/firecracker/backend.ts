@@ -16,7 +16,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Duplex } from 'node:stream';
-import type { RestoreSpec, SnapshotFiles, SnapshotKind, VmExit, VmHandle, VmmBackend, VmSpec } from '../backend';
+import { pauseAndSnapshot, type RestoreSpec, type RunningSnapshotOptions, type RunningSnapshotTimings, type SnapshotFiles, type SnapshotKind, type VmExit, type VmHandle, type VmmBackend, type VmSpec } from '../backend';
 import { isExecutable, searchPath } from '../../util/which';
 import { vmmTraits } from '../traits';
 import { ShoalError } from '../../util/errors';
@@ -413,6 +413,11 @@ export class FirecrackerVm implements VmHandle {
     } finally {
       for (const f of Object.values(files)) fs.rmSync(f, { force: true });
     }
+  }
+
+  /** A Full snapshot, restored VM or not: Firecracker writes the whole guest memory either way. */
+  snapshotRunning(files: SnapshotFiles, options: RunningSnapshotOptions): Promise<RunningSnapshotTimings> {
+    return pauseAndSnapshot(this, files, options);
   }
 
   async snapshot(files: SnapshotFiles, kind: SnapshotKind): Promise<void> {

@@ -6,20 +6,20 @@
  * state with x-ignore-shared; a clone maps a copy of that file MAP_PRIVATE (share=off), so all
  * clones of one snapshot share its pages through the page cache.
  */
-import { execFile, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import type { Duplex } from 'node:stream';
-import { promisify } from 'node:util';
 import { ShoalError } from '../../util/errors';
 import { sleep, spawnTied, which } from '../../util/process';
-import type { RestoreSpec, SnapshotFiles, SnapshotKind, VmExit, VmHandle, VmmBackend, VmSpec } from '../backend';
+import { pauseAndSnapshot, type RestoreSpec, type RunningSnapshotOptions, type RunningSnapshotTimings, type SnapshotFiles, type SnapshotKind, type VmExit, type VmHandle, type VmmBackend, type VmSpec } from '../backend';
 import { vmmTraits } from '../traits';
-import { buildQemuArgv, qemuPaths, type QemuLaunch, type QemuPaths } from './argv';
+import { buildQemuArgv, qemuPaths, type QemuLaunch } from './argv';
+import { snapshotPrivateVm, type PrivateSnapshotRequest, type PrivateSnapshotResult } from './private-snapshot';
 import { QmpClient } from './qmp';
+import { copySparse } from '../../util/copy';
 
-const execFileAsync = promisify(execFile);
 export const QEMU_BINARY = 'qemu-system-x86_64';
 const MONITOR_TIMEOUT_MS = 15_000;
 
@@ -39,7 +39,7 @@ export class QemuBackend implements VmmBackend {
     const launch: QemuLaunch = { spec, drives: spec.drives, consoleLog: spec.consoleLog, paths };
     if (spec.net) launch.net = spec.net;
     if (spec.memoryFile) launch.memory = { path: spec.memoryFile, share: true };
-    return startQemu(spec.runDir, buildQemuArgv(launch), paths, spec.memoryFile, spec.net?.namespacePid);
+    return startQemu(launch, buildQemuArgv(launch), spec.memoryFile);
   }
 
   async restore(spec: RestoreSpec): Promise<VmHandle> {
@@ -56,7 +56,7 @@ export class QemuBackend implements VmmBackend {
     if (spec.net) launch.net = spec.net;
     const argv = buildQemuArgv(launch);
     if (spec.resume === false) argv.push('-S');
-    const handle = await startQemu(spec.runDir, argv, paths, undefined, spec.net?.namespacePid);
+    const handle = await startQemu(launch, argv, undefined);
     try {
       await handle.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
       await handle.qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(spec.snapshot.stateFile)}` });
@@ -69,7 +69,10 @@ export class QemuBackend implements VmmBackend {
   }
 }
 
-async function startQemu(runDir: string, argv: string[], paths: QemuPaths, memoryFile: string | undefined, namespacePid: number | undefined): Promise<QemuVmHandle> {
+async function startQemu(launch: QemuLaunch, argv: string[], memoryFile: string | undefined): Promise<QemuVmHandle> {
+  const { runDir } = launch.spec;
+  const { paths } = launch;
+  const namespacePid = launch.net?.namespacePid;
   fs.mkdirSync(runDir, { recursive: true });
   for (const socket of [paths.qmpSocket, paths.agentSocket]) fs.rmSync(socket, { force: true });
   const stderrPath = path.join(runDir, 'qemu.log');
@@ -88,17 +91,18 @@ async function startQemu(runDir: string, argv: string[], paths: QemuPaths, memor
     throw err;
   }
   earlyExit.catch(() => undefined);
-  return new QemuVmHandle(child, qmp, paths, exited, stderrPath, memoryFile);
+  return new QemuVmHandle(child, qmp, launch, exited, stderrPath, memoryFile);
 }
 
-class QemuVmHandle implements VmHandle {
+export class QemuVmHandle implements VmHandle {
   readonly kind = 'qemu' as const;
   readonly pid: number;
 
   constructor(
     private readonly child: ChildProcess,
     readonly qmp: QmpClient,
-    private readonly paths: QemuPaths,
+    /** How this QEMU was started: a snapshot of a private-memory VM starts a helper of the same shape. */
+    readonly launch: QemuLaunch,
     readonly exited: Promise<VmExit>,
     private readonly stderrPath: string,
     private readonly memoryFile: string | undefined,
@@ -112,7 +116,7 @@ class QemuVmHandle implements VmHandle {
     for (;;) {
       try {
         return await new Promise<net.Socket>((resolve, reject) => {
-          const socket = net.connect(this.paths.agentSocket);
+          const socket = net.connect(this.launch.paths.agentSocket);
           socket.once('connect', () => resolve(socket));
           socket.once('error', reject);
         });
@@ -145,7 +149,35 @@ class QemuVmHandle implements VmHandle {
       await sleep(10);
     }
     // The VM is paused, so its RAM file is stable while we copy it.
-    await execFileAsync('cp', ['--reflink=auto', '--sparse=always', this.memoryFile, files.memoryFile]);
+    await copySparse(this.memoryFile, files.memoryFile);
+  }
+
+  /**
+   * A booted VM: pause, device state (its RAM is its own file: x-ignore-shared), whilePaused,
+   * resume. A restored VM: a paused copy through a helper QEMU (./private-snapshot.ts).
+   */
+  async snapshotRunning(files: SnapshotFiles, options: RunningSnapshotOptions): Promise<RunningSnapshotTimings> {
+    if (!this.memoryIsPrivate) return pauseAndSnapshot(this, files, options);
+    const result = await this.snapshotPrivate(files, { whilePaused: options.whilePaused, shmDir: options.tmpfsDir, ...(options.progress ? { progress: options.progress } : {}) });
+    return { pausedMs: result.pausedMs };
+  }
+
+  /**
+   * Whether this VM's RAM is a private mapping of a snapshot's memory file (a restored VM), so
+   * that a snapshot of it goes through a helper QEMU (./private-snapshot.ts).
+   */
+  get memoryIsPrivate(): boolean {
+    return this.launch.memory?.share === false;
+  }
+
+  /**
+   * Snapshot of a running restored VM: a copy (source paused) into a helper QEMU, which writes an ordinary
+   * snapshot (device state + its own memory file). `whilePaused` runs while the vCPUs are
+   * stopped at the snapshot point; the VM runs again when this returns.
+   */
+  snapshotPrivate(files: SnapshotFiles, options: Pick<PrivateSnapshotRequest, 'whilePaused' | 'shmDir' | 'progress'>): Promise<PrivateSnapshotResult> {
+    if (!this.memoryIsPrivate) throw new ShoalError('this VM owns its memory file; it is snapshotted in place');
+    return snapshotPrivateVm({ ...options, qmp: this.qmp, launch: this.launch, files });
   }
 
   async waitForIncoming(expectRunning: boolean): Promise<void> {
