@@ -25,6 +25,7 @@ import { fsyncDir, fsyncFilesIn, readJson, writeJsonAtomic } from '../state/atom
 import type { StateStore } from '../state/store';
 import type { Accelerator, VmmKind, VmSpec } from '../vmm/backend';
 import { statusOf } from '../state/store';
+import { restoreInfoPath, type RestoreInfo } from '../state/vm-files';
 import type { SnapshotRef, VmConfig, VmRecord } from '../state/vm-record';
 import { ShoalError } from '../util/errors';
 import { isAlive } from '../util/process';
@@ -174,6 +175,7 @@ export function listSnapshots(store: StateStore): SnapshotEntry[] {
 
 export function sweepStale(store: StateStore): string[] {
   const swept: string[] = [];
+  let restoring: Set<string> | undefined;
   let entries: string[] = [];
   try {
     entries = fs.readdirSync(snapshotsDir(store));
@@ -184,10 +186,30 @@ export function sweepStale(store: StateStore): string[] {
     const match = /^\.(?:tmp|fork|rm)-.*-(\d+)-[0-9a-f]{6}$/.exec(entry);
     if (!match) continue;
     if (isAlive(Number(match[1]))) continue;
-    fs.rmSync(path.join(snapshotsDir(store), entry), { recursive: true, force: true });
+    const dir = path.join(snapshotsDir(store), entry);
+    if ((restoring ??= restoringFrom(store)).has(dir)) continue;
+    fs.rmSync(dir, { recursive: true, force: true });
     swept.push(entry);
   }
   return swept;
+}
+
+/**
+ * Snapshot directories that VMs still being restored read from. A fork's hidden snapshot outlives
+ * a killed fork CLI until its children have mapped its memory and copied its disk: a child's
+ * supervisor sweeping at its start must not pull it from under a sibling that is still restoring
+ * (seen in the kill -9 suite: both children failed, "can't open backing store"). Once a child
+ * runs, it needs nothing from the directory (an unlinked memory file stays mapped).
+ */
+function restoringFrom(store: StateStore): Set<string> {
+  const dirs = new Set<string>();
+  for (const record of store.list()) {
+    const status = statusOf(record);
+    if (status !== 'creating' && status !== 'starting') continue;
+    const info = readJson<RestoreInfo>(restoreInfoPath(store.vmDir(record.id)));
+    if (info && typeof info.snapshotDir === 'string') dirs.add(path.resolve(info.snapshotDir));
+  }
+  return dirs;
 }
 
 export function newSnapshotId(): string {

@@ -5,9 +5,14 @@ import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { test } from 'node:test';
 import { GatedStream } from '../../src/protocol/gate';
-import { MANIFEST, findSnapshot, lineageOf, listSnapshots, makeTempDir, publish, removeSnapshot, snapshotsDir, tagProblem, type SnapshotManifest } from '../../src/snapshot/store';
+import { MANIFEST, findSnapshot, lineageOf, listSnapshots, makeTempDir, publish, removeSnapshot, snapshotsDir, sweepStale, tagProblem, type SnapshotManifest } from '../../src/snapshot/store';
 import { evictImageCache, imageCacheLimit, imageCacheRoot, touchImageCache } from '../../src/snapshot/image-cache';
+import { writeJsonAtomic } from '../../src/state/atomic';
 import { StateStore } from '../../src/state/store';
+import { restoreInfoPath } from '../../src/state/vm-files';
+import type { VmRecord } from '../../src/state/vm-record';
+import { processStartTime } from '../../src/util/process';
+import { tempDir } from '../helpers/temp-dir';
 
 function manifest(tag: string): SnapshotManifest {
   return {
@@ -135,4 +140,32 @@ test('snapshot lineage: parents, child snapshots and live clones; rm refuses whi
   } finally {
     fs.rmSync(store.root, { recursive: true, force: true });
   }
+});
+
+test('a dead fork\'s hidden snapshot is kept while a VM still restores from it, swept once none does', () => {
+  const store = new StateStore(tempDir('snapsweep-'));
+  fs.mkdirSync(snapshotsDir(store), { recursive: true, mode: 0o700 });
+  // The fork CLI that made it is gone (pid 2^22 + 1 is above Linux's pid_max).
+  const forkDir = path.join(snapshotsDir(store), `.fork-k1-${4194305}-abcdef`);
+  fs.mkdirSync(forkDir, { mode: 0o700 });
+  const id = store.newId();
+  store.claimName('k1-1', id);
+  const record: VmRecord = {
+    id,
+    config: { name: 'k1-1', image: 'x', command: [], env: {}, cpus: 1, memoryMiB: 256, interactive: false, detach: true, autoRemove: false, network: 'none', publish: [] },
+    backend: 'qemu',
+    accel: 'tcg',
+    state: 'starting',
+    createdAt: new Date().toISOString(),
+    supervisorPid: process.pid,
+    supervisorStartTime: processStartTime(process.pid)!,
+  };
+  store.write(record);
+  writeJsonAtomic(restoreInfoPath(store.vmDir(id)), { snapshotDir: forkDir, tag: 'fork-k1' });
+  assert.deepEqual(sweepStale(store), []);
+  assert.ok(fs.existsSync(forkDir));
+  // Running: its memory is mapped and its disk copied; the directory is needed no more.
+  store.write({ ...record, state: 'running' });
+  assert.deepEqual(sweepStale(store), [path.basename(forkDir)]);
+  assert.ok(!fs.existsSync(forkDir));
 });
