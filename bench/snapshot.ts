@@ -62,6 +62,11 @@ function shoal(args: string[], timeoutMs = 300_000): Promise<{ ms: number; stdou
   });
 }
 
+/** Progress on stderr: the benchmark runs for minutes. */
+function step(message: string): void {
+  process.stderr.write(`bench/snapshot: ${message}\n`);
+}
+
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   const mid = Math.floor(sorted.length / 2);
@@ -113,13 +118,24 @@ async function bareRestore(snapshotDir: string, work: string): Promise<number> {
     consoleLog: path.join(runDir, 'console.log'),
     paths,
     memory: { path: path.join(snapshotDir, 'memory.raw'), share: false },
+    incoming: true,
     ...(spec.net ? { net: spec.net.userMode ? { mac: spec.net.mac, userMode: { forwards: [] } } : spec.net } : {}),
   });
   const t0 = process.hrtime.bigint();
   // Tied to this process (parent-death signal), like shoal's own VMMs.
-  const qemu = spawnTied('qemu-system-x86_64', [...argv, '-global', 'migration.x-ignore-shared=on', '-incoming', `exec:cat ${path.join(snapshotDir, 'state.bin')}`], { stdio: 'ignore' });
+  const stderrFile = path.join(runDir, 'qemu.log');
+  const stderrFd = fs.openSync(stderrFile, 'w', 0o600);
+  const qemu = spawnTied('qemu-system-x86_64', argv, { stdio: ['ignore', 'ignore', stderrFd] });
+  fs.closeSync(stderrFd);
+  const exited = new Promise((resolve) => qemu.once('exit', resolve));
   try {
-    const qmp = await QmpClient.connect(paths.qmpSocket, 30_000);
+    const qmp = await Promise.race([
+      QmpClient.connect(paths.qmpSocket, 30_000),
+      exited.then(() => { throw new Error(`the bare QEMU exited: ${fs.readFileSync(stderrFile, 'utf8').trim()}`); }),
+    ]);
+    // As shoal restores: the capability first (it changes the stream's format), then the stream.
+    await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
+    await qmp.execute('migrate-incoming', { uri: `exec:cat ${path.join(snapshotDir, 'state.bin')}` });
     // The snapshot was taken of a paused VM, so the restored one lands paused: start it.
     for (;;) {
       const status = ((await qmp.execute('query-status')) as { status: string }).status;
@@ -135,7 +151,7 @@ async function bareRestore(snapshotDir: string, work: string): Promise<number> {
     return ms;
   } finally {
     qemu.kill('SIGKILL');
-    await new Promise((r) => qemu.once('exit', r));
+    await exited;
     fs.rmSync(runDir, { recursive: true, force: true });
   }
 }
@@ -163,6 +179,7 @@ async function main(): Promise<void> {
     const mem = ['--memory', String(MEMORY)];
 
     // Baseline: a cold boot, no image cache.
+    step('cold runs (baseline)');
     const cold: number[] = [];
     for (let i = 0; i < Math.min(RUNS, 2); i++) {
       const run = await shoal(['run', '-d', '--no-snapshot', ...mem, '--name', `cold${i}`, image, '--', 'sleep', '3600']);
@@ -173,6 +190,7 @@ async function main(): Promise<void> {
     const sourcePss = await pssPerVm(['cold0']);
 
     // exec into the container against exec --vm, in the same running VM.
+    step('exec into the container against exec --vm');
     const execContainer: number[] = [];
     const execVm: number[] = [];
     for (let i = 0; i < Math.max(RUNS, 5); i++) {
@@ -181,6 +199,7 @@ async function main(): Promise<void> {
     }
 
     // Snapshot of a first-generation VM.
+    step('snapshots of a first-generation VM');
     const firstGen: Array<{ pausedMs: number; totalMs: number; cliMs: number }> = [];
     for (let i = 0; i < RUNS; i++) {
       const r = await shoal(['snapshot', 'create', 'cold0', '--tag', `t${i}`, '--json']);
@@ -190,6 +209,7 @@ async function main(): Promise<void> {
     const snapshotBytes = (JSON.parse(fs.readFileSync(path.join(stateDir, 'snapshots', 't0', 'snapshot.json'), 'utf8')) as SnapshotManifest).bytes;
 
     // The VMM's own restore of the same files, against a clone's start.
+    step('bare QEMU restores, then clones to first exec');
     const bare: number[] = [];
     for (let i = 0; i < RUNS; i++) bare.push(await bareRestore(path.join(stateDir, 'snapshots', 't0'), work));
     const cloneVm: number[] = [];
@@ -205,6 +225,7 @@ async function main(): Promise<void> {
     }
 
     // fork -n 1, 5, 10 of the first-generation VM; PSS per child at depth 1 from the largest.
+    step(`fork -n ${FORKS.join(', ')}`);
     const forks: Record<string, { ms: number; perChildMs: number; snapshotMs: number }> = {};
     let depth1: { totalMiB: number; guestRamMiB: number } | undefined;
     let keep = '';
@@ -219,12 +240,14 @@ async function main(): Promise<void> {
     }
 
     // Depth 2 and 3: a child forked again, a grandchild forked again (2 children each).
+    step('forks at depth 2 and 3');
     const d2 = await fork(keep, 2, 'd2');
     const depth2 = await pssPerVm(d2.children);
     const d3 = await fork(d2.children[0]!, 2, 'd3');
     const depth3 = await pssPerVm(d3.children);
 
     // Snapshot of a depth-2 clone (a copy through a helper QEMU).
+    step('snapshots of a depth-2 clone');
     const deep: Array<{ pausedMs: number; totalMs: number; cliMs: number }> = [];
     for (let i = 0; i < RUNS; i++) {
       const r = await shoal(['snapshot', 'create', d2.children[1]!, '--tag', `deep${i}`, '--json']);
@@ -272,7 +295,16 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((err: Error) => {
+// A promise that never settles would let Node exit 0 with no result: say so instead.
+process.on('exit', (code) => {
+  if (code === 0 && !finished) {
+    process.stderr.write('bench/snapshot: ended before it finished (a wait that never settled)\n');
+    process.exitCode = 1;
+  }
+});
+let finished = false;
+
+main().then(() => { finished = true; }).catch((err: Error) => {
   process.stderr.write(`${err.stack ?? err.message}\n`);
   process.exit(1);
 });
