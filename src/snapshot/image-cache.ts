@@ -165,13 +165,9 @@ export function sweepImageCacheTemps(store: StateStore, isAlive: (pid: number) =
   return swept;
 }
 
+/** Zombie-aware (a killed supervisor not yet reaped is dead): see util/process.ts. */
 function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
+  return processIsAlive(pid);
 }
 
 /**

@@ -12,7 +12,9 @@ import { ShoalError } from './errors';
 
 export function copySparse(from: string, to: string): Promise<void> {
   return new Promise((resolve, reject) => {
-    execFile('cp', ['--reflink=auto', '--sparse=always', from, to], (err, _stdout, stderr) => {
+    // Tied to this process (parent-death signal): a copy of a guest's RAM must not run on into a
+    // directory that a killed supervisor's clean-up is sweeping.
+    execFile('setpriv', ['--pdeathsig', 'KILL', '--', 'cp', '--reflink=auto', '--sparse=always', from, to], (err, _stdout, stderr) => {
       if (!err) {
         resolve();
         return;

@@ -30,11 +30,12 @@ export function isAlive(pid: number, startTime?: string): boolean {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false;
   }
+  // A zombie still has its pid but is not running anything: a killed process whose parent has
+  // not reaped it yet must count as dead, or what it left is never swept.
+  if (processState(pid) === 'Z') return false;
   if (startTime === undefined) return true;
   const now = processStartTime(pid);
-  if (now === undefined) return false;
-  // A zombie still has its pid but is not running anything.
-  return now === startTime && processState(pid) !== 'Z';
+  return now !== undefined && now === startTime;
 }
 
 function statFields(pid: number): string[] | undefined {

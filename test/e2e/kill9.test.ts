@@ -168,6 +168,18 @@ function cacheSaveDir(): string | undefined {
 }
 
 /** Temp directories of snapshots and image-cache saves. */
+/** Whether a temp directory's owner (the pid in its name) is gone: a zombie counts as gone. */
+function ownerDead(dir: string): boolean {
+  const pid = /-(\d+)-[A-Za-z0-9]{6}$/.exec(dir)?.[1];
+  if (pid === undefined) return true;
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
+  } catch {
+    return true;
+  }
+}
+
 function tempDirs(): string[] {
   const found: string[] = [];
   for (const sub of ['snapshots', 'image-cache']) {
@@ -281,8 +293,12 @@ describe('kill -9', { timeout: 600_000 }, () => {
       const cli = sandbox.start([...RUN, '--network', network, '--name', 'k1', image.ref, '--', 'sleep', '3600'], { timeoutMs: 120_000 });
       const id = await watchFor('the claim', 30_000, () => claimedId('k1'));
       await watchFor('QEMU', 60_000, () => qemuOf(id));
+      // The helpers (slirp4netns, the namespace's holder) run below the supervisor: wait for
+      // slirp4netns too (it may start after QEMU), so the kill catches them all running.
+      if (network === 'slirp4netns') {
+        await watchFor('slirp4netns below the supervisor', 30_000, () => descendantsOf(supervisorOf(id)!).find((pid) => cmdlineOf(pid).startsWith('slirp4netns')));
+      }
       const family = kill9Supervisor(id);
-      // The helpers (slirp4netns, the namespace's holder) were running below the supervisor.
       if (network === 'slirp4netns') assert.ok(family.some((pid) => cmdlineOf(pid).startsWith('slirp4netns')), 'slirp4netns ran below the supervisor');
       assertShownDead(await ls('k1'), `${network}: supervisor killed during boot`);
       assertFailedCleanly(await cli.result, 'run whose supervisor was killed');
@@ -322,8 +338,9 @@ describe('kill -9', { timeout: 600_000 }, () => {
     assert.equal(vm.pid, supervisorOf(id));
     await waitUntil('k1 to run', 180_000, async () => (await ls('k1'))?.state === 'running');
     assert.equal(await sh('k1', 'echo up; echo before > /root/mark; sync'), 'up\n');
-    // This start swept what the killed image-cache save left.
-    assert.deepEqual(tempDirs(), []);
+    // This start swept what the killed image-cache save left (a directory whose owner is alive
+    // is not a leftover: a save in progress, or a pid reused since).
+    assert.deepEqual(tempDirs().filter(ownerDead), []);
   });
 
   test('snapshot create: the CLI killed mid-migration; the source runs on, no snapshot is left', async () => {
@@ -338,7 +355,7 @@ describe('kill -9', { timeout: 600_000 }, () => {
     // writing into it: its snapshot then fails, and the source resumes all the same).
     await waitUntil('the sweep', 30_000, async () => {
       await sandbox.json(['snapshot', 'ls', '--json']);
-      return tempDirs().length === 0;
+      return tempDirs().filter((dir) => dir.startsWith('snapshots/')).length === 0;
     });
     assert.equal(await sh('k1', 'echo still'), 'still\n');
   });
@@ -380,7 +397,7 @@ describe('kill -9', { timeout: 600_000 }, () => {
     assert.equal((await ls('k1'))?.state, 'running');
     await waitUntil('the sweep', 30_000, async () => {
       await sandbox.json(['snapshot', 'ls', '--json']);
-      return tempDirs().length === 0;
+      return tempDirs().filter((dir) => dir.startsWith('snapshots/')).length === 0;
     });
     assert.equal(await sh('k1', 'echo still'), 'still\n');
   });
