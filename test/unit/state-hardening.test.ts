@@ -136,16 +136,28 @@ test('ensurePrivateDir refuses a symlink; createPrivateFile refuses a planted fi
 
 test('the guest RAM file is created 0600, and a planted one is refused', () => {
   const shm = tempDir('shm-');
-  process.env.SHOAL_SHM_DIR = shm;
-  // Loaded after the variable is set: the directory is read once, at load.
-  // eslint-disable-next-line @typescript-eslint/no-var-requires
-  const files = require('../../src/state/vm-files') as typeof import('../../src/state/vm-files');
-  files.createMemoryFile('0123456789ab');
-  assert.equal(mode(files.memoryFilePath('0123456789ab')), 0o600);
-  fs.writeFileSync(files.memoryFilePath('aaaaaaaaaaaa'), 'planted');
-  assert.throws(() => files.createMemoryFile('aaaaaaaaaaaa'), /exists already .* refusing/);
-  fs.symlinkSync('/etc/passwd', files.memoryFilePath('bbbbbbbbbbbb'));
-  assert.throws(() => files.createMemoryFile('bbbbbbbbbbbb'), /exists already/);
+  // In a fresh process: the directory is read once, when src/state/vm-files loads, and this file
+  // has loaded it already (with the real /dev/shm, which the test must not write to).
+  const script = `
+    const fs = require('node:fs');
+    const files = require(${JSON.stringify(path.resolve(__dirname, '../../src/state/vm-files.js'))});
+    const out = {};
+    files.createMemoryFile('0123456789ab');
+    out.path = files.memoryFilePath('0123456789ab');
+    out.mode = fs.statSync(out.path).mode & 0o777;
+    fs.writeFileSync(files.memoryFilePath('aaaaaaaaaaaa'), 'planted');
+    try { files.createMemoryFile('aaaaaaaaaaaa'); } catch (e) { out.planted = e.message; }
+    fs.symlinkSync('/etc/passwd', files.memoryFilePath('bbbbbbbbbbbb'));
+    try { files.createMemoryFile('bbbbbbbbbbbb'); } catch (e) { out.symlink = e.message; }
+    process.stdout.write(JSON.stringify(out));`;
+  const r = spawnSync(process.execPath, ['-e', script], { env: { ...process.env, SHOAL_SHM_DIR: shm }, encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  const out = JSON.parse(r.stdout) as { path: string; mode: number; planted?: string; symlink?: string };
+  assert.equal(out.path, path.join(shm, 'shoal-0123456789ab.ram'));
+  assert.equal(out.mode, 0o600);
+  assert.match(out.planted ?? '', /exists already .* refusing/);
+  assert.match(out.symlink ?? '', /exists already/);
+  assert.equal(fs.readFileSync('/etc/passwd', 'utf8').includes('root'), true, '/etc/passwd untouched');
 });
 
 test('a name claim held by a live creator without a record yet is not taken over; a dead creator\'s is', () => {
