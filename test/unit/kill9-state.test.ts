@@ -5,16 +5,16 @@
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { markDiedAtStart } from '../../src/lifecycle/spawn';
 import { sweepImageCacheTemps } from '../../src/snapshot/image-cache';
 import { StateStore, statusOf } from '../../src/state/store';
 import type { VmRecord } from '../../src/state/vm-record';
+import { tempDir } from '../helpers/temp-dir';
 
 function tempStore(): StateStore {
-  return new StateStore(path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'kill9-')), 'state'));
+  return new StateStore(path.join(tempDir('kill9-'), 'state'));
 }
 
 function record(id: string, extra: Partial<VmRecord>): VmRecord {
