@@ -120,9 +120,8 @@ export function evictImageCache(store: StateStore, limit: number = imageCacheLim
   };
   const entries: { name: string; usedMs: number }[] = [];
   for (const name of names) {
-    const temp = /^\.tmp-[0-9a-f]+-(\d+)-/.exec(name);
-    if (temp) {
-      if (!isAlive(Number(temp[1]))) remove(name);
+    if (SAVE_TEMP.test(name)) {
+      if (isDeadSaveTemp(name, isAlive)) remove(name);
       continue;
     }
     if (name.startsWith('.evicted-')) {
@@ -157,12 +156,20 @@ export function sweepImageCacheTemps(store: StateStore, isAlive: (pid: number) =
   }
   const swept: string[] = [];
   for (const name of names) {
-    const temp = /^\.tmp-[0-9a-f]+-(\d+)-/.exec(name);
-    if (!temp || isAlive(Number(temp[1]))) continue;
+    if (!isDeadSaveTemp(name, isAlive)) continue;
     fs.rmSync(path.join(root, name), { recursive: true, force: true });
     swept.push(name);
   }
   return swept;
+}
+
+/** A save's temp directory, named by newImageCacheTempDir: `.tmp-<key>-<pid>-XXXXXX`. */
+const SAVE_TEMP = /^\.tmp-[0-9a-f]+-(\d+)-/;
+
+/** Whether name is a save's temp directory whose process is gone. */
+function isDeadSaveTemp(name: string, isAlive: (pid: number) => boolean): boolean {
+  const temp = SAVE_TEMP.exec(name);
+  return temp !== null && !isAlive(Number(temp[1]));
 }
 
 /** Zombie-aware (a killed supervisor not yet reaped is dead): see util/process.ts. */

@@ -9,12 +9,14 @@
 import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { ShoalError } from './errors';
+import { tiedArgv } from './process';
 
 export function copySparse(from: string, to: string): Promise<void> {
   return new Promise((resolve, reject) => {
     // Tied to this process (parent-death signal): a copy of a guest's RAM must not run on into a
     // directory that a killed supervisor's clean-up is sweeping.
-    execFile('setpriv', ['--pdeathsig', 'KILL', '--', 'cp', '--reflink=auto', '--sparse=always', from, to], (err, _stdout, stderr) => {
+    const [command, ...args] = tiedArgv('cp', ['--reflink=auto', '--sparse=always', from, to]);
+    execFile(command!, args, (err, _stdout, stderr) => {
       if (!err) {
         resolve();
         return;

@@ -10,11 +10,16 @@ import fs from 'node:fs';
  * supervisor is killed -9 the kernel kills the VMM too. Node cannot set it itself.
  */
 export function spawnTied(command: string, args: string[], options: SpawnOptions = {}, tie: { namespacesOf?: number } = {}): ChildProcess {
-  const tied = ['setpriv', '--pdeathsig', 'KILL', '--', command, ...args];
+  const tied = tiedArgv(command, args);
   // nsenter joins the namespaces and execs setpriv in place, so the child's pid is still the
   // command's, and the death signal is set after the namespace change rather than before it.
   const argv = tie.namespacesOf !== undefined ? [...enterNamespacesArgv(tie.namespacesOf), ...tied] : tied;
   return spawn(argv[0]!, argv.slice(1), options);
+}
+
+/** The argv that runs a command under a parent-death signal (see spawnTied). */
+export function tiedArgv(command: string, args: string[]): string[] {
+  return ['setpriv', '--pdeathsig', 'KILL', '--', command, ...args];
 }
 
 /** argv prefix that runs a command in the user and network namespaces of `pid`, keeping its uid. */
