@@ -7,8 +7,6 @@ import type { Command } from 'commander';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { ShoalCore } from '../../api/core';
-import { buildServer } from '../../api/server';
 import { loadOrCreateToken } from '../../api/token';
 import { StateStore } from '../../state/store';
 import { ShoalError } from '../../util/errors';
@@ -38,6 +36,9 @@ export async function serveCommand(flags: ServeFlags): Promise<number> {
   // The token is what guards every route; it is always there (made when missing), so a listener
   // beyond loopback is never open without one.
   const token = loadOrCreateToken(tokenFile);
+  // Loaded here, not at the top: Fastify and the API's schemas are a tenth of a second of every
+  // other command's start (a clone's, an exec's) otherwise.
+  const [{ ShoalCore }, { buildServer }] = await Promise.all([import('../../api/core'), import('../../api/server')]);
   const app = await buildServer(new ShoalCore(store), { token });
   if (flags.socket) {
     const socket = path.resolve(flags.socket);
