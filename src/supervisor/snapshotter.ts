@@ -12,7 +12,6 @@ import type { GatedStream } from '../protocol/gate';
 import type { Channel, Mux } from '../protocol/mux';
 import { snapshotFiles, snapshotTempDirProblem } from '../snapshot/store';
 import type { StateStore } from '../state/store';
-import { MEMORY_FILE_DIR } from '../state/vm-files';
 import { ShoalError } from '../util/errors';
 import { sleep } from '../util/process';
 import type { VmHandle, VmSpec } from '../vmm/backend';
@@ -134,12 +133,11 @@ export class Snapshotter {
     gate.hold();
     try {
       // A booted VM is paused for its device state and disk; a restored one (its RAM a private
-      // mapping of its snapshot's) is paused while it is copied whole into a helper VMM. Either
-      // way the scratch disk is copied while the vCPUs are stopped, and the VM is resumed
-      // before snapshotRunning returns or throws.
+      // mapping of its snapshot's) also for the pages it changed since its restore. Either way
+      // the scratch disk is copied while the vCPUs are stopped, and the VM is resumed before
+      // snapshotRunning returns or throws.
       const target = snapshotFiles(dir);
       const timings = await vm.snapshotRunning({ stateFile: target.state, memoryFile: target.memory }, {
-        tmpfsDir: MEMORY_FILE_DIR,
         progress: say,
         whilePaused: async () => {
           say('copying the scratch disk');

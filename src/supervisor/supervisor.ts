@@ -290,7 +290,7 @@ export class Supervisor {
         r.loadedImage = cached.manifest.loadedImage;
       });
       // Like a clone: the cache's memory is mapped private, shared with every other run restored
-      // from it; a snapshot or fork of this VM copies its RAM live (src/vmm/qemu/private-snapshot.ts).
+      // from it; a snapshot or fork of this VM copies what it changed (src/vmm/qemu/private-snapshot.ts).
       const info = { snapshotDir: cached.dir, tag: 'the image cache' };
       await this.restore(info, { announce: false });
       return cached.manifest.loadedImage;

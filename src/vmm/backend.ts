@@ -77,8 +77,6 @@ export type SnapshotKind = 'full' | 'diff';
 export interface RunningSnapshotOptions {
   /** Runs while the vCPUs are stopped at the snapshot point. */
   whilePaused: () => Promise<void>;
-  /** A tmpfs directory where the VMM may stage guest RAM on the way (QEMU's helper). */
-  tmpfsDir: string;
   progress?: (message: string) => void;
 }
 

@@ -154,30 +154,30 @@ export class QemuVmHandle implements VmHandle {
 
   /**
    * A booted VM: pause, device state (its RAM is its own file: x-ignore-shared), whilePaused,
-   * resume. A restored VM: a paused copy through a helper QEMU (./private-snapshot.ts).
+   * resume. A restored VM: its parent's memory plus the pages it changed (./private-snapshot.ts).
    */
   async snapshotRunning(files: SnapshotFiles, options: RunningSnapshotOptions): Promise<RunningSnapshotTimings> {
     if (!this.memoryIsPrivate) return pauseAndSnapshot(this, files, options);
-    const result = await this.snapshotPrivate(files, { whilePaused: options.whilePaused, shmDir: options.tmpfsDir, ...(options.progress ? { progress: options.progress } : {}) });
+    const result = await this.snapshotPrivate(files, { whilePaused: options.whilePaused, ...(options.progress ? { progress: options.progress } : {}) });
     return { pausedMs: result.pausedMs };
   }
 
   /**
    * Whether this VM's RAM is a private mapping of a snapshot's memory file (a restored VM), so
-   * that a snapshot of it goes through a helper QEMU (./private-snapshot.ts).
+   * that a snapshot of it is its parent's memory plus the pages it changed (./private-snapshot.ts).
    */
   get memoryIsPrivate(): boolean {
     return this.launch.memory?.share === false;
   }
 
   /**
-   * Snapshot of a running restored VM: a copy (source paused) into a helper QEMU, which writes an ordinary
-   * snapshot (device state + its own memory file). `whilePaused` runs while the vCPUs are
-   * stopped at the snapshot point; the VM runs again when this returns.
+   * Snapshot of a running restored VM into an ordinary snapshot (device state + a memory file of
+   * its own). `whilePaused` runs while the vCPUs are stopped at the snapshot point; the VM runs
+   * again when this returns.
    */
-  snapshotPrivate(files: SnapshotFiles, options: Pick<PrivateSnapshotRequest, 'whilePaused' | 'shmDir' | 'progress'>): Promise<PrivateSnapshotResult> {
+  snapshotPrivate(files: SnapshotFiles, options: Pick<PrivateSnapshotRequest, 'whilePaused' | 'progress'>): Promise<PrivateSnapshotResult> {
     if (!this.memoryIsPrivate) throw new ShoalError('this VM owns its memory file; it is snapshotted in place');
-    return snapshotPrivateVm({ ...options, qmp: this.qmp, launch: this.launch, files });
+    return snapshotPrivateVm({ ...options, qmp: this.qmp, pid: this.pid, launch: this.launch, files });
   }
 
   async waitForIncoming(expectRunning: boolean): Promise<void> {

@@ -2,290 +2,216 @@
  * Snapshot of a QEMU VM whose RAM is a private (MAP_PRIVATE, share=off) mapping of its parent
  * snapshot's memory file: a clone, a fork child, an image-cache hit, a startup-snapshot run.
  *
- * Such a VM's RAM is not a file of its own (pages it never wrote live in the parent's file, the
- * rest in anonymous copy-on-write memory), so `x-ignore-shared` has nothing to skip. Instead:
+ * Such a VM's memory is its parent's file plus the pages it wrote since its restore, so the
+ * snapshot is built that way, in time and space in proportion to what it changed:
  *
- *   1. a short-lived helper QEMU with the same machine shape is started paused (-S) with
- *      `-incoming defer` and a fresh share=on memory file in /dev/shm (mode 0600);
- *   2. the source is stopped and migrates its whole state (x-ignore-shared off at both ends,
- *      since the capability changes the stream's format) straight into the helper over a Unix
- *      socket; `whilePaused` (the disk copy) runs then, and the source resumes at once. Not live:
- *      with pre-copy rounds, a few snapshots in a hundred (1 of 36 forks in a loop on a loaded
- *      host, 2 in one CI run) restored into a kernel that panicked at once, an hrtimer calling
- *      through a stale pointer: a write the copy missed. The likely cause is that a TCG vCPU
- *      stores to guest RAM without the big lock, so a store that passed its TLB's dirty check
- *      just before the migration thread cleared the page's dirty bit and sent the page is never
- *      sent again. With the vCPUs stopped for the whole copy no dirty tracking is involved. The
- *      pause is the copy of the RAM the guest ever touched (a zero page costs a flag);
- *   3. the helper, which never runs the guest, saves again with `x-ignore-shared` on: device
- *      state to state.bin; its memory file (now the source's RAM at the stop point) is copied
- *      sparse to memory.raw.
+ *   1. while the VM runs: memory.raw becomes a copy of the parent's file (a reflink where the
+ *      filesystem has them, else sparse). The file is read through the VMM's own mapping
+ *      (/proc/PID/map_files), so it is the very file the VM runs on even if its path was
+ *      replaced since; nobody writes it (every VM maps it privately);
+ *   2. the device state: QEMU migrates (x-ignore-shared on, as for every snapshot) into a socket
+ *      of ours, live: its passes over RAM run while the guest runs, and at its end QEMU stops
+ *      the vCPUs, sends what changed in the last pass and the device state. Since the RAM is
+ *      private the stream carries its pages; ./migration-stream.ts drops them, leaving the same
+ *      state.bin a first-generation snapshot has (QEMU 7.2 cannot be told to leave a private
+ *      block out);
+ *   3. still stopped: the pages the VM wrote since its restore, found by /proc/PID/pagemap and
+ *      read from /proc/PID/mem, are written into memory.raw at their offsets (./dirty-pages.ts);
+ *      `whilePaused` runs (the disk copy), and the VM resumes.
  *
- * The result is an ordinary shoal snapshot: later clones map memory.raw MAP_PRIVATE and load
- * state.bin exactly like a first-generation snapshot, whatever the depth. It does not depend on
- * the parent's files.
+ * Why the RAM is not taken from the migration stream: with pre-copy passes under TCG, a few
+ * snapshots in a hundred (an earlier version) restored into a kernel that panicked at once. A TCG
+ * vCPU stores to guest RAM without the big lock, so a store racing the clearing of a page's dirty
+ * bit is never sent again. Here the stream's RAM is thrown away and the dirty tracking decides
+ * nothing: memory.raw is read from the stopped VM, at the same instant as its device state.
  *
- * Nothing outlives a failure or a kill -9: the helper runs under a parent-death signal, its
- * memory file is unlinked as soon as QEMU maps it (this process keeps an fd to copy from), and
- * its sockets and stand-in disks live in one directory removed at the end (and among the VM's
- * sockets, which its release sweeps).
+ * The result is an ordinary snapshot: clones map memory.raw MAP_PRIVATE and load state.bin like
+ * a first-generation one's, whatever the depth, and it does not depend on the parent's files.
+ * Nothing outlives a failure or a kill -9: no helper process, only the socket in the VM's run
+ * directory (removed here, and swept with the VM's directory), and memory.raw/state.bin in the
+ * snapshot's temp directory, which the caller removes on failure.
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
-import { ShoalError } from '../../util/errors';
-import { sleep, spawnTied } from '../../util/process';
-import type { DriveSpec, NetSpec, SnapshotFiles, VmExit } from '../backend';
-import { buildQemuArgv, qemuPaths, type QemuLaunch } from './argv';
-import { QmpClient } from './qmp';
+import { pipeline } from 'node:stream/promises';
 import { copySparse } from '../../util/copy';
+import { ShoalError } from '../../util/errors';
+import { sleep } from '../../util/process';
+import type { SnapshotFiles } from '../backend';
+import type { QemuLaunch } from './argv';
+import { copyDirtyPages, privateFileMappings, type MappingSegment } from './dirty-pages';
+import { RamPageFilter } from './migration-stream';
+import type { QmpClient } from './qmp';
 
-const MONITOR_TIMEOUT_MS = 15_000;
-/** A whole-RAM transfer under TCG on a loaded host: seconds; a hung one must not hold the source. */
+/** The migration under TCG on a loaded host: seconds; a hung one must not hold the VM. */
 const MIGRATION_TIMEOUT_MS = 120_000;
 /**
- * Bytes per second QEMU may send. Its default (128 MiB/s) would make a 1 GiB guest's copy take
- * 8 s; the stream only crosses a local socket, so the CPU is the only limit.
+ * Bytes per second QEMU may send. Its default (128 MiB/s) would make the stream of a 1 GiB
+ * guest, whose pages are dropped as they come, take seconds; it only crosses a local socket.
  */
 const MAX_BANDWIDTH = 8 * 1024 * 1024 * 1024;
+/**
+ * The pause QEMU aims at for its last pass (its default is 300 ms): the pages of that pass are
+ * dropped anyway, but they are still read and sent while the vCPUs are stopped.
+ */
+const DOWNTIME_LIMIT_MS = 20;
+/** How long the guest may run while the migration's passes go on; then it is stopped for the rest. */
+const LIVE_PHASE_MS = 10_000;
+/** QEMU names a memory backend's RAM block after its object id (argv.ts: id=ram). */
+const GUEST_RAM_BLOCK = 'ram';
 
 export interface PrivateSnapshotRequest {
   /** The source's monitor (the source is running). */
   qmp: QmpClient;
-  /** How the source was started: its shape is the helper's. */
+  /** The VMM's pid: its mapping of the parent's file is read through /proc. */
+  pid: number;
+  /** How the source was started (its memory file is the parent's). */
   launch: QemuLaunch;
   /** Where state.bin and memory.raw go. */
   files: SnapshotFiles;
   /** Runs while the source's vCPUs are stopped at the snapshot point (the disk copy). */
   whilePaused: () => Promise<void>;
-  /** Directory for the helper's memory file: tmpfs, so guest RAM never reaches a disk on the way. */
-  shmDir: string;
   progress?: (message: string) => void;
 }
 
 export interface PrivateSnapshotResult {
   /** How long the source's vCPUs were stopped (QEMU's STOP event to the end of our `cont`). */
   pausedMs: number;
-  /** From `migrate` to the source's resume (the source is paused for all of it). */
-  sourceMs: number;
-  /** The whole snapshot, helper start to memory.raw written. */
+  /** The whole snapshot, first copy to the resume. */
   totalMs: number;
-  /** Bytes of RAM the source sent (more than its RAM when pages were dirtied during the copy). */
-  transferredBytes: number;
-}
-
-interface MigrationInfo {
-  status?: string;
-  'error-desc'?: string;
-  ram?: { transferred?: number };
+  /** Pages the VM had written since its restore (copied over the parent's). */
+  dirtyPages: number;
+  /** Pages of guest RAM. */
+  pages: number;
 }
 
 export async function snapshotPrivateVm(request: PrivateSnapshotRequest): Promise<PrivateSnapshotResult> {
   const started = Date.now();
-  const helperDir = path.join(request.launch.spec.runDir, `helper-${crypto.randomBytes(3).toString('hex')}`);
-  fs.mkdirSync(helperDir, { mode: 0o700 });
-  let memory: { path: string; fd: number } | undefined;
-  let helper: Helper | undefined;
+  const memoryPath = request.launch.memory?.path;
+  if (!memoryPath || request.launch.memory?.share !== false) throw new ShoalError('this VM owns its memory file; it is snapshotted in place');
+  const segments = guestRamMappings(request.pid, memoryPath, request.launch.spec.memoryMiB);
+
+  request.progress?.('copying the parent snapshot\'s memory');
+  const mapped = `/proc/${request.pid}/map_files/${segments[0]!.address.toString(16)}-${(segments[0]!.address + BigInt(segments[0]!.length)).toString(16)}`;
+  await copySparse(mapped, request.files.memoryFile);
+
+  request.progress?.('saving device state and the pages the VM changed');
+  const target = fs.openSync(request.files.memoryFile, 'r+');
   try {
-    memory = createMemoryFile(request.shmDir, request.launch.spec.memoryMiB);
-    const launch = await helperLaunch(request.launch, helperDir, memory.path);
-    // A source in a user+network namespace (slirp4netns) has its helper there too, for its TAP.
-    helper = await startHelper(helperDir, launch, request.launch.net?.namespacePid);
-    // QEMU has mapped the file by the time its monitor answers: from now on only our fd and
-    // its mapping hold it, so no exit path can leave it behind in /dev/shm.
-    fs.rmSync(memory.path, { force: true });
-    const incoming = path.join(helperDir, 'in.sock');
-    await helper.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: false }] });
-    await helper.qmp.execute('migrate-incoming', { uri: `unix:${incoming}` });
-
-    request.progress?.('copying the paused VM\'s memory into a snapshot');
-    const source = await migrateStopped(request, incoming, helper);
-    await waitForMigration(helper.qmp, 'the helper\'s load', helper.exited);
-
-    request.progress?.('saving device state and guest memory');
-    await helper.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
-    await helper.qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(request.files.stateFile)}` });
-    await waitForMigration(helper.qmp, 'the helper\'s save', helper.exited);
-    await helper.stop();
-    helper = undefined;
-    // The helper never ran the guest, so its memory file holds the source's RAM at the stop point.
-    await copySparse(`/proc/${process.pid}/fd/${memory.fd}`, request.files.memoryFile);
-    return { pausedMs: source.pausedMs, sourceMs: source.sourceMs, totalMs: Date.now() - started, transferredBytes: source.transferredBytes };
+    const paused = await liveThenStopped(request, segments, target);
+    fs.fsyncSync(target);
+    return { ...paused, totalMs: Date.now() - started };
   } finally {
-    helper?.kill();
-    if (memory) {
-      fs.closeSync(memory.fd);
-      fs.rmSync(memory.path, { force: true });
-    }
-    fs.rmSync(helperDir, { recursive: true, force: true });
+    fs.closeSync(target);
   }
 }
 
 /**
- * The copy of the stopped source into the helper; once the migration completes, `whilePaused`
- * runs and the source is resumed, also when anything failed (a failed or cancelled migration
- * leaves the source stopped, and it must end up running either way).
+ * The VMM's mapping of its memory file: the one file it maps privately, from offset 0, exactly
+ * as large as guest RAM (its other private file mappings are its libraries). Found by shape, not
+ * by path: the file may have been unlinked (fork's snapshot, once its children run) or its
+ * directory renamed since the VM mapped it.
  */
-async function migrateStopped(request: PrivateSnapshotRequest, uri: string, helper: Helper): Promise<{ pausedMs: number; sourceMs: number; transferredBytes: number }> {
+function guestRamMappings(pid: number, memoryPath: string, memoryMiB: number): MappingSegment[] {
+  const bytes = memoryMiB * 1024 * 1024;
+  const candidates = privateFileMappings(pid).filter((f) => f.bytes === bytes && f.segments[0]!.fileOffset === 0);
+  if (candidates.length !== 1) {
+    throw new ShoalError(`QEMU (pid ${pid}) does not map ${path.basename(memoryPath)} as its ${memoryMiB} MiB of RAM (${candidates.length} candidate mappings)`);
+  }
+  return candidates[0]!.segments;
+}
+
+/**
+ * The device state by a live migration (its RAM pages dropped as they come), which stops the
+ * vCPUs at its end; then, still stopped, the pages the VM changed; whilePaused; resume. The VM is
+ * resumed whatever failed: it must keep running.
+ *
+ * The migration's RAM passes run while the guest runs, so the pause is only its last pass, the
+ * device state, the changed pages and the disk. Their RAM is thrown away, so the pre-copy's dirty
+ * tracking (unsound under TCG, see the file's comment) decides nothing: memory.raw is read from
+ * the stopped VM. The pages are read only once the migration has completed: QEMU drains the
+ * disks after it stops the vCPUs (do_vm_stop), and a read finishing then still writes guest RAM.
+ */
+async function liveThenStopped(request: PrivateSnapshotRequest, segments: MappingSegment[], target: number): Promise<Omit<PrivateSnapshotResult, 'totalMs'>> {
   const { qmp } = request;
+  const socketPath = path.join(request.launch.spec.runDir, `snapshot-${crypto.randomBytes(3).toString('hex')}.sock`);
   let stoppedAt: number | undefined;
   const onEvent = (event: { event?: string }): void => {
     if (event.event === 'STOP' && stoppedAt === undefined) stoppedAt = Date.now();
   };
   qmp.on('event', onEvent);
-  const started = Date.now();
-  let info: MigrationInfo | undefined;
+  const receiver = await listenOnce(socketPath);
+  let result: { dirtyPages: number; pages: number } | undefined;
   try {
-    // The source was restored with x-ignore-shared on; its RAM is private, so the capability
-    // would skip nothing, but it changes the stream and must match the helper's.
-    await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: false }] });
-    await qmp.execute('migrate-set-parameters', { 'max-bandwidth': MAX_BANDWIDTH });
-    // Stopped for the whole copy, so the helper gets one consistent image (see the file's comment).
-    await qmp.execute('stop');
-    await qmp.execute('migrate', { uri: `unix:${uri}` });
-    info = await waitForMigration(qmp, 'the copy of the VM', helper.exited);
+    await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
+    await qmp.execute('migrate-set-parameters', { 'max-bandwidth': MAX_BANDWIDTH, 'downtime-limit': DOWNTIME_LIMIT_MS });
+    await qmp.execute('migrate', { uri: `unix:${socketPath}` });
+    const deviceState = receiver.accepted.then((socket) => pipeline(socket, new RamPageFilter(GUEST_RAM_BLOCK, request.launch.spec.memoryMiB * 1024 * 1024), fs.createWriteStream(request.files.stateFile, { mode: 0o600 })));
+    await Promise.all([
+      deviceState.catch((err: Error) => { throw new ShoalError(`saving the device state failed: ${err.message}`); }),
+      waitForMigration(qmp, () => stoppedAt !== undefined),
+    ]);
+    request.progress?.('copying the pages the VM changed');
+    result = await copyDirtyPages(request.pid, segments, target).catch((err: NodeJS.ErrnoException) => {
+      throw new ShoalError(err.code === 'ENOSPC' ? `cannot copy to ${path.basename(request.files.memoryFile)}: No space left on device` : `copying the VM's changed pages failed: ${err.message}`);
+    });
     await request.whilePaused();
   } catch (err) {
     await qmp.execute('migrate_cancel').catch(() => undefined);
     throw err;
   } finally {
+    receiver.close();
     qmp.off('event', onEvent);
-    // Resume whatever happened: the source must keep running.
     const status = (await qmp.execute('query-status').catch(() => undefined)) as { status?: string } | undefined;
     if (status?.status !== 'running') await qmp.execute('cont').catch(() => undefined);
   }
-  const resumedAt = Date.now();
+  return { pausedMs: stoppedAt === undefined ? 0 : Date.now() - stoppedAt, ...result };
+}
+
+/** A Unix socket that takes QEMU's one migration connection. */
+async function listenOnce(socketPath: string): Promise<{ accepted: Promise<net.Socket>; close(): void }> {
+  const server = net.createServer();
+  let accepted!: Promise<net.Socket>;
+  let socket: net.Socket | undefined;
+  accepted = new Promise((resolve, reject) => {
+    server.once('connection', (s) => {
+      socket = s;
+      server.close();
+      resolve(s);
+    });
+    server.once('error', reject);
+  });
+  accepted.catch(() => undefined);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(socketPath, () => resolve());
+  });
+  fs.chmodSync(socketPath, 0o600);
   return {
-    pausedMs: stoppedAt === undefined ? 0 : resumedAt - stoppedAt,
-    sourceMs: resumedAt - started,
-    transferredBytes: info.ram?.transferred ?? 0,
+    accepted,
+    close: () => {
+      server.close();
+      socket?.destroy();
+      fs.rmSync(socketPath, { force: true });
+    },
   };
-}
-
-async function waitForMigration(qmp: QmpClient, what: string, helperExited: Promise<VmExit>): Promise<MigrationInfo> {
-  const deadline = Date.now() + MIGRATION_TIMEOUT_MS;
-  let gone = false;
-  void helperExited.then(() => { gone = true; });
-  for (;;) {
-    const info = (await qmp.execute('query-migrate')) as MigrationInfo;
-    if (info.status === 'completed') return info;
-    if (info.status === 'failed' || info.status === 'cancelled') throw new ShoalError(`${what} failed: ${info['error-desc'] ?? info.status}`);
-    if (gone) throw new ShoalError(`${what} failed: the helper QEMU exited`);
-    if (Date.now() > deadline) throw new ShoalError(`${what} did not finish within ${MIGRATION_TIMEOUT_MS / 1000} s`);
-    await sleep(5);
-  }
-}
-
-/** A fresh tmpfs file for the helper's RAM, readable by this user only, sized like the guest's. */
-function createMemoryFile(dir: string, memoryMiB: number): { path: string; fd: number } {
-  const file = path.join(dir, `shoal-${crypto.randomBytes(6).toString('hex')}.ram`);
-  const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
-  try {
-    fs.ftruncateSync(fd, memoryMiB * 1024 * 1024);
-  } catch (err) {
-    fs.closeSync(fd);
-    fs.rmSync(file, { force: true });
-    throw err;
-  }
-  return { path: file, fd };
 }
 
 /**
- * The helper's command line: the source's machine, devices and drive ids, so the device state
- * loads and saves unchanged. What it must not share with the source: its sockets, its console,
- * its writable disks (stand-ins of the same size: a migration carries no disk contents, and the
- * source holds its disk's write lock), and its network backend (user-mode networking without
- * forwards, or a TAP of its own that QEMU creates and that goes with it; the backend's type must
- * match, as its features and state are in the stream).
+ * Until the migration completes. A guest that dirties memory faster than the passes go would keep
+ * it iterating: after LIVE_PHASE_MS the vCPUs are stopped, and it completes from there.
  */
-export async function helperLaunch(source: QemuLaunch, helperDir: string, memoryFile: string): Promise<QemuLaunch> {
-  const drives: DriveSpec[] = [];
-  for (const drive of source.drives) {
-    if (drive.readOnly) {
-      drives.push(drive);
-      continue;
-    }
-    const standIn = path.join(helperDir, `${drive.id}.img`);
-    const fd = fs.openSync(standIn, 'wx', 0o600);
-    try {
-      fs.ftruncateSync(fd, (await fs.promises.stat(drive.path)).size);
-    } finally {
-      fs.closeSync(fd);
-    }
-    drives.push({ ...drive, path: standIn });
+async function waitForMigration(qmp: QmpClient, stopped: () => boolean): Promise<void> {
+  const started = Date.now();
+  for (;;) {
+    const info = (await qmp.execute('query-migrate')) as { status?: string; 'error-desc'?: string };
+    if (info.status === 'completed') return;
+    if (info.status === 'failed' || info.status === 'cancelled') throw new ShoalError(`saving the device state failed: ${info['error-desc'] ?? info.status}`);
+    const elapsed = Date.now() - started;
+    if (elapsed > MIGRATION_TIMEOUT_MS) throw new ShoalError(`saving the device state did not finish within ${MIGRATION_TIMEOUT_MS / 1000} s`);
+    if (elapsed > LIVE_PHASE_MS && !stopped()) await qmp.execute('stop');
+    await sleep(5);
   }
-  const launch: QemuLaunch = {
-    spec: { ...source.spec, runDir: helperDir },
-    drives,
-    consoleLog: path.join(helperDir, 'console.log'),
-    paths: qemuPaths(helperDir),
-    memory: { path: memoryFile, share: true },
-    incoming: true,
-  };
-  const net = helperNet(source.net);
-  if (net) launch.net = net;
-  return launch;
-}
-
-export function helperNet(net: NetSpec | undefined): NetSpec | undefined {
-  if (!net) return undefined;
-  if (net.userMode) return { mac: net.mac, userMode: { forwards: [] } };
-  if (net.tap) return { mac: net.mac, tap: `shoalh${crypto.randomBytes(4).toString('hex')}` };
-  return undefined;
-}
-
-interface Helper {
-  qmp: QmpClient;
-  exited: Promise<VmExit>;
-  stop(): Promise<void>;
-  kill(): void;
-}
-
-async function startHelper(helperDir: string, launch: QemuLaunch, namespacePid: number | undefined): Promise<Helper> {
-  // Paused for good (-S): the guest never runs in the helper, so nothing changes its memory
-  // between the load and the save, and it never touches a disk or the network.
-  const argv = [...buildQemuArgv(launch), '-S'];
-  const stderrPath = path.join(helperDir, 'qemu.log');
-  const stderrFd = fs.openSync(stderrPath, 'a', 0o600);
-  const child = spawnTied('qemu-system-x86_64', argv, { stdio: ['ignore', 'ignore', stderrFd] }, namespacePid !== undefined ? { namespacesOf: namespacePid } : {});
-  fs.closeSync(stderrFd);
-  const exited = new Promise<VmExit>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
-  const early = exited.then(() => {
-    throw new ShoalError(`the helper QEMU exited at start${tail(stderrPath)}`);
-  });
-  early.catch(() => undefined);
-  let qmp: QmpClient;
-  try {
-    qmp = await Promise.race([QmpClient.connect(launch.paths.qmpSocket, MONITOR_TIMEOUT_MS), early]);
-  } catch (err) {
-    child.kill('SIGKILL');
-    throw err;
-  }
-  return {
-    qmp,
-    exited,
-    stop: async () => {
-      await Promise.race([qmp.execute('quit').catch(() => undefined), sleep(2000)]);
-      if ((await Promise.race([exited, sleep(3000).then(() => 'timeout' as const)])) === 'timeout') child.kill('SIGKILL');
-      qmp.close();
-    },
-    kill: () => {
-      child.kill('SIGKILL');
-      qmp.close();
-    },
-  };
-}
-
-function tail(file: string): string {
-  try {
-    const lines = fs.readFileSync(file, 'utf8').trim().split('\n');
-    const last = lines[lines.length - 1];
-    return last ? `: ${last}` : '';
-  } catch {
-    return '';
-  }
-}
-
-function shellQuote(value: string): string {
-  return `'${value.replace(/'/g, `'\\''`)}'`;
 }
