@@ -134,9 +134,10 @@ export class Snapshotter {
     gate.hold();
     try {
       // A booted VM is paused for its device state and disk; a restored one (its RAM a private
-      // mapping of its snapshot's) is paused while it is copied whole into a helper VMM. Either
-      // way the scratch disk is copied while the vCPUs are stopped, and the VM is resumed
-      // before snapshotRunning returns or throws.
+      // mapping of its snapshot's) is, on QEMU, paused while it is copied whole into a helper
+      // VMM, and on Firecracker paused only for a Diff merged onto a copy of that snapshot's
+      // memory made beforehand. Either way the scratch disk is copied while the vCPUs are
+      // stopped, and the VM is resumed before snapshotRunning returns or throws.
       const target = snapshotFiles(dir);
       const timings = await vm.snapshotRunning({ stateFile: target.state, memoryFile: target.memory }, {
         tmpfsDir: MEMORY_FILE_DIR,

@@ -336,8 +336,8 @@ export class FirecrackerBackend implements VmmBackend {
    * snapshotted or forked, and with it a snapshot writes only what the VM changed instead of
    * all its memory. Its cost is KVM's: the slot is write-protected and each page's first write
    * after a load or snapshot faults once to be logged (a File-backed clone takes that fault
-   * anyway, copy-on-write of its MAP_PRIVATE mapping); Firecracker backs such memory with 4 KiB
-   * pages either way (no huge pages are lost). Without it, a Diff would fall back to mincore(2),
+   * anyway, copy-on-write of its MAP_PRIVATE mapping); a File backend is mapped without huge
+   * pages (vstate/memory.rs snapshot_file) and shoal configures none, so none are lost. Without it, a Diff would fall back to mincore(2),
    * which misses swapped-out pages and lists every page of the parent's file in the page cache.
    */
   private restoreTracking(version: Version): { on: boolean; reason: string } {
