@@ -133,8 +133,10 @@ export class Snapshotter {
     gate.hold();
     try {
       // A booted VM is paused for its device state and disk; a restored one (its RAM a private
-      // mapping of its snapshot's) also for the pages it changed since its restore. Either way
-      // the scratch disk is copied while the vCPUs are stopped, and the VM is resumed before
+      // mapping of its snapshot's) is paused, on QEMU, for the pages it changed since its
+      // restore (its parent's memory copied beforehand, device state migrated live), and on
+      // Firecracker for a Diff merged onto a copy of its parent's memory made beforehand. Either
+      // way the scratch disk is copied while the vCPUs are stopped, and the VM is resumed before
       // snapshotRunning returns or throws.
       const target = snapshotFiles(dir);
       const timings = await vm.snapshotRunning({ stateFile: target.state, memoryFile: target.memory }, {

@@ -85,13 +85,16 @@ export interface RunningSnapshotTimings {
   pausedMs: number;
 }
 
-/** The plain way: pause, snapshot, whilePaused, resume (resumed whatever failed). */
-export async function pauseAndSnapshot(vm: Pick<VmHandle, 'pause' | 'resume' | 'snapshot'>, files: SnapshotFiles, options: RunningSnapshotOptions): Promise<RunningSnapshotTimings> {
+/**
+ * The plain way: pause, snapshot, whilePaused, resume (resumed whatever failed). A 'diff' writes
+ * only what the VMM's dirty log holds into files.memoryFile, which the caller prepared.
+ */
+export async function pauseAndSnapshot(vm: Pick<VmHandle, 'pause' | 'resume' | 'snapshot'>, files: SnapshotFiles, options: RunningSnapshotOptions, kind: SnapshotKind = 'full'): Promise<RunningSnapshotTimings> {
   const pausedAt = Date.now();
   try {
     await vm.pause();
-    options.progress?.('saving device state and guest memory');
-    await vm.snapshot(files, 'full');
+    options.progress?.(kind === 'diff' ? 'saving device state and the guest memory changed since the base' : 'saving device state and guest memory');
+    await vm.snapshot(files, kind);
     await options.whilePaused();
   } finally {
     await vm.resume().catch(() => undefined);

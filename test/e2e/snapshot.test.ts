@@ -76,8 +76,8 @@ describe('snapshots and clones', { timeout: 900_000 }, () => {
     assert.equal(c2.code, 0, c2.stderr.toString());
     assert.equal(await sh('c2', 'ls /tmp/x /root/y 2>/dev/null | wc -l; cat /tmp/a'), '0\nbefore-mem\n');
 
-    // A clone can be snapshotted (its RAM, a private mapping of t1's, is copied, paused, through a
-    // helper QEMU): it keeps running, and a clone of that snapshot goes on from the clone's state.
+    // A clone can be snapshotted (its RAM, a private mapping of t1's, becomes t1's memory plus the
+    // pages it wrote): it keeps running, and a clone of that snapshot goes on from the clone's state.
     // (Until issue 13 this was refused.)
     const nested = await sandbox.run(['snapshot', 'create', 'c1', '--tag', 'nested', '--json'], { timeoutMs: 120_000 });
     assert.equal(nested.code, 0, nested.stderr.toString());

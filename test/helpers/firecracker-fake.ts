@@ -23,6 +23,13 @@
  *  - the load reopens each drive at its recorded path and each TAP by its (overridden) name:
  *    a missing drive fails the load, and a failed load ends the process;
  *  - in a jail (FAKE_FC_ROOT, set by the fake jailer) every path is resolved inside the root;
+ *  - guest memory (test/helpers/fake-guest-memory.ts): zeroed at boot, a private mapping of the
+ *    File backend at a load (or, with Uffd, the file FAKE_FC_UFFD_SERVES names, as its page
+ *    server would serve it); snapshot create writes it Full (every page) or Diff (the pages dirtied
+ *    since the load or the last snapshot with track_dirty_pages; every resident page without),
+ *    merged into an existing file of the memory's size, as vm.rs snapshot_memory_to_file does;
+ *  - before 1.13.0 (FAKE_FC_VERSION): the load has no track_dirty_pages (unknown field, 400) and a
+ *    Diff without dirty tracking is refused (rpc_interface.rs create_snapshot in v1.12.0);
  *  - FAKE_FC_GUEST_INIT=<initramfs /init> + FAKE_FC_GUEST_RUN=<shell words>: after InstanceStart
  *    the guest runs that script's functions and then the words; `poweroff -f` halts the guest (no
  *    ACPI power-off in Firecracker: the process stays), `reboot -f` ends the process (reboot=k).
@@ -31,9 +38,13 @@
  * FAKE_FC_AGENT_DELAY_MS (guest agent starts listening this long after start),
  * FAKE_FC_IGNORE_CAD=1 (ignore SendCtrlAltDel, to exercise the kill path),
  * FAKE_FC_NO_NET_ADMIN=1 (open TAPs as a process without CAP_NET_ADMIN even as root),
+ * FAKE_FC_UFFD_SERVES (the memory file a Uffd load's page server serves),
  * FAKE_FC_AGENT=session (the guest's port 1024 runs the real agent session code instead of an echo;
  * it runs what it is asked ON THE HOST: only for tests that ask for harmless things), or
  * FAKE_FC_AGENT=fake (test/helpers/firecracker-fake-agent.ts: the protocol, with podman simulated).
+ *
+ * Not Firecracker's API, for tests only (never recorded): `PUT /_fake/guest/write {offset, data}`
+ * (data base64) is the running guest writing its memory.
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -45,6 +56,11 @@ import { HybridVsockPeer, type GuestListener } from './firecracker-vsock-peer';
 import { serveSession } from '../../src/agent/session';
 import { fakeAgent } from './firecracker-fake-agent';
 import { versionAtLeast, parseVersion } from '../../src/vmm/firecracker/requests';
+import { FakeGuestMemory } from './fake-guest-memory';
+
+const MiB = 1024 * 1024;
+/** MachineConfig's default when no /machine-config was sent (vmm_config/machine_config.rs DEFAULT_MEM_SIZE_MIB). */
+const DEFAULT_MEM_SIZE_MIB = 128;
 
 /** The guest agent's session code (src/agent/session.ts) on each accepted connection, as its vsock mode does. */
 function sessionAgent(): GuestListener {
@@ -92,6 +108,7 @@ export class FakeFirecracker {
   /** A snapshot saved device state since the last resume: the vsock published a TRANSPORT_RESET. */
   private resetPublished = false;
   private bootArgs = '';
+  private memory: FakeGuestMemory | null = null;
 
   constructor(
     readonly apiSock: string,
@@ -99,6 +116,7 @@ export class FakeFirecracker {
     private readonly opts: {
       record?: string; version?: string; agentDelayMs?: number; ignoreCtrlAltDel?: boolean; onExit?: (code: number) => void;
       root?: string; agent?: 'echo' | 'session' | 'fake'; guestInit?: string; guestRun?: string; console?: (text: string) => void;
+      uffdServes?: string;
     } = {},
   ) {}
 
@@ -134,6 +152,12 @@ export class FakeFirecracker {
       const chunks: Buffer[] = [];
       req.on('data', (c: Buffer) => chunks.push(c));
       req.on('end', () => {
+        if ((req.url ?? '').startsWith('/_fake/')) {
+          const r = this.control(req.method ?? 'GET', req.url ?? '', Buffer.concat(chunks).toString('utf8'));
+          res.writeHead(r.status, { 'Content-Type': 'application/json' });
+          res.end(JSON.stringify(r.body ?? {}));
+          return;
+        }
         void this.handle(req.method ?? 'GET', req.url ?? '/', Buffer.concat(chunks).toString('utf8')).then(({ status, body, exchange }) => {
           exchange.responseProblems = this.judge.checkResponse(exchange.method, exchange.path, status, body);
           this.record(exchange);
@@ -148,6 +172,29 @@ export class FakeFirecracker {
 
   private fault(status: number, msg: string): { status: number; body: { fault_message: string } } {
     return { status, body: { fault_message: msg } };
+  }
+
+  /** The test's hand on the guest (see the header); not part of Firecracker's API. */
+  private control(method: string, url: string, raw: string): { status: number; body?: unknown } {
+    if (method === 'PUT' && url === '/_fake/guest/write') {
+      if (this.state !== 'Running' || !this.memory) return this.fault(400, `the guest is not running (${this.state})`);
+      const b = JSON.parse(raw) as { offset: number; data: string };
+      try {
+        this.memory.write(b.offset, Buffer.from(b.data, 'base64'));
+      } catch (e) {
+        return this.fault(400, (e as Error).message);
+      }
+      return { status: 204 };
+    }
+    return this.fault(404, `no fake control ${method} ${url}`);
+  }
+
+  private memSizeBytes(machine: unknown): number {
+    return ((machine as { mem_size_mib?: number } | null)?.mem_size_mib ?? DEFAULT_MEM_SIZE_MIB) * MiB;
+  }
+
+  private atLeast(version: string): boolean {
+    return versionAtLeast(parseVersion(this.opts.version ?? '1.16.1'), version);
   }
 
   private async handle(method: string, url: string, raw: string): Promise<{ status: number; body?: unknown; exchange: Exchange }> {
@@ -208,6 +255,7 @@ export class FakeFirecracker {
         if (!this.bootSource) return this.fault(400, 'Cannot start microvm without kernel configuration.');
         const e = await this.startGuest();
         if (e) return this.fault(400, e);
+        this.memory = FakeGuestMemory.zeroed(this.memSizeBytes(this.machine), (this.machine as { track_dirty_pages?: boolean } | null)?.track_dirty_pages === true);
         this.state = 'Running';
         this.runGuestInit();
         return ok;
@@ -239,19 +287,29 @@ export class FakeFirecracker {
     }
     if (method === 'PUT' && url === '/snapshot/create') {
       if (this.state !== 'Paused') return this.fault(400, 'Operation not allowed: the microVM is not paused.');
+      const kind = b.snapshot_type === 'Diff' ? 'Diff' : 'Full';
+      // Before 1.13.0 a Diff needed dirty tracking, checked before anything is saved.
+      if (kind === 'Diff' && !this.memory!.tracking && !this.atLeast('1.13.0')) {
+        return this.fault(400, 'The requested operation is not supported: Diff snapshots are not allowed on uVMs with dirty page tracking disabled.');
+      }
       // save_state: device state first (the vsock publishes its TRANSPORT_RESET), then the files.
       this.resetPublished = true;
       const st: SnapshotState = { vsock: this.vsockPath, drives: this.drives, net: this.net, machine: this.machine };
       try {
         fs.writeFileSync(this.host(String(b.snapshot_path)), JSON.stringify(st));
-        fs.writeFileSync(this.host(String(b.mem_file_path)), Buffer.alloc(4096, b.snapshot_type === 'Diff' ? 1 : 2));
       } catch (e) {
-        return this.fault(400, `Cannot create snapshot: ${(e as Error).message}`);
+        return this.fault(400, `Create snapshot error: Cannot perform open on the snapshot backing file: ${(e as Error).message}`);
       }
-      return ok;
+      const failed = this.memory!.snapshot(this.host(String(b.mem_file_path)), kind);
+      return failed ? this.fault(400, failed) : ok;
     }
     if (method === 'PUT' && url === '/snapshot/load') {
       if (this.state !== 'Not started' || this.configured) return this.fault(400, 'Loading a microVM snapshot not allowed after configuring boot-specific resources.');
+      // LoadSnapshotConfig is deny_unknown_fields; before 1.13.0 the field was enable_diff_snapshots.
+      // A body that does not parse is refused by the API server: the process lives on.
+      if ('track_dirty_pages' in b && !this.atLeast('1.13.0')) {
+        return this.fault(400, 'An error occurred when deserializing the json body of a request: unknown field `track_dirty_pages`, expected one of `snapshot_path`, `mem_file_path`, `mem_backend`, `enable_diff_snapshots`, `resume_vm`, `network_overrides`.');
+      }
       let st: SnapshotState;
       try {
         st = JSON.parse(fs.readFileSync(this.host(String(b.snapshot_path)), 'utf8')) as SnapshotState;
@@ -265,6 +323,16 @@ export class FakeFirecracker {
         return this.fault(400, `Load snapshot error: ${msg}`);
       };
       if (!fs.existsSync(this.host(mem.backend_path))) return failLoad(`cannot open ${mem.backend_type} backend ${mem.backend_path}`);
+      // vm_info.mem_size_mib comes from the state; track_dirty_pages from the load only
+      // (persist.rs restore_from_snapshot, update_machine_config).
+      const tracking = b.track_dirty_pages === true || b.enable_diff_snapshots === true;
+      const bytes = this.memSizeBytes(st.machine);
+      const memory = mem.backend_type === 'File'
+        ? FakeGuestMemory.fromFile(this.host(mem.backend_path), bytes, tracking)
+        : this.opts.uffdServes
+          ? FakeGuestMemory.fromFile(this.opts.uffdServes, bytes, tracking)
+          : FakeGuestMemory.unknownSource(bytes, tracking, 'fake firecracker: the Uffd page server\'s file is unknown (set FAKE_FC_UFFD_SERVES)');
+      if (typeof memory === 'string') return failLoad(memory);
       // Block persist: each drive reopened at its RECORDED path (state.disk_path), read-write unless read-only.
       for (const [id, d] of Object.entries(st.drives)) {
         const p = this.host(d.path_on_host);
@@ -283,6 +351,8 @@ export class FakeFirecracker {
       }
       Object.assign(this.drives, st.drives);
       Object.assign(this.net, net);
+      this.memory = memory;
+      this.machine = st.machine === null ? null : { ...(st.machine as object), track_dirty_pages: tracking };
       this.vsockPath = (b.vsock_override as { uds_path: string } | undefined)?.uds_path ?? st.vsock;
       const e = await this.startGuest();
       if (e) return this.fault(400, e);
@@ -433,6 +503,7 @@ async function main(): Promise<void> {
     agent: process.env.FAKE_FC_AGENT === 'session' ? 'session' : process.env.FAKE_FC_AGENT === 'fake' ? 'fake' : 'echo',
     ...(process.env.FAKE_FC_GUEST_INIT ? { guestInit: process.env.FAKE_FC_GUEST_INIT } : {}),
     ...(process.env.FAKE_FC_GUEST_RUN ? { guestRun: process.env.FAKE_FC_GUEST_RUN } : {}),
+    ...(process.env.FAKE_FC_UFFD_SERVES ? { uffdServes: process.env.FAKE_FC_UFFD_SERVES } : {}),
     console: (text) => process.stdout.write(text),
   });
   process.on('SIGTERM', () => exit(143));

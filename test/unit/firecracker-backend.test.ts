@@ -181,6 +181,8 @@ describe('FirecrackerBackend against a spec-validating fake firecracker', () => 
         snapshot_path: files.stateFile,
         mem_backend: { backend_type: 'File', backend_path: files.memoryFile },
         resume_vm: false,
+        // On by default for a restored VM: its snapshots are Diffs (docs/firecracker.md item 14).
+        track_dirty_pages: true,
         network_overrides: [{ iface_id: 'eth0', host_dev_name: 'shoaltap1' }],
         vsock_override: { uds_path: path.join(clone.runDir, 'vsock.sock') },
       });

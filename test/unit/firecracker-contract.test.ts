@@ -210,8 +210,10 @@ describe('firecracker contract: runtime and snapshot bodies', () => {
                       };
                       const needsNet = newTap && !feats.networkOverrides;
                       const needsVsock = newVsock && !feats.vsockOverride;
-                      if (needsNet || needsVsock) {
-                        assert.throws(() => R.restoreSequence(spec, opts), needsNet ? /needs Firecracker >= 1\.12\.0 \(network_overrides\)/ : /needs Firecracker >= 1\.16\.0 \(vsock_override\)/);
+                      // Before 1.13.0 the load's field was enable_diff_snapshots (deny_unknown_fields).
+                      const needsTracking = trackDirtyPages && !feats.trackDirtyPagesOnLoad;
+                      if (needsNet || needsVsock || needsTracking) {
+                        assert.throws(() => R.restoreSequence(spec, opts), needsNet ? /needs Firecracker >= 1\.12\.0 \(network_overrides\)/ : needsVsock ? /needs Firecracker >= 1\.16\.0 \(vsock_override\)/ : /needs Firecracker >= 1\.13\.0 \(track_dirty_pages\)/);
                         refused++;
                         continue;
                       }
@@ -226,6 +228,7 @@ describe('firecracker contract: runtime and snapshot bodies', () => {
                       assert.equal('vsock_override' in load, newVsock, label);
                       if (!feats.networkOverrides) assert.ok(!('network_overrides' in load));
                       if (!feats.vsockOverride) assert.ok(!('vsock_override' in load));
+                      assert.equal(load.track_dirty_pages, trackDirtyPages ? true : undefined, label);
                       assert.equal(reqs.filter((r) => r.method === 'PATCH' && r.path.startsWith('/drives/')).length, newDisks ? 1 : 0);
                       assert.equal(reqs.at(-1)!.path === '/vm', resume !== false, label);
                       // Nothing but logger/metrics may precede the load.

@@ -8,7 +8,8 @@
  * restore: spawn, GET /version, logger/metrics, PUT /snapshot/load (paused),
  *          PATCH /drives for per-clone disks, PATCH /vm Resumed.
  * handle:  agent stream = hybrid vsock CONNECT 1024 on <runDir>/vsock.sock;
- *          pause/resume = PATCH /vm; snapshot = PUT /snapshot/create;
+ *          pause/resume = PATCH /vm; snapshot = PUT /snapshot/create (of a restored VM: a Diff
+ *          merged onto a copy of the memory it was restored from, see diff-base.ts);
  *          shutdown = SendCtrlAltDel (x86_64 only) then SIGKILL after the timeout.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -21,6 +22,7 @@ import { isExecutable, searchPath } from '../../util/which';
 import { vmmTraits } from '../traits';
 import { ShoalError } from '../../util/errors';
 import { FirecrackerApiClient, waitForSocket } from './api-client';
+import { DiffBase } from './diff-base';
 import { connectHybridVsock, VsockConnectError } from './hybrid-vsock';
 import { installedPaths, releaseArch } from './install';
 import type { JailerOptions } from './jailer';
@@ -30,6 +32,8 @@ import { uffdAccessProblem } from './uffd-access';
 import {
   AGENT_VSOCK_PORT,
   bootSequence,
+  featuresOf,
+  formatVersion,
   parseVersion,
   pauseVm,
   versionAtLeast,
@@ -65,7 +69,12 @@ export interface FirecrackerBackendOptions {
   logLevel?: LogLevel;
   /** Configure /metrics (default true). */
   metrics?: boolean;
-  /** Enable dirty page tracking (needed for efficient diff snapshots; default false). */
+  /**
+   * KVM dirty-page tracking, which lets a VM's snapshots be Diffs merged onto the memory file of
+   * its last snapshot or restore. Default: on for a restored VM (where Firecracker supports it
+   * on the load, >= 1.13.0), off for a booted one. Booted with it, a VM's first snapshot is Full
+   * and the next ones Diffs.
+   */
   trackDirtyPages?: boolean;
   /** Attach virtio-rng (default true). */
   entropy?: boolean;
@@ -74,6 +83,7 @@ export interface FirecrackerBackendOptions {
 }
 
 const SNAPSHOT_TIMEOUT_MS = 120_000;
+const MiB = 1024 * 1024;
 
 /** Where the firecracker binary is: configured path, SHOAL_FIRECRACKER, the setup cache, then PATH. */
 export function findFirecrackerBinary(opts: Pick<FirecrackerBackendOptions, 'binary' | 'env' | 'cacheDir' | 'arch'> = {}): { path: string | null; tried: string[] } {
@@ -262,6 +272,10 @@ export class FirecrackerBackend implements VmmBackend {
       entropy: this.opts.entropy,
     });
     await this.run(vm, reqs, `booting ${spec.id} with Firecracker failed`);
+    const tracking = this.opts.trackDirtyPages ?? false;
+    vm.startDirtyLog(spec.memoryMiB * MiB, tracking, {
+      reason: tracking ? 'it was booted cold, so there is no memory file yet for a Diff to be merged onto' : 'it was booted cold without dirty-page tracking',
+    });
     return vm;
   }
 
@@ -279,9 +293,14 @@ export class FirecrackerBackend implements VmmBackend {
     checkKeptDrives(drives);
     const launch = this.launch(spec.id, spec.runDir, spec.net?.namespacePid);
     const { vm, version } = await this.start(spec.id, spec.runDir, spec.consoleLog, launch);
+    const tracking = this.restoreTracking(version);
     let reqs: ApiRequest[];
     let releaseStandIns: () => void;
+    // Opened before the load, so it is the very file the VM's memory comes from (File: mapped
+    // MAP_PRIVATE; Uffd: the one its page server serves) even if that is removed afterwards.
+    let base: DiffBase | { reason: string } = { reason: tracking.reason };
     try {
+      if (tracking.on) base = DiffBase.open(spec.memory.kind === 'file' ? spec.memory.path : spec.snapshot.memoryFile, spec.source.memoryMiB * MiB);
       reqs = restoreSequence(spec, {
         version,
         vsockPath: launch.vsockForVmm,
@@ -289,22 +308,43 @@ export class FirecrackerBackend implements VmmBackend {
         logPath: launch.logForVmm,
         logLevel: this.opts.logLevel,
         metricsPath: this.opts.metrics ?? true ? launch.metricsForVmm : undefined,
-        trackDirtyPages: this.opts.trackDirtyPages,
+        trackDirtyPages: tracking.on,
       });
       // The load opens the snapshot's recorded drive paths before PATCH /drives swaps the clone's
       // in: stand-ins where they are gone, held (and locked) only for the load sequence.
       releaseStandIns = await placeStandIns(drives, path.dirname(path.resolve(spec.runDir)));
     } catch (e) {
+      if (base instanceof DiffBase) base.close();
       vm.kill();
       await vm.exited;
       throw e;
     }
     try {
       await this.run(vm, reqs, `restoring ${spec.id} from ${spec.snapshot.stateFile} failed`);
+    } catch (e) {
+      if (base instanceof DiffBase) base.close();
+      throw e;
     } finally {
       releaseStandIns();
     }
+    vm.startDirtyLog(spec.source.memoryMiB * MiB, tracking.on, base);
     return vm;
+  }
+
+  /**
+   * Whether a restored VM is loaded with dirty-page tracking. On by default: any VM may be
+   * snapshotted or forked, and with it a snapshot writes only what the VM changed instead of
+   * all its memory. Its cost is KVM's: the slot is write-protected and each page's first write
+   * after a load or snapshot faults once to be logged (a File-backed clone takes that fault
+   * anyway, copy-on-write of its MAP_PRIVATE mapping); a File backend is mapped without huge
+   * pages (vstate/memory.rs snapshot_file) and shoal configures none, so none are lost. Without it, a Diff would fall back to mincore(2),
+   * which misses swapped-out pages and lists every page of the parent's file in the page cache.
+   */
+  private restoreTracking(version: Version): { on: boolean; reason: string } {
+    if (this.opts.trackDirtyPages === false) return { on: false, reason: 'dirty-page tracking is off' };
+    // Asked for explicitly on an older binary: restoreSequence says which version it needs.
+    if (this.opts.trackDirtyPages === true || featuresOf(version).trackDirtyPagesOnLoad) return { on: true, reason: '' };
+    return { on: false, reason: `Firecracker ${formatVersion(version)} cannot track dirty pages of a restored VM (track_dirty_pages on the load needs >= 1.13.0)` };
   }
 }
 
@@ -349,6 +389,7 @@ export class FirecrackerVm implements VmHandle {
       child.once('spawn', () => resolve());
       child.once('error', (e) => reject(new ShoalError(`cannot start Firecracker: ${e.message}`)));
     });
+    void this.exited.then(() => this.dropBase('the VM has exited'));
   }
 
   get pid(): number {
@@ -415,14 +456,90 @@ export class FirecrackerVm implements VmHandle {
     }
   }
 
-  /** A Full snapshot, restored VM or not: Firecracker writes the whole guest memory either way. */
-  snapshotRunning(files: SnapshotFiles, options: RunningSnapshotOptions): Promise<RunningSnapshotTimings> {
-    return pauseAndSnapshot(this, files, options);
+  /** Guest memory size in bytes (a base must be exactly this long). */
+  private memoryBytes = 0;
+  /** KVM dirty-page tracking is on for this VM (boot's machine-config or the load's track_dirty_pages). */
+  private tracking = false;
+  /**
+   * What the next Diff is merged onto: the memory as it was when the dirty log was last reset.
+   * Null: the next snapshot is Full, for the reason in fullReason.
+   */
+  private base: DiffBase | null = null;
+  private fullReason = 'it was booted cold';
+  /** mem_file_path of the last /snapshot/create that succeeded (it reset the dirty log). */
+  private lastWritten: string | null = null;
+
+  /** Called by the backend once the VM runs: its memory size, tracking, and its first base (or why there is none). */
+  startDirtyLog(memoryBytes: number, tracking: boolean, base: DiffBase | { reason: string }): void {
+    this.memoryBytes = memoryBytes;
+    this.tracking = tracking;
+    if (base instanceof DiffBase) this.base = base;
+    else this.fullReason = base.reason;
+  }
+
+  private dropBase(reason: string): void {
+    this.base?.close();
+    this.base = null;
+    this.fullReason = reason;
+  }
+
+  /**
+   * With a base: copy it to files.memoryFile while the VM runs, then pause for device state and
+   * a Diff, which Firecracker merges into that copy (v1.16.1 vm.rs snapshot_memory_to_file: an
+   * existing file of the memory's size is not truncated, and dump_dirty writes only the pages in
+   * the dirty log, each at its own offset). The pause covers the Diff and whilePaused only.
+   * Without one: a Full snapshot (the whole memory written while paused). Either way, with
+   * tracking on, the file written becomes the next base: the snapshot reset the dirty log.
+   * On failure neither file is left behind: a merged copy has the memory's full size and would
+   * look complete.
+   */
+  async snapshotRunning(files: SnapshotFiles, options: RunningSnapshotOptions): Promise<RunningSnapshotTimings> {
+    const base = this.base;
+    this.lastWritten = null;
+    let timings: RunningSnapshotTimings;
+    try {
+      if (base) {
+        options.progress?.('copying the memory base while the VM runs');
+        await base.copyTo(files.memoryFile);
+      } else {
+        options.progress?.(`a Full snapshot: ${this.fullReason}`);
+      }
+      timings = await pauseAndSnapshot(this, files, options, base ? 'diff' : 'full');
+    } catch (e) {
+      this.adoptWritten(files.memoryFile);
+      for (const f of [files.stateFile, files.memoryFile]) fs.rmSync(f, { force: true });
+      throw e;
+    }
+    this.adoptWritten(files.memoryFile);
+    return timings;
+  }
+
+  /**
+   * After a snapshot that Firecracker completed into memoryFile (whatever failed after it, the
+   * disk copy say), that file is the memory as of the dirty log's reset: the next base. Opened
+   * before a failure's clean-up removes its name.
+   */
+  private adoptWritten(memoryFile: string): void {
+    if (!this.tracking || this.lastWritten !== memoryFile) return;
+    this.lastWritten = null;
+    const next = DiffBase.open(memoryFile, this.memoryBytes);
+    if (next instanceof DiffBase) {
+      this.base?.close();
+      this.base = next;
+    } else {
+      this.dropBase(next.reason);
+    }
   }
 
   async snapshot(files: SnapshotFiles, kind: SnapshotKind): Promise<void> {
     if (this.where.jailed) throw new ShoalError('snapshots of a jailed Firecracker are not supported (its files live in the chroot)');
+    // Every snapshot resets the dirty log (Full: reset_dirty_bitmap + reset_dirty; Diff:
+    // KVM_GET_DIRTY_LOG clears KVM's log, then reset_dirty), and a failed one may have done so:
+    // the current base no longer matches the log. Only snapshotRunning adopts a new one.
+    this.dropBase('an earlier snapshot reset the dirty-page log without becoming a base (a failed or throw-away snapshot)');
+    this.lastWritten = null;
     await this.client.send(snapshotCreate(files, kind), Math.max(this.apiTimeoutMs ?? 0, SNAPSHOT_TIMEOUT_MS));
+    this.lastWritten = files.memoryFile;
     this.pausedWithoutReset = false;
   }
 

@@ -86,21 +86,26 @@ export function formatVersion(v: Version): string {
 
 /**
  * First release accepting each optional /snapshot/load field shoal uses.
- * Both are present in the v1.16.1 spec; the versions they appeared in come
+ * All are present in the v1.16.1 spec; the versions they appeared in come
  * from Firecracker's changelog / PRs (#4731 network_overrides, #5323
- * vsock_override), see docs/firecracker.md.
+ * vsock_override), see docs/firecracker.md. `track_dirty_pages` on the load
+ * replaced `enable_diff_snapshots` in 1.13.0 (commit 9e06b59, "rename
+ * enable_diff_snapshots API paramter to track_dirty_pages"; LoadSnapshotConfig
+ * in src/vmm/src/vmm_config/snapshot.rs is deny_unknown_fields before and after).
  */
 export const FEATURE_MIN_VERSION = {
   networkOverrides: '1.12.0',
   vsockOverride: '1.16.0',
+  trackDirtyPagesOnLoad: '1.13.0',
 } as const;
 
-export interface Features { networkOverrides: boolean; vsockOverride: boolean }
+export interface Features { networkOverrides: boolean; vsockOverride: boolean; trackDirtyPagesOnLoad: boolean }
 
 export function featuresOf(v: Version): Features {
   return {
     networkOverrides: versionAtLeast(v, FEATURE_MIN_VERSION.networkOverrides),
     vsockOverride: versionAtLeast(v, FEATURE_MIN_VERSION.vsockOverride),
+    trackDirtyPagesOnLoad: versionAtLeast(v, FEATURE_MIN_VERSION.trackDirtyPagesOnLoad),
   };
 }
 
@@ -289,6 +294,7 @@ export interface RestoreOptions {
   logPath?: string;
   logLevel?: LogLevel;
   metricsPath?: string;
+  /** KVM dirty-page tracking for the restored VM, so its snapshots can be Diffs (needs >= 1.13.0). */
   trackDirtyPages?: boolean;
 }
 
@@ -315,8 +321,6 @@ export function restoreSequence(spec: RestoreSpec, opts: RestoreOptions): ApiReq
     // Resume only after the disks are swapped below.
     resume_vm: false,
   };
-  if (opts.trackDirtyPages) body.track_dirty_pages = true;
-
   // Network: the snapshot holds the source's NIC (and TAP name).
   const srcNet = spec.source.net;
   if (spec.net && !srcNet) throw new ShoalError('cannot add a network interface when restoring a snapshot taken without one');
@@ -340,6 +344,13 @@ export function restoreSequence(spec: RestoreSpec, opts: RestoreOptions): ApiReq
       throw new ShoalError(`restoring with a new vsock socket (${opts.vsockPath}) needs Firecracker >= ${FEATURE_MIN_VERSION.vsockOverride} (vsock_override); this one is ${formatVersion(opts.version)}`);
     }
     body.vsock_override = { uds_path: opts.vsockPath };
+  }
+
+  if (opts.trackDirtyPages) {
+    if (!feats.trackDirtyPagesOnLoad) {
+      throw new ShoalError(`dirty-page tracking on a restored VM needs Firecracker >= ${FEATURE_MIN_VERSION.trackDirtyPagesOnLoad} (track_dirty_pages); this one is ${formatVersion(opts.version)}`);
+    }
+    body.track_dirty_pages = true;
   }
   reqs.push({ method: 'PUT', path: '/snapshot/load', body });
 
