@@ -128,7 +128,7 @@ function snapshotDir(name: string, under = dir): SnapshotFiles {
   return { stateFile: path.join(d, 'state.bin'), memoryFile: path.join(d, 'memory.raw') };
 }
 
-const progressOf = (lines: string[]): RunningSnapshotOptions => ({ whilePaused: async () => undefined, tmpfsDir: dir, progress: (m) => lines.push(m) });
+const progressOf = (lines: string[]): RunningSnapshotOptions => ({ whilePaused: async () => undefined, progress: (m) => lines.push(m) });
 
 async function stop(vm: VmHandle): Promise<void> {
   vm.kill();
@@ -219,7 +219,6 @@ describe('snapshots of a restored Firecracker VM: a Diff merged onto the memory 
       process.env.PATH = `${wrap}:${savedPath}`;
       const files = snapshotDir('e2-s1');
       const timings = await clone.snapshotRunning(files, {
-        tmpfsDir: dir,
         whilePaused: async () => {
           fs.appendFileSync(record, `${JSON.stringify({ method: 'WHILE_PAUSED', path: '', status: 0, problems: [], responseProblems: [] })}\n`);
         },
