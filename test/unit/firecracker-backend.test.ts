@@ -15,6 +15,7 @@ import { FirecrackerBackend, FirecrackerVm, findFirecrackerBinary } from '../../
 import { setTimeout as sleep } from 'node:timers/promises';
 import { plainLaunch } from '../../src/vmm/firecracker/launch';
 import { writeFakeBinary, type Exchange } from '../helpers/firecracker-fake';
+import { assertExchangesOnSpec, readExchanges } from '../helpers/firecracker-record';
 import { writeFakeJailer } from '../helpers/firecracker-fake-jailer';
 
 let dir: string;
@@ -38,8 +39,7 @@ beforeEach(() => {
 });
 
 function exchanges(): Exchange[] {
-  if (!fs.existsSync(record)) return [];
-  return fs.readFileSync(record, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Exchange);
+  return readExchanges(record);
 }
 
 function calls(): string[] {
@@ -47,10 +47,7 @@ function calls(): string[] {
 }
 
 function assertAllOnSpec(): void {
-  for (const e of exchanges()) {
-    assert.deepEqual(e.problems, [], `request off-spec: ${e.method} ${e.path} ${JSON.stringify(e.body)}`);
-    assert.deepEqual(e.responseProblems, [], `response off-spec: ${e.method} ${e.path}`);
-  }
+  assertExchangesOnSpec(exchanges());
 }
 
 function body(method: string, p: string): Record<string, unknown> {

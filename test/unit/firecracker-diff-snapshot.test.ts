@@ -14,6 +14,7 @@ import { after, before, beforeEach, describe, it } from 'node:test';
 import type { RestoreSpec, RunningSnapshotOptions, SnapshotFiles, VmHandle, VmSpec } from '../../src/vmm/backend';
 import { FirecrackerBackend, type FirecrackerVm } from '../../src/vmm/firecracker/backend';
 import { writeFakeBinary, type Exchange } from '../helpers/firecracker-fake';
+import { assertExchangesOnSpec, readExchanges } from '../helpers/firecracker-record';
 
 const MiB = 1024 * 1024;
 const PAGE = 4096;
@@ -38,8 +39,7 @@ beforeEach(() => {
 });
 
 function exchanges(): Exchange[] {
-  if (!fs.existsSync(record)) return [];
-  return fs.readFileSync(record, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Exchange);
+  return readExchanges(record);
 }
 
 /** The fake's record, plus the lines the test's cp wrapper and whilePaused add to it, in order. */
@@ -48,10 +48,7 @@ function calls(): string[] {
 }
 
 function assertAllOnSpec(): void {
-  for (const e of exchanges()) {
-    assert.deepEqual(e.problems, [], `request off-spec: ${e.method} ${e.path} ${JSON.stringify(e.body)}`);
-    assert.deepEqual(e.responseProblems, [], `response off-spec: ${e.method} ${e.path}`);
-  }
+  assertExchangesOnSpec(exchanges());
 }
 
 function lastCreate(): { snapshot_type: string; mem_file_path: string } {
