@@ -86,6 +86,7 @@ test('streams it does not understand fail the filter', async () => {
     ['guest RAM of another size', Buffer.concat([header, configuration, ramStart, be64(8192 | 0x04), str(GUEST), be64(8192), be64(0), eos]), /has 8192 bytes/],
     ['no guest RAM block', Buffer.concat([header, configuration, ramStart, be64(4096 | 0x04), str('pc.bios'), be64(4096), be64(0), eos]), /no RAM block ram/],
     ['no RAM section', Buffer.concat([header, Buffer.alloc(70_000)]), /no RAM section/],
+    ['endless device state', Buffer.concat([header, configuration, ramStart, blockList, eos, footer(), end(), devices, Buffer.alloc(65 * 1024 * 1024)]), /device state is over 64 MiB/],
   ];
   for (const [what, stream, error] of cases) {
     await assert.rejects(filter(stream), error, what);

@@ -47,6 +47,11 @@ const RAM_CONTINUE = 0x20;
 
 /** RAM's START header after its section id: u8 3, "ram", be32 instance 0, be32 version 4. */
 const RAM_START_TAIL = Buffer.from([0x03, 0x72, 0x61, 0x6d, 0, 0, 0, 0, 0, 0, 0, 4]);
+/**
+ * What is kept (device state, ROM pages) is under 1 MiB for a microvm; a QEMU that sends more
+ * than this is not doing what we asked, and must not fill the disk with it.
+ */
+const KEPT_LIMIT = 64 * 1024 * 1024;
 /** The configuration section is a few hundred bytes; a stream without RAM's START by then is not one we know. */
 const PREAMBLE_LIMIT = 64 * 1024;
 
@@ -70,6 +75,7 @@ export class RamPageFilter extends Transform {
   /** The block a CONTINUE record refers to, as the source sent it. */
   private lastBlock: string | undefined;
   private ramEnded = false;
+  private keptBytes = 0;
 
   /**
    * @param droppedBlock the idstr of the RAM block whose pages are dropped ("ram")
@@ -79,9 +85,22 @@ export class RamPageFilter extends Transform {
     super();
   }
 
+  /** Passes bytes on, within KEPT_LIMIT. */
+  override push(chunk: Buffer | null): boolean {
+    if (chunk !== null) {
+      this.keptBytes += chunk.length;
+      if (this.keptBytes > KEPT_LIMIT) {
+        this.destroy(new Error(`the device state is over ${KEPT_LIMIT >> 20} MiB`));
+        return false;
+      }
+    }
+    return super.push(chunk);
+  }
+
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
     if (this.phase === 'passthrough') {
-      callback(null, chunk);
+      this.push(chunk);
+      callback();
       return;
     }
     this.pending.push(chunk);
