@@ -22,6 +22,8 @@ export class Attachments implements OutputSink {
   readonly first = new Promise<void>((resolve) => { this.arrived = resolve; });
   /** Set once the main container exists (the two refer to each other). */
   main: MainContainer | undefined;
+  /** The VM's end, once it came: a CLI whose attach request is handled after it gets it at once. */
+  private ended: { exitCode?: number; error?: string } | undefined;
 
   constructor(private readonly record: VmRecordHandle, private readonly stop: () => void) {}
 
@@ -37,11 +39,8 @@ export class Attachments implements OutputSink {
 
   /** The VM's end, to every watcher, which is then closed. */
   end(result: { exitCode?: number; error?: string }): void {
-    for (const watcher of this.watchers) {
-      if (result.error !== undefined) sendEvent(watcher, { type: 'error', message: result.error });
-      else sendEvent(watcher, { type: 'exit', code: result.exitCode ?? null });
-      watcher.close();
-    }
+    this.ended = result;
+    for (const watcher of this.watchers) sendEnd(watcher, result);
   }
 
   async write(stream: number, data: Buffer): Promise<void> {
@@ -54,8 +53,15 @@ export class Attachments implements OutputSink {
 
   attach(channel: Channel, stdio: boolean): void {
     const record = this.record.current;
-    this.watchers.add(channel);
     for (const message of this.progressLog) sendEvent(channel, { type: 'progress', message });
+    if (this.ended) {
+      // A CLI that connected while the VM was ending (a start that failed at once): it would
+      // otherwise see only the socket close, and say the supervisor went away.
+      channel.setDataHandler(() => undefined);
+      sendEnd(channel, this.ended);
+      return;
+    }
+    this.watchers.add(channel);
     if (stdio) this.attached.add(channel);
     channel.on('close', () => {
       this.watchers.delete(channel);
@@ -86,4 +92,10 @@ export class Attachments implements OutputSink {
     if (record.state === 'running') sendEvent(channel, { type: 'running', name: record.config.name, id: record.id });
     this.arrived();
   }
+}
+
+function sendEnd(channel: Channel, result: { exitCode?: number; error?: string }): void {
+  if (result.error !== undefined) sendEvent(channel, { type: 'error', message: result.error });
+  else sendEvent(channel, { type: 'exit', code: result.exitCode ?? null });
+  channel.close();
 }
