@@ -100,8 +100,9 @@ export async function snapshotPrivateVm(request: PrivateSnapshotRequest): Promis
   request.progress?.('saving device state and the pages the VM changed');
   const target = fs.openSync(request.files.memoryFile, 'r+');
   try {
+    // No fsync here: publishing the snapshot syncs its files (snapshot/store.ts, image-cache.ts),
+    // and a sync of this size would hold the supervisor's event loop.
     const paused = await liveThenStopped(request, segments, target);
-    fs.fsyncSync(target);
     return { ...paused, totalMs: Date.now() - started };
   } finally {
     fs.closeSync(target);
