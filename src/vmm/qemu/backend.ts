@@ -17,6 +17,7 @@ import { pauseAndSnapshot, type RestoreSpec, type RunningSnapshotOptions, type R
 import { vmmTraits } from '../traits';
 import { buildQemuArgv, qemuPaths, type QemuLaunch } from './argv';
 import { snapshotPrivateVm, type PrivateSnapshotRequest, type PrivateSnapshotResult } from './private-snapshot';
+import { waitForMigration } from './migration-status';
 import { QmpClient } from './qmp';
 import { copySparse } from '../../util/copy';
 
@@ -140,14 +141,7 @@ export class QemuVmHandle implements VmHandle {
     if (kind === 'diff') throw new ShoalError('QEMU snapshots are full snapshots (memory is a file already); use kind "full"');
     await this.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
     await this.qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(files.stateFile)}` });
-    for (;;) {
-      const info = (await this.qmp.execute('query-migrate')) as { status?: string; 'error-desc'?: string };
-      if (info.status === 'completed') break;
-      if (info.status === 'failed' || info.status === 'cancelled') {
-        throw new ShoalError(`QEMU snapshot failed: ${info['error-desc'] ?? info.status}`);
-      }
-      await sleep(10);
-    }
+    await waitForMigration(this.qmp, { what: 'QEMU snapshot', intervalMs: 10 });
     // The VM is paused, so its RAM file is stable while we copy it.
     await copySparse(this.memoryFile, files.memoryFile);
   }

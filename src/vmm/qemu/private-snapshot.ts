@@ -38,10 +38,10 @@ import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { copySparse } from '../../util/copy';
 import { ShoalError } from '../../util/errors';
-import { sleep } from '../../util/process';
 import type { SnapshotFiles } from '../backend';
 import type { QemuLaunch } from './argv';
 import { copyDirtyPages, privateFileMappings, type MappingSegment } from './dirty-pages';
+import { waitForMigration } from './migration-status';
 import { RamPageFilter } from './migration-stream';
 import type { QmpClient } from './qmp';
 
@@ -152,7 +152,16 @@ async function liveThenStopped(request: PrivateSnapshotRequest, segments: Mappin
     const deviceState = receiver.accepted.then((socket) => pipeline(socket, new RamPageFilter(GUEST_RAM_BLOCK, request.launch.spec.memoryMiB * 1024 * 1024), fs.createWriteStream(request.files.stateFile, { mode: 0o600 })));
     await Promise.all([
       deviceState.catch((err: Error) => { throw new ShoalError(`saving the device state failed: ${err.message}`); }),
-      waitForMigration(qmp, () => stoppedAt !== undefined),
+      // A guest that dirties memory faster than the passes go would keep the migration
+      // iterating: after LIVE_PHASE_MS its vCPUs are stopped, and it completes from there.
+      waitForMigration(qmp, {
+        what: 'saving the device state',
+        intervalMs: 5,
+        timeoutMs: MIGRATION_TIMEOUT_MS,
+        onPoll: async (elapsed) => {
+          if (elapsed > LIVE_PHASE_MS && stoppedAt === undefined) await qmp.execute('stop');
+        },
+      }),
     ]);
     request.progress?.('copying the pages the VM changed');
     result = await copyDirtyPages(request.pid, segments, target).catch((err: NodeJS.ErrnoException) => {
@@ -174,9 +183,8 @@ async function liveThenStopped(request: PrivateSnapshotRequest, segments: Mappin
 /** A Unix socket that takes QEMU's one migration connection. */
 async function listenOnce(socketPath: string): Promise<{ accepted: Promise<net.Socket>; close(): void }> {
   const server = net.createServer();
-  let accepted!: Promise<net.Socket>;
   let socket: net.Socket | undefined;
-  accepted = new Promise((resolve, reject) => {
+  const accepted = new Promise<net.Socket>((resolve, reject) => {
     server.once('connection', (s) => {
       socket = s;
       server.close();
@@ -198,21 +206,4 @@ async function listenOnce(socketPath: string): Promise<{ accepted: Promise<net.S
       fs.rmSync(socketPath, { force: true });
     },
   };
-}
-
-/**
- * Until the migration completes. A guest that dirties memory faster than the passes go would keep
- * it iterating: after LIVE_PHASE_MS the vCPUs are stopped, and it completes from there.
- */
-async function waitForMigration(qmp: QmpClient, stopped: () => boolean): Promise<void> {
-  const started = Date.now();
-  for (;;) {
-    const info = (await qmp.execute('query-migrate')) as { status?: string; 'error-desc'?: string };
-    if (info.status === 'completed') return;
-    if (info.status === 'failed' || info.status === 'cancelled') throw new ShoalError(`saving the device state failed: ${info['error-desc'] ?? info.status}`);
-    const elapsed = Date.now() - started;
-    if (elapsed > MIGRATION_TIMEOUT_MS) throw new ShoalError(`saving the device state did not finish within ${MIGRATION_TIMEOUT_MS / 1000} s`);
-    if (elapsed > LIVE_PHASE_MS && !stopped()) await qmp.execute('stop');
-    await sleep(5);
-  }
 }
