@@ -5,10 +5,10 @@
 process.env.UV_THREADPOOL_SIZE = process.env.UV_THREADPOOL_SIZE ?? '8';
 
 import fs from 'node:fs';
-import net from 'node:net';
 import * as native from '../native/index';
 import { serveSession } from './session';
 import { AGENT_VSOCK_PORT, openSerialPort } from './transport';
+import { startSerialRelay } from './vsock-relay';
 
 function log(message: string): void {
   try {
@@ -41,20 +41,18 @@ async function serveSerial(): Promise<void> {
 }
 
 async function serveVsock(): Promise<void> {
-  // Loaded lazily: only the vsock transport needs the native addon.
-  // eslint-disable-next-line @typescript-eslint/no-var-requires
-  const native = require(process.env.SHOAL_NATIVE_ADDON ?? '/run/shoal/agent/native/shoal_native.node') as {
-    vsockListen(port: number): number;
-    vsockAccept(fd: number): Promise<number>;
-    vsockBridge(fd: number): number;
-  };
+  // The typed wrapper (src/native/index.ts) finds the addon next to itself in the guest payload
+  // (/run/shoal/agent/native/). The raw binding's names differ (accept, bridge): calling it
+  // directly once made every Firecracker guest die at its first accept.
   const listenFd = native.vsockListen(AGENT_VSOCK_PORT);
   log(`agent ready on vsock port ${AGENT_VSOCK_PORT}`);
+  if (kernelParam('shoal.vsock_relay') === 'serial') startSerialRelay(log);
   for (;;) {
-    const fd = await native.vsockAccept(listenFd);
-    const socket = new net.Socket({ fd: native.vsockBridge(fd), readable: true, writable: true });
+    const socket = native.vsockStream(await native.vsockAccept(listenFd));
     socket.on('error', () => undefined);
-    serveSession(socket, log, debug);
+    // The stream is half-open capable: once the session ends (the host went away, or Firecracker
+    // reset the transport at a snapshot), close it, so the bridge thread and both fds go too.
+    serveSession(socket, log, debug).on('close', () => socket.destroy());
   }
 }
 

@@ -3,6 +3,7 @@
  * have user-mode networking?" instead of comparing backend names. Static per kind: a record or
  * a snapshot manifest knows its VMM's kind without a backend instance.
  */
+import { ShoalError } from '../util/errors';
 import type { VmmKind } from './backend';
 
 export interface VmmTraits {
@@ -29,8 +30,22 @@ const QEMU: VmmTraits = {
   imageCache: true,
   uffdRestore: false,
   jailedSnapshots: true,
-  guestCmdline: (base) => `${base} shoal.transport=serial`,
+  guestCmdline: (base) => `${base} ${qemuAgentLinkWords()}`,
 };
+
+/**
+ * The guest words of QEMU's agent link. `SHOAL_QEMU_AGENT_LINK=vsock-relay` (for tests) has the
+ * agent serve AF_VSOCK exactly as under Firecracker, reached through a relay in the guest that
+ * carries the virtio-serial link over the kernel's vsock loopback (src/agent/vsock-relay.ts):
+ * the guest half of the Firecracker path then runs in a real guest kernel, where no Firecracker
+ * can run. The host side is QEMU's as ever. Part of the command line, so image cache entries and
+ * snapshots keep their link.
+ */
+export function qemuAgentLinkWords(link: string = process.env.SHOAL_QEMU_AGENT_LINK ?? 'serial'): string {
+  if (link === 'serial') return 'shoal.transport=serial';
+  if (link === 'vsock-relay') return 'shoal.transport=vsock shoal.vsock_relay=serial';
+  throw new ShoalError(`SHOAL_QEMU_AGENT_LINK must be serial or vsock-relay, not ${JSON.stringify(link.slice(0, 40))}`);
+}
 
 const FIRECRACKER: VmmTraits = {
   kernelImage: 'vmlinux',
