@@ -15,7 +15,8 @@
  *  - snapshot create saves device state first (lib.rs save_state), and with it the vsock
  *    device publishes a TRANSPORT_RESET (vsock/device.rs prepare_save): on the next resume the
  *    guest drops every open connection (the host's end dies on its next write), listeners stay;
- *  - every resume arms the vsock RX gate (kick(): pending_event_ack = true); only the guest's ack
+ *  - from 1.16.0 to 1.16.x every resume arms the vsock RX gate (kick(): pending_event_ack = true;
+ *    commit a34d51c, unreleased after 1.16.1, stops that on a bare resume); only the guest's ack
  *    of a published reset clears it, so after a pause without a snapshot host-to-guest vsock
  *    stalls (CONNECTs unanswered);
  *  - the MAC is device state: saved in the snapshot, restored by the load, never overridden
@@ -369,7 +370,8 @@ export class FakeFirecracker {
 
   /** What a resume does to the vsock device (v1.16.1 kick(), see the header). */
   private onResume(): void {
-    const gateOnEveryResume = versionAtLeast(parseVersion(this.opts.version ?? '1.16.1'), '1.16.0');
+    // v1.16.0 brought the gate; the fix (commit a34d51c) is in no release up to 1.16.1.
+    const gateOnEveryResume = this.atLeast('1.16.0') && !this.atLeast('1.17.0');
     if (this.resetPublished) {
       // The guest processes the TRANSPORT_RESET: connections dropped, then it acks (gate cleared).
       this.peer?.resetConnections();

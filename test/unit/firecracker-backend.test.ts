@@ -11,7 +11,8 @@ import path from 'node:path';
 import { after, before, beforeEach, describe, it } from 'node:test';
 import type { Duplex } from 'node:stream';
 import type { RestoreSpec, VmSpec } from '../../src/vmm/backend';
-import { FirecrackerBackend, FirecrackerVm, findFirecrackerBinary } from '../../src/vmm/firecracker/backend';
+import { failedAfterDeviceStateSaved, FirecrackerBackend, FirecrackerVm, findFirecrackerBinary } from '../../src/vmm/firecracker/backend';
+import { FirecrackerApiError } from '../../src/vmm/firecracker/api-client';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { plainLaunch } from '../../src/vmm/firecracker/launch';
 import { writeFakeBinary, type Exchange } from '../helpers/firecracker-fake';
@@ -414,6 +415,66 @@ describe('FirecrackerBackend against Firecracker v1.16.1 behaviour the fake mode
       vm.kill();
       await vm.exited;
     }
+  });
+
+  it('item 4, bounded by where it failed: a snapshot that failed after saving device state published the reset; resume publishes no second one', async () => {
+    const spec = vmSpec('a9a9a9a9a9a9', { net: undefined });
+    const vm = await backend().boot(spec);
+    try {
+      await vm.pause();
+      // The memory file's directory is missing: snapshot_memory_to_file fails after save_state.
+      const files = { stateFile: path.join(dir, 'a9.state'), memoryFile: path.join(dir, 'no-such-dir', 'a9.mem') };
+      await assert.rejects(vm.snapshot(files, 'full'), /Cannot perform open on the memory backing file/);
+      await vm.resume();
+      const creates = exchanges().filter((e) => e.method === 'PUT' && e.path === '/snapshot/create');
+      assert.equal(creates.length, 1, 'no throw-away snapshot after a failure that had published the reset');
+      const s = await vm.connectAgent(2000);
+      assert.equal(await roundTrip(s, 'reachable'), 'reachable');
+      s.destroy();
+    } finally {
+      vm.kill();
+      await vm.exited;
+      fs.rmSync(path.join(dir, 'a9.state'), { force: true });
+    }
+  });
+
+  it('item 4, bounded by version: 1.17.0 (commit a34d51c) and 1.15.x arm no gate on a bare resume; the driver publishes nothing', async () => {
+    for (const version of ['1.17.0', '1.15.1']) {
+      process.env.FAKE_FC_VERSION = version;
+      record = path.join(dir, `rec-${++n}.jsonl`);
+      process.env.FAKE_FC_RECORD = record;
+      const spec = vmSpec(version === '1.17.0' ? 'b1b1b1b1b1b1' : 'b2b2b2b2b2b2', { net: undefined });
+      const vm = await backend().boot(spec);
+      try {
+        await vm.pause();
+        await vm.resume();
+        assert.deepEqual(exchanges().filter((e) => e.path === '/snapshot/create'), [], `${version}: no throw-away snapshot`);
+        const s = await vm.connectAgent(2000);
+        assert.equal(await roundTrip(s, 'reachable'), 'reachable', `${version}: host-to-guest vsock flows after a bare resume`);
+        s.destroy();
+      } finally {
+        vm.kill();
+        await vm.exited;
+      }
+    }
+  });
+
+  it('failedAfterDeviceStateSaved: v1.16.1\'s errors after save_state count, refusals before it and transport errors do not', () => {
+    const fault = (m: string): FirecrackerApiError => new FirecrackerApiError('PUT', '/snapshot/create', 400, m);
+    for (const m of [
+      'Create snapshot error: Cannot write memory file: Cannot dump memory: No space left on device (os error 28)',
+      'Create snapshot error: Cannot perform open on the snapshot backing file: Permission denied (os error 13)',
+      'Create snapshot error: Cannot perform set_length on the memory backing file: No space left on device (os error 28)',
+      'Create snapshot error: Cannot serialize the microVM state: Io error: broken pipe',
+      'Create snapshot error: Cannot save the microVM state: Cannot save Vcpu state: vcpu error',
+      'Create snapshot error: Cannot get dirty bitmap: KVM error',
+    ]) assert.equal(failedAfterDeviceStateSaved(fault(m)), true, m);
+    for (const m of [
+      'Operation not allowed: the microVM is not paused.',
+      'Create snapshot error: Cannot save the microVM state: Operation not allowed: vhost-user-block devices cannot be snapshotted',
+      'The requested operation is not supported: Diff snapshots are not allowed on uVMs with dirty page tracking disabled.',
+    ]) assert.equal(failedAfterDeviceStateSaved(fault(m)), false, m);
+    assert.equal(failedAfterDeviceStateSaved(new Error('socket hang up')), false);
   });
 
   it('item 10: the initramfs\'s failure path ends a Firecracker VM (reboot -f) instead of halting it (poweroff -f)', async () => {

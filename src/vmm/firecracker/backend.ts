@@ -21,7 +21,7 @@ import { pauseAndSnapshot, type RestoreSpec, type RunningSnapshotOptions, type R
 import { isExecutable, searchPath } from '../../util/which';
 import { vmmTraits } from '../traits';
 import { ShoalError } from '../../util/errors';
-import { FirecrackerApiClient, waitForSocket } from './api-client';
+import { FirecrackerApiClient, FirecrackerApiError, waitForSocket } from './api-client';
 import { DiffBase } from './diff-base';
 import { connectHybridVsock, VsockConnectError } from './hybrid-vsock';
 import { installedPaths, releaseArch } from './install';
@@ -438,8 +438,12 @@ export class FirecrackerVm implements VmHandle {
     this.pausedWithoutReset = false;
   }
 
+  /**
+   * The gate came with 1.16.0 (v1.15.x's kick() has no pending_event_ack) and the fix is in no
+   * release up to 1.16.1 (it sits under "Unreleased" for 1.17.0 in CHANGELOG.md).
+   */
   private rxGateOnBareResume(): boolean {
-    return this.version !== undefined && versionAtLeast(this.version, '1.16.0');
+    return this.version !== undefined && versionAtLeast(this.version, '1.16.0') && !versionAtLeast(this.version, '1.17.0');
   }
 
   private async publishVsockReset(): Promise<void> {
@@ -538,7 +542,14 @@ export class FirecrackerVm implements VmHandle {
     // the current base no longer matches the log. Only snapshotRunning adopts a new one.
     this.dropBase('an earlier snapshot reset the dirty-page log without becoming a base (a failed or throw-away snapshot)');
     this.lastWritten = null;
-    await this.client.send(snapshotCreate(files, kind), Math.max(this.apiTimeoutMs ?? 0, SNAPSHOT_TIMEOUT_MS));
+    try {
+      await this.client.send(snapshotCreate(files, kind), Math.max(this.apiTimeoutMs ?? 0, SNAPSHOT_TIMEOUT_MS));
+    } catch (e) {
+      // A failure after the device state was saved has published the reset already: resume()
+      // must not publish another (a second throw-away snapshot, likely failing the same way).
+      if (failedAfterDeviceStateSaved(e)) this.pausedWithoutReset = false;
+      throw e;
+    }
     this.lastWritten = files.memoryFile;
     this.pausedWithoutReset = false;
   }
@@ -573,4 +584,19 @@ export class FirecrackerVm implements VmHandle {
       }
     }
   }
+}
+
+/**
+ * Whether a failed `PUT /snapshot/create` got past the saving of device state, where the vsock
+ * device publishes its TRANSPORT_RESET (v1.16.1 persist.rs create_snapshot: save_state, whose
+ * device_manager.save() runs each device's prepare_save after check_unsnapshottable_devices;
+ * then snapshot_state_to_file, then snapshot_memory_to_file). These messages are the Display of
+ * the errors that can only come after that point (CreateSnapshotError and MicrovmStateError in
+ * persist.rs); anything else (a refusal before the save, a timeout, a lost connection) counts
+ * as not published, so resume() publishes one: a second reset is harmless, a missing one
+ * stalls the link.
+ */
+export function failedAfterDeviceStateSaved(error: unknown): boolean {
+  if (!(error instanceof FirecrackerApiError)) return false;
+  return /Cannot (?:save Vcpu state|save KvmVm state|signal Vcpu|perform \w+ on the (?:snapshot|memory) backing file|serialize the microVM state|write memory file|get dirty bitmap)|Vcpu is in unexpected state/.test(error.faultMessage);
 }
