@@ -33,7 +33,7 @@ export interface SnapshotSubject {
   /** The agent link did not come back after a snapshot: the VM is lost. */
   linkLost(error: string): void;
   /**
-   * After a snapshot that reset the agent stream (VmHandle.snapshotResetsAgentLink, Firecracker):
+   * After a snapshot that reset the agent stream (VmHandle.agentLinkResets moved, Firecracker):
    * replace the old session by a fresh one on a new connection (rejects when none comes).
    */
   reconnect(old: Mux): Promise<void>;
@@ -126,6 +126,7 @@ export class Snapshotter {
     const parts = this.subject.parts();
     if (!parts || parts.agent.destroyed) throw new ShoalError(`VM ${this.record.current.config.name} is not running`);
     const { vm, agent, gate } = parts;
+    const resetsBefore = vm.agentLinkResets ?? 0;
     const started = Date.now();
     let pausedMs = 0;
     say('quiescing the agent link');
@@ -148,7 +149,9 @@ export class Snapshotter {
       });
       pausedMs = timings.pausedMs;
     } finally {
-      if (vm.snapshotResetsAgentLink) await this.subject.reconnect(agent);
+      // Only a snapshot that cut the stream needs a new session: one that failed before (the
+      // base copy, say) goes on on the old stream, and its execs with it.
+      if ((vm.agentLinkResets ?? 0) !== resetsBefore) await this.subject.reconnect(agent);
       else await this.resumeLink(agent, gate);
     }
     return { pausedMs, totalMs: Date.now() - started };

@@ -143,10 +143,12 @@ export interface VmHandle {
   pause(): Promise<void>;
   resume(): Promise<void>;
   /**
-   * True when taking a snapshot cuts the agent stream (Firecracker resets its vsock connections):
-   * after the resume the host connects afresh instead of going on on the old stream.
+   * How many times the VMM has cut the agent stream so far (Firecracker publishes a vsock
+   * TRANSPORT_RESET when a snapshot saves device state); undefined where it never does (QEMU).
+   * A snapshot after which it moved needs a fresh connection; one that failed before the cut
+   * (say, a memory copy before the pause) goes on on the old stream, with its channels.
    */
-  readonly snapshotResetsAgentLink?: boolean;
+  readonly agentLinkResets?: number;
   /** Writes a snapshot of a paused VM. */
   snapshot(files: SnapshotFiles, kind: SnapshotKind): Promise<void>;
   /**

@@ -350,12 +350,15 @@ describe('a full disk during a restored VM\'s snapshot', { skip: process.getuid?
       const m = parent.model.clone();
       await guestWrite(clone, m, 600 * PAGE, pattern('c600'));
       const before = calls().length;
+      const resetsBefore = clone.agentLinkResets;
       const files = snapshotDir('s', small);
       await assert.rejects(clone.snapshotRunning(files, progressOf([])), (e: Error) => {
         assert.equal(e.message, 'cannot copy to memory.raw: No space left on device');
         return true;
       });
       assert.deepEqual(calls().slice(before), [], 'never paused');
+      // The supervisor reconnects the agent only when this moved: here its session goes on.
+      assert.equal(clone.agentLinkResets, resetsBefore, 'no vsock reset: the agent link is not cut');
       assert.deepEqual(fs.readdirSync(path.dirname(files.memoryFile)), []);
       const ok = snapshotDir('c4-ok');
       await clone.snapshotRunning(ok, progressOf([]));

@@ -353,9 +353,12 @@ export class FirecrackerVm implements VmHandle {
   /**
    * `PUT /snapshot/create` resets the vsock transport (v1.16.1 devices/virtio/vsock/device.rs,
    * prepare_save -> send_transport_reset_event): on resume the guest drops every open
-   * connection, so the host must connect afresh (listeners survive).
+   * connection, so the host must connect afresh (listeners survive). Counted in snapshot().
    */
-  readonly snapshotResetsAgentLink = true;
+  get agentLinkResets(): number {
+    return this.resetsPublished;
+  }
+  private resetsPublished = 0;
   /** The binary's version (GET /version), once known. */
   version: Version | undefined;
   readonly exited: Promise<VmExit>;
@@ -547,11 +550,15 @@ export class FirecrackerVm implements VmHandle {
     } catch (e) {
       // A failure after the device state was saved has published the reset already: resume()
       // must not publish another (a second throw-away snapshot, likely failing the same way).
-      if (failedAfterDeviceStateSaved(e)) this.pausedWithoutReset = false;
+      if (failedAfterDeviceStateSaved(e)) {
+        this.pausedWithoutReset = false;
+        this.resetsPublished += 1;
+      }
       throw e;
     }
     this.lastWritten = files.memoryFile;
     this.pausedWithoutReset = false;
+    this.resetsPublished += 1;
   }
 
   async shutdown(timeoutMs: number): Promise<VmExit> {
