@@ -20,6 +20,11 @@ export const PROBE_TIMEOUT_MS = 15_000;
 export interface AccelRecord {
   accel: Accelerator;
   reason: string;
+  /**
+   * With KVM: what QEMU's `-cpu host` needed on this host to boot, e.g. ['-arch-capabilities']
+   * where a nested KVM refuses MSR 0x10a (absent: nothing).
+   */
+  kvmCpuFlags?: string[];
   probedAt: string;
   /** The kernel asset hash this verdict is for. */
   kernelHash: string;
@@ -94,27 +99,52 @@ export function kvmDeviceProblem(): string | null {
   }
 }
 
-/** Boots kernel+initrd under KVM with shoal.probe=1 and reports whether it reached the initramfs. */
+/**
+ * CPU models the probe tries, in order. Some nested hosts fail QEMU's KVM start on MSR 0x10a
+ * (IA32_ARCH_CAPABILITIES: "failed to set MSR 0x10a", an assertion in kvm_buf_set_msrs) with
+ * `-cpu host`; hiding that MSR's feature boots there.
+ */
+export const KVM_CPU_FLAG_CANDIDATES: readonly string[][] = [[], ['-arch-capabilities']];
+
+/** One boot under KVM with `-cpu host` plus these flags, until the probe marker or the deadline. */
+export type KvmBootAttempt = (cpuFlags: readonly string[]) => Promise<SerialRun>;
+
+/**
+ * Boots kernel+initrd under KVM with shoal.probe=1 and reports whether it reached the initramfs,
+ * with the first CPU model of KVM_CPU_FLAG_CANDIDATES that did. A timeout ends the probe at once
+ * (a hanging KVM is broken whatever the model); a failed start tries the next model.
+ */
 export async function probeKvm(
   kernel: string,
   initrd: string,
   baseCmdline: string,
   timeoutMs = PROBE_TIMEOUT_MS,
-): Promise<{ accel: Accelerator; reason: string }> {
-  const dev = kvmDeviceProblem();
-  if (dev) return { accel: 'tcg', reason: dev };
-  const qemu = which('qemu-system-x86_64');
-  if (!qemu) return { accel: 'tcg', reason: 'qemu-system-x86_64 not installed' };
-  const args = [
-    '-M', 'microvm', '-accel', 'kvm', '-cpu', 'host', '-m', '256', '-smp', '1',
-    '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio',
-    '-kernel', kernel, '-initrd', initrd, '-append', `${baseCmdline} shoal.probe=1`, '-no-reboot',
-  ];
-  const r = await runUntilSerial(qemu, args, PROBE_MARKER, timeoutMs);
-  if (r.matched) return { accel: 'kvm', reason: `KVM boot probe reached the initramfs in ${r.ms} ms` };
-  if (r.timedOut) return { accel: 'tcg', reason: `KVM boot probe timed out after ${Math.round(timeoutMs / 1000)} s (broken nested KVM?)` };
-  const tail = r.output.trim().split('\n').slice(-2).join(' | ').slice(0, 300);
-  return { accel: 'tcg', reason: `KVM boot probe failed (${r.signal ?? `exit ${r.code}`}): ${tail}` };
+  attempt?: KvmBootAttempt,
+): Promise<{ accel: Accelerator; reason: string; kvmCpuFlags?: string[] }> {
+  let boot = attempt;
+  if (!boot) {
+    const dev = kvmDeviceProblem();
+    if (dev) return { accel: 'tcg', reason: dev };
+    const qemu = which('qemu-system-x86_64');
+    if (!qemu) return { accel: 'tcg', reason: 'qemu-system-x86_64 not installed' };
+    boot = (cpuFlags) => runUntilSerial(qemu, [
+      '-M', 'microvm', '-accel', 'kvm', '-cpu', ['host', ...cpuFlags].join(','), '-m', '256', '-smp', '1',
+      '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio',
+      '-kernel', kernel, '-initrd', initrd, '-append', `${baseCmdline} shoal.probe=1`, '-no-reboot',
+    ], PROBE_MARKER, timeoutMs);
+  }
+  const failures: string[] = [];
+  for (const cpuFlags of KVM_CPU_FLAG_CANDIDATES) {
+    const model = ['host', ...cpuFlags].join(',');
+    const r = await boot(cpuFlags);
+    if (r.matched) {
+      return { accel: 'kvm', reason: `KVM boot probe reached the initramfs in ${r.ms} ms with -cpu ${model}${failures.length ? ` (${failures.join('; ')})` : ''}`, ...(cpuFlags.length ? { kvmCpuFlags: [...cpuFlags] } : {}) };
+    }
+    if (r.timedOut) return { accel: 'tcg', reason: `KVM boot probe timed out after ${Math.round(timeoutMs / 1000)} s with -cpu ${model} (broken nested KVM?)` };
+    const tail = r.output.trim().split('\n').slice(-2).join(' | ').slice(0, 300);
+    failures.push(`-cpu ${model} failed (${r.signal ?? `exit ${r.code}`}): ${tail}`);
+  }
+  return { accel: 'tcg', reason: `KVM boot probe failed: ${failures.join('; ')}` };
 }
 
 export function accelFile(root: string = cacheDir()): string {
@@ -147,7 +177,7 @@ export async function ensureAccel(opts: {
   if (!opts.force && cached && cached.kernelHash === opts.kernelHash) return { ...cached, probed: false };
   opts.progress?.('probing KVM (boots the guest kernel under KVM, up to 15 s)');
   const v = await probeKvm(opts.kernel, opts.initrd, opts.baseCmdline, opts.timeoutMs);
-  const rec: AccelRecord = { accel: v.accel, reason: v.reason, probedAt: new Date().toISOString(), kernelHash: opts.kernelHash };
+  const rec: AccelRecord = { accel: v.accel, reason: v.reason, probedAt: new Date().toISOString(), kernelHash: opts.kernelHash, ...(v.kvmCpuFlags ? { kvmCpuFlags: v.kvmCpuFlags } : {}) };
   fs.mkdirSync(root, { recursive: true });
   writeFileAtomic(accelFile(root), JSON.stringify(rec, null, 2) + '\n', 0o644); // public, like the assets it names: unprivileged users boot VMs from this cache
   opts.progress?.(`accelerator: ${rec.accel} (${rec.reason})`);

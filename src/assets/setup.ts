@@ -35,6 +35,8 @@ export interface GuestAssets {
   rootfs: string;
   accel: Accelerator;
   accelReason: string;
+  /** With KVM: the CPU feature changes the boot probe needed (see AccelRecord.kvmCpuFlags). */
+  kvmCpuFlags?: string[];
   /** The cache root the assets live in. */
   dir: string;
   /**
@@ -146,6 +148,7 @@ export async function ensureAssets(opts: EnsureAssetsOptions = {}): Promise<Gues
     rootfs: rootfs.path,
     accel: accel.accel,
     accelReason: accel.reason,
+    ...(accel.kvmCpuFlags ? { kvmCpuFlags: accel.kvmCpuFlags } : {}),
     dir: root,
     cmdline: guestCmdline(accel.accel),
   };
@@ -181,6 +184,7 @@ export function loadAssets(root: string = cacheDir()): GuestAssets {
     rootfs: path.join(root, `rootfs-${m.rootfsHash}`, 'rootfs.ext4'),
     accel: accel.accel,
     accelReason: accel.reason,
+    ...(accel.kvmCpuFlags ? { kvmCpuFlags: accel.kvmCpuFlags } : {}),
     dir: root,
     cmdline: guestCmdline(accel.accel),
   };

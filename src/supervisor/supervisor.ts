@@ -387,6 +387,7 @@ export class Supervisor {
         { id: 'scratch', path: this.files.scratchDisk, readOnly: false },
       ],
       accel: this.record.accel,
+      ...(this.record.accel === 'kvm' && assets.kvmCpuFlags ? { kvmCpuFlags: assets.kvmCpuFlags } : {}),
       consoleLog: this.files.consoleLog,
       memoryFile: memoryFilePath(this.record.id),
       ...(net ? { net } : {}),

@@ -54,6 +54,12 @@ export interface VmSpec {
   drives: DriveSpec[];
   net?: NetSpec;
   accel: Accelerator;
+  /**
+   * With KVM: CPU features to change from the host's, as the boot probe found this host needs
+   * (e.g. ['-arch-capabilities'] where a nested KVM refuses MSR 0x10a). QEMU appends them to
+   * `-cpu host`; a snapshot keeps them, so its restores get the same CPU.
+   */
+  kvmCpuFlags?: readonly string[];
   /** Guest serial console output is appended here. */
   consoleLog: string;
   /**

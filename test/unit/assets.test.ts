@@ -17,6 +17,7 @@ import { moduleName, parseModulesDep, resolveLoadOrder } from '../../src/assets/
 import { buildNewc } from '../../src/assets/newc';
 import { imageSizeFor, rootfsHash, rootfsRecipe } from '../../src/assets/rootfs';
 import { HOST_TOOLS, missingTools, requireTools } from '../../src/assets/tools';
+import { probeKvm, type SerialRun } from '../../src/assets/probe';
 import { bzImagePayload, isElf, lz4LegacyDecode } from '../../src/assets/vmlinux';
 import { ShoalError } from '../../src/util/errors';
 
@@ -286,5 +287,39 @@ describe('host tools', () => {
       () => requireTools(['no-such-tool-xyz']),
       (e: unknown) => e instanceof ShoalError && /apt-get install no-such-tool-xyz/.test(e.message) && !e.message.includes('\n'),
     );
+  });
+});
+
+describe('KVM boot probe', () => {
+  const run = (over: Partial<SerialRun>): SerialRun => ({ matched: false, timedOut: false, output: '', code: null, signal: null, ms: 10, ...over });
+  const MSR_FAILURE = 'qemu-system-x86_64: error: failed to set MSR 0x10a to 0x...\nqemu-system-x86_64: ../target/i386/kvm/kvm.c:2893: kvm_buf_set_msrs: Assertion `ret == cpu->kvm_msr_buf->nmsrs\' failed.';
+
+  it('a nested host that refuses MSR 0x10a: retried with -cpu host,-arch-capabilities, which the launch then uses', async () => {
+    const tried: string[] = [];
+    const v = await probeKvm('k', 'i', 'c', 1000, async (flags) => {
+      tried.push(['host', ...flags].join(','));
+      return flags.length === 0 ? run({ signal: 'SIGABRT', output: MSR_FAILURE }) : run({ matched: true, ms: 900 });
+    });
+    assert.deepEqual(tried, ['host', 'host,-arch-capabilities']);
+    assert.equal(v.accel, 'kvm');
+    assert.deepEqual(v.kvmCpuFlags, ['-arch-capabilities']);
+    assert.match(v.reason, /-cpu host,-arch-capabilities .*failed to set MSR 0x10a/);
+  });
+
+  it('plain -cpu host first: no flags recorded when it boots', async () => {
+    const v = await probeKvm('k', 'i', 'c', 1000, async () => run({ matched: true }));
+    assert.equal(v.accel, 'kvm');
+    assert.equal(v.kvmCpuFlags, undefined);
+  });
+
+  it('neither boots: TCG, with both failures in the reason; a timeout is final at once', async () => {
+    const failed = await probeKvm('k', 'i', 'c', 1000, async () => run({ code: 1, output: 'no' }));
+    assert.equal(failed.accel, 'tcg');
+    assert.match(failed.reason, /-cpu host failed .*; -cpu host,-arch-capabilities failed/);
+    let attempts = 0;
+    const hung = await probeKvm('k', 'i', 'c', 1000, async () => { attempts++; return run({ timedOut: true }); });
+    assert.equal(hung.accel, 'tcg');
+    assert.equal(attempts, 1);
+    assert.match(hung.reason, /timed out/);
   });
 });

@@ -58,6 +58,10 @@ test('the machine, accelerator, shape, kernel and sockets', () => {
   const kvm = buildQemuArgv(launch({ spec: { ...spec, accel: 'kvm' } }));
   assert.deepEqual(values(kvm, '-accel'), ['kvm']);
   assert.deepEqual(values(kvm, '-cpu'), ['host']);
+  // What the KVM probe needed on a nested host (MSR 0x10a refused): the VM launches with it.
+  const nested = buildQemuArgv(launch({ spec: { ...spec, accel: 'kvm', kvmCpuFlags: ['-arch-capabilities'] } }));
+  assert.deepEqual(values(nested, '-cpu'), ['host,-arch-capabilities']);
+  assert.deepEqual(values(buildQemuArgv(launch({ spec: { ...spec, kvmCpuFlags: ['-arch-capabilities'] } })), '-cpu'), ['max'], 'TCG ignores them');
 });
 
 test('drives keep their order (vda, vdb) and read-only flags', () => {

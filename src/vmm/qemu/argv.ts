@@ -46,7 +46,7 @@ export function buildQemuArgv(launch: QemuLaunch): string[] {
     // Multi-threaded TCG (one host thread per vCPU) left 2-vCPU guests in soft lockups on a
     // loaded 2-core host; one thread running all vCPUs in turn does not.
     '-accel', kvm ? 'kvm' : `tcg,thread=single,tb-size=${TCG_TB_SIZE_MIB}`,
-    '-cpu', kvm ? 'host' : 'max',
+    '-cpu', kvm ? ['host', ...(spec.kvmCpuFlags ?? [])].join(',') : 'max',
     '-smp', String(spec.cpus),
     '-m', `${spec.memoryMiB}M`,
     '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
