@@ -19,6 +19,7 @@ import { FirecrackerBackend, findFirecrackerBinary } from '../../src/vmm/firecra
 import { plainLaunch } from '../../src/vmm/firecracker/launch';
 import * as R from '../../src/vmm/firecracker/requests';
 import { spawn } from 'node:child_process';
+import { readAccel } from '../../src/assets/probe';
 
 function firecrackerReason(): string | null {
   const found = findFirecrackerBinary();
@@ -37,6 +38,19 @@ function assetsReason(): string | null {
 }
 
 const fcReason = firecrackerReason();
+
+/**
+ * The CLI suites boot what `shoal setup` recorded: a Firecracker binary and a read-write
+ * /dev/kvm are not enough where the boot probe found KVM unusable (a nested host) and recorded
+ * TCG, which Firecracker cannot run.
+ */
+function recordedAccelReason(): string | null {
+  const record = readAccel();
+  if (!record) return 'no accelerator recorded (run `shoal setup`)';
+  return record.accel === 'kvm' ? null : `shoal setup recorded ${record.accel} (${record.reason}): Firecracker needs KVM`;
+}
+const cliReason = fcReason ?? recordedAccelReason();
+if (cliReason) console.log(`# firecracker CLI reruns skipped: ${cliReason}`);
 
 let dir = '';
 before(() => {
@@ -135,13 +149,17 @@ describe('firecracker e2e (real binary + KVM)', { skip: fcReason ?? false }, () 
     });
   });
 
-  it('the CLI suites (run, exec, ls, rm, bad input) pass on Firecracker as they do on QEMU', async () => {
+  it('the CLI suites (run, exec, ls, rm, bad input) pass on Firecracker as they do on QEMU', { skip: cliReason ?? false }, async () => {
     await rerunOnFirecracker(['run.test.js', 'bad-input.test.js']);
   });
 
-  it('the snapshot, clone and fork suites (snapshot.test, bridged clones) pass on Firecracker', async () => {
+  it('the snapshot, clone and fork suites (snapshot.test, bridged clones, fork-depth) pass on Firecracker', { skip: cliReason ?? false }, async () => {
     // Where a snapshot resets the vsock transport, drives are reopened at their recorded paths
     // and the MAC is device state: what the fake models, here against the real thing.
-    await rerunOnFirecracker(['snapshot.test.js', 'bridged.test.js']);
+    await rerunOnFirecracker(['snapshot.test.js', 'bridged.test.js', 'fork-depth.test.js']);
+  });
+
+  it('kill -9 and the Uffd page server (kill9.test, snapshot-serve.test) pass on Firecracker', { skip: cliReason ?? false }, async () => {
+    await rerunOnFirecracker(['kill9.test.js', 'snapshot-serve.test.js']);
   });
 });
