@@ -84,58 +84,171 @@ export function runExec(request: ExecRequest, channel: Channel): void {
   });
 
   // Output goes to whichever channel follows the process now: a persistent one (the main
-  // container) can be taken over by a later session's host (attach-persistent), e.g. a clone's.
-  const sink = { channel };
+  // container) can be taken over by a later session's host (attach-persistent), e.g. a clone's,
+  // and keeps what it wrote while no channel could take it (see PersistentSink).
+  const sink: OutputSink = request.persistent === true ? new PersistentSink(channel) : new ChannelSink(channel);
   const pumps = [pump(child.stdout!, sink, STDOUT), pump(child.stderr!, sink, STDERR)];
-  let exit: { code: number | null; signal: string | null } | undefined;
-  const report = (): void => {
-    sink.channel.send({ type: 'exit', ...exit! });
-    sink.channel.close();
-    if (persistentProcesses.get(PERSISTENT_MAIN) === follow) persistentProcesses.delete(PERSISTENT_MAIN);
-  };
-  const follow = (follower: Channel): void => {
-    sink.channel = follower;
-    follower.setDataHandler(() => undefined);
-    follower.on('message', onSignal);
-    if (exit) report();
-  };
-  if (request.persistent === true) persistentProcesses.set(PERSISTENT_MAIN, follow);
+  if (sink instanceof PersistentSink) {
+    sink.onFollow = (follower) => follower.on('message', onSignal);
+    sink.onDone = () => {
+      if (persistentMain === sink) persistentMain = undefined;
+    };
+    persistentMain = sink;
+  }
   child.on('exit', (code, signal) => {
     direct?.cleanup();
     void Promise.all(pumps).then(() => {
       if (spawnFailed) return;
-      exit = { code, signal };
-      // Nobody follows a persistent process whose host went away: keep its exit for the next one.
-      if (request.persistent === true && sink.channel.closed) return;
-      report();
+      sink.exit({ code, signal });
     });
   });
 }
 
-/** The main container's process, by name: what `attach-persistent` takes over. */
-const PERSISTENT_MAIN = 'main';
-const persistentProcesses = new Map<string, (follower: Channel) => void>();
+type ExitStatus = { code: number | null; signal: string | null };
+
+interface OutputSink {
+  /** Resolves when the sink can take more (a slow reader holds the process's pipe). */
+  write(stream: number, chunk: Buffer): Promise<void>;
+  /** Resolves once the end of the stream is on its way, after everything written before it. */
+  end(stream: number): Promise<void>;
+  /** The exit message, after all output. */
+  exit(status: ExitStatus): void;
+}
+
+/** An ordinary exec's: its channel, whose bytes are dropped once its host went away. */
+class ChannelSink implements OutputSink {
+  constructor(private readonly channel: Channel) {}
+  write(stream: number, chunk: Buffer): Promise<void> {
+    return this.channel.write(stream, chunk);
+  }
+  async end(stream: number): Promise<void> {
+    this.channel.end(stream);
+  }
+  exit(status: ExitStatus): void {
+    this.channel.send({ type: 'exit', ...status });
+    this.channel.close();
+  }
+}
+
+/** What the persistent process keeps for the next follower before it stops reading its pipe. */
+const PERSISTENT_BACKLOG_BYTES = 4 * 1024 * 1024;
+
+/**
+ * The main container's output, which must outlive the host that follows it. While no channel
+ * can take it (the link is quiesced for a snapshot, or its host went away and the next has not
+ * attached yet) it is queued here and given to the next follower first: Firecracker cuts the
+ * link at every snapshot, and the source's new session used to lose what the container wrote
+ * between the quiesce and its reconnect. Queued bytes are bounded: past the bound the pipe is
+ * not read (the container's writes wait), so nothing is dropped and nothing grows.
+ */
+class PersistentSink implements OutputSink {
+  onFollow: (follower: Channel) => void = () => undefined;
+  onDone: () => void = () => undefined;
+  private readonly queue: Array<{ stream: number; chunk: Buffer | null; sent?: () => void }> = [];
+  private queuedBytes = 0;
+  private held = false;
+  private draining = false;
+  private exitStatus: ExitStatus | undefined;
+  private readonly spaceWaiters: Array<() => void> = [];
+
+  constructor(private channel: Channel) {}
+
+  /** The link is quiesced for a snapshot: nothing more into it until it resumes or a new host follows. */
+  hold(): void {
+    this.held = true;
+  }
+
+  /** The same host goes on after the snapshot. */
+  release(): void {
+    this.held = false;
+    void this.drain();
+  }
+
+  /** A new channel follows the process (attach-persistent): it gets the queue, then the rest. */
+  follow(follower: Channel): void {
+    this.channel = follower;
+    follower.setDataHandler(() => undefined);
+    this.onFollow(follower);
+    this.held = false;
+    void this.drain();
+  }
+
+  async write(stream: number, chunk: Buffer): Promise<void> {
+    this.queue.push({ stream, chunk });
+    this.queuedBytes += chunk.length;
+    void this.drain();
+    while (this.queuedBytes > PERSISTENT_BACKLOG_BYTES) await new Promise<void>((resolve) => this.spaceWaiters.push(resolve));
+  }
+
+  end(stream: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      this.queue.push({ stream, chunk: null, sent: resolve });
+      void this.drain();
+    });
+  }
+
+  exit(status: ExitStatus): void {
+    this.exitStatus = status;
+    void this.drain();
+  }
+
+  private get writable(): boolean {
+    return !this.held && !this.channel.closed;
+  }
+
+  private async drain(): Promise<void> {
+    if (this.draining) return;
+    this.draining = true;
+    try {
+      while (this.queue.length > 0 && this.writable) {
+        const item = this.queue[0]!;
+        if (item.chunk) await this.channel.write(item.stream, item.chunk);
+        else this.channel.end(item.stream);
+        this.queue.shift();
+        this.queuedBytes -= item.chunk?.length ?? 0;
+        item.sent?.();
+        if (this.queuedBytes <= PERSISTENT_BACKLOG_BYTES) for (const wake of this.spaceWaiters.splice(0)) wake();
+      }
+      if (this.queue.length === 0 && this.exitStatus && this.writable) {
+        this.channel.send({ type: 'exit', ...this.exitStatus });
+        this.channel.close();
+        this.onDone();
+      }
+    } finally {
+      this.draining = false;
+    }
+  }
+}
+
+/** The main container's process: what `attach-persistent` takes over and a snapshot's quiesce holds. */
+let persistentMain: PersistentSink | undefined;
+
+/** Before a snapshot (the quiesce): the main container's output waits for the link's next host. */
+export function holdPersistentOutput(): void {
+  persistentMain?.hold();
+}
+
+/** After a snapshot, the same session goes on (a resume HELLO): what waited is sent. */
+export function releasePersistentOutput(): void {
+  persistentMain?.release();
+}
 
 /**
  * `attach-persistent`: the channel follows the persistent process from now on (its output, its
- * exit, signals to it). Output from before, which went to an earlier session, is not replayed.
+ * exit, signals to it). Output that went to an earlier session is not replayed; output no
+ * session could take (see PersistentSink) is.
  */
 export function attachPersistent(channel: Channel): void {
-  const follow = persistentProcesses.get(PERSISTENT_MAIN);
-  if (!follow) {
+  if (!persistentMain) {
     channel.send({ type: 'error', message: 'no persistent process to follow' });
     channel.close();
     return;
   }
-  follow(channel);
+  persistentMain.follow(channel);
 }
 
-/** Copies a child's output to the following channel's stream, pausing the pipe while credit is short. */
-async function pump(readable: Readable, sink: { channel: Channel }, stream: number): Promise<void> {
-  for await (const chunk of readable) {
-    // A closed channel (its host went away) drops the bytes.
-    await sink.channel.write(stream, chunk as Buffer);
-  }
-  sink.channel.end(stream);
+/** Copies a child's output to the sink's stream, pausing the pipe while the sink is full. */
+async function pump(readable: Readable, sink: OutputSink, stream: number): Promise<void> {
+  for await (const chunk of readable) await sink.write(stream, chunk as Buffer);
+  await sink.end(stream);
 }
-

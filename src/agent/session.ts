@@ -13,7 +13,7 @@ import { FrameType } from '../protocol/frames';
 import { GatedStream } from '../protocol/gate';
 import type { AgentRequest, ExecRequest, GuestInfo, Hello } from '../protocol/messages';
 import { Mux, type Channel } from '../protocol/mux';
-import { attachPersistent, runExec } from './exec';
+import { attachPersistent, holdPersistentOutput, releasePersistentOutput, runExec } from './exec';
 import { runFuseMount } from './fuse-mount';
 import { runFiles } from './files';
 import type { FilesRequest } from '../protocol/files';
@@ -36,6 +36,7 @@ export function serveSession(stream: Duplex, log: (msg: string) => void, debug =
       // snapshot: confirm, and send what was held back while the link was quiesced.
       gate.release(true);
       mux.sendHello(FrameType.HelloAck, { session, agentVersion: AGENT_VERSION });
+      releasePersistentOutput();
       return;
     }
     // A new host (first boot, a reconnect, or a clone restored from a snapshot): what was held
@@ -62,6 +63,9 @@ export function serveSession(stream: Duplex, log: (msg: string) => void, debug =
       channel.send({ type: 'result' });
       channel.close();
       gate.hold();
+      // The main container's output waits outside the gate: a host that comes back on a new
+      // connection (Firecracker cuts the link at a snapshot) still gets it.
+      holdPersistentOutput();
       if (debug) log('link quiesced');
       return;
     }
