@@ -7,7 +7,7 @@ import { releaseAddress, removeTap, tapName } from '../network/bridge';
 import { unbindPort } from '../network/port-binding';
 import type { VmRecord } from '../state/vm-record';
 import { memoryFilePath, removeSockets, vmFiles } from '../state/vm-files';
-import { jailDirOf } from '../vmm/select';
+import { isJailOf, jailDirOf } from '../vmm/select';
 
 /**
  * Everything a VM holds on the host besides its record, released once its VMM is gone: by its
@@ -34,6 +34,8 @@ export async function releaseVmResources(record: VmRecord, dir: string): Promise
 /** Removes a jailed VM's jail directory (the jailer does not), once its VMM is gone. */
 function removeJail(record: VmRecord): void {
   if (!record.config.jailer) return;
-  const dir = jailDirOf(record.id, record.config.jailer);
-  if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  // Older records have no jailDir: then as the jailer would name it with today's binary.
+  const dir = record.jailDir ?? jailDirOf(record.id, record.config.jailer);
+  // The record is only trusted to name this VM's own jail under the chroot base.
+  if (dir && isJailOf(dir, record.id, record.config.jailer)) fs.rmSync(dir, { recursive: true, force: true });
 }

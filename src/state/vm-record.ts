@@ -77,6 +77,11 @@ export interface VmRecord {
   error?: string;
   /** A bridged VM's address on the shoal0 subnet. */
   bridgedAddress?: string;
+  /**
+   * A jailed VM's jail directory, recorded before the jailer makes it: `rm` removes this one,
+   * whatever Firecracker binary is installed by then (the jail is named after the binary).
+   */
+  jailDir?: string;
   /** Whether this VM was restored from the image cache (hit) or booted and saved it (miss). */
   imageCache?: { key: string; hit: boolean; startup?: boolean };
   /** The startup snapshot this run saved once its --health-check passed. */

@@ -23,7 +23,7 @@ import { processStartTime, sleep } from '../util/process';
 import type { RestoreSpec, VmHandle, VmmBackend, VmSpec } from '../vmm/backend';
 import type { SnapshotManifest } from '../snapshot/store';
 import { capConsoleLog } from './container-log';
-import { backendFor } from '../vmm/select';
+import { backendFor, jailDirOf } from '../vmm/select';
 import type { FilesRequest } from '../protocol/files';
 import { relayChannels } from './relay';
 import { waitHealthy } from './health-check';
@@ -210,6 +210,9 @@ export class Supervisor {
     const spec = this.vmSpec(assets);
     this.spec = spec;
     await this.network.createTapIfNeeded(backend, spec.net);
+    const { jailer } = this.record.config;
+    const jailDir = jailer ? jailDirOf(this.record.id, jailer) : undefined;
+    if (jailDir) this.records.update((r) => { r.jailDir = jailDir; });
     this.vm = await backend.boot(spec);
     await this.network.attachTapToBridge(backend, spec.net);
     await this.connectVm(this.vm);

@@ -27,14 +27,21 @@ export function jailDirOf(id: string, jailer: JailerChoice): string | undefined 
   const firecracker = findFirecrackerBinary().path;
   if (!firecracker) return undefined;
   // Named as the jailer names it: canonical binary and base (src/vmm/firecracker/launch.ts canonicalJailPaths).
-  const real = (p: string): string => {
-    try {
-      return fs.realpathSync(p);
-    } catch {
-      return path.resolve(p);
-    }
-  };
-  return jailLayout({ id, firecrackerBinary: real(firecracker), chrootBaseDir: real(jailer.chrootBaseDir ?? DEFAULT_CHROOT_BASE) }).jailDir;
+  return jailLayout({ id, firecrackerBinary: canonical(firecracker), chrootBaseDir: canonical(jailer.chrootBaseDir ?? DEFAULT_CHROOT_BASE) }).jailDir;
+}
+
+/** Whether dir has the shape of VM id's jail (`<chroot base>/<exec name>/<id>`) under the jailer's chroot base. */
+export function isJailOf(dir: string, id: string, jailer: JailerChoice): boolean {
+  const base = canonical(jailer.chrootBaseDir ?? DEFAULT_CHROOT_BASE);
+  return path.isAbsolute(dir) && path.normalize(dir) === dir && path.basename(dir) === id && path.dirname(path.dirname(dir)) === base;
+}
+
+function canonical(p: string): string {
+  try {
+    return fs.realpathSync(p);
+  } catch {
+    return path.resolve(p);
+  }
 }
 
 export function backendFor(kind: VmmKind, accel: Accelerator, jailer?: JailerChoice): VmmBackend {

@@ -15,6 +15,7 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 import { DEFAULT_CHROOT_BASE, JailPlanner, jailerArgv, jailLayout, type JailerOptions } from '../../src/vmm/firecracker/jailer';
 import { jailedLaunch } from '../../src/vmm/firecracker/launch';
+import { isJailOf } from '../../src/vmm/select';
 
 const base: JailerOptions = { jailerBinary: '/usr/local/bin/jailer', firecrackerBinary: '/usr/local/bin/firecracker', id: '0123456789ab', uid: 123, gid: 100 };
 
@@ -150,7 +151,7 @@ describe('jail layout', () => {
 });
 
 describe('jail ownership', () => {
-  it('hands what Firecracker writes (read-write drives) to the jail user, and nothing else', async () => {
+  it('hands what Firecracker writes (read-write drives) to the jail user, and nothing else', { skip: process.getuid?.() === 0 ? false : 'needs root (chowns to the jail user)' }, async () => {
     const base = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-jail-'));
     try {
       const fc = path.join(base, 'bin', 'firecracker');
@@ -173,6 +174,26 @@ describe('jail ownership', () => {
       assert.equal(owner(scratchInJail), '4242:4343');
       assert.equal(fs.statSync(scratch).ino, fs.statSync(path.join(launch.jail!.root, scratchInJail)).ino, 'the writable disk is the same file, linked');
       assert.equal(owner(kernelInJail), `${process.getuid!()}:${process.getgid!()}`);
+    } finally {
+      fs.rmSync(base, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('the jail a record names', () => {
+  it('is removed only when it has the shape of that VM\'s jail under the chroot base', () => {
+    const base = fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-jb-')));
+    try {
+      const jailer = { uid: 1, gid: 1, chrootBaseDir: base };
+      // Made by an older binary: its name is in the record, whatever binary is installed now.
+      assert.equal(isJailOf(path.join(base, 'firecracker-v1.15.0-x86_64', 'aaaa11112222'), 'aaaa11112222', jailer), true);
+      for (const dir of [
+        path.join(base, 'firecracker', 'bbbb11112222'),
+        path.join(base, 'aaaa11112222'),
+        `${base}/firecracker/../../etc/aaaa11112222`,
+        '/etc/firecracker/aaaa11112222',
+        'relative/firecracker/aaaa11112222',
+      ]) assert.equal(isJailOf(dir, 'aaaa11112222', jailer), false, dir);
     } finally {
       fs.rmSync(base, { recursive: true, force: true });
     }
