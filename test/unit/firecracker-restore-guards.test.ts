@@ -9,7 +9,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { FirecrackerBackend } from '../../src/vmm/firecracker/backend';
 import { linkIntoJail } from '../../src/vmm/firecracker/launch';
-import { uffdAccessProblem } from '../../src/vmm/firecracker/uffd-access';
+import { hasSysPtrace, uffdAccessProblem } from '../../src/vmm/firecracker/uffd-access';
 import { placeStandIns } from '../../src/vmm/firecracker/stand-ins';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -20,6 +20,14 @@ before(() => {
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
 describe('item 5: userfaultfd access for the Uffd backend', () => {
+  it('privileged means CAP_SYS_PTRACE in CapEff, not euid 0 (a container may drop it)', () => {
+    assert.equal(hasSysPtrace('Name:\tnode\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n'), true, 'full root set');
+    // Docker's default capability set: root in the container, without CAP_SYS_PTRACE (bit 19).
+    assert.equal(hasSysPtrace('Uid:\t0\t0\t0\t0\nCapEff:\t00000000a80425fb\n'), false);
+    assert.equal(hasSysPtrace('CapEff:\t0000000000080000\n'), true, 'CAP_SYS_PTRACE alone');
+    assert.equal(hasSysPtrace('no such line'), false);
+  });
+
   it('is fine with a read-write /dev/userfaultfd, as root outside a user namespace, or with vm.unprivileged_userfaultfd=1', () => {
     const device = path.join(dir, 'userfaultfd');
     const sysctl = path.join(dir, 'unprivileged_userfaultfd');

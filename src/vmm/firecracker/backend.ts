@@ -28,7 +28,7 @@ import { installedPaths, releaseArch } from './install';
 import type { JailerOptions } from './jailer';
 import { jailedLaunch, plainLaunch, type Launch } from './launch';
 import { checkKeptDrives, placeStandIns } from './stand-ins';
-import { uffdAccessProblem } from './uffd-access';
+import { hasSysPtrace, uffdAccessProblem } from './uffd-access';
 import {
   AGENT_VSOCK_PORT,
   bootSequence,
@@ -285,7 +285,7 @@ export class FirecrackerBackend implements VmmBackend {
       throw new ShoalError('restoring a snapshot under --jailer is not supported: the snapshot files and sockets would have to be placed in and moved out of the chroot for the jail\'s uid');
     }
     if (spec.memory.kind === 'uffd') {
-      const problem = uffdAccessProblem({ privileged: process.geteuid?.() === 0 && spec.net?.namespacePid === undefined });
+      const problem = uffdAccessProblem({ privileged: spec.net?.namespacePid === undefined && hasSysPtrace() });
       if (problem) throw new ShoalError(`cannot restore ${spec.id} with Firecracker: ${problem}`);
     }
     const recorded = new Map(spec.source.drives.map((d) => [d.id, d.path]));

@@ -13,7 +13,7 @@ import fs from 'node:fs';
 export interface UffdAccessOptions {
   device?: string;
   sysctl?: string;
-  /** The VMM runs as root in the initial user namespace (not in a slirp4netns namespace). */
+  /** The VMM has CAP_SYS_PTRACE in the initial user namespace (not in a slirp4netns namespace). */
   privileged: boolean;
 }
 
@@ -32,4 +32,26 @@ export function uffdAccessProblem(opts: UffdAccessOptions): string | null {
     /* no such sysctl: the syscall needs the capability */
   }
   return `the Uffd memory backend needs read-write access to ${device} (e.g. \`setfacl -m u:$USER:rw ${device}\`) or CAP_SYS_PTRACE, which a slirp4netns user namespace cannot give`;
+}
+
+/** capability(7) number of CAP_SYS_PTRACE. */
+const CAP_SYS_PTRACE = 19;
+
+/**
+ * Whether this process (and so the VMM it starts, which inherits its capabilities) holds
+ * CAP_SYS_PTRACE, read from CapEff in /proc/self/status: euid 0 does not imply it (a container
+ * may drop it, as Docker's default set does).
+ */
+export function hasSysPtrace(status: string = readStatus()): boolean {
+  const hex = /^CapEff:\s*([0-9a-f]+)\s*$/im.exec(status)?.[1];
+  if (!hex) return false;
+  return (BigInt(`0x${hex}`) >> BigInt(CAP_SYS_PTRACE)) & 1n ? true : false;
+}
+
+function readStatus(): string {
+  try {
+    return fs.readFileSync('/proc/self/status', 'utf8');
+  } catch {
+    return '';
+  }
 }
