@@ -84,3 +84,52 @@ test('vsock: the same host reconnecting after a snapshot gets no clone recovery;
     log: [],
   });
 });
+
+/**
+ * The main container across a Firecracker snapshot: the link is quiesced, the vsock transport is
+ * reset (the old connection dies), the host connects afresh and takes the container over
+ * (attach-persistent). What it wrote in between must reach the new follower, in order.
+ */
+const PERSISTENT_SCRIPT = `
+  const { Duplex } = require('node:stream');
+  const { serveSession } = require(${JSON.stringify(path.join(src, 'agent/session.js'))});
+  const { openAgentSession } = require(${JSON.stringify(path.join(src, 'host/agent-session.js'))});
+  const { request } = require(${JSON.stringify(path.join(src, 'host/exec-client.js'))});
+  const connections = [];
+  const vm = { connectAgent: async () => {
+    let hostEnd = null;
+    // Delivered on a later turn, as a socket would: a reply must not arrive inside the write that asked.
+    const guest = new Duplex({ read() {}, write(chunk, _e, cb) { setImmediate(() => hostEnd.push(chunk)); cb(); } });
+    hostEnd = new Duplex({ read() {}, write(chunk, _e, cb) { setImmediate(() => guest.push(chunk)); cb(); } });
+    serveSession(guest, () => undefined).on('close', () => guest.destroy());
+    connections.push(guest);
+    return hostEnd;
+  } };
+  const follow = (channel) => new Promise((resolve) => {
+    let out = '';
+    channel.setDataHandler((stream, data) => { if (stream === 1) out += data.toString(); });
+    channel.on('message', (m) => { if (m.type === 'exit') resolve({ out, code: m.code }); });
+    channel.on('close', () => resolve({ out, code: 'closed' }));
+  });
+  (async () => {
+    const first = await openAgentSession(vm, 5000, {});
+    const main = first.open({ kind: 'exec', argv: ['sh', '-c', 'echo before; read go; echo during-1; echo during-2; sleep 0.5; echo after'], stdin: true, persistent: true });
+    let seen = '';
+    main.setDataHandler((stream, data) => { if (stream === 1) seen += data.toString(); });
+    while (!seen.includes('before')) await new Promise((r) => setTimeout(r, 20));
+    await request(first, { kind: 'quiesce' });
+    // Quiesced: the container writes (the host's own writes still flow to it).
+    await main.write(0, Buffer.from('go\\n'));
+    await new Promise((r) => setTimeout(r, 300));
+    connections[0].destroy(); // Firecracker's reset: the old connection is gone
+    const second = await openAgentSession(vm, 5000, {});
+    const result = await follow(second.open({ kind: 'attach-persistent' }));
+    return { firstSaw: seen, ...result };
+  })().then((r) => { process.stdout.write(JSON.stringify(r)); process.exit(0); },
+    (e) => { process.stdout.write(JSON.stringify({ thrown: e.message })); process.exit(0); });`;
+
+test('vsock: what the main container writes between the quiesce and a new session\'s attach reaches the new follower, in order', () => {
+  const r = spawnSync(process.execPath, ['-e', PERSISTENT_SCRIPT], { encoding: 'utf8', timeout: 30_000 });
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), { firstSaw: 'before\n', out: 'during-1\nduring-2\nafter\n', code: 0 });
+});
