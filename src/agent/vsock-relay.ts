@@ -8,9 +8,10 @@
  * SHOAL_QEMU_AGENT_LINK=vsock-relay; see src/vmm/traits.ts).
  *
  * Firecracker's host side opens one vsock connection per host connect and resets them at a
- * restore, so the agent meets every new host on a new connection. The relay does the same: a
- * HELLO that is not a resume (a boot, a reconnect, a restored clone) closes the connection it
- * had and opens a new one; a host that goes away closes it. It reads the host's frames with the
+ * restore, so the agent meets every new host on a new connection. The relay does the same: the
+ * HELLO of a new session (a boot, a reconnect, a restored clone) closes the connection it had and
+ * opens a new one, while a retransmitted HELLO or a resume stays on it; a host that goes away
+ * closes it. It reads the host's frames with the
  * protocol's own decoder, so a HELLO inside a payload is never taken for one.
  */
 import type net from 'node:net';
@@ -32,6 +33,8 @@ export function startSerialRelay(log: (message: string) => void): void {
 
 class SerialVsockRelay {
   private connection: net.Socket | undefined;
+  /** The session the current connection serves (its host's HELLO), so a retransmission is not a new host. */
+  private session: string | undefined;
   /** Writes to the agent, in the order the host sent them, across the opening of connections. */
   private queue: Promise<void> = Promise.resolve();
   private readonly decoder: FrameDecoder;
@@ -52,10 +55,14 @@ class SerialVsockRelay {
 
   private fromHost(frame: Frame): void {
     if (frame.type === FrameType.Hello) {
-      const resume = isResume(frame.payload);
+      const hello = helloOf(frame.payload);
       const bytes = Buffer.concat([SYNC_MARKER, encodeFrame(frame.channel, frame.type, frame.payload)]);
       this.enqueue(async () => {
-        if (!resume || !this.connection) await this.openConnection();
+        // A host retransmits its HELLO until it is answered: the same session stays on its
+        // connection, as on Firecracker, where the retransmission travels the same stream.
+        const sameHost = hello.resume || (hello.session !== undefined && hello.session === this.session);
+        if (!sameHost || !this.connection) await this.openConnection();
+        if (!hello.resume) this.session = hello.session;
         this.connection?.write(bytes);
       });
       return;
@@ -92,13 +99,15 @@ class SerialVsockRelay {
   private closeConnection(): void {
     this.connection?.destroy();
     this.connection = undefined;
+    this.session = undefined;
   }
 }
 
-function isResume(payload: Buffer): boolean {
+function helloOf(payload: Buffer): { resume: boolean; session: string | undefined } {
   try {
-    return (JSON.parse(payload.toString('utf8')) as { resume?: unknown }).resume === true;
+    const hello = JSON.parse(payload.toString('utf8')) as { resume?: unknown; session?: unknown };
+    return { resume: hello.resume === true, session: typeof hello.session === 'string' ? hello.session : undefined };
   } catch {
-    return false;
+    return { resume: false, session: undefined };
   }
 }
