@@ -19,7 +19,10 @@ export class HostTerminal {
 
   constructor(sandbox: ShoalSandbox, args: string[], size: { cols: number; rows: number }) {
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-tty-'));
-    const script = `stty -g > ${this.dir}/before; "$0" "$@"; echo "SHOAL-EXIT=$?"; stty -g > ${this.dir}/after`;
+    // Each mode is written under a temporary name and renamed: a reader that finds the file finds
+    // it whole (the redirect creates it empty before stty has written; a test once read that).
+    const d = this.dir;
+    const script = `stty -g > ${d}/before.tmp && mv ${d}/before.tmp ${d}/before; "$0" "$@"; echo "SHOAL-EXIT=$?"; stty -g > ${d}/after.tmp && mv ${d}/after.tmp ${d}/after`;
     this.terminal = pty.spawn('/bin/sh', ['-c', script, SHOAL_BIN, ...args], {
       name: 'xterm',
       cols: size.cols,
