@@ -78,10 +78,7 @@ export interface RemoteProcess {
   close(): void;
 }
 
-export interface LogRecord {
-  stream: 'stdout' | 'stderr';
-  data: Buffer;
-}
+export type { LogRecord } from './log-reader';
 
 export interface SnapshotView {
   tag: string;
@@ -107,8 +104,8 @@ export interface Core {
   /** Kills and removes the VM (as `shoal rm -f`). */
   remove(id: string): Promise<void>;
   exec(id: string, spec: ExecSpec): Promise<RemoteProcess>;
-  /** Container log records from a byte offset of the log; returns the offset to continue from. */
-  logs(id: string, offset: number, maxBytes: number): { records: LogRecord[]; offset: number };
+  /** The path of the sandbox's container log (read with log-reader.ts: its bytes are the guest's). */
+  logFile(id: string): string;
   snapshot(id: string, tag: string): Promise<{ tag: string; pauseMs: number }>;
   snapshots(): SnapshotView[];
   removeSnapshot(tag: string): void;
@@ -190,9 +187,8 @@ export class ShoalCore implements Core {
     return new ChannelProcess(channel, () => client.close());
   }
 
-  logs(id: string, offset: number, maxBytes: number): { records: LogRecord[]; offset: number } {
-    const record = this.record(id);
-    return readLogFrom(vmFiles(this.store.vmDir(record.id)).containerLog, offset, maxBytes);
+  logFile(id: string): string {
+    return vmFiles(this.store.vmDir(this.record(id).id)).containerLog;
   }
 
   async snapshot(id: string, tag: string): Promise<{ tag: string; pauseMs: number }> {
@@ -358,44 +354,6 @@ function viewOf(record: VmRecord): VmView {
     memoryMiB: record.config.memoryMiB,
     createdAt: record.createdAt,
   };
-}
-
-/** Records of the container log (stream:u8 length:u32be bytes) from a byte offset, at most about maxBytes. */
-export function readLogFrom(file: string, offset: number, maxBytes: number): { records: LogRecord[]; offset: number } {
-  const records: LogRecord[] = [];
-  let fd: number;
-  try {
-    fd = fs.openSync(file, 'r');
-  } catch {
-    return { records, offset };
-  }
-  try {
-    const size = fs.fstatSync(fd).size;
-    const want = Math.min(size - offset, maxBytes + 5);
-    if (want <= 0) return { records, offset };
-    const buffer = Buffer.alloc(want);
-    const read = fs.readSync(fd, buffer, 0, want, offset);
-    let at = 0;
-    while (at + 5 <= read) {
-      const stream = buffer.readUInt8(at);
-      const length = buffer.readUInt32BE(at + 1);
-      if (at + 5 + length > read) {
-        if (at === 0 && length + 5 > want) {
-          // One record larger than the page: read it alone (the supervisor writes records of at most 1 MiB).
-          const big = Buffer.alloc(length);
-          fs.readSync(fd, big, 0, length, offset + 5);
-          records.push({ stream: stream === 2 ? 'stderr' : 'stdout', data: big });
-          at = 5 + length;
-        }
-        break;
-      }
-      records.push({ stream: stream === 2 ? 'stderr' : 'stdout', data: Buffer.from(buffer.subarray(at + 5, at + 5 + length)) });
-      at += 5 + length;
-    }
-    return { records, offset: offset + at };
-  } finally {
-    fs.closeSync(fd);
-  }
 }
 
 /** Runs the shoal CLI itself; its one-line error becomes a ShoalError. */

@@ -20,6 +20,7 @@ import { ShoalError } from '../util/errors';
 import type { Core, ExecSpec, RemoteProcess, VmView } from './core';
 import { ApiError, firstLine, toApiError, type ErrorCode } from './errors';
 import { readFacts, writeFacts, type ApiFacts } from './facts';
+import { LogFollower, readLog } from './log-reader';
 import { OutputCollector, ProcessTable, type ApiProcess, type ProcessLimits } from './processes';
 import type { EventRing, StoredEvent } from './ring';
 import * as S from './schemas';
@@ -360,13 +361,18 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
     const vm = vmOf((request.params as { id: string }).id);
     const follow = ['1', 'true'].includes((request.query as { follow?: string }).follow ?? '');
     if (!follow) {
-      const { records, offset } = core.logs(vm.id, 0, limits.execOutputCap);
-      const more = core.logs(vm.id, offset, 1).records.length > 0;
-      return { logs: records.map((r) => ({ stream: r.stream, data: r.data.toString('utf8') })), truncated: more };
+      const { records, more, error } = readLog(core.logFile(vm.id), limits.execOutputCap);
+      if (error !== undefined && records.length === 0) throw new ApiError('conflict', error);
+      return { logs: records.map((r) => ({ stream: r.stream, data: r.data.toString('utf8') })), truncated: more || error !== undefined };
     }
     reply.hijack();
     reply.raw.writeHead(200, SSE_HEADERS);
-    await followLogs(core, vm.id, reply.raw);
+    // undefined while the sandbox may still write; else the state it ended in.
+    const ended = (): string | undefined => {
+      const now = core.find(vm.id);
+      return now && ['running', 'starting', 'creating'].includes(now.status) ? undefined : now?.status ?? 'removed';
+    };
+    await followLogs(core.logFile(vm.id), ended, reply.raw);
     return reply;
   });
 
@@ -548,22 +554,41 @@ async function streamRing(res: ServerResponse, ring: EventRing, from: number): P
   if (!gone) res.end();
 }
 
-/** Follows the container log as SSE (ids are byte offsets) until the sandbox stops running. */
-async function followLogs(core: Core, id: string, res: ServerResponse): Promise<void> {
-  let offset = 0;
+/**
+ * Follows the container log as SSE until the sandbox stops running (ids count the records sent).
+ * The log is the guest's output: records are bounded and checked (log-reader.ts), a corrupt log
+ * ends the stream with an `error` event, and a slow client is waited for (drain), so neither a
+ * guest nor a client can make this server hold more than one read's worth per follower.
+ */
+export async function followLogs(file: string, isLive: () => string | undefined, res: ServerResponse, pollMs = 250): Promise<void> {
+  const follower = new LogFollower(file);
+  let count = 0;
   let gone = false;
-  res.once('close', () => { gone = true; });
-  while (!gone) {
-    const { records, offset: next } = core.logs(id, offset, 256 * 1024);
-    offset = next;
-    for (const r of records) res.write(`id: ${offset}\nevent: ${r.stream}\ndata: ${JSON.stringify({ data: r.data.toString('utf8') })}\n\n`);
-    if (records.length > 0) continue;
-    const vm = core.find(id);
-    if (!vm || (vm.status !== 'running' && vm.status !== 'starting' && vm.status !== 'creating')) {
-      res.write(`event: end\ndata: ${JSON.stringify({ state: vm?.status ?? 'removed' })}\n\n`);
-      break;
+  const closed = new Promise<void>((resolve) => res.once('close', () => { gone = true; resolve(); }));
+  try {
+    while (!gone) {
+      const { records, error } = follower.read(256 * 1024);
+      for (const r of records) {
+        if (gone) break;
+        count += 1;
+        if (!res.write(`id: ${count}\nevent: ${r.stream}\ndata: ${JSON.stringify({ data: r.data.toString('utf8') })}\n\n`)) {
+          await Promise.race([new Promise((resolve) => res.once('drain', resolve)), closed]);
+        }
+      }
+      if (error !== undefined) {
+        if (!gone) res.write(`event: error\ndata: ${JSON.stringify({ message: error })}\n\n`);
+        break;
+      }
+      if (records.length > 0) continue;
+      const ended = isLive();
+      if (ended !== undefined) {
+        if (!gone) res.write(`event: end\ndata: ${JSON.stringify({ state: ended })}\n\n`);
+        break;
+      }
+      await Promise.race([new Promise((resolve) => setTimeout(resolve, pollMs)), closed]);
     }
-    await new Promise((r) => setTimeout(r, 250));
+  } finally {
+    follower.close();
   }
   if (!gone) res.end();
 }

@@ -146,7 +146,7 @@ describe('serve, continued', () => {
     try {
       const headers = { authorization: `Bearer ${TOKEN}` };
       const vm = JSON.parse((await server.inject({ method: 'POST', url: '/v1/sandboxes', headers, payload: { image: 'busybox' } })).body) as { sandboxId: string };
-      core.logRecords = [{ stream: 'stdout', data: Buffer.from('one\n') }, { stream: 'stderr', data: Buffer.from('two\n') }];
+      core.writeLog(vm.sandboxId, [{ stream: 'stdout', data: Buffer.from('one\n') }, { stream: 'stderr', data: Buffer.from('two\n') }]);
       const plain = await server.inject({ method: 'GET', url: `/v1/sandboxes/${vm.sandboxId}/logs`, headers });
       assert.deepEqual(JSON.parse(plain.body), { logs: [{ stream: 'stdout', data: 'one\n' }, { stream: 'stderr', data: 'two\n' }], truncated: false });
       setTimeout(() => { core.vms.get(vm.sandboxId)!.status = 'stopped'; }, 300);
