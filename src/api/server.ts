@@ -20,6 +20,7 @@ import { ShoalError } from '../util/errors';
 import type { Core, ExecSpec, RemoteProcess, VmView } from './core';
 import { ApiError, firstLine, toApiError, type ErrorCode } from './errors';
 import { readFacts, writeFacts, type ApiFacts } from './facts';
+import { resolveArchiveImage } from './image-dirs';
 import { LogFollower, readLog } from './log-reader';
 import { OutputCollector, ProcessTable, type ApiProcess, type ProcessLimits } from './processes';
 import type { EventRing, StoredEvent } from './ring';
@@ -43,6 +44,8 @@ export interface ServerOptions {
   /** How often expired sandboxes are looked for (ms); 0: never. */
   sweepMs?: number;
   logger?: boolean;
+  /** Directories whose archives may be images (docker-archive:PATH, oci-archive:PATH); none by default. */
+  imageDirs?: readonly string[];
 }
 
 export const LIMITS = {
@@ -151,9 +154,12 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
         if (body[field] !== undefined) throw new ApiError('bad_request', `${field} cannot be given with snapshot (a clone is its snapshot's VM)`);
       }
       if (!core.snapshots().some((s) => s.tag === body.snapshot)) throw new ApiError('not_found', `no such snapshot: ${body.snapshot}`);
-    } else {
+    }
+    // Host archives only from the operator's image directories (image-dirs.ts), resolved here.
+    const image = body.image !== undefined ? resolveArchiveImage(body.image, options.imageDirs ?? []) : undefined;
+    if (image !== undefined) {
       try {
-        parseImage(body.image!);
+        parseImage(image);
         parsePublish(body.publish ?? []);
       } catch (err) {
         throw new ApiError('bad_request', firstLine((err as Error).message));
@@ -163,7 +169,7 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
     if (core.find(name)) throw new ApiError('conflict', `the name "${name}" is already in use`);
     const vm = await core.create({
       name,
-      ...(body.image !== undefined ? { image: body.image } : {}),
+      ...(image !== undefined ? { image } : {}),
       ...(body.snapshot !== undefined ? { snapshot: body.snapshot } : {}),
       cpus: body.cpus ?? 1,
       memoryMiB: body.memoryMiB ?? 1024,

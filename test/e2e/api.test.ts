@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
@@ -22,7 +23,7 @@ let url = '';
 let token = '';
 
 before(async () => {
-  serve = spawn(SHOAL_BIN, ['serve', '--listen', '127.0.0.1:0'], { env: cli.env(), stdio: ['ignore', 'pipe', 'pipe'] });
+  serve = spawn(SHOAL_BIN, ['serve', '--listen', '127.0.0.1:0', '--image-dir', path.dirname(image.file)], { env: cli.env(), stdio: ['ignore', 'pipe', 'pipe'] });
   serve.stderr!.on('data', () => undefined);
   const line = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('shoal serve did not start')), 20_000);
@@ -161,7 +162,7 @@ describe('shoal serve', { timeout: 600_000 }, () => {
   });
 
   it('shoal mcp over stdio: lists tools, creates, runs, forks', async () => {
-    const transport = new StdioClientTransport({ command: SHOAL_BIN, args: ['mcp'], env: cli.env() as Record<string, string>, stderr: 'ignore' });
+    const transport = new StdioClientTransport({ command: SHOAL_BIN, args: ['mcp', '--image-dir', path.dirname(image.file)], env: cli.env() as Record<string, string>, stderr: 'ignore' });
     const client = new Client({ name: 'e2e', version: '1' });
     await client.connect(transport);
     try {

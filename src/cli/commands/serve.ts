@@ -16,6 +16,26 @@ export interface ServeFlags {
   listen?: string;
   socket?: string;
   tokenFile?: string;
+  imageDir?: string[];
+}
+
+/** --image-dir values: each must be an existing directory (named once, resolved at start). */
+export function parseImageDirs(values: readonly string[] | undefined): string[] {
+  return (values ?? []).map((value) => {
+    const dir = path.resolve(value);
+    let st: fs.Stats;
+    try {
+      st = fs.statSync(dir);
+    } catch {
+      throw new ShoalError(`--image-dir ${dir} does not exist`);
+    }
+    if (!st.isDirectory()) throw new ShoalError(`--image-dir ${dir} is not a directory`);
+    return fs.realpathSync(dir);
+  });
+}
+
+function collect(value: string, previous: string[] = []): string[] {
+  return [...previous, value];
 }
 
 export function parseListen(value: string): { host: string; port: number } {
@@ -31,6 +51,7 @@ export function isLoopback(host: string): boolean {
 
 export async function serveCommand(flags: ServeFlags): Promise<number> {
   const store = new StateStore();
+  const imageDirs = parseImageDirs(flags.imageDir);
   const listen = parseListen(flags.listen ?? '127.0.0.1:7070');
   const tokenFile = path.resolve(flags.tokenFile ?? path.join(store.root, 'api-token'));
   // The token is what guards every route; it is always there (made when missing), so a listener
@@ -39,7 +60,7 @@ export async function serveCommand(flags: ServeFlags): Promise<number> {
   // Loaded here, not at the top: Fastify and the API's schemas are a tenth of a second of every
   // other command's start (a clone's, an exec's) otherwise.
   const [{ ShoalCore }, { buildServer }] = await Promise.all([import('../../api/core'), import('../../api/server')]);
-  const app = await buildServer(new ShoalCore(store), { token });
+  const app = await buildServer(new ShoalCore(store), { token, imageDirs });
   if (flags.socket) {
     const socket = path.resolve(flags.socket);
     if (fs.existsSync(socket)) {
@@ -75,6 +96,7 @@ export function registerServe(program: Command): void {
     .description('serve the HTTP API (sandboxes, processes, files, snapshots, fork) over the same VMs as the CLI')
     .option('--listen <host:port>', 'address to listen on (default 127.0.0.1:7070)')
     .option('--socket <path>', 'listen on this Unix socket (mode 0600) instead')
+    .option('--image-dir <dir>', 'a directory whose docker-archive/oci-archive files API clients may use as images (repeatable; default none)', collect)
     .option('--token-file <path>', 'the bearer token, created (mode 0600) when missing (default <state>/api-token)')
     .action(act((flags: ServeFlags) => serveCommand(flags)));
 }
