@@ -11,7 +11,7 @@ import type { Readable } from 'node:stream';
 import { SupervisorClient } from '../control/client';
 import type { FilesControlRequest } from '../control/messages';
 import { killVm } from '../lifecycle/stop';
-import { MAIN_CONTAINER } from '../container/podman-argv';
+import { MAIN_CONTAINER, podmanEnvArgs } from '../container/podman-argv';
 import { entriesOf, entryOf, filesCall, readFromChannel, writeToChannel } from '../host/files-client';
 import type { FileEntry } from '../protocol/files';
 import { STDERR, STDIN, STDOUT, type Channel } from '../protocol/mux';
@@ -139,11 +139,12 @@ export class ShoalCore implements Core {
   /** `shoal run -d`, the same command a user types, so every rule of `run` applies. */
   async create(spec: SandboxSpec): Promise<VmView> {
     if (spec.snapshot !== undefined) return this.clone(spec.snapshot, spec.name);
-    const args = ['run', '-d', '--name', spec.name, '--cpus', String(spec.cpus), '--memory', String(spec.memoryMiB), '--network', spec.network];
-    for (const [key, value] of Object.entries(spec.env)) args.push('-e', `${key}=${value}`);
+    // The env goes over stdin (--env-stdin), never in the child's argv: /proc/PID/cmdline is
+    // readable by every local user for the whole boot.
+    const args = ['run', '-d', '--env-stdin', '--name', spec.name, '--cpus', String(spec.cpus), '--memory', String(spec.memoryMiB), '--network', spec.network];
     for (const p of spec.publish) args.push('-p', p);
     args.push(spec.image!, '--', ...spec.cmd);
-    await runCli(this.store, args);
+    await runCli(this.store, args, JSON.stringify(spec.env));
     return viewOf(this.store.get(spec.name));
   }
 
@@ -176,9 +177,11 @@ export class ShoalCore implements Core {
       if (spec.tty) argv.push('--tty');
       if (spec.cwd !== undefined) argv.push('--workdir', spec.cwd);
       if (spec.user !== undefined) argv.push('--user', spec.user);
-      for (const [key, value] of Object.entries(spec.env)) argv.push('--env', `${key}=${value}`);
+      // Bare --env KEY with the value in podman's environment: no value in any argv.
+      const podmanEnv = podmanEnvArgs(spec.env);
+      argv.push(...podmanEnv.args);
       argv.push(MAIN_CONTAINER, ...spec.argv);
-      env = {};
+      env = podmanEnv.processEnv;
     } else if (spec.cwd !== undefined) {
       argv = ['env', '-C', spec.cwd, '--', ...spec.argv];
     }
@@ -357,12 +360,14 @@ function viewOf(record: VmRecord): VmView {
 }
 
 /** Runs the shoal CLI itself; its one-line error becomes a ShoalError. */
-function runCli(store: StateStore, args: string[], timeoutMs = 300_000): Promise<string> {
+function runCli(store: StateStore, args: string[], stdin: string, timeoutMs = 300_000): Promise<string> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [path.join(projectRoot(), 'dist', 'src', 'cli', 'main.js'), ...args], {
-      stdio: ['ignore', 'pipe', 'pipe'],
+      stdio: ['pipe', 'pipe', 'pipe'],
       env: { ...process.env, SHOAL_STATE_DIR: store.root, SHOAL_PROGRESS: '0' },
     });
+    child.stdin.on('error', () => undefined); // a child that failed before reading it
+    child.stdin.end(stdin);
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     let size = 0;
