@@ -96,7 +96,9 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
   app.addHook('onRequest', async (request) => {
     const header = request.headers.authorization;
     let given: string | undefined;
-    if (typeof header === 'string' && header.startsWith('Bearer ')) given = header.slice(7);
+    // The scheme is case-insensitive (RFC 7235), one or more spaces before the credentials.
+    const bearer = typeof header === 'string' ? /^bearer +(\S+) *$/i.exec(header) : null;
+    if (bearer) given = bearer[1];
     else if (request.method === 'GET') {
       const query = request.query as Record<string, unknown>;
       if (typeof query.access_token === 'string') given = query.access_token;
@@ -233,12 +235,19 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
       ...(body.cwd !== undefined ? { cwd: body.cwd } : {}),
       ...(body.user !== undefined ? { user: body.user } : {}),
     };
-    processes.checkRoom(vm.id);
+    // Checked and taken in one step, before the await: concurrent requests cannot all pass.
+    const slot = processes.reserve(vm.id);
     const streaming = (request.headers.accept ?? '').includes('text/event-stream');
     const collector = streaming ? undefined : new OutputCollector(limits.execOutputCap);
     const started = Date.now();
-    const remote = await core.exec(vm.id, spec);
-    const process = processes.add(vm.id, spec, remote, { ...(body.timeoutSec !== undefined ? { timeoutSec: body.timeoutSec } : {}), ...(collector ? { collector } : {}) });
+    let remote: RemoteProcess;
+    try {
+      remote = await core.exec(vm.id, spec);
+    } catch (err) {
+      slot.release();
+      throw err;
+    }
+    const process = processes.add(slot, spec, remote, { ...(body.timeoutSec !== undefined ? { timeoutSec: body.timeoutSec } : {}), ...(collector ? { collector } : {}) });
     if (streaming) {
       reply.hijack();
       reply.raw.writeHead(200, SSE_HEADERS);
@@ -542,7 +551,7 @@ function sseEvent(stored: StoredEvent): string {
  * goes. A slow client is waited for (drain); one that fell behind the ring is told how many
  * events it missed (event `gap`). The process never waits for a client.
  */
-async function streamRing(res: ServerResponse, ring: EventRing, from: number): Promise<void> {
+export async function streamRing(res: ServerResponse, ring: EventRing, from: number): Promise<void> {
   let cursor = from;
   let gone = false;
   const closed = new Promise<void>((resolve) => res.once('close', () => { gone = true; resolve(); }));
@@ -555,7 +564,9 @@ async function streamRing(res: ServerResponse, ring: EventRing, from: number): P
       if (!res.write(sseEvent(stored))) await Promise.race([new Promise((r) => res.once('drain', r)), closed]);
     }
     if (ring.closed && cursor >= ring.lastId) break;
-    await Promise.race([ring.waitAfter(cursor), closed]);
+    const wait = ring.waitAfter(cursor);
+    await Promise.race([wait.ready, closed]);
+    wait.cancel();
   }
   if (!gone) res.end();
 }
@@ -599,6 +610,51 @@ export async function followLogs(file: string, isLive: () => string | undefined,
   if (!gone) res.end();
 }
 
+export const PTY_INPUT_HIGH = 256 * 1024;
+const PTY_INPUT_LOW = 64 * 1024;
+
+/** Terminal input in order, at the guest's pace, with a bounded queue (see runPty). */
+export class PtyInput {
+  private queue: Array<{ target: RemoteProcess; data: Buffer }> = [];
+  private bytes = 0;
+  private writing = false;
+  private paused = false;
+
+  constructor(private readonly socket: Pick<WebSocket, 'pause' | 'resume'>) {}
+
+  get queuedBytes(): number {
+    return this.bytes;
+  }
+
+  push(target: RemoteProcess, data: Buffer): void {
+    this.queue.push({ target, data });
+    this.bytes += data.length;
+    if (this.bytes > PTY_INPUT_HIGH && !this.paused) {
+      this.paused = true;
+      this.socket.pause();
+    }
+    if (!this.writing) void this.pump();
+  }
+
+  private async pump(): Promise<void> {
+    this.writing = true;
+    while (this.queue.length > 0) {
+      const { target, data } = this.queue.shift()!;
+      try {
+        await target.writeStdin(data);
+      } catch {
+        // the terminal is gone: its end closes the socket
+      }
+      this.bytes -= data.length;
+      if (this.paused && this.bytes < PTY_INPUT_LOW) {
+        this.paused = false;
+        this.socket.resume();
+      }
+    }
+    this.writing = false;
+  }
+}
+
 /** A terminal over a WebSocket: binary frames both ways, text frames for resize, exit in the close reason. */
 async function runPty(core: Core, id: string, socket: WebSocket, options: { cols: number; rows: number; cmd: string }): Promise<void> {
   // Listen at once: what the client sends while the terminal is being set up (its first
@@ -607,9 +663,13 @@ async function runPty(core: Core, id: string, socket: WebSocket, options: { cols
   let earlyBytes = 0;
   let remote: RemoteProcess | undefined;
   let closed = false;
+  // Input goes to the terminal one write at a time (each waits for the guest's credit), so it
+  // keeps its order; what waits is bounded: past PTY_INPUT_HIGH the socket stops being read
+  // (TCP pushes back on the client) until the queue is below PTY_INPUT_LOW.
+  const input = new PtyInput(socket);
   const deliver = (target: RemoteProcess, data: Buffer, isBinary: boolean): void => {
     if (isBinary) {
-      void target.writeStdin(data);
+      input.push(target, data);
       return;
     }
     try {

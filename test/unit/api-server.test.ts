@@ -83,6 +83,13 @@ describe('auth', () => {
     await refused(401, 'DELETE', `/v1/sandboxes/${sandboxId}`, undefined, {});
   });
 
+  it('takes the Bearer scheme in any case (RFC 7235)', async () => {
+    for (const scheme of ['bearer', 'BEARER', 'BeArEr']) {
+      assert.equal((await send('GET', '/v1/sandboxes', undefined, { authorization: `${scheme} ${TOKEN}` })).status, 200, scheme);
+    }
+    assert.match(await refused(401, 'GET', '/v1/sandboxes', undefined, { authorization: `bearer ${TOKEN}x` }), /wrong token/);
+  });
+
   it('takes ?access_token= on GET (SSE, WebSocket) but not on other methods', async () => {
     assert.equal((await send('GET', `/v1/sandboxes?access_token=${TOKEN}`, undefined, {})).status, 200);
     await refused(401, 'POST', `/v1/sandboxes/${sandboxId}/timeout?access_token=${TOKEN}`, { timeoutSec: 5 }, {});
@@ -256,6 +263,19 @@ describe('processes', () => {
     await new Promise((r) => setTimeout(r, 200));
     assert.match(await refused(429, 'POST', `/v1/sandboxes/${sandboxId}/exec`, { cmd: 'true' }), /already runs 2 processes/);
     await Promise.all(slow);
+  });
+
+  it('the limit holds for requests that arrive together while exec is slow to start (check and reserve are one step)', async () => {
+    core.execDelayMs = 200;
+    try {
+      const results = await Promise.all(Array.from({ length: 5 }, () => send('POST', `/v1/sandboxes/${sandboxId}/exec`, { cmd: ['sleep', '0.3'] })));
+      const statuses = results.map((r) => r.status).sort();
+      assert.deepEqual(statuses, [200, 200, 429, 429, 429], results.map((r) => r.body).join('\n'));
+    } finally {
+      core.execDelayMs = 0;
+    }
+    // The slots were given back: the next one runs.
+    assert.equal((await send('POST', `/v1/sandboxes/${sandboxId}/exec`, { cmd: 'true' })).status, 200);
   });
 });
 
