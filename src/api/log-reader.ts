@@ -38,31 +38,41 @@ function openNoFollow(file: string): number | undefined {
 
 /**
  * Whole records from `fd` at `offset`, about `maxBytes` of them (at least one record if one is
- * complete). Reads in pieces of at most maxBytes + a header, plus one record of at most
- * CONTAINER_LOG_MAX_RECORD: memory is bounded whatever the file holds.
+ * complete). One read of at most maxBytes + a header, parsed in memory; a first record longer
+ * than that window is read alone (at most CONTAINER_LOG_MAX_RECORD): memory is bounded whatever
+ * the file holds. `partial`: the bytes at `next` are the start of a record not (yet) complete.
  */
 function readRecordsAt(fd: number, offset: number, maxBytes: number): { records: LogRecord[]; next: number; bytes: number; error?: string; partial: boolean } {
   const records: LogRecord[] = [];
   const size = fs.fstatSync(fd).size;
-  let at = offset;
+  const window = Math.min(size - offset, maxBytes + HEADER);
+  if (window <= 0) return { records, next: offset, bytes: 0, partial: false };
+  const buffer = Buffer.alloc(window);
+  const read = fs.readSync(fd, buffer, 0, window, offset);
+  let at = 0;
   let bytes = 0;
-  const header = Buffer.alloc(HEADER);
-  while (at < size && (records.length === 0 || bytes < maxBytes)) {
-    if (size - at < HEADER) return { records, next: at, bytes, partial: true };
-    if (fs.readSync(fd, header, 0, HEADER, at) < HEADER) return { records, next: at, bytes, partial: true };
-    const stream = header.readUInt8(0);
-    const length = header.readUInt32BE(1);
+  while (at < read) {
+    if (read - at < HEADER) return { records, next: offset + at, bytes, partial: true };
+    const stream = buffer.readUInt8(at);
+    const length = buffer.readUInt32BE(at + 1);
     if ((stream !== 1 && stream !== 2) || length > CONTAINER_LOG_MAX_RECORD) {
-      return { records, next: at, bytes, partial: false, error: `the container log is corrupt at byte ${at} (stream ${stream}, length ${length}): not a record the supervisor writes` };
+      return { records, next: offset + at, bytes, partial: false, error: `the container log is corrupt at byte ${offset + at} (stream ${stream}, length ${length}): not a record the supervisor writes` };
     }
-    if (size - at - HEADER < length) return { records, next: at, bytes, partial: true };
-    const data = Buffer.alloc(length);
-    if (length > 0 && fs.readSync(fd, data, 0, length, at + HEADER) < length) return { records, next: at, bytes, partial: true };
-    records.push({ stream: stream === 2 ? 'stderr' : 'stdout', data });
+    if (at + HEADER + length > read) {
+      // Past the window: either a record the file does not hold whole yet, or (first in the
+      // window) one longer than the window, read alone.
+      if (at > 0) return { records, next: offset + at, bytes, partial: false };
+      if (size - offset - HEADER < length) return { records, next: offset, bytes, partial: true };
+      const data = Buffer.alloc(length);
+      if (fs.readSync(fd, data, 0, length, offset + HEADER) < length) return { records, next: offset, bytes, partial: true };
+      records.push({ stream: stream === 2 ? 'stderr' : 'stdout', data });
+      return { records, next: offset + HEADER + length, bytes: length, partial: false };
+    }
+    records.push({ stream: stream === 2 ? 'stderr' : 'stdout', data: Buffer.from(buffer.subarray(at + HEADER, at + HEADER + length)) });
     bytes += length;
     at += HEADER + length;
   }
-  return { records, next: at, bytes, partial: false };
+  return { records, next: offset + at, bytes, partial: false };
 }
 
 /** The records of `file` from its start, about maxBytes of them; `more` if some were left. */
