@@ -180,7 +180,7 @@ describe('shoal serve', { timeout: 1_200_000 }, () => {
     await kids[1]!.kill();
   });
 
-  it('follows a flooding container\'s log across rotations: well-formed records, a stalled follower, serve\'s memory bounded', async () => {
+  it('follows a flooding container\'s log across rotations: well-formed records, a stalled follower, serve\'s memory bounded', async (t) => {
     // 0x0f-filled chunks: as a length field (after a rotation, at a stale offset) 0x0f0f0f0f is 241 MiB.
     const flood = await shoal.sandboxes.create({ image: image.ref, memoryMiB: 512, timeoutMs: 900_000, cmd: ['sh', '-c', 'i=0; while [ $i -lt 1500 ]; do head -c 16384 /dev/zero | tr "\\000" "\\017"; i=$((i+1)); done; sleep 3600'] });
     const baseline = rssKiB(serve.pid!);
@@ -224,6 +224,7 @@ describe('shoal serve', { timeout: 1_200_000 }, () => {
       reader.destroy();
       stalled.destroy();
     }
+    t.diagnostic(`reader: ${bytes} bytes in ${records} records; serve RSS ${Math.round(baseline / 1024)} MiB -> peak ${Math.round(peak / 1024)} MiB`);
     assert.deepEqual(bad, [], 'every event is a record of the container\'s bytes');
     assert.ok(bytes >= 12 * 1024 * 1024, `the reader saw ${bytes} bytes in ${records} records`);
     assert.ok(peak - baseline < 96 * 1024, `serve's RSS grew by ${Math.round((peak - baseline) / 1024)} MiB (from ${Math.round(baseline / 1024)} MiB)`);
