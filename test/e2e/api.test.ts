@@ -218,6 +218,8 @@ describe('shoal serve', { timeout: 1_200_000 }, () => {
         });
         reader.on('error', reject);
         reader.on('end', () => resolve());
+        // A follow that stops sending (a stale offset, a dead route) fails the count below instead of hanging.
+        setTimeout(resolve, deadline - Date.now()).unref();
       });
     } finally {
       clearInterval(sampler);
