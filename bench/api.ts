@@ -52,7 +52,7 @@ async function main(): Promise<void> {
   let serve: ChildProcess | undefined;
   try {
     const image = `docker-archive:${await buildBusyboxDockerArchive(path.join(stateDir, 'busybox.tar'))}`;
-    serve = spawn(SHOAL, ['serve', '--listen', '127.0.0.1:0'], { env: { ...process.env, SHOAL_STATE_DIR: stateDir, SHOAL_VMM: 'qemu' }, stdio: ['ignore', 'pipe', 'ignore'] });
+    serve = spawn(SHOAL, ['serve', '--listen', '127.0.0.1:0', '--image-dir', stateDir], { env: { ...process.env, SHOAL_STATE_DIR: stateDir, SHOAL_VMM: 'qemu' }, stdio: ['ignore', 'pipe', 'ignore'] });
     const line = await new Promise<string>((resolve) => serve!.stdout!.once('data', (d: Buffer) => resolve(d.toString())));
     const { url, tokenFile } = JSON.parse(line) as { url: string; tokenFile: string };
     const shoal = new Shoal({ baseUrl: url, token: fs.readFileSync(tokenFile, 'utf8').trim() });

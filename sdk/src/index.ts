@@ -1,7 +1,7 @@
 /**
  * @shoal/sdk: a client for `shoal serve`, with the names sandbox users know from E2B:
  *
- *   const shoal = new Shoal({ baseUrl: 'http://127.0.0.1:7070', token });
+ *   const shoal = new Shoal({ socketPath: '/run/shoal/api.sock', token }); // or baseUrl: 'http://127.0.0.1:7070'
  *   const sbx = await shoal.sandboxes.create({ image: 'docker.io/library/python:3.12-slim' });
  *   const result = await sbx.commands.run('python3 -c "print(6*7)"');
  *   await sbx.files.write('/work/a.txt', 'hello');
@@ -12,6 +12,7 @@
  * so the client and the server cannot drift apart silently.
  */
 import WebSocket from 'ws';
+import { unixFetch } from './unix';
 import type { components } from './openapi';
 import { readSse } from './sse';
 
@@ -24,8 +25,10 @@ type ExecBody = components['schemas']['Exec'];
 type ExecReply = components['schemas']['ExecResult'];
 
 export interface ShoalOptions {
-  /** e.g. http://127.0.0.1:7070 */
-  baseUrl: string;
+  /** e.g. http://127.0.0.1:7070 (a server started with --listen); give this or socketPath. */
+  baseUrl?: string;
+  /** The server's Unix socket, e.g. /run/shoal/api.sock (the default of `shoal serve` as root). */
+  socketPath?: string;
   token: string;
   /** Per-request timeout for calls that are not streams (ms); default 10 minutes (a VM boot under TCG is slow). */
   requestTimeoutMs?: number;
@@ -99,10 +102,21 @@ export interface CreateOptions {
 }
 
 class Http {
-  constructor(private readonly options: ShoalOptions) {}
+  constructor(private readonly options: ShoalOptions) {
+    if ((options.baseUrl === undefined) === (options.socketPath === undefined)) throw new TypeError('give exactly one of baseUrl and socketPath');
+  }
 
   get baseUrl(): string {
-    return this.options.baseUrl.replace(/\/$/, '');
+    // Over a Unix socket the URL only carries the path.
+    return (this.options.baseUrl ?? 'http://localhost').replace(/\/$/, '');
+  }
+
+  /** The WebSocket URL of a path (ws's ws+unix: form over a socket). */
+  wsUrl(path: string): URL {
+    if (this.options.socketPath !== undefined) return new URL(`ws+unix://${this.options.socketPath}:${path}`);
+    const url = new URL(`${this.baseUrl}${path}`);
+    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+    return url;
   }
 
   get token(): string {
@@ -119,7 +133,9 @@ class Http {
     const signal = init.signal ?? (init.stream ? undefined : AbortSignal.timeout(this.options.requestTimeoutMs ?? 600_000));
     const request: RequestInit & { duplex?: 'half' } = { method, headers, ...(body !== undefined ? { body } : {}), ...(signal ? { signal } : {}) };
     if (body !== undefined && typeof body === 'object' && Symbol.asyncIterator in (body as object)) request.duplex = 'half';
-    const response = await fetch(`${this.baseUrl}${path}`, request);
+    const response = this.options.socketPath !== undefined
+      ? await unixFetch(this.options.socketPath, `${this.baseUrl}${path}`, request)
+      : await fetch(`${this.baseUrl}${path}`, request);
     if (!response.ok) throw await apiError(response);
     return response;
   }
@@ -466,11 +482,8 @@ export class Pty {
 
   /** Opens a terminal in the sandbox; resolves once it is connected. */
   async create(options: PtyOptions): Promise<PtyHandle> {
-    const url = new URL(`${this.http.baseUrl}/v1/sandboxes/${enc(this.sandboxId)}/pty`);
-    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
-    url.searchParams.set('cols', String(options.cols));
-    url.searchParams.set('rows', String(options.rows));
-    if (options.cmd) url.searchParams.set('cmd', options.cmd);
+    const query = new URLSearchParams({ cols: String(options.cols), rows: String(options.rows), ...(options.cmd ? { cmd: options.cmd } : {}) });
+    const url = this.http.wsUrl(`/v1/sandboxes/${enc(this.sandboxId)}/pty?${query.toString()}`);
     const socket = new WebSocket(url, { headers: { authorization: `Bearer ${this.http.token}` }, maxPayload: 4 * 1024 * 1024 });
     await new Promise<void>((resolve, reject) => {
       socket.once('open', () => resolve());

@@ -1273,7 +1273,7 @@ export interface components {
             };
         };
         CreateSandbox: {
-            /** @description What `shoal run` accepts: a registry reference, docker-archive:PATH or oci-archive:PATH. */
+            /** @description A registry reference, or docker-archive:PATH / oci-archive:PATH of a file under one of the server's --image-dir directories (PATH absolute or relative to such a directory). */
             image?: string;
             snapshot?: string;
             name?: string;

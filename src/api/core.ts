@@ -11,7 +11,7 @@ import type { Readable } from 'node:stream';
 import { SupervisorClient } from '../control/client';
 import type { FilesControlRequest } from '../control/messages';
 import { killVm } from '../lifecycle/stop';
-import { MAIN_CONTAINER } from '../container/podman-argv';
+import { MAIN_CONTAINER, podmanEnvArgs } from '../container/podman-argv';
 import { entriesOf, entryOf, filesCall, readFromChannel, writeToChannel } from '../host/files-client';
 import type { FileEntry } from '../protocol/files';
 import { STDERR, STDIN, STDOUT, type Channel } from '../protocol/mux';
@@ -78,10 +78,7 @@ export interface RemoteProcess {
   close(): void;
 }
 
-export interface LogRecord {
-  stream: 'stdout' | 'stderr';
-  data: Buffer;
-}
+export type { LogRecord } from './log-reader';
 
 export interface SnapshotView {
   tag: string;
@@ -107,8 +104,8 @@ export interface Core {
   /** Kills and removes the VM (as `shoal rm -f`). */
   remove(id: string): Promise<void>;
   exec(id: string, spec: ExecSpec): Promise<RemoteProcess>;
-  /** Container log records from a byte offset of the log; returns the offset to continue from. */
-  logs(id: string, offset: number, maxBytes: number): { records: LogRecord[]; offset: number };
+  /** The path of the sandbox's container log (read with log-reader.ts: its bytes are the guest's). */
+  logFile(id: string): string;
   snapshot(id: string, tag: string): Promise<{ tag: string; pauseMs: number }>;
   snapshots(): SnapshotView[];
   removeSnapshot(tag: string): void;
@@ -142,11 +139,12 @@ export class ShoalCore implements Core {
   /** `shoal run -d`, the same command a user types, so every rule of `run` applies. */
   async create(spec: SandboxSpec): Promise<VmView> {
     if (spec.snapshot !== undefined) return this.clone(spec.snapshot, spec.name);
-    const args = ['run', '-d', '--name', spec.name, '--cpus', String(spec.cpus), '--memory', String(spec.memoryMiB), '--network', spec.network];
-    for (const [key, value] of Object.entries(spec.env)) args.push('-e', `${key}=${value}`);
+    // The env goes over stdin (--env-stdin), never in the child's argv: /proc/PID/cmdline is
+    // readable by every local user for the whole boot.
+    const args = ['run', '-d', '--env-stdin', '--name', spec.name, '--cpus', String(spec.cpus), '--memory', String(spec.memoryMiB), '--network', spec.network];
     for (const p of spec.publish) args.push('-p', p);
     args.push(spec.image!, '--', ...spec.cmd);
-    await runCli(this.store, args);
+    await runCli(this.store, args, JSON.stringify(spec.env));
     return viewOf(this.store.get(spec.name));
   }
 
@@ -179,9 +177,11 @@ export class ShoalCore implements Core {
       if (spec.tty) argv.push('--tty');
       if (spec.cwd !== undefined) argv.push('--workdir', spec.cwd);
       if (spec.user !== undefined) argv.push('--user', spec.user);
-      for (const [key, value] of Object.entries(spec.env)) argv.push('--env', `${key}=${value}`);
+      // Bare --env KEY with the value in podman's environment: no value in any argv.
+      const podmanEnv = podmanEnvArgs(spec.env);
+      argv.push(...podmanEnv.args);
       argv.push(MAIN_CONTAINER, ...spec.argv);
-      env = {};
+      env = podmanEnv.processEnv;
     } else if (spec.cwd !== undefined) {
       argv = ['env', '-C', spec.cwd, '--', ...spec.argv];
     }
@@ -190,9 +190,8 @@ export class ShoalCore implements Core {
     return new ChannelProcess(channel, () => client.close());
   }
 
-  logs(id: string, offset: number, maxBytes: number): { records: LogRecord[]; offset: number } {
-    const record = this.record(id);
-    return readLogFrom(vmFiles(this.store.vmDir(record.id)).containerLog, offset, maxBytes);
+  logFile(id: string): string {
+    return vmFiles(this.store.vmDir(this.record(id).id)).containerLog;
   }
 
   async snapshot(id: string, tag: string): Promise<{ tag: string; pauseMs: number }> {
@@ -360,51 +359,15 @@ function viewOf(record: VmRecord): VmView {
   };
 }
 
-/** Records of the container log (stream:u8 length:u32be bytes) from a byte offset, at most about maxBytes. */
-export function readLogFrom(file: string, offset: number, maxBytes: number): { records: LogRecord[]; offset: number } {
-  const records: LogRecord[] = [];
-  let fd: number;
-  try {
-    fd = fs.openSync(file, 'r');
-  } catch {
-    return { records, offset };
-  }
-  try {
-    const size = fs.fstatSync(fd).size;
-    const want = Math.min(size - offset, maxBytes + 5);
-    if (want <= 0) return { records, offset };
-    const buffer = Buffer.alloc(want);
-    const read = fs.readSync(fd, buffer, 0, want, offset);
-    let at = 0;
-    while (at + 5 <= read) {
-      const stream = buffer.readUInt8(at);
-      const length = buffer.readUInt32BE(at + 1);
-      if (at + 5 + length > read) {
-        if (at === 0 && length + 5 > want) {
-          // One record larger than the page: read it alone (the supervisor writes records of at most 1 MiB).
-          const big = Buffer.alloc(length);
-          fs.readSync(fd, big, 0, length, offset + 5);
-          records.push({ stream: stream === 2 ? 'stderr' : 'stdout', data: big });
-          at = 5 + length;
-        }
-        break;
-      }
-      records.push({ stream: stream === 2 ? 'stderr' : 'stdout', data: Buffer.from(buffer.subarray(at + 5, at + 5 + length)) });
-      at += 5 + length;
-    }
-    return { records, offset: offset + at };
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
 /** Runs the shoal CLI itself; its one-line error becomes a ShoalError. */
-function runCli(store: StateStore, args: string[], timeoutMs = 300_000): Promise<string> {
+function runCli(store: StateStore, args: string[], stdin: string, timeoutMs = 300_000): Promise<string> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [path.join(projectRoot(), 'dist', 'src', 'cli', 'main.js'), ...args], {
-      stdio: ['ignore', 'pipe', 'pipe'],
+      stdio: ['pipe', 'pipe', 'pipe'],
       env: { ...process.env, SHOAL_STATE_DIR: store.root, SHOAL_PROGRESS: '0' },
     });
+    child.stdin.on('error', () => undefined); // a child that failed before reading it
+    child.stdin.end(stdin);
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     let size = 0;

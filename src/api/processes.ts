@@ -117,18 +117,43 @@ export interface ProcessInfo {
   startedAt: string;
 }
 
+/** Room for one process, taken before its (slow) start: add() uses it, release() gives it back. */
+export interface ProcessSlot {
+  readonly sandboxId: string;
+  release(): void;
+}
+
 export class ProcessTable {
   private readonly bySandbox = new Map<string, { next: number; processes: Map<number, ApiProcess> }>();
+  /** Processes being started (room taken, not yet added), per sandbox. */
+  private readonly starting = new Map<string, number>();
 
   constructor(private readonly limits: ProcessLimits = DEFAULT_PROCESS_LIMITS) {}
 
-  /** Refuses a new process when the sandbox already runs as many as allowed. */
-  checkRoom(sandboxId: string): void {
-    const running = this.list(sandboxId).filter((p) => p.running).length;
+  /**
+   * Takes room for a new process, or refuses when the sandbox already runs (or is starting) as
+   * many as allowed. Synchronous: the check and the taking cannot be split by another request.
+   */
+  reserve(sandboxId: string): ProcessSlot {
+    const running = this.list(sandboxId).filter((p) => p.running).length + (this.starting.get(sandboxId) ?? 0);
     if (running >= this.limits.maxRunning) throw new ApiError('too_many_requests', `sandbox ${sandboxId} already runs ${running} processes (the limit)`);
+    this.starting.set(sandboxId, (this.starting.get(sandboxId) ?? 0) + 1);
+    let held = true;
+    return {
+      sandboxId,
+      release: () => {
+        if (!held) return;
+        held = false;
+        const left = (this.starting.get(sandboxId) ?? 1) - 1;
+        if (left > 0) this.starting.set(sandboxId, left);
+        else this.starting.delete(sandboxId);
+      },
+    };
   }
 
-  add(sandboxId: string, spec: ExecSpec, remote: RemoteProcess, options: { timeoutSec?: number; collector?: OutputCollector }): ApiProcess {
+  add(slot: ProcessSlot, spec: ExecSpec, remote: RemoteProcess, options: { timeoutSec?: number; collector?: OutputCollector }): ApiProcess {
+    const sandboxId = slot.sandboxId;
+    slot.release();
     let entry = this.bySandbox.get(sandboxId);
     if (!entry) {
       entry = { next: 1, processes: new Map() };

@@ -74,9 +74,20 @@ export class EventRing {
     return { events: this.events.filter((e) => e.id > id), missed };
   }
 
-  /** Resolves when an event after `id` exists or the ring is closed. */
-  waitAfter(id: number): Promise<void> {
-    if (this.lastId > id || this.closedFlag) return Promise.resolve();
-    return new Promise((resolve) => this.waiters.push(resolve));
+  /**
+   * Resolves when an event after `id` exists or the ring is closed. `cancel` removes the waiter
+   * (a client that went away while its process idles must not leave one behind).
+   */
+  waitAfter(id: number): { ready: Promise<void>; cancel: () => void } {
+    if (this.lastId > id || this.closedFlag) return { ready: Promise.resolve(), cancel: () => undefined };
+    let wake: () => void = () => undefined;
+    const ready = new Promise<void>((resolve) => { wake = resolve; });
+    this.waiters.push(wake);
+    return { ready, cancel: () => { this.waiters = this.waiters.filter((w) => w !== wake); } };
+  }
+
+  /** Waiters not yet woken (for tests: each gone reader must have removed its own). */
+  get waiting(): number {
+    return this.waiters.length;
   }
 }

@@ -21,7 +21,7 @@ export const TimeoutSec = Type.Integer({ minimum: 1, maximum: 86_400 });
 
 export const CreateSandbox = Type.Object(
   {
-    image: Type.Optional(Type.String({ minLength: 1, maxLength: 4096, description: 'What `shoal run` accepts: a registry reference, docker-archive:PATH or oci-archive:PATH.' })),
+    image: Type.Optional(Type.String({ minLength: 1, maxLength: 4096, description: 'A registry reference, or docker-archive:PATH / oci-archive:PATH of a file under one of the server\'s --image-dir directories (PATH absolute or relative to such a directory).' })),
     snapshot: Type.Optional(Tag),
     name: Type.Optional(Name),
     cpus: Type.Optional(Type.Integer({ minimum: 1, maximum: 64, description: 'vCPUs (default 1)' })),

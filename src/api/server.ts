@@ -20,6 +20,8 @@ import { ShoalError } from '../util/errors';
 import type { Core, ExecSpec, RemoteProcess, VmView } from './core';
 import { ApiError, firstLine, toApiError, type ErrorCode } from './errors';
 import { readFacts, writeFacts, type ApiFacts } from './facts';
+import { resolveArchiveImage } from './image-dirs';
+import { LogFollower, readLog } from './log-reader';
 import { OutputCollector, ProcessTable, type ApiProcess, type ProcessLimits } from './processes';
 import type { EventRing, StoredEvent } from './ring';
 import * as S from './schemas';
@@ -42,6 +44,8 @@ export interface ServerOptions {
   /** How often expired sandboxes are looked for (ms); 0: never. */
   sweepMs?: number;
   logger?: boolean;
+  /** Directories whose archives may be images (docker-archive:PATH, oci-archive:PATH); none by default. */
+  imageDirs?: readonly string[];
 }
 
 export const LIMITS = {
@@ -92,7 +96,9 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
   app.addHook('onRequest', async (request) => {
     const header = request.headers.authorization;
     let given: string | undefined;
-    if (typeof header === 'string' && header.startsWith('Bearer ')) given = header.slice(7);
+    // The scheme is case-insensitive (RFC 7235), one or more spaces before the credentials.
+    const bearer = typeof header === 'string' ? /^bearer +(\S+) *$/i.exec(header) : null;
+    if (bearer) given = bearer[1];
     else if (request.method === 'GET') {
       const query = request.query as Record<string, unknown>;
       if (typeof query.access_token === 'string') given = query.access_token;
@@ -150,9 +156,12 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
         if (body[field] !== undefined) throw new ApiError('bad_request', `${field} cannot be given with snapshot (a clone is its snapshot's VM)`);
       }
       if (!core.snapshots().some((s) => s.tag === body.snapshot)) throw new ApiError('not_found', `no such snapshot: ${body.snapshot}`);
-    } else {
+    }
+    // Host archives only from the operator's image directories (image-dirs.ts), resolved here.
+    const image = body.image !== undefined ? resolveArchiveImage(body.image, options.imageDirs ?? []) : undefined;
+    if (image !== undefined) {
       try {
-        parseImage(body.image!);
+        parseImage(image);
         parsePublish(body.publish ?? []);
       } catch (err) {
         throw new ApiError('bad_request', firstLine((err as Error).message));
@@ -162,7 +171,7 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
     if (core.find(name)) throw new ApiError('conflict', `the name "${name}" is already in use`);
     const vm = await core.create({
       name,
-      ...(body.image !== undefined ? { image: body.image } : {}),
+      ...(image !== undefined ? { image } : {}),
       ...(body.snapshot !== undefined ? { snapshot: body.snapshot } : {}),
       cpus: body.cpus ?? 1,
       memoryMiB: body.memoryMiB ?? 1024,
@@ -226,12 +235,19 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
       ...(body.cwd !== undefined ? { cwd: body.cwd } : {}),
       ...(body.user !== undefined ? { user: body.user } : {}),
     };
-    processes.checkRoom(vm.id);
+    // Checked and taken in one step, before the await: concurrent requests cannot all pass.
+    const slot = processes.reserve(vm.id);
     const streaming = (request.headers.accept ?? '').includes('text/event-stream');
     const collector = streaming ? undefined : new OutputCollector(limits.execOutputCap);
     const started = Date.now();
-    const remote = await core.exec(vm.id, spec);
-    const process = processes.add(vm.id, spec, remote, { ...(body.timeoutSec !== undefined ? { timeoutSec: body.timeoutSec } : {}), ...(collector ? { collector } : {}) });
+    let remote: RemoteProcess;
+    try {
+      remote = await core.exec(vm.id, spec);
+    } catch (err) {
+      slot.release();
+      throw err;
+    }
+    const process = processes.add(slot, spec, remote, { ...(body.timeoutSec !== undefined ? { timeoutSec: body.timeoutSec } : {}), ...(collector ? { collector } : {}) });
     if (streaming) {
       reply.hijack();
       reply.raw.writeHead(200, SSE_HEADERS);
@@ -360,13 +376,18 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
     const vm = vmOf((request.params as { id: string }).id);
     const follow = ['1', 'true'].includes((request.query as { follow?: string }).follow ?? '');
     if (!follow) {
-      const { records, offset } = core.logs(vm.id, 0, limits.execOutputCap);
-      const more = core.logs(vm.id, offset, 1).records.length > 0;
-      return { logs: records.map((r) => ({ stream: r.stream, data: r.data.toString('utf8') })), truncated: more };
+      const { records, more, error } = readLog(core.logFile(vm.id), limits.execOutputCap);
+      if (error !== undefined && records.length === 0) throw new ApiError('conflict', error);
+      return { logs: records.map((r) => ({ stream: r.stream, data: r.data.toString('utf8') })), truncated: more || error !== undefined };
     }
     reply.hijack();
     reply.raw.writeHead(200, SSE_HEADERS);
-    await followLogs(core, vm.id, reply.raw);
+    // undefined while the sandbox may still write; else the state it ended in.
+    const ended = (): string | undefined => {
+      const now = core.find(vm.id);
+      return now && ['running', 'starting', 'creating'].includes(now.status) ? undefined : now?.status ?? 'removed';
+    };
+    await followLogs(core.logFile(vm.id), ended, reply.raw);
     return reply;
   });
 
@@ -530,7 +551,7 @@ function sseEvent(stored: StoredEvent): string {
  * goes. A slow client is waited for (drain); one that fell behind the ring is told how many
  * events it missed (event `gap`). The process never waits for a client.
  */
-async function streamRing(res: ServerResponse, ring: EventRing, from: number): Promise<void> {
+export async function streamRing(res: ServerResponse, ring: EventRing, from: number): Promise<void> {
   let cursor = from;
   let gone = false;
   const closed = new Promise<void>((resolve) => res.once('close', () => { gone = true; resolve(); }));
@@ -543,29 +564,95 @@ async function streamRing(res: ServerResponse, ring: EventRing, from: number): P
       if (!res.write(sseEvent(stored))) await Promise.race([new Promise((r) => res.once('drain', r)), closed]);
     }
     if (ring.closed && cursor >= ring.lastId) break;
-    await Promise.race([ring.waitAfter(cursor), closed]);
+    const wait = ring.waitAfter(cursor);
+    await Promise.race([wait.ready, closed]);
+    wait.cancel();
   }
   if (!gone) res.end();
 }
 
-/** Follows the container log as SSE (ids are byte offsets) until the sandbox stops running. */
-async function followLogs(core: Core, id: string, res: ServerResponse): Promise<void> {
-  let offset = 0;
+/**
+ * Follows the container log as SSE until the sandbox stops running (ids count the records sent).
+ * The log is the guest's output: records are bounded and checked (log-reader.ts), a corrupt log
+ * ends the stream with an `error` event, and a slow client is waited for (drain), so neither a
+ * guest nor a client can make this server hold more than one read's worth per follower.
+ */
+export async function followLogs(file: string, isLive: () => string | undefined, res: ServerResponse, pollMs = 250): Promise<void> {
+  const follower = new LogFollower(file);
+  let count = 0;
   let gone = false;
-  res.once('close', () => { gone = true; });
-  while (!gone) {
-    const { records, offset: next } = core.logs(id, offset, 256 * 1024);
-    offset = next;
-    for (const r of records) res.write(`id: ${offset}\nevent: ${r.stream}\ndata: ${JSON.stringify({ data: r.data.toString('utf8') })}\n\n`);
-    if (records.length > 0) continue;
-    const vm = core.find(id);
-    if (!vm || (vm.status !== 'running' && vm.status !== 'starting' && vm.status !== 'creating')) {
-      res.write(`event: end\ndata: ${JSON.stringify({ state: vm?.status ?? 'removed' })}\n\n`);
-      break;
+  const closed = new Promise<void>((resolve) => res.once('close', () => { gone = true; resolve(); }));
+  try {
+    while (!gone) {
+      const { records, error } = follower.read(256 * 1024);
+      for (const r of records) {
+        if (gone) break;
+        count += 1;
+        if (!res.write(`id: ${count}\nevent: ${r.stream}\ndata: ${JSON.stringify({ data: r.data.toString('utf8') })}\n\n`)) {
+          await Promise.race([new Promise((resolve) => res.once('drain', resolve)), closed]);
+        }
+      }
+      if (error !== undefined) {
+        if (!gone) res.write(`event: error\ndata: ${JSON.stringify({ message: error })}\n\n`);
+        break;
+      }
+      if (records.length > 0) continue;
+      const ended = isLive();
+      if (ended !== undefined) {
+        if (!gone) res.write(`event: end\ndata: ${JSON.stringify({ state: ended })}\n\n`);
+        break;
+      }
+      await Promise.race([new Promise((resolve) => setTimeout(resolve, pollMs)), closed]);
     }
-    await new Promise((r) => setTimeout(r, 250));
+  } finally {
+    follower.close();
   }
   if (!gone) res.end();
+}
+
+export const PTY_INPUT_HIGH = 256 * 1024;
+const PTY_INPUT_LOW = 64 * 1024;
+
+/** Terminal input in order, at the guest's pace, with a bounded queue (see runPty). */
+export class PtyInput {
+  private queue: Array<{ target: RemoteProcess; data: Buffer }> = [];
+  private bytes = 0;
+  private writing = false;
+  private paused = false;
+
+  constructor(private readonly socket: Pick<WebSocket, 'pause' | 'resume'>) {}
+
+  get queuedBytes(): number {
+    return this.bytes;
+  }
+
+  push(target: RemoteProcess, data: Buffer): void {
+    this.queue.push({ target, data });
+    this.bytes += data.length;
+    if (this.bytes > PTY_INPUT_HIGH && !this.paused) {
+      this.paused = true;
+      this.socket.pause();
+    }
+    if (!this.writing) void this.pump();
+  }
+
+  private async pump(): Promise<void> {
+    this.writing = true;
+    while (this.queue.length > 0) {
+      const { target, data } = this.queue.shift()!;
+      try {
+        await target.writeStdin(data);
+      } catch {
+        // the terminal is gone: its end closes the socket
+      }
+      this.bytes -= data.length;
+      if (this.paused && this.bytes < PTY_INPUT_LOW) {
+        this.paused = false;
+        this.socket.resume();
+      }
+    }
+    this.writing = false;
+  }
 }
 
 /** A terminal over a WebSocket: binary frames both ways, text frames for resize, exit in the close reason. */
@@ -576,9 +663,13 @@ async function runPty(core: Core, id: string, socket: WebSocket, options: { cols
   let earlyBytes = 0;
   let remote: RemoteProcess | undefined;
   let closed = false;
+  // Input goes to the terminal one write at a time (each waits for the guest's credit), so it
+  // keeps its order; what waits is bounded: past PTY_INPUT_HIGH the socket stops being read
+  // (TCP pushes back on the client) until the queue is below PTY_INPUT_LOW.
+  const input = new PtyInput(socket);
   const deliver = (target: RemoteProcess, data: Buffer, isBinary: boolean): void => {
     if (isBinary) {
-      void target.writeStdin(data);
+      input.push(target, data);
       return;
     }
     try {

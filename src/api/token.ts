@@ -14,11 +14,28 @@ export function loadOrCreateToken(file: string): string {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new ShoalError(`cannot create the token file ${file}: ${(err as Error).message}`);
   }
-  const st = fs.lstatSync(file);
-  if (!st.isFile()) throw new ShoalError(`token file ${file} is not a regular file`);
-  if ((st.mode & 0o077) !== 0) throw new ShoalError(`token file ${file} is readable or writable by others (mode ${(st.mode & 0o777).toString(8)}): chmod 600 it`);
-  if (typeof process.getuid === 'function' && st.uid !== process.getuid()) throw new ShoalError(`token file ${file} belongs to another user`);
-  const token = fs.readFileSync(file, 'utf8').trim();
+  // One open, without following a link, and every check on that descriptor: the file cannot be
+  // swapped between the checks and the read.
+  let fd: number;
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new ShoalError(code === 'ELOOP' ? `token file ${file} is a symbolic link` : `cannot open the token file ${file}: ${(err as Error).message}`);
+  }
+  let token: string;
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile()) throw new ShoalError(`token file ${file} is not a regular file`);
+    if ((st.mode & 0o077) !== 0) throw new ShoalError(`token file ${file} is readable or writable by others (mode ${(st.mode & 0o777).toString(8)}): chmod 600 it`);
+    if (typeof process.getuid === 'function' && st.uid !== process.getuid()) throw new ShoalError(`token file ${file} belongs to another user`);
+    if (st.size > 4096) throw new ShoalError(`token file ${file} is larger than 4096 bytes: not a token`);
+    const buffer = Buffer.alloc(4096);
+    const read = fs.readSync(fd, buffer, 0, buffer.length, 0);
+    token = buffer.subarray(0, read).toString('utf8').trim();
+  } finally {
+    fs.closeSync(fd);
+  }
   if (token.length < 16) throw new ShoalError(`token file ${file} holds no token (at least 16 characters)`);
   if (!/^[\x21-\x7e]+$/.test(token)) throw new ShoalError(`token file ${file} holds characters that cannot travel in a header`);
   return token;

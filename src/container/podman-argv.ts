@@ -8,6 +8,33 @@ import { containerOptionArgv, type ContainerOptions } from './container-options'
 
 export const MAIN_CONTAINER = 'main';
 
+/**
+ * Names podman (and conmon, crun) read from their own environment: a container value for one of
+ * these cannot ride in podman's environment without changing how podman itself runs, so it
+ * stays in the argv as KEY=VALUE (visible only inside the VM, outside the container's PID
+ * namespace).
+ */
+const PODMAN_OWN_ENV = /^(PATH|HOME|USER|LOGNAME|SHELL|PWD|TMPDIR|TERM|TZ|LANG|LANGUAGE|LC_[A-Z_]+|LD_[A-Z_]+|XDG_[A-Z_]+|CONTAINERS_[A-Z_]+|PODMAN_[A-Z_]+|BUILDAH_[A-Z_]+|STORAGE_[A-Z_]+|REGISTRIES_CONFIG_PATH|NOTIFY_SOCKET|LISTEN_[A-Z_]+|DBUS_[A-Z_]+|GODEBUG|GOMAXPROCS|GOTRACEBACK|SSL_CERT_[A-Z_]+|HTTPS?_PROXY|https?_proxy|NO_PROXY|no_proxy|FTP_PROXY|ftp_proxy|ALL_PROXY|all_proxy)$/;
+
+/**
+ * The container's environment as podman options without the values: `--env KEY` (podman takes
+ * the value from its own environment) and the values in `processEnv`, for the agent to give the
+ * podman process. So a secret is not in any command line (/proc/PID/cmdline is world-readable).
+ */
+export function podmanEnvArgs(env: Record<string, string>): { args: string[]; processEnv: Record<string, string> } {
+  const args: string[] = [];
+  const processEnv: Record<string, string> = {};
+  for (const [key, value] of Object.entries(env)) {
+    if (PODMAN_OWN_ENV.test(key)) {
+      args.push('--env', `${key}=${value}`);
+    } else {
+      args.push('--env', key);
+      processEnv[key] = value;
+    }
+  }
+  return { args, processEnv };
+}
+
 export interface RunOptions {
   image: string;
   command: string[];
@@ -21,15 +48,17 @@ export interface RunOptions {
   container?: ContainerOptions;
 }
 
-export function podmanRunArgv(options: RunOptions): string[] {
+/** `podman run`'s argv, and the environment its process needs for the bare `--env KEY`s. */
+export function podmanRun(options: RunOptions): { argv: string[]; processEnv: Record<string, string> } {
   const argv = ['podman', 'run', '--name', MAIN_CONTAINER, '--network', 'host', '--pull', 'never', '--log-driver', 'none'];
   if (options.interactive) argv.push('--interactive');
   if (options.tty) argv.push('--tty');
   for (const volume of options.volumes ?? []) argv.push('--volume', `${volume.source}:${volume.target}${volume.readOnly ? ':ro' : ''}`);
   argv.push(...containerOptionArgv(options.container ?? {}));
-  for (const [key, value] of Object.entries(options.env)) argv.push('--env', `${key}=${value}`);
+  const env = podmanEnvArgs(options.env);
+  argv.push(...env.args);
   argv.push(options.image, ...options.command);
-  return argv;
+  return { argv, processEnv: env.processEnv };
 }
 
 export interface ExecOptions {
@@ -40,15 +69,17 @@ export interface ExecOptions {
   workdir?: string;
 }
 
-export function podmanExecArgv(command: string[], options: ExecOptions): string[] {
+/** `podman exec`'s argv, and the environment its process needs for the bare `--env KEY`s. */
+export function podmanExec(command: string[], options: ExecOptions): { argv: string[]; processEnv: Record<string, string> } {
   const argv = ['podman', 'exec'];
   if (options.interactive) argv.push('--interactive');
   if (options.tty) argv.push('--tty');
   if (options.user !== undefined) argv.push('--user', options.user);
   if (options.workdir !== undefined) argv.push('--workdir', options.workdir);
-  for (const [key, value] of Object.entries(options.env)) argv.push('--env', `${key}=${value}`);
+  const env = podmanEnvArgs(options.env);
+  argv.push(...env.args);
   argv.push(MAIN_CONTAINER, ...command);
-  return argv;
+  return { argv, processEnv: env.processEnv };
 }
 
 /** Returns once the main container runs; fails while it does not exist yet. */

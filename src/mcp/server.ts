@@ -17,9 +17,14 @@ type ToolResult = { content: Array<{ type: 'text'; text: string }>; isError?: bo
 
 const sandboxId = z.string().min(1).max(128).describe('the sandbox id (or name)');
 
-export async function buildMcpServer(core: Core): Promise<{ server: McpServer; api: FastifyInstance }> {
+export interface McpOptions {
+  /** Directories whose archives create_sandbox may use (as `shoal serve --image-dir`). */
+  imageDirs?: readonly string[];
+}
+
+export async function buildMcpServer(core: Core, options: McpOptions = {}): Promise<{ server: McpServer; api: FastifyInstance }> {
   const token = crypto.randomBytes(32).toString('hex');
-  const api = await buildServer(core, { token });
+  const api = await buildServer(core, { token, imageDirs: options.imageDirs ?? [] });
   const call = async (method: 'GET' | 'POST' | 'PUT' | 'DELETE', url: string, body?: unknown, raw?: Buffer): Promise<ToolResult> => {
     const headers: Record<string, string> = { authorization: `Bearer ${token}` };
     if (raw) headers['content-type'] = 'application/octet-stream';
@@ -43,7 +48,7 @@ export async function buildMcpServer(core: Core): Promise<{ server: McpServer; a
   server.registerTool('create_sandbox', {
     description: 'Create a sandbox: a microVM running a container of the image (idle, ready for commands), or a clone of a snapshot. Returns its JSON (sandboxId, state, expiresAt, ...).',
     inputSchema: {
-      image: z.string().optional().describe('a registry reference, docker-archive:PATH or oci-archive:PATH'),
+      image: z.string().optional().describe('a registry reference, or docker-archive:PATH / oci-archive:PATH of a file under one of the --image-dir directories'),
       snapshot: z.string().optional().describe('create a clone of this snapshot instead'),
       cpus: z.number().int().optional(),
       memoryMiB: z.number().int().optional(),
@@ -97,8 +102,8 @@ function stripUndefined(value: Record<string, unknown>): Record<string, unknown>
 }
 
 /** Serves MCP on the given transport (stdio by default) until it closes. */
-export async function serveMcp(core: Core, transport: Transport = new StdioServerTransport()): Promise<void> {
-  const { server, api } = await buildMcpServer(core);
+export async function serveMcp(core: Core, transport: Transport = new StdioServerTransport(), options: McpOptions = {}): Promise<void> {
+  const { server, api } = await buildMcpServer(core, options);
   const closed = new Promise<void>((resolve) => { transport.onclose = resolve; });
   await server.connect(transport);
   await Promise.race([closed, new Promise<void>((resolve) => process.stdin.once('end', resolve))]);

@@ -7,7 +7,7 @@
  * is kept (SHOAL_LOG_MAX_BYTES, see src/util/log-limit.ts). Reading streams record by record.
  */
 import fs from 'node:fs';
-import { logMaxBytes } from '../util/log-limit';
+import { CONTAINER_LOG_MAX_RECORD, logMaxBytes } from '../util/log-limit';
 
 export class ContainerLogWriter {
   private fd: number;
@@ -19,6 +19,14 @@ export class ContainerLogWriter {
   }
 
   append(stream: number, data: Buffer): void {
+    // Readers refuse a record longer than CONTAINER_LOG_MAX_RECORD: split what is longer.
+    for (let at = 0; at < data.length || (at === 0 && data.length === 0); at += CONTAINER_LOG_MAX_RECORD) {
+      this.appendRecord(stream, data.subarray(at, at + CONTAINER_LOG_MAX_RECORD));
+      if (data.length === 0) break;
+    }
+  }
+
+  private appendRecord(stream: number, data: Buffer): void {
     if (this.size >= this.maxBytes) this.rotate();
     const header = Buffer.allocUnsafe(5);
     header.writeUInt8(stream, 0);
@@ -66,6 +74,7 @@ function* readRecords(file: string): Generator<{ stream: number; data: Buffer }>
       while (offset + 5 <= pending.length) {
         const stream = pending.readUInt8(offset);
         const length = pending.readUInt32BE(offset + 1);
+        if (length > CONTAINER_LOG_MAX_RECORD) return; // not written by ContainerLogWriter: stop, allocate nothing
         if (offset + 5 + length > pending.length) break;
         yield { stream, data: pending.subarray(offset + 5, offset + 5 + length) };
         offset += 5 + length;

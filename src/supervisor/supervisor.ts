@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { loadAssets, type GuestAssets } from '../assets/setup';
 import { imageSourceOf, loadedImageFrom } from '../container/image-ref';
-import { MAIN_CONTAINER, podmanExecArgv, podmanLoadArgv, podmanPullArgv, podmanRunArgv, podmanWaitRunningArgv } from '../container/podman-argv';
+import { MAIN_CONTAINER, podmanExec, podmanLoadArgv, podmanPullArgv, podmanRun, podmanWaitRunningArgv } from '../container/podman-argv';
 import { execCollect, request } from '../host/exec-client';
 import { openAgentSession, type CloneIdentity } from '../host/agent-session';
 import { GatedStream } from '../protocol/gate';
@@ -432,20 +432,22 @@ export class Supervisor {
   private runMainContainer(image: string): Promise<number> {
     const agent = this.agent!;
     const { config } = this.record;
+    // The container's env values ride in podman's environment, not its argv (podmanRun).
+    const run = podmanRun({
+      image,
+      command: config.command,
+      env: config.env,
+      interactive: config.interactive,
+      tty: config.tty !== undefined,
+      volumes: this.directoryMaps.map((m) => ({ source: m.mountpoint, target: m.map.guest, readOnly: m.map.readOnly })),
+      ...(config.container ? { container: config.container } : {}),
+    });
     const channel = agent.open({
       kind: 'exec',
-      argv: podmanRunArgv({
-        image,
-        command: config.command,
-        env: config.env,
-        interactive: config.interactive,
-        tty: config.tty !== undefined,
-        volumes: this.directoryMaps.map((m) => ({ source: m.mountpoint, target: m.map.guest, readOnly: m.map.readOnly })),
-        ...(config.container ? { container: config.container } : {}),
-      }),
+      argv: run.argv,
       stdin: config.interactive,
       // podman hands its proxy variables on to the container (--http-proxy, on by default).
-      env: this.network.proxyEnv(),
+      env: { ...this.network.proxyEnv(), ...run.processEnv },
       ...(config.tty ? { tty: this.container.terminalSize ?? config.tty } : {}),
       // Survives a session reset: a clone restored from a snapshot keeps running its container.
       persistent: true,
@@ -532,10 +534,12 @@ export class Supervisor {
       return;
     }
     const { argv: command, env, interactive, tty, user, workdir } = req;
-    const argv = req.vm ? command : podmanExecArgv(command, { env, interactive, tty: tty !== undefined, ...(user !== undefined ? { user } : {}), ...(workdir !== undefined ? { workdir } : {}) });
-    const agentRequest: ExecRequest = { kind: 'exec', argv, stdin: interactive };
+    const podman = req.vm ? undefined : podmanExec(command, { env, interactive, tty: tty !== undefined, ...(user !== undefined ? { user } : {}), ...(workdir !== undefined ? { workdir } : {}) });
+    const agentRequest: ExecRequest = { kind: 'exec', argv: podman?.argv ?? command, stdin: interactive };
     if (tty) agentRequest.tty = tty;
+    // In the VM: the command's env; through podman: the values of its bare `--env KEY`s.
     if (req.vm) agentRequest.env = env;
+    else if (Object.keys(podman!.processEnv).length > 0) agentRequest.env = podman!.processEnv;
     // The agent enters the container directly (crun exec) when it can; argv is its fallback. The
     // direct path runs the container's own user and working directory, so an exec that asks for
     // others (-u, -w) goes through podman, which applies them.

@@ -11,3 +11,10 @@ export function logMaxBytes(env: NodeJS.ProcessEnv = process.env): number {
   if (raw === undefined || !/^\d+$/.test(raw)) return DEFAULT_LOG_MAX_BYTES;
   return Math.max(MIN_LOG_MAX_BYTES, Number(raw));
 }
+
+/**
+ * The largest record of a container log (stream:u8 length:u32be bytes): the writer splits
+ * longer data, so a reader refuses a length field above this instead of allocating it (the
+ * file holds what a guest sent; a torn or misaligned read would otherwise be believed).
+ */
+export const CONTAINER_LOG_MAX_RECORD = 1024 * 1024;

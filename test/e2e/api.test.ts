@@ -5,7 +5,9 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
+import http from 'node:http';
 import fs from 'node:fs';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
@@ -14,26 +16,44 @@ import { busyboxImageForFile } from '../helpers/images';
 import { SHOAL_BIN, ShoalSandbox, waitUntil } from '../helpers/shoal-cli';
 
 const image = busyboxImageForFile();
+const LOG_MAX_BYTES = 64 * 1024;
+
+/** serve's resident memory (kB), from /proc. */
+function rssKiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) : 0;
+}
+
+/** GET over the socket, the response left to the caller (to read it, or to stall it). */
+function getStream(pathAndQuery: string): Promise<http.IncomingMessage> {
+  return new Promise((resolve, reject) => {
+    const request = http.get({ socketPath, path: pathAndQuery, headers: { authorization: `Bearer ${token}` } }, resolve);
+    request.on('error', reject);
+  });
+}
 const cli = new ShoalSandbox('api');
 let serve: ChildProcess;
 let shoal: Shoal;
 let sbx: Sandbox;
-let url = '';
+let socketPath = '';
 let token = '';
 
 before(async () => {
-  serve = spawn(SHOAL_BIN, ['serve', '--listen', '127.0.0.1:0'], { env: cli.env(), stdio: ['ignore', 'pipe', 'pipe'] });
+  // The Unix socket (the default is /run/shoal/api.sock as root; the test keeps its own), and
+  // container logs rotated at the smallest size, so the log-follow case sees many rotations.
+  serve = spawn(SHOAL_BIN, ['serve', '--socket', path.join(cli.stateDir, 'api.sock'), '--image-dir', path.dirname(image.file)], { env: cli.env({ SHOAL_LOG_MAX_BYTES: String(LOG_MAX_BYTES) }), stdio: ['ignore', 'pipe', 'pipe'] });
   serve.stderr!.on('data', () => undefined);
   const line = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('shoal serve did not start')), 20_000);
     serve.stdout!.once('data', (d: Buffer) => { clearTimeout(timer); resolve(d.toString()); });
     serve.once('exit', (code) => reject(new Error(`shoal serve exited with ${code}`)));
   });
-  const started = JSON.parse(line) as { url: string; tokenFile: string };
-  url = started.url;
+  const started = JSON.parse(line) as { socket: string; tokenFile: string };
+  socketPath = started.socket;
+  assert.equal(fs.statSync(socketPath).mode & 0o777, 0o600);
   assert.equal(fs.statSync(started.tokenFile).mode & 0o777, 0o600);
   token = fs.readFileSync(started.tokenFile, 'utf8').trim();
-  shoal = new Shoal({ baseUrl: url, token });
+  shoal = new Shoal({ socketPath, token });
   sbx = await shoal.sandboxes.create({ image: image.ref, memoryMiB: 512, metadata: { suite: 'api-e2e' }, timeoutMs: 900_000 });
 });
 
@@ -42,7 +62,7 @@ after(async () => {
   cli.cleanup();
 });
 
-describe('shoal serve', { timeout: 600_000 }, () => {
+describe('shoal serve', { timeout: 1_200_000 }, () => {
   it('the sandbox runs and the CLI sees it (and execs in it)', async () => {
     assert.equal(sbx.info.state, 'running');
     assert.deepEqual(sbx.info.metadata, { suite: 'api-e2e' });
@@ -117,7 +137,7 @@ describe('shoal serve', { timeout: 600_000 }, () => {
   });
 
   it('answers 401, 400 and 404 over the wire', async () => {
-    await assert.rejects(new Shoal({ baseUrl: url, token: 'not-the-token-at-all' }).sandboxes.list(), (err: unknown) => err instanceof ShoalApiError && err.status === 401);
+    await assert.rejects(new Shoal({ socketPath, token: 'not-the-token-at-all' }).sandboxes.list(), (err: unknown) => err instanceof ShoalApiError && err.status === 401);
     await assert.rejects(sbx.fork({ count: 101 }), (err: unknown) => err instanceof ShoalApiError && err.status === 400 && /count must be <= 100/.test(err.message));
     await assert.rejects(shoal.sandboxes.get('000000000000'), (err: unknown) => err instanceof ShoalApiError && err.status === 404);
     assert.deepEqual((await sbx.logs()), [], 'the idle command wrote nothing');
@@ -160,8 +180,61 @@ describe('shoal serve', { timeout: 600_000 }, () => {
     await kids[1]!.kill();
   });
 
+  it('follows a flooding container\'s log across rotations: well-formed records, a stalled follower, serve\'s memory bounded', async (t) => {
+    // 0x0f-filled chunks: as a length field (after a rotation, at a stale offset) 0x0f0f0f0f is 241 MiB.
+    const flood = await shoal.sandboxes.create({ image: image.ref, memoryMiB: 512, timeoutMs: 900_000, cmd: ['sh', '-c', 'i=0; while [ $i -lt 1500 ]; do head -c 16384 /dev/zero | tr "\\000" "\\017"; i=$((i+1)); done; sleep 3600'] });
+    const baseline = rssKiB(serve.pid!);
+    let peak = baseline;
+    const sampler = setInterval(() => { peak = Math.max(peak, rssKiB(serve.pid!)); }, 100);
+    const stalled = await getStream(`/v1/sandboxes/${flood.sandboxId}/logs?follow=1`);
+    stalled.pause(); // never read: serve must wait for it, not buffer for it
+    const reader = await getStream(`/v1/sandboxes/${flood.sandboxId}/logs?follow=1`);
+    assert.equal(reader.statusCode, 200);
+    let records = 0;
+    let bytes = 0;
+    const bad: string[] = [];
+    let pending = '';
+    const deadline = Date.now() + 240_000;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        reader.setEncoding('utf8');
+        reader.on('data', (chunk: string) => {
+          pending += chunk;
+          let end: number;
+          while ((end = pending.indexOf('\n\n')) >= 0) {
+            const event = pending.slice(0, end);
+            pending = pending.slice(end + 2);
+            const type = /^event: (.*)$/m.exec(event)?.[1];
+            const data = /^data: (.*)$/m.exec(event)?.[1] ?? '';
+            if (type === 'stdout' || type === 'stderr') {
+              const text = (JSON.parse(data) as { data: string }).data;
+              records += 1;
+              bytes += text.length;
+              if (!/^\x0f+$/.test(text) || text.length > 1024 * 1024) bad.push(`${type} of ${text.length}: ${JSON.stringify(text.slice(0, 20))}`);
+            } else bad.push(`${type}: ${data.slice(0, 200)}`);
+          }
+          // 1500 chunks of 16 KiB: some are rotated away twice before a poll sees them.
+          if (bytes >= 12 * 1024 * 1024 || bad.length > 0 || Date.now() > deadline) resolve();
+        });
+        reader.on('error', reject);
+        reader.on('end', () => resolve());
+        // A follow that stops sending (a stale offset, a dead route) fails the count below instead of hanging.
+        setTimeout(resolve, deadline - Date.now()).unref();
+      });
+    } finally {
+      clearInterval(sampler);
+      reader.destroy();
+      stalled.destroy();
+    }
+    t.diagnostic(`reader: ${bytes} bytes in ${records} records; serve RSS ${Math.round(baseline / 1024)} MiB -> peak ${Math.round(peak / 1024)} MiB`);
+    assert.deepEqual(bad, [], 'every event is a record of the container\'s bytes');
+    assert.ok(bytes >= 12 * 1024 * 1024, `the reader saw ${bytes} bytes in ${records} records`);
+    assert.ok(peak - baseline < 96 * 1024, `serve's RSS grew by ${Math.round((peak - baseline) / 1024)} MiB (from ${Math.round(baseline / 1024)} MiB)`);
+    await flood.kill();
+  });
+
   it('shoal mcp over stdio: lists tools, creates, runs, forks', async () => {
-    const transport = new StdioClientTransport({ command: SHOAL_BIN, args: ['mcp'], env: cli.env() as Record<string, string>, stderr: 'ignore' });
+    const transport = new StdioClientTransport({ command: SHOAL_BIN, args: ['mcp', '--image-dir', path.dirname(image.file)], env: cli.env() as Record<string, string>, stderr: 'ignore' });
     const client = new Client({ name: 'e2e', version: '1' });
     await client.connect(transport);
     try {
@@ -186,7 +259,8 @@ describe('shoal serve', { timeout: 600_000 }, () => {
     await sbx.kill();
     await assert.rejects(shoal.sandboxes.get(sbx.sandboxId), (err: unknown) => err instanceof ShoalApiError && err.status === 404);
     assert.deepEqual(await cli.json(['ls', '--json']), []);
-    await waitUntil('no process of the suite', 10_000, () => cli.processes().length === 0);
-    assert.deepEqual(cli.leftovers().filter((f) => !f.startsWith('names') && f !== 'api-token'), []);
+    // serve itself names the state directory (its --socket is in it): every other process is gone.
+    await waitUntil('no process of the suite', 10_000, () => cli.processes().filter((pid) => pid !== serve.pid).length === 0);
+    assert.deepEqual(cli.leftovers().filter((f) => !f.startsWith('names') && f !== 'api-token' && f !== 'api.sock'), []);
   });
 });

@@ -6,14 +6,14 @@
  * for every command that takes one: one line, exit 125, nothing outside touched.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { MEMORY_FILE_DIR } from '../../src/state/vm-files';
 import { busyboxImageForFile } from '../helpers/images';
-import { ShoalSandbox, waitUntil } from '../helpers/shoal-cli';
+import { SHOAL_BIN, ShoalSandbox, waitUntil } from '../helpers/shoal-cli';
 
 const sandbox = new ShoalSandbox('local');
 const image = busyboxImageForFile();
@@ -114,6 +114,87 @@ describe('another local user', () => {
     if (fs.existsSync(ram)) assert.equal(fs.readFileSync(ram, 'utf8'), 'planted', 'never written by shoal');
     fs.rmSync(ram, { force: true });
     await sandbox.run(['rm', '-f', 'planted'], { timeoutMs: 60_000 });
+  });
+});
+
+/**
+ * Runs as uid 65534 until SIGTERM: reads every /proc/PID/cmdline every 10 ms and reports any
+ * that holds one of the secrets (given in its environment, which others cannot read).
+ */
+const CMDLINE_SCANNER = String.raw`
+const fs = require('fs');
+const secrets = JSON.parse(process.env.SECRETS);
+const hits = new Set();
+let scans = 0;
+const scan = () => {
+  for (const p of fs.readdirSync('/proc')) {
+    if (!/^[0-9]+$/.test(p) || p === String(process.pid)) continue;
+    let c;
+    try { c = fs.readFileSync('/proc/' + p + '/cmdline'); } catch { continue; }
+    for (const s of secrets) if (c.includes(s)) hits.add(p + ': ' + c.toString().replace(/\0/g, ' ').slice(0, 300));
+  }
+  scans += 1;
+};
+const timer = setInterval(scan, 10);
+process.on('SIGTERM', () => { clearInterval(timer); process.stdout.write(JSON.stringify({ scans, hits: [...hits] })); process.exit(0); });
+`;
+
+describe('secrets in the environment', () => {
+  test('no env value is in any command line (API create and exec, CLI run -e KEY), and the container sees it', { timeout: 900_000 }, async () => {
+    const apiSecret = `api-${SECRET}`;
+    const execSecret = `exec-${SECRET}`;
+    const cliSecret = `cli-${SECRET}`;
+    const scanner = spawn('setpriv', [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', process.execPath, '-e', CMDLINE_SCANNER], {
+      env: { PATH: process.env.PATH, SECRETS: JSON.stringify([apiSecret, execSecret, cliSecret]) },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let scanned = '';
+    scanner.stdout!.on('data', (d: Buffer) => { scanned += d.toString(); });
+    const scannerDone = new Promise<void>((resolve) => scanner.once('close', () => resolve()));
+    const serve = spawn(SHOAL_BIN, ['serve', '--listen', '127.0.0.1:0', '--image-dir', path.dirname(image.file)], { env: sandbox.env(), stdio: ['ignore', 'pipe', 'pipe'] });
+    serve.stderr!.on('data', () => undefined);
+    const logHas = (name: string, text: string) => async (): Promise<boolean> => {
+      const vm = await sandbox.vm(name);
+      const log = vm ? path.join(sandbox.stateDir, 'vms', vm.id, 'container.log') : '';
+      return log !== '' && fs.existsSync(log) && fs.readFileSync(log).includes(text);
+    };
+    try {
+      const line = await new Promise<string>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error('shoal serve did not start')), 20_000);
+        serve.stdout!.once('data', (d: Buffer) => { clearTimeout(timer); resolve(d.toString()); });
+      });
+      const started = JSON.parse(line) as { url: string; tokenFile: string };
+      const headers = { authorization: `Bearer ${fs.readFileSync(started.tokenFile, 'utf8').trim()}`, 'content-type': 'application/json' };
+      const created = await fetch(`${started.url}/v1/sandboxes`, {
+        method: 'POST', headers, signal: AbortSignal.timeout(300_000),
+        body: JSON.stringify({ name: 'apisecret', image: image.ref, memoryMiB: 512, env: { API_SECRET: apiSecret }, cmd: ['sh', '-c', 'echo "api:$API_SECRET"; sleep 3600'] }),
+      });
+      const body = await created.text();
+      assert.equal(created.status, 201, body);
+      const id = (JSON.parse(body) as { sandboxId: string }).sandboxId;
+      await waitUntil('the API container printed its variable', 60_000, logHas('apisecret', `api:${apiSecret}`));
+      // cwd makes it a podman exec (not the agent's direct entry): podman gets --env KEY bare.
+      const exec = await fetch(`${started.url}/v1/sandboxes/${id}/exec`, {
+        method: 'POST', headers, signal: AbortSignal.timeout(120_000),
+        body: JSON.stringify({ cmd: 'echo "exec:$EXEC_SECRET"', env: { EXEC_SECRET: execSecret }, cwd: '/' }),
+      });
+      const ran = await exec.text();
+      assert.equal(exec.status, 200, ran);
+      assert.equal((JSON.parse(ran) as { stdout: string }).stdout, `exec:${execSecret}\n`);
+      assert.equal((await fetch(`${started.url}/v1/sandboxes/${id}`, { method: 'DELETE', headers: { authorization: headers.authorization } })).status, 204);
+      // The CLI: -e KEY takes the value from its environment, so not even its own argv holds it.
+      const run = await sandbox.run(['run', '-d', '--name', 'clisecret', '-e', 'CLI_SECRET', image.ref, '--', 'sh', '-c', 'echo "cli:$CLI_SECRET"; sleep 3600'], { env: { CLI_SECRET: cliSecret }, timeoutMs: 300_000 });
+      assert.equal(run.code, 0, run.stderr.toString());
+      await waitUntil('the CLI container printed its variable', 60_000, logHas('clisecret', `cli:${cliSecret}`));
+    } finally {
+      serve.kill('SIGTERM');
+      scanner.kill('SIGTERM');
+      await scannerDone;
+      await sandbox.run(['rm', '-f', 'apisecret', 'clisecret'], { timeoutMs: 60_000 });
+    }
+    const report = JSON.parse(scanned) as { scans: number; hits: string[] };
+    assert.ok(report.scans > 100, `the scanner ran (${report.scans} scans)`);
+    assert.deepEqual(report.hits, [], 'command lines holding a secret');
   });
 });
 

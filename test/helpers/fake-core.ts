@@ -20,7 +20,6 @@ export class FakeCore implements Core {
   readonly snaps: SnapshotView[] = [];
   readonly calls: string[] = [];
   readonly files: FileOps;
-  logRecords: LogRecord[] = [];
   /** How long exec takes to start a process (a real one connects to a supervisor first). */
   execDelayMs = 0;
 
@@ -65,9 +64,19 @@ export class FakeCore implements Core {
     return new LocalProcess(spec, this.fsRoot(id));
   }
 
-  logs(_id: string, offset: number, maxBytes: number): { records: LogRecord[]; offset: number } {
-    const records = this.logRecords.slice(offset, offset + Math.max(1, Math.floor(maxBytes / 1024)));
-    return { records, offset: offset + records.length };
+  logFile(id: string): string {
+    return path.join(this.vmDir(id), 'container.log');
+  }
+
+  /** Appends records to the sandbox's log as the supervisor's writer does. */
+  writeLog(id: string, records: LogRecord[]): void {
+    fs.mkdirSync(this.vmDir(id), { recursive: true });
+    for (const r of records) {
+      const header = Buffer.alloc(5);
+      header.writeUInt8(r.stream === 'stderr' ? 2 : 1, 0);
+      header.writeUInt32BE(r.data.length, 1);
+      fs.appendFileSync(this.logFile(id), Buffer.concat([header, r.data]));
+    }
   }
 
   async snapshot(id: string, tag: string): Promise<{ tag: string; pauseMs: number }> {

@@ -21,7 +21,7 @@ it('is bounded in bytes, and closed by the exit', async () => {
   assert.ok(ring.after(0).events.length <= 7);
   const waiting = ring.waitAfter(ring.lastId);
   ring.push({ type: 'exit', exitCode: 0, signal: null });
-  await waiting;
+  await waiting.ready;
   assert.equal(ring.closed, true);
   ring.push({ type: 'stdout', data: 'after the end' });
   assert.equal(ring.after(ring.lastId - 1).events[0]!.event.type, 'exit');

@@ -4,12 +4,17 @@
  * ring, stdin, signals, files, fork.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { FastifyInstance } from 'fastify';
 import WebSocket from 'ws';
 import { buildServer } from '../../src/api/server';
 import { CommandExitError, Shoal, ShoalApiError, type Sandbox } from '../../sdk/src/index';
 import { FakeCore } from '../helpers/fake-core';
+import { tempDir } from '../helpers/temp-dir';
+import { SHOAL_BIN } from '../helpers/shoal-cli';
 
 const TOKEN = 'sdk-unit-token-0123456789abcdef';
 let app: FastifyInstance;
@@ -146,7 +151,7 @@ describe('serve, continued', () => {
     try {
       const headers = { authorization: `Bearer ${TOKEN}` };
       const vm = JSON.parse((await server.inject({ method: 'POST', url: '/v1/sandboxes', headers, payload: { image: 'busybox' } })).body) as { sandboxId: string };
-      core.logRecords = [{ stream: 'stdout', data: Buffer.from('one\n') }, { stream: 'stderr', data: Buffer.from('two\n') }];
+      core.writeLog(vm.sandboxId, [{ stream: 'stdout', data: Buffer.from('one\n') }, { stream: 'stderr', data: Buffer.from('two\n') }]);
       const plain = await server.inject({ method: 'GET', url: `/v1/sandboxes/${vm.sandboxId}/logs`, headers });
       assert.deepEqual(JSON.parse(plain.body), { logs: [{ stream: 'stdout', data: 'one\n' }, { stream: 'stderr', data: 'two\n' }], truncated: false });
       setTimeout(() => { core.vms.get(vm.sandboxId)!.status = 'stopped'; }, 300);
@@ -192,5 +197,72 @@ describe('serve, continued', () => {
     assert.equal(await status('/v1/sandboxes/nosuch/pty', { authorization: `Bearer ${TOKEN}` }), 404);
     assert.equal(await status(`/v1/sandboxes/${sbx.sandboxId}/pty?cols=0&access_token=${TOKEN}`), 400);
     assert.equal(await status(`/v1/sandboxes/${sbx.sandboxId}/pty?cols=80&bogus=1&access_token=${TOKEN}`), 400);
+  });
+
+  it('works over a Unix socket: calls, streamed output, uploads, the PTY', { timeout: 15_000 }, async () => {
+    const core = new FakeCore();
+    const server = await buildServer(core, { token: TOKEN, sweepMs: 0 });
+    const socketPath = path.join(tempDir('shoal-sdk-sock-'), 'api.sock');
+    await server.listen({ path: socketPath });
+    try {
+      assert.throws(() => new Shoal({ token: TOKEN }), /exactly one of baseUrl and socketPath/);
+      const client = new Shoal({ socketPath, token: TOKEN });
+      const box = await client.sandboxes.create({ image: 'busybox' });
+      assert.equal((await client.sandboxes.list()).length, 1);
+      const result = await box.commands.run('echo over-unix');
+      assert.equal(result.stdout, 'over-unix\n');
+      let streamed = '';
+      await box.commands.run('echo a; echo b', { onStdout: (d) => { streamed += d; } });
+      assert.equal(streamed, 'a\nb\n');
+      await box.files.write('/x.txt', 'unix body');
+      assert.equal(await box.files.read('/x.txt'), 'unix body');
+      let output = '';
+      const pty = await box.pty.create({ cols: 80, rows: 24, cmd: 'read line; echo got:$line; exit 3', onData: (d) => { output += Buffer.from(d).toString(); } });
+      pty.sendInput('via socket\n');
+      assert.deepEqual(await pty.wait(), { exitCode: 3 });
+      assert.equal(output, 'got:via socket\n');
+      const bad = new Shoal({ socketPath, token: 'wrong-token-wrong-token' });
+      await assert.rejects(bad.sandboxes.list(), (err: unknown) => err instanceof ShoalApiError && err.status === 401);
+    } finally {
+      await server.close();
+    }
+  });
+});
+
+describe('shoal serve listeners', () => {
+  it('--socket: created 0600 (by umask, not chmod afterwards), printed on stdout, and a live one is not taken over', { timeout: 30_000 }, async () => {
+    const state = tempDir('shoal-serve-sock-');
+    const socket = path.join(state, 'run', 'api.sock');
+    const env = { ...process.env, SHOAL_STATE_DIR: state };
+    const serve = spawn(SHOAL_BIN, ['serve', '--socket', socket], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    try {
+      const line = await new Promise<string>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error('shoal serve did not start')), 20_000);
+        serve.stdout!.once('data', (d: Buffer) => { clearTimeout(timer); resolve(d.toString()); });
+      });
+      assert.deepEqual(JSON.parse(line), { socket, tokenFile: path.join(state, 'api-token') });
+      const st = fs.lstatSync(socket);
+      assert.ok(st.isSocket());
+      assert.equal(st.mode & 0o777, 0o600);
+      assert.equal(fs.statSync(path.dirname(socket)).mode & 0o777, 0o700);
+      const token = fs.readFileSync(path.join(state, 'api-token'), 'utf8').trim();
+      assert.equal((await new Shoal({ socketPath: socket, token }).sandboxes.list()).length, 0);
+      const second = spawn(SHOAL_BIN, ['serve', '--socket', socket], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+      let stderr = '';
+      second.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
+      const code = await new Promise<number | null>((resolve) => second.once('close', resolve));
+      assert.equal(code, 125);
+      assert.match(stderr, /another shoal serve is listening there/);
+      assert.ok(fs.lstatSync(socket).isSocket(), 'the live socket is still there');
+    } finally {
+      serve.kill('SIGTERM');
+      await new Promise((r) => serve.once('close', r));
+    }
+    // --listen and --socket together: one line, nothing started.
+    const both = spawn(SHOAL_BIN, ['serve', '--socket', socket, '--listen', '127.0.0.1:0'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let err = '';
+    both.stderr!.on('data', (d: Buffer) => { err += d.toString(); });
+    assert.equal(await new Promise((resolve) => both.once('close', resolve)), 125);
+    assert.match(err, /give --listen or --socket, not both/);
   });
 });

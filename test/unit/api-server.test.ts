@@ -7,7 +7,10 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import Ajv from 'ajv';
 import type { FastifyInstance } from 'fastify';
+import fs from 'node:fs';
+import path from 'node:path';
 import { buildServer } from '../../src/api/server';
+import { tempDir } from '../helpers/temp-dir';
 import { FakeCore } from '../helpers/fake-core';
 
 const TOKEN = 'unit-test-token-0123456789abcdef';
@@ -80,9 +83,60 @@ describe('auth', () => {
     await refused(401, 'DELETE', `/v1/sandboxes/${sandboxId}`, undefined, {});
   });
 
+  it('takes the Bearer scheme in any case (RFC 7235)', async () => {
+    for (const scheme of ['bearer', 'BEARER', 'BeArEr']) {
+      assert.equal((await send('GET', '/v1/sandboxes', undefined, { authorization: `${scheme} ${TOKEN}` })).status, 200, scheme);
+    }
+    assert.match(await refused(401, 'GET', '/v1/sandboxes', undefined, { authorization: `bearer ${TOKEN}x` }), /wrong token/);
+  });
+
   it('takes ?access_token= on GET (SSE, WebSocket) but not on other methods', async () => {
     assert.equal((await send('GET', `/v1/sandboxes?access_token=${TOKEN}`, undefined, {})).status, 200);
     await refused(401, 'POST', `/v1/sandboxes/${sandboxId}/timeout?access_token=${TOKEN}`, { timeoutSec: 5 }, {});
+  });
+});
+
+describe('host archives as images', () => {
+  it('are taken only from the --image-dir directories, without following links out, with one answer for missing and not allowed', async () => {
+    const root = tempDir('shoal-image-dirs-');
+    const images = path.join(root, 'images');
+    fs.mkdirSync(path.join(images, 'sub'), { recursive: true });
+    fs.writeFileSync(path.join(images, 'busybox.tar'), 'archive');
+    fs.writeFileSync(path.join(root, 'outside.tar'), 'secret');
+    fs.symlinkSync('/etc/passwd', path.join(images, 'passwd.tar'));
+    fs.symlinkSync(path.join(root, 'outside.tar'), path.join(images, 'out.tar'));
+    fs.symlinkSync(root, path.join(images, 'up'));
+    const withDirs = await buildServer(core, { token: TOKEN, sweepMs: 0, imageDirs: [images] });
+    const main = app;
+    try {
+      app = withDirs;
+      const messages = new Set<string>();
+      for (const image of [
+        'docker-archive:/etc/passwd', // exists, not allowed
+        'docker-archive:/nonexistent/x.tar', // missing
+        `docker-archive:${path.join(images, 'missing.tar')}`, // missing, inside
+        `docker-archive:${path.join(images, 'passwd.tar')}`, // a link out of the directory
+        'oci-archive:out.tar', // relative, a link out
+        'docker-archive:../outside.tar', // relative, climbing out
+        'docker-archive:up/outside.tar', // through a linked directory
+        'docker-archive:sub', // not a regular file
+        `docker-archive:${images}`,
+      ]) messages.add(await refused(404, 'POST', '/v1/sandboxes', { image }));
+      assert.equal(messages.size, 1, `one answer for every refusal: ${[...messages].join(' | ')}`);
+      for (const image of [`docker-archive:${path.join(images, 'busybox.tar')}`, 'docker-archive:busybox.tar', `oci-archive:${images}/sub/../busybox.tar`]) {
+        const created = await send('POST', '/v1/sandboxes', { image });
+        assert.equal(created.status, 201, created.body);
+        const format = image.split(':')[0];
+        assert.equal((created.json as { image: string }).image, `${format}:${fs.realpathSync(path.join(images, 'busybox.tar'))}`, 'the CLI gets the real path');
+        await send('DELETE', `/v1/sandboxes/${(created.json as { sandboxId: string }).sandboxId}`);
+      }
+      // A server without image directories takes no host archive at all.
+      app = main;
+      assert.ok(messages.has(await refused(404, 'POST', '/v1/sandboxes', { image: `docker-archive:${path.join(images, 'busybox.tar')}` })));
+    } finally {
+      app = main;
+      await withDirs.close();
+    }
   });
 });
 
@@ -131,7 +185,7 @@ describe('bad input', () => {
   it('create needs exactly one of image and snapshot, a valid image and ports', async () => {
     assert.match(await refused(400, 'POST', '/v1/sandboxes', {}), /exactly one of image and snapshot/);
     assert.match(await refused(400, 'POST', '/v1/sandboxes', { image: 'busybox', snapshot: 'x' }), /exactly one/);
-    await refused(400, 'POST', '/v1/sandboxes', { image: 'docker-archive:/does/not/exist.tar' });
+    assert.match(await refused(404, 'POST', '/v1/sandboxes', { image: 'docker-archive:/does/not/exist.tar' }), /no such image archive/);
     await refused(400, 'POST', '/v1/sandboxes', { image: 'busybox', publish: ['notaport'] });
     await refused(400, 'POST', '/v1/sandboxes', { image: 'busybox', name: '../etc' });
     assert.match(await refused(404, 'POST', '/v1/sandboxes', { snapshot: 'nosuch' }), /no such snapshot/);
@@ -209,6 +263,19 @@ describe('processes', () => {
     await new Promise((r) => setTimeout(r, 200));
     assert.match(await refused(429, 'POST', `/v1/sandboxes/${sandboxId}/exec`, { cmd: 'true' }), /already runs 2 processes/);
     await Promise.all(slow);
+  });
+
+  it('the limit holds for requests that arrive together while exec is slow to start (check and reserve are one step)', async () => {
+    core.execDelayMs = 200;
+    try {
+      const results = await Promise.all(Array.from({ length: 5 }, () => send('POST', `/v1/sandboxes/${sandboxId}/exec`, { cmd: ['sleep', '0.3'] })));
+      const statuses = results.map((r) => r.status).sort();
+      assert.deepEqual(statuses, [200, 200, 429, 429, 429], results.map((r) => r.body).join('\n'));
+    } finally {
+      core.execDelayMs = 0;
+    }
+    // The slots were given back: the next one runs.
+    assert.equal((await send('POST', `/v1/sandboxes/${sandboxId}/exec`, { cmd: 'true' })).status, 200);
   });
 });
 

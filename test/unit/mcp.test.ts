@@ -4,11 +4,14 @@
  * API's validation.
  */
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
 import { after, before, it } from 'node:test';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { InMemoryTransport } from '@modelcontextprotocol/sdk/inMemory.js';
 import { buildMcpServer } from '../../src/mcp/server';
 import { FakeCore } from '../helpers/fake-core';
+import { tempDir } from '../helpers/temp-dir';
 
 let client: Client;
 let close: () => Promise<void>;
@@ -56,4 +59,31 @@ it('bad arguments come back as a tool error with the API\'s message, nothing cha
   const outside = await client.callTool({ name: 'read_file', arguments: { sandboxId: 'nosuch', path: '/a/../../b' } });
   assert.equal(outside.isError, true);
   assert.equal(text(await client.callTool({ name: 'list_sandboxes', arguments: {} })), before);
+});
+
+it('create_sandbox takes host archives only from its --image-dir directories', async () => {
+  const dir = tempDir('shoal-mcp-images-');
+  fs.writeFileSync(path.join(dir, 'img.tar'), 'archive');
+  const core = new FakeCore();
+  const { server, api } = await buildMcpServer(core, { imageDirs: [dir] });
+  const [clientSide, serverSide] = InMemoryTransport.createLinkedPair();
+  await server.connect(serverSide);
+  const own = new Client({ name: 'test', version: '1' });
+  await own.connect(clientSide);
+  try {
+    const refused = await own.callTool({ name: 'create_sandbox', arguments: { image: 'docker-archive:/etc/passwd' } });
+    assert.equal(refused.isError, true);
+    assert.match(text(refused), /error \(404\): no such image archive/);
+    assert.equal(core.list().length, 0);
+    const created = JSON.parse(text(await own.callTool({ name: 'create_sandbox', arguments: { image: 'docker-archive:img.tar' } }))) as { image: string };
+    assert.equal(created.image, `docker-archive:${fs.realpathSync(path.join(dir, 'img.tar'))}`);
+  } finally {
+    await own.close();
+    await server.close();
+    await api.close();
+  }
+  // Without directories (the default), the same request is refused.
+  const refused = await client.callTool({ name: 'create_sandbox', arguments: { image: `docker-archive:${path.join(dir, 'img.tar')}` } });
+  assert.equal(refused.isError, true);
+  assert.match(text(refused), /no such image archive/);
 });

@@ -13,7 +13,10 @@ import {
   containerOptionArgv, parseCapabilities, parseContainerOptions, parseEntrypoint, parseHostname, parseLabels, parseStopTimeout, parseUser, parseWorkdir,
 } from '../../src/container/container-options';
 import { parseEnvFileText, readEnvFiles } from '../../src/container/env-file';
-import { podmanExecArgv, podmanRunArgv } from '../../src/container/podman-argv';
+import { podmanExec, podmanRun } from '../../src/container/podman-argv';
+
+const podmanRunArgv = (o: Parameters<typeof podmanRun>[0]): string[] => podmanRun(o).argv;
+const podmanExecArgv = (c: string[], o: Parameters<typeof podmanExec>[1]): string[] => podmanExec(c, o).argv;
 import { parseControlRequest } from '../../src/control/messages';
 import { hostSourceParts, planCp } from '../../src/cli/cp-spec';
 import { moveInto, stripSetIdBits } from '../../src/cli/host-tree';
@@ -82,7 +85,7 @@ test('only the flags given are stored, and they become podman run arguments in o
     'podman', 'run', '--name', 'main', '--network', 'host', '--pull', 'never', '--log-driver', 'none',
     '--user', '1000:1000', '--workdir', '/srv', '--entrypoint', '["/bin/sh","-c"]', '--label', 'team=blue', '--read-only', '--init',
     '--privileged', '--cap-add', 'CAP_NET_ADMIN', '--cap-drop', 'CAP_MKNOD', '--stop-timeout', '3',
-    '--env', 'A=1', 'img', 'run', 'me',
+    '--env', 'A', 'img', 'run', 'me',
   ]);
   // The hostname is the guest's (kernel command line), shared by the container through the host network.
   assert.ok(!argv.includes('--hostname'));
@@ -94,7 +97,7 @@ test('only the flags given are stored, and they become podman run arguments in o
 });
 
 test('podman exec with --user and --workdir', () => {
-  assert.deepEqual(podmanExecArgv(['id'], { env: { X: '1' }, interactive: false, user: '0:0', workdir: '/' }), ['podman', 'exec', '--user', '0:0', '--workdir', '/', '--env', 'X=1', 'main', 'id']);
+  assert.deepEqual(podmanExecArgv(['id'], { env: { X: '1' }, interactive: false, user: '0:0', workdir: '/' }), ['podman', 'exec', '--user', '0:0', '--workdir', '/', '--env', 'X', 'main', 'id']);
   assert.deepEqual(podmanExecArgv(['id'], { env: {}, interactive: false }), ['podman', 'exec', 'main', 'id']);
 });
 
@@ -199,4 +202,14 @@ test("bin/shoal's `--` (which keeps node from reading --env-file itself) is drop
   assert.deepEqual(userArgv(['node', 'main.js', '--', 'run', '--env-file', 'f', 'img']), ['node', 'main.js', 'run', '--env-file', 'f', 'img']);
   assert.deepEqual(userArgv(['node', 'main.js', '--', '--', 'x']), ['node', 'main.js', '--', 'x']);
   assert.deepEqual(userArgv(['node', 'main.js', 'ls']), ['node', 'main.js', 'ls']);
+});
+
+test('env values reach podman through its environment, never its argv', () => {
+  const run = podmanRun({ image: 'img', command: [], env: { SECRET: 's3cr3t value', PATH: '/opt/bin' }, interactive: false });
+  assert.ok(!run.argv.some((a) => a.includes('s3cr3t')), run.argv.join(' '));
+  assert.deepEqual(run.argv.slice(-5), ['--env', 'SECRET', '--env', 'PATH=/opt/bin', 'img']);
+  assert.deepEqual(run.processEnv, { SECRET: 's3cr3t value' }, 'a name podman reads itself (PATH) stays a KEY=VALUE option');
+  const exec = podmanExec(['env'], { env: { TOKEN: 'abc' }, interactive: false });
+  assert.deepEqual(exec.argv, ['podman', 'exec', '--env', 'TOKEN', 'main', 'env']);
+  assert.deepEqual(exec.processEnv, { TOKEN: 'abc' });
 });

@@ -2,7 +2,8 @@
  * `shoal run`: create a VM record, start its supervisor, and either wait for the container to
  * be running (--detach) or stay attached to it and exit with its exit code.
  */
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
+import fs from 'node:fs';
 import { act } from '../act';
 import { collect } from '../options';
 import path from 'node:path';
@@ -12,7 +13,7 @@ import { parseMaps } from '../../container/map-spec';
 import { parseHealthCheck } from '../../supervisor/health-check';
 import { parseEnv } from '../../container/podman-argv';
 import { parseContainerOptions, type ContainerFlags } from '../../container/container-options';
-import { readEnvFiles } from '../../container/env-file';
+import { MAX_ENV_FILE_BYTES, readEnvFiles } from '../../container/env-file';
 import { STDERR, STDIN, STDOUT, type Channel } from '../../protocol/mux';
 import { attachmentFor, checkNetworkSupport, parseNetwork } from '../../network/mode';
 import { loopbackProxyProblem } from '../../network/proxy-env';
@@ -35,6 +36,8 @@ export interface RunFlags extends ContainerFlags {
   cpus: string;
   memory: string;
   env: string[];
+  /** Internal (shoal serve): the env as a JSON object on stdin, so no value is in an argv. */
+  envStdin?: boolean;
   detach?: boolean;
   rm?: boolean;
   interactive?: boolean;
@@ -101,8 +104,9 @@ function validate(image: string, command: string[], flags: RunFlags): VmConfig {
   const fileEnv = readEnvFiles(flags.envFile ?? []);
   let env: Record<string, string>;
   try {
-    env = { ...fileEnv, ...parseEnv(flags.env) };
+    env = { ...fileEnv, ...(flags.envStdin === true ? envFromStdin(flags) : {}), ...parseEnv(flags.env) };
   } catch (err) {
+    if (err instanceof ShoalError) throw err;
     throw new ShoalError(`invalid --env: ${(err as Error).message}`);
   }
   const container = parseContainerOptions(flags);
@@ -213,6 +217,36 @@ function attach(client: SupervisorClient, config: VmConfig): Promise<number> {
   });
 }
 
+/**
+ * `--env-stdin`: the environment as one JSON object (names to strings) on stdin, at most 1 MiB.
+ * How `shoal serve` hands a sandbox's env to the `run` it starts: argv is readable by every
+ * local user (/proc/PID/cmdline), a pipe only by the two processes.
+ */
+function envFromStdin(flags: RunFlags): Record<string, string> {
+  if (flags.interactive === true) throw new ShoalError('invalid --env-stdin: stdin is the container\'s with -i');
+  let text: string;
+  try {
+    text = fs.readFileSync(0, 'utf8');
+  } catch (err) {
+    throw new ShoalError(`invalid --env-stdin: cannot read stdin (${(err as Error).message})`);
+  }
+  if (Buffer.byteLength(text) > MAX_ENV_FILE_BYTES) throw new ShoalError(`invalid --env-stdin: larger than ${MAX_ENV_FILE_BYTES} bytes`);
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    throw new ShoalError('invalid --env-stdin: not a JSON object');
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new ShoalError('invalid --env-stdin: not a JSON object');
+  const env: Record<string, string> = {};
+  for (const [key, v] of Object.entries(value)) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(key)) throw new ShoalError(`invalid --env-stdin: "${key.slice(0, 64)}" is not a variable name`);
+    if (typeof v !== 'string') throw new ShoalError(`invalid --env-stdin: the value of ${key} is not a string`);
+    env[key] = v;
+  }
+  return env;
+}
+
 /** The command's flags, declared beside its handler. */
 export function registerRun(program: Command): void {
   program
@@ -240,6 +274,7 @@ export function registerRun(program: Command): void {
     .option('--map <HOST:GUEST[:ro]>', 'show a host directory to the container at GUEST, over FUSE (repeatable, comma-separated)', collect, [])
     .option('-v, --volume <HOST:GUEST[:ro]>', 'podman\'s spelling of --map (repeatable)', collect, [])
     .option('--env-file <file>', 'read KEY=VALUE lines from a file, podman\'s format (repeatable)', collect, [])
+    .addOption(new Option('--env-stdin', 'read the environment as a JSON object from stdin (used by shoal serve)').hideHelp())
     .option('-u, --user <user[:group]>', 'run the container\'s process as this user (name or uid)')
     .option('-w, --workdir <dir>', 'the working directory in the container (absolute)')
     .option('--entrypoint <cmd|json>', 'override the image\'s entrypoint (a JSON array for arguments)')
