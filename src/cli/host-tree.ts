@@ -1,21 +1,44 @@
 /**
- * The host side of `shoal cp` out of a VM: the guest's tar is extracted into a private temporary
- * directory beside the destination, set-id bits are cleared (the guest is not trusted to hand
- * the host setuid files), and only then are the entries moved into place, merging directories
- * as podman cp does.
+ * The host side of `shoal cp` out of a VM: the guest's tar is unpacked (src/cli/guest-tar.ts)
+ * into a private 0700 staging directory beside the destination, and only then are the entries
+ * moved into place, merging directories as podman cp does. A staging directory is named after
+ * its creator (pid and start time), so a later cp can tell one left by a killed cp from one in use.
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import { isAlive, processStartTime } from '../util/process';
 
-/** Clears setuid/setgid on every regular file and directory below root (symlinks are left alone). */
-export function stripSetIdBits(root: string): void {
-  const walk = (p: string): void => {
-    const stat = fs.lstatSync(p);
-    if (stat.isSymbolicLink()) return;
-    if ((stat.mode & 0o6000) !== 0) fs.chmodSync(p, stat.mode & 0o1777);
-    if (stat.isDirectory()) for (const name of fs.readdirSync(p)) walk(path.join(p, name));
-  };
-  walk(root);
+const STAGING = /^\.shoal-cp-(\d+)-(\d+)-[A-Za-z0-9]{6}$/;
+
+/** mkdtemp prefix of this process's staging directories in `parent`. */
+export function stagingPrefix(parent: string): string {
+  return path.join(parent, `.shoal-cp-${process.pid}-${processStartTime(process.pid) ?? 0}-`);
+}
+
+/**
+ * Removes the staging directories in `parent` whose creating process is gone (a cp killed
+ * before its cleanup). Only real directories owned by this user are touched: `parent` may be
+ * shared (/tmp), and someone else's look-alike is left alone.
+ */
+export function sweepStaleStaging(parent: string): void {
+  let names: string[];
+  try {
+    names = fs.readdirSync(parent);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const m = STAGING.exec(name);
+    if (!m || isAlive(Number(m[1]), m[2])) continue;
+    const p = path.join(parent, name);
+    try {
+      const st = fs.lstatSync(p);
+      if (!st.isDirectory() || st.uid !== process.getuid?.()) continue;
+      fs.rmSync(p, { recursive: true, force: true });
+    } catch {
+      // gone already, or not ours to remove: the next cp tries again
+    }
+  }
 }
 
 /** Moves `from` to `to`: a directory onto a directory merges, anything else replaces. */

@@ -19,9 +19,15 @@
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
+import { HandleBudget } from './handle-budget';
 import * as P from './protocol';
 
 export interface FuseServerOptions {
+  /**
+   * The open handles this server may hold, shared with the VM's other maps (default: a budget of
+   * its own of MAX_OPEN_HANDLES_PER_VM). Past it OPEN, CREATE and OPENDIR fail with EMFILE.
+   */
+  handles?: HandleBudget;
   /** Refuse every change with EROFS, whatever the guest's mount flags say. */
   readOnly: boolean;
   /** How long the guest kernel may cache a name lookup (default 1 s). */
@@ -124,6 +130,7 @@ export class FuseServer {
   private readonly nodesByInode = new Map<string, Inode>();
   private nextNodeid = P.FUSE_ROOT_ID + 1;
   private readonly handles = new Map<number, Handle>();
+  private readonly budget: HandleBudget;
   private nextFh = 1;
 
   private initialized = false;
@@ -140,6 +147,7 @@ export class FuseServer {
     this.attrValid = P.timeoutFromSeconds(options.attrTimeoutSeconds ?? 1);
     this.wantWritebackCache = options.writebackCache ?? true;
     this.allowSetid = options.allowSetid ?? false;
+    this.budget = options.handles ?? new HandleBudget();
     const rootNode: Inode = { nodeid: P.FUSE_ROOT_ID, dev: st.dev, ino: st.ino, type: S_IFDIR, rel: '', lookups: 1 };
     this.nodes.set(rootNode.nodeid, rootNode);
     this.nodesByInode.set(inodeKey(st), rootNode);
@@ -168,6 +176,7 @@ export class FuseServer {
   /** Closes every open host descriptor. The server answers nothing useful afterwards. */
   close(): void {
     for (const handle of this.handles.values()) closeQuietly(handle.fd);
+    this.budget.give(this.handles.size);
     this.handles.clear();
   }
 
@@ -670,6 +679,21 @@ export class FuseServer {
     return fd;
   }
 
+  /**
+   * Takes a handle from the VM's budget before a descriptor is opened for it: past the budget,
+   * EMFILE before anything is created or opened. `fn` succeeds only by recording its descriptor
+   * with addHandle (which keeps the slot); if it fails, the slot goes back.
+   */
+  private withHandle<T>(fn: () => T): T {
+    if (!this.budget.take()) fail('EMFILE', `the guest already holds ${this.budget.limit} open handles`);
+    try {
+      return fn();
+    } catch (err) {
+      this.budget.give();
+      throw err;
+    }
+  }
+
   private addHandle(handle: Handle): bigint {
     const fh = this.nextFh++;
     this.handles.set(fh, handle);
@@ -704,6 +728,7 @@ export class FuseServer {
     const handle = this.handles.get(Number(fh));
     if (!handle) return;
     this.handles.delete(Number(fh));
+    this.budget.give();
     closeQuietly(handle.fd);
   }
 
@@ -712,13 +737,13 @@ export class FuseServer {
     if ((flags & O_ACCMODE) !== O_RDONLY || flags & O_TRUNC) this.assertWritable();
     const hostFlags = this.hostOpenFlags(flags);
     const node = this.node(h.nodeid);
-    return this.atNode(node, (path, st) => {
+    return this.withHandle(() => this.atNode(node, (path, st) => {
       if (st.isDirectory()) fail('EISDIR', 'is a directory');
       // The guest kernel opens FIFOs and devices itself; it only sends OPEN for regular files.
       if (!st.isFile()) fail('EACCES', 'only regular files are opened on the host');
       const fd = this.openRegular(path, hostFlags, st);
       return [P.OpenOut.encode({ fh: this.addHandle({ kind: 'file', fd, nodeid: node.nodeid }) })];
-    });
+    }));
   }
 
   private create(h: P.InHeaderValue, body: Buffer): Body {
@@ -727,7 +752,7 @@ export class FuseServer {
     const name = checkedName(P.readNames(body, P.CreateIn.size, 1)[0]!);
     const hostFlags = this.hostOpenFlags(args.flags) | O_NOFOLLOW | O_NONBLOCK;
     const parent = this.node(h.nodeid);
-    return this.inDirectory(parent, (dir, dirStat) => {
+    return this.withHandle(() => this.inDirectory(parent, (dir, dirStat) => {
       const path = Buffer.concat([dir, name]);
       let fd: number;
       let isNew = true;
@@ -747,13 +772,15 @@ export class FuseServer {
         const st = fs.fstatSync(fd, { bigint: true });
         if (!st.isFile()) fail('EACCES', 'only regular files are opened on the host');
         const node = this.remember(childRel(parent, name), st);
+        const entry = P.encodeEntryOut(this.entry(node, st));
+        // Last: once recorded, the descriptor is the handle's (and its budget slot is kept).
         const fh = this.addHandle({ kind: 'file', fd, nodeid: node.nodeid });
-        return [P.encodeEntryOut(this.entry(node, st)), P.OpenOut.encode({ fh })];
+        return [entry, P.OpenOut.encode({ fh })];
       } catch (err) {
         closeQuietly(fd);
         throw err;
       }
-    });
+    }));
   }
 
   private read(h: P.InHeaderValue, body: Buffer): WholeReply {
@@ -818,7 +845,7 @@ export class FuseServer {
 
   private opendir(h: P.InHeaderValue): Body {
     const node = this.node(h.nodeid);
-    return this.atNode(node, (path, st) => {
+    return this.withHandle(() => this.atNode(node, (path, st) => {
       if (!st.isDirectory()) fail('ENOTDIR', 'not a directory');
       const fd = this.openConfined(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
       const now = fs.fstatSync(fd, { bigint: true });
@@ -828,7 +855,7 @@ export class FuseServer {
       }
       const fh = this.addHandle({ kind: 'dir', fd, nodeid: node.nodeid, dev: st.dev, ino: st.ino, entries: null });
       return [P.OpenOut.encode({ fh })];
-    });
+    }));
   }
 
   /**

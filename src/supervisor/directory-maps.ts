@@ -4,6 +4,7 @@
  * guest only ever sees FUSE replies; every path is resolved and confined on this side.
  */
 import { guestMountpoint, type DirectoryMap } from '../container/map-spec';
+import { HandleBudget } from '../fuse/handle-budget';
 import { FuseServer } from '../fuse/server';
 import { FuseMessageSplitter } from '../fuse/message-splitter';
 import { STDIN, STDOUT, type Channel, type Mux } from '../protocol/mux';
@@ -20,10 +21,12 @@ const MOUNT_TIMEOUT_MS = 30_000;
 
 export async function serveDirectoryMaps(agent: Mux, maps: DirectoryMap[]): Promise<ServedMap[]> {
   const served: ServedMap[] = [];
+  // One budget of open host descriptors for all of this VM's maps (src/fuse/handle-budget.ts).
+  const handles = new HandleBudget();
   try {
     for (const [index, map] of maps.entries()) {
       const mountpoint = guestMountpoint(index);
-      const channel = await mountOne(agent, map, mountpoint);
+      const channel = await mountOne(agent, map, mountpoint, handles);
       served.push({ map, mountpoint, channel });
     }
   } catch (err) {
@@ -33,8 +36,8 @@ export async function serveDirectoryMaps(agent: Mux, maps: DirectoryMap[]): Prom
   return served;
 }
 
-function mountOne(agent: Mux, map: DirectoryMap, mountpoint: string): Promise<Channel> {
-  const server = new FuseServer(map.host, { readOnly: map.readOnly });
+function mountOne(agent: Mux, map: DirectoryMap, mountpoint: string, handles: HandleBudget): Promise<Channel> {
+  const server = new FuseServer(map.host, { readOnly: map.readOnly, handles });
   const channel = agent.open({ kind: 'fuse-mount', mountpoint, readOnly: map.readOnly });
   const splitter = new FuseMessageSplitter();
   // Requests are answered one at a time, in order, each with a single write back: the server is

@@ -14,6 +14,7 @@
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { MEMORY_FILE_DIR } from '../../src/state/vm-files';
@@ -205,5 +206,125 @@ describe('a hostile guest', () => {
     assert.deepEqual(sandbox.leftovers(), []);
     assert.deepEqual(sandbox.processes(), []);
     assert.ok(!fs.existsSync(`${MEMORY_FILE_DIR}/shoal-${bystander.id}.ram`));
+  });
+});
+
+/** Every `.shoal-cp-*` staging directory under `parent`, with its mode when seen. */
+function stagingModes(parent: string, seen: Map<string, number>): void {
+  let names: string[];
+  try {
+    names = fs.readdirSync(parent);
+  } catch {
+    return;
+  }
+  for (const name of names.filter((n) => n.startsWith('.shoal-cp-'))) {
+    try {
+      const mode = fs.lstatSync(path.join(parent, name)).mode & 0o7777;
+      seen.set(`${name} ${mode.toString(8)}`, mode);
+    } catch {
+      // removed meanwhile
+    }
+  }
+}
+
+function walkHost(root: string): Array<{ rel: string; st: fs.Stats }> {
+  const out: Array<{ rel: string; st: fs.Stats }> = [];
+  const go = (rel: string): void => {
+    const st = fs.lstatSync(path.join(root, rel));
+    out.push({ rel, st });
+    if (st.isDirectory()) for (const n of fs.readdirSync(path.join(root, rel))) go(path.join(rel, n));
+  };
+  go('');
+  return out;
+}
+
+describe('a hostile guest through cp and --map', () => {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-hostile-cp-'));
+  after(() => fs.rmSync(work, { recursive: true, force: true }));
+
+  test('cp out of a --privileged container: no device, FIFO or set-id bit reaches the host; the data does; the staging directory is never reachable by others', async () => {
+    const run = await sandbox.run(['run', '-d', '--privileged', '--name', 'cpout', image.ref, '--', 'sleep', '3600'], { timeoutMs: 240_000 });
+    assert.equal(run.code, 0, run.stderr.toString());
+    const made = await sandbox.run(['exec', 'cpout', '--', 'sh', '-c', [
+      'set -e; mkdir -p /dir/open; cd /dir',
+      'busybox mknod null c 1 3; busybox mknod sda b 8 0; busybox mkfifo fifo',
+      'echo data > data; echo "#!/bin/sh" > suid; chmod 4755 suid; chmod 0777 open; chmod 2777 /dir/open',
+      // Big enough that the transfer takes a while, so the staging directory is seen during it.
+      'dd if=/dev/zero of=big bs=1M count=48 2>/dev/null; ls -la /dir',
+    ].join('\n')], { timeoutMs: 120_000 });
+    assert.equal(made.code, 0, made.stderr.toString());
+    assert.match(made.stdout.toString(), /^c.* null$/m, 'the container made a character device');
+    const parent = path.join(work, 'out');
+    fs.mkdirSync(parent, { mode: 0o755 });
+    fs.chmodSync(parent, 0o755);
+    const seen = new Map<string, number>();
+    const watcher = setInterval(() => stagingModes(parent, seen), 2);
+    const cp = await sandbox.run(['cp', 'cpout:/dir', path.join(parent, 'dir')], { timeoutMs: 240_000 });
+    clearInterval(watcher);
+    assert.equal(cp.code, 0, cp.stderr.toString());
+    const stderr = cp.stderr.toString();
+    for (const what of ['dir/null: a character device', 'dir/sda: a block device', 'dir/fifo: a FIFO']) assert.ok(stderr.includes(what), `stderr names ${what}: ${stderr}`);
+    const tree = walkHost(path.join(parent, 'dir'));
+    for (const { rel, st } of tree) {
+      assert.ok(st.isFile() || st.isDirectory() || st.isSymbolicLink(), `${rel} is mode ${st.mode.toString(8)} on the host`);
+      assert.equal(st.mode & 0o6000, 0, `${rel} has a set-id bit: ${(st.mode & 0o7777).toString(8)}`);
+    }
+    assert.deepEqual(tree.map((e) => e.rel).sort(), ['', 'big', 'data', 'open', 'suid']);
+    assert.equal(fs.readFileSync(path.join(parent, 'dir', 'data'), 'utf8'), 'data\n');
+    assert.equal(fs.statSync(path.join(parent, 'dir', 'big')).size, 48 * 1024 * 1024);
+    assert.equal(fs.statSync(path.join(parent, 'dir', 'suid')).mode & 0o7777, 0o755);
+    assert.equal(fs.statSync(path.join(parent, 'dir', 'open')).mode & 0o777, 0o777, 'a member keeps its mode');
+    assert.ok(seen.size > 0, 'the staging directory was seen during the copy');
+    for (const [what, mode] of seen) assert.equal(mode & 0o077, 0, `staging directory ${what}`);
+    assert.deepEqual(fs.readdirSync(parent).filter((n) => n.startsWith('.shoal-cp-')), [], 'no staging directory left');
+    console.log(`# cp out: staging seen as ${[...seen.keys()].join(', ')}`);
+    const rm = await sandbox.run(['rm', '-f', 'cpout'], { timeoutMs: 60_000 });
+    assert.equal(rm.code, 0, rm.stderr.toString());
+  });
+
+  test('a --map guest that opens files and never closes them gets EMFILE at the cap; the supervisor keeps answering and stays bounded', async () => {
+    const mapped = path.join(work, 'mapped');
+    fs.mkdirSync(mapped);
+    fs.writeFileSync(path.join(mapped, 'f'), 'f');
+    const run = await sandbox.run(['run', '-d', '--name', 'fdflood', '--map', `${mapped}:/m`, image.ref, '--', 'sleep', '3600'], { timeoutMs: 240_000 });
+    assert.equal(run.code, 0, run.stderr.toString());
+    const vm = await sandbox.vm('fdflood');
+    const supervisor = vm!.pid!;
+    const fds = (): number => fs.readdirSync(`/proc/${supervisor}/fd`).length;
+    const baselineFds = fds();
+    const baselineRss = statusKiB(supervisor, 'VmRSS')!;
+    // In the VM (the map is at /run/shoal/maps/0 there): open until an error or 25,000 opens,
+    // check a file outside the map still opens (so the EMFILE is the host's cap, not the guest's
+    // own limit), write the result, and hold every descriptor for a while.
+    const flood = String.raw`
+      const fs = require('fs'); const held = []; let error = null;
+      for (let i = 0; i < 25000; i++) { try { held.push(fs.openSync('/run/shoal/maps/0/f', 'r')); } catch (e) { error = e.code; break; } }
+      let local = 'ok'; try { fs.closeSync(fs.openSync('/etc/hostname', 'r')); } catch (e) { local = e.code; }
+      fs.writeFileSync('/tmp/flood.json', JSON.stringify({ opened: held.length, error, local }));
+      setTimeout(() => {}, 120000);`;
+    await exec('fdflood', ['sh', '-c', `setsid node -e "$1" </dev/null >/tmp/flood.log 2>&1 &`, 'sh', flood]);
+    let peakRss = baselineRss;
+    let peakFds = baselineFds;
+    let result: { opened: number; error: string | null; local: string } | undefined;
+    await waitUntil('the guest to finish opening', 180_000, async () => {
+      peakRss = Math.max(peakRss, statusKiB(supervisor, 'VmHWM') ?? 0);
+      peakFds = Math.max(peakFds, fds());
+      const out = await sandbox.run(['exec', '--vm', 'fdflood', '--', 'cat', '/tmp/flood.json'], { timeoutMs: 30_000 });
+      if (out.code === 0 && out.stdout.length > 0) result = JSON.parse(out.stdout.toString()) as typeof result;
+      return result !== undefined;
+    });
+    assert.equal(result!.error, 'EMFILE', JSON.stringify(result));
+    assert.ok(result!.opened <= 1024 && result!.opened >= 1000, `the guest held ${result!.opened} descriptors`);
+    assert.equal(result!.local, 'ok', 'the guest itself was not out of descriptors');
+    // While the guest holds them: the supervisor answers, and holds no more than the cap.
+    peakFds = Math.max(peakFds, fds());
+    assert.ok(peakFds - baselineFds <= 1024 + 16, `supervisor descriptors ${baselineFds} -> ${peakFds}`);
+    assert.equal((await exec('fdflood', ['echo', 'still here'])).trim(), 'still here');
+    assert.equal((await sandbox.vm('fdflood'))?.state, 'running');
+    peakRss = Math.max(peakRss, statusKiB(supervisor, 'VmHWM') ?? 0);
+    assert.ok(peakRss < RSS_BOUND_KIB, `supervisor peak RSS ${peakRss} KiB`);
+    console.log(`# --map fd flood: guest opened ${result!.opened} then ${result!.error}; supervisor fds ${baselineFds} -> ${peakFds}, peak RSS ${Math.round(peakRss / 1024)} MiB`);
+    const rm = await sandbox.run(['rm', '-f', 'fdflood'], { timeoutMs: 60_000 });
+    assert.equal(rm.code, 0, rm.stderr.toString());
   });
 });

@@ -12,6 +12,7 @@
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { CLAIMS_DIR, tapName } from '../../src/network/bridge';
@@ -471,5 +472,96 @@ describe('kill -9', { timeout: 600_000 }, () => {
     assert.deepEqual(sandbox.leftovers(), []);
     assert.deepEqual(sandbox.processes(), []);
     assert.deepEqual(tempDirs(), []);
+  });
+});
+
+/** `.shoal-cp-*` staging directories in a host directory. */
+function hostStaging(dir: string): string[] {
+  return fs.readdirSync(dir).filter((n) => n.startsWith('.shoal-cp-'));
+}
+
+/** Bytes below a directory (files only). */
+function bytesBelow(dir: string): number {
+  let sum = 0;
+  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    try {
+      if (e.isDirectory()) sum += bytesBelow(p);
+      else if (e.isFile()) sum += fs.statSync(p).size;
+    } catch {
+      // removed meanwhile
+    }
+  }
+  return sum;
+}
+
+/** Host processes of a `shoal cp` (the CLI, or the `tar -c` it spawned) naming `marker`. */
+function cpProcesses(marker: string): number[] {
+  return fs.readdirSync('/proc').filter((e) => /^\d+$/.test(e) && Number(e) !== process.pid).map(Number).filter((pid) => {
+    const cmd = cmdlineOf(pid);
+    return cmd.includes(marker) && (cmd.includes('\0cp\0') || cmd.startsWith('tar\0'));
+  });
+}
+
+describe('kill -9 of shoal cp', { timeout: 600_000 }, () => {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-kill9-cp-'));
+  after(() => fs.rmSync(work, { recursive: true, force: true }));
+
+  const guest = async (script: string): Promise<string> => {
+    const r = await sandbox.run(['exec', '--vm', 'kcp', '--', 'sh', '-c', script], { timeoutMs: 60_000 });
+    assert.equal(r.code, 0, r.stderr.toString());
+    return r.stdout.toString();
+  };
+  /** The guest's cp staging directories and cp processes (the into-container script runs as `shoal-cp`). */
+  const guestLeftovers = async (): Promise<string> =>
+    (await guest('ls -a /mnt/scratch | grep shoal-cp; ps -eo args | grep -e shoal-cp -e "podman cp" | grep -v grep; true')).trim();
+
+  test('mid-transfer, out of and into the container: the next cp sweeps what the killed one left; no process is left', async () => {
+    const run = await sandbox.run([...RUN, '--name', 'kcp', image.ref, '--', 'sleep', '3600'], { timeoutMs: 240_000 });
+    assert.equal(run.code, 0, run.stderr.toString());
+    seenIds.add((await sandbox.vm('kcp'))!.id);
+    const made = await sandbox.run(['exec', 'kcp', '--', 'sh', '-c', 'dd if=/dev/zero of=/big bs=1M count=192 2>/dev/null && echo hi > /small'], { timeoutMs: 120_000 });
+    assert.equal(made.code, 0, made.stderr.toString());
+
+    // Out of the container: killed once its staging directory holds data.
+    const out = path.join(work, 'out');
+    fs.mkdirSync(out);
+    const copyOut = sandbox.start(['cp', 'kcp:/big', path.join(out, 'big')], { timeoutMs: 240_000 });
+    await waitUntil('cp out to be mid-transfer', 120_000, () => hostStaging(out).some((s) => bytesBelow(path.join(out, s)) > 1024 * 1024));
+    process.kill(copyOut.pid, 'SIGKILL');
+    assert.equal((await copyOut.result).signal, 'SIGKILL');
+    const left = hostStaging(out);
+    assert.equal(left.length, 1, 'the killed cp left its staging directory (so the sweep has work)');
+    const next = await sandbox.run(['cp', 'kcp:/small', path.join(out, 'small')], { timeoutMs: 120_000 });
+    assert.equal(next.code, 0, next.stderr.toString());
+    assert.deepEqual(hostStaging(out), [], 'the next cp swept it');
+    assert.deepEqual(fs.readdirSync(out), ['small']);
+    await waitUntil('the guest side of the killed cp to end', 60_000, async () => (await guestLeftovers()) === '');
+
+    // Into the container: killed once the guest's staging directory holds data.
+    const src = path.join(work, 'in');
+    fs.mkdirSync(src);
+    const big = path.join(src, 'big');
+    fs.writeFileSync(big, '');
+    fs.truncateSync(big, 192 * 1024 * 1024); // read in full by tar -c (no --sparse)
+    fs.writeFileSync(path.join(src, 'small'), 'small\n');
+    const copyIn = sandbox.start(['cp', big, 'kcp:/tmp/'], { timeoutMs: 240_000 });
+    await waitUntil('cp in to be mid-transfer', 120_000, async () => {
+      const du = await guest('du -sk /mnt/scratch/.shoal-cp.* 2>/dev/null | cut -f1; true');
+      return du.split('\n').some((kb) => Number(kb) > 1024);
+    });
+    process.kill(copyIn.pid, 'SIGKILL');
+    assert.equal((await copyIn.result).signal, 'SIGKILL');
+    await waitUntil('the killed cp\'s host tar to end', 30_000, () => cpProcesses(src).length === 0);
+    const guestLeft = await guestLeftovers();
+    const nextIn = await sandbox.run(['cp', path.join(src, 'small'), 'kcp:/tmp/'], { timeoutMs: 120_000 });
+    assert.equal(nextIn.code, 0, nextIn.stderr.toString());
+    assert.equal(await guest('ls -a /mnt/scratch | grep shoal-cp; true'), '', 'the next cp swept the guest staging directory');
+    await waitUntil('no cp process in the guest', 60_000, async () => (await guestLeftovers()) === '');
+    assert.deepEqual(cpProcesses(src), []);
+    assert.deepEqual(cpProcesses(out), []);
+    console.log(`# kill -9 of cp: host staging left ${left.join(', ')}; guest after the kill: ${JSON.stringify(guestLeft)}`);
+    await rmF('kcp');
+    assert.deepEqual(sandbox.processes(), []);
   });
 });

@@ -198,6 +198,43 @@ describe('secrets in the environment', () => {
   });
 });
 
+describe('another local user during shoal cp', () => {
+  test('cannot enter or list the staging directory of a cp out of a VM, nor read what it holds', async () => {
+    const run = await sandbox.run(['run', '-d', '--name', 'cpsrc', image.ref, '--', 'sleep', '3600'], { timeoutMs: 240_000 });
+    assert.equal(run.code, 0, run.stderr.toString());
+    const made = await sandbox.run(['exec', 'cpsrc', '--', 'sh', '-c', 'mkdir /d && chmod 0777 /d && dd if=/dev/zero of=/d/big bs=1M count=128 2>/dev/null && chmod 0666 /d/big'], { timeoutMs: 120_000 });
+    assert.equal(made.code, 0, made.stderr.toString());
+    // A destination others can reach: a plain 0755 directory, as in any home or /srv.
+    const parent = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-cp-dest-'));
+    fs.chmodSync(parent, 0o755);
+    try {
+      const cp = sandbox.start(['cp', 'cpsrc:/d', path.join(parent, 'd')], { timeoutMs: 240_000 });
+      let staging = '';
+      await waitUntil('cp to be mid-transfer', 120_000, () => {
+        staging = fs.readdirSync(parent).find((n) => n.startsWith('.shoal-cp-')) ?? '';
+        const big = staging && path.join(parent, staging, 'd', 'big');
+        return big !== '' && fs.existsSync(big) && fs.statSync(big).size > 1024 * 1024;
+      });
+      const dir = path.join(parent, staging);
+      const list = asNobody(['ls', '-a', dir]);
+      const enter = asNobody([process.execPath, '-e', 'try { process.chdir(process.argv[1]); } catch (e) { console.error(e.code === "EACCES" ? "Permission denied" : e.code); process.exit(1); }', dir]);
+      const read = asNobody(['cat', path.join(dir, 'd', 'big')]);
+      const result = await cp.result;
+      assert.equal(result.code, 0, result.stderr.toString());
+      for (const [what, r] of [['list', list], ['enter', enter], ['read', read]] as const) {
+        assert.notEqual(r.code, 0, `uid ${NOBODY} could ${what} the staging directory`);
+        assert.match(r.stderr, /Permission denied/i, `${what}: ${r.stderr}`);
+      }
+      // The copy itself lands with its own modes.
+      assert.equal(fs.statSync(path.join(parent, 'd')).mode & 0o777, 0o777);
+      assert.equal(fs.statSync(path.join(parent, 'd', 'big')).size, 128 * 1024 * 1024);
+    } finally {
+      fs.rmSync(parent, { recursive: true, force: true });
+      await sandbox.run(['rm', '-f', 'cpsrc'], { timeoutMs: 60_000 });
+    }
+  });
+});
+
 describe('names and tags that walk out of the state directory', () => {
   const outside = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-outside-'));
   after(() => fs.rmSync(outside, { recursive: true, force: true }));

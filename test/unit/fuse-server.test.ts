@@ -19,6 +19,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { mountFuse, type FuseDevice } from '../../src/fuse/device';
 import * as P from '../../src/fuse/protocol';
+import { HandleBudget, MAX_OPEN_HANDLES_PER_VM } from '../../src/fuse/handle-budget';
 import { FuseServer } from '../../src/fuse/server';
 
 const E = os.constants.errno;
@@ -699,5 +700,78 @@ describe('FuseServer protocol: node bookkeeping', () => {
       assert.deepEqual(names.sort(), ['.', '..', 'a', 'b', ...Array.from({ length: 50 }, (_, i) => `entry-${i}`)].sort());
     }
     assert.equal(kernel.call(P.Opcode.RELEASEDIR, 1, P.ReleaseIn.encode({ fh })).error, 0);
+  });
+});
+
+describe('FuseServer protocol: open handles are capped per VM', () => {
+  let dir: string;
+  before(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-fuse-handles-'));
+    fs.writeFileSync(path.join(dir, 'f'), 'f');
+  });
+  after(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  const ownFds = (): number => fs.readdirSync('/proc/self/fd').length;
+  const open = (k: GuestKernel, nodeid: bigint): { error: number; fh: bigint } => {
+    const r = k.call(P.Opcode.OPEN, nodeid, P.OpenIn.encode({ flags: fs.constants.O_RDONLY }));
+    return { error: r.error, fh: r.error ? 0n : P.OpenOut.decode(r.body).fh };
+  };
+
+  it('answers EMFILE to OPEN, CREATE and OPENDIR past the cap, holding no more host descriptors than the cap', () => {
+    const kernel = new GuestKernel(new FuseServer(dir, { readOnly: false }));
+    kernel.init();
+    const f = kernel.lookup(1, 'f').nodeid;
+    const before = ownFds();
+    // A guest that opens and never releases: 5000 OPENs (the issue saw EMFILE of the whole
+    // supervisor at 20,000).
+    const fhs: bigint[] = [];
+    let emfile = 0;
+    for (let i = 0; i < 5000; i++) {
+      const r = open(kernel, f);
+      if (r.error === 0) fhs.push(r.fh);
+      else if (r.error === E.EMFILE) emfile++;
+      else assert.fail(`OPEN ${i}: errno ${r.error}`);
+    }
+    assert.equal(fhs.length, MAX_OPEN_HANDLES_PER_VM, 'exactly the cap was granted');
+    assert.equal(emfile, 5000 - MAX_OPEN_HANDLES_PER_VM);
+    assert.ok(ownFds() - before <= MAX_OPEN_HANDLES_PER_VM, `this process holds ${ownFds() - before} more descriptors`);
+    // CREATE and OPENDIR are refused too, and CREATE makes no file before refusing.
+    const create = kernel.call(P.Opcode.CREATE, 1, P.CreateIn.encode({ flags: fs.constants.O_WRONLY, mode: 0o644 }), cString('new'));
+    assert.equal(create.error, E.EMFILE);
+    assert.ok(!fs.existsSync(path.join(dir, 'new')), 'a refused CREATE created nothing');
+    assert.equal(kernel.call(P.Opcode.OPENDIR, 1, P.OpenIn.encode({})).error, E.EMFILE);
+    // The process itself can still open files (the supervisor's control socket, logs, ...).
+    fs.closeSync(fs.openSync(path.join(dir, 'f'), 'r'));
+    // A RELEASE gives a slot back; failed opens took none.
+    assert.equal(kernel.call(P.Opcode.RELEASE, f, P.ReleaseIn.encode({ fh: fhs.pop()! })).error, 0);
+    const again = open(kernel, f);
+    assert.equal(again.error, 0);
+    assert.equal(open(kernel, f).error, E.EMFILE);
+    // An OPEN that fails for another reason gives its slot back.
+    assert.equal(kernel.call(P.Opcode.RELEASE, f, P.ReleaseIn.encode({ fh: again.fh })).error, 0);
+    assert.equal(kernel.call(P.Opcode.OPEN, 1, P.OpenIn.encode({ flags: fs.constants.O_RDONLY })).error, E.EISDIR);
+    assert.equal(open(kernel, f).error, 0, 'the failed OPEN did not keep a slot');
+    kernel.server.close();
+    assert.ok(ownFds() - before <= 0, 'close() closed every handle');
+  });
+
+  it('shares one budget between the maps of a VM, and close() gives a server\'s handles back', () => {
+    const budget = new HandleBudget(10);
+    const a = new GuestKernel(new FuseServer(dir, { readOnly: false, handles: budget }));
+    const b = new GuestKernel(new FuseServer(dir, { readOnly: false, handles: budget }));
+    a.init();
+    b.init();
+    const fa = a.lookup(1, 'f').nodeid;
+    const fb = b.lookup(1, 'f').nodeid;
+    for (let i = 0; i < 6; i++) assert.equal(open(a, fa).error, 0);
+    for (let i = 0; i < 4; i++) assert.equal(open(b, fb).error, 0);
+    assert.equal(open(a, fa).error, E.EMFILE);
+    assert.equal(open(b, fb).error, E.EMFILE);
+    assert.equal(budget.inUse, 10);
+    a.server.close();
+    assert.equal(budget.inUse, 4);
+    assert.equal(open(b, fb).error, 0);
+    b.server.close();
+    assert.equal(budget.inUse, 0);
   });
 });

@@ -5,9 +5,11 @@
  *   into the container: host `tar -c` -> guest `tar -x` into a private directory on the scratch
  *     disk -> `podman cp DIR/ENTRY main:PATH` (so podman cp sees a real path and applies its
  *     rules for an existing or new destination);
- *   out of it: `podman cp main:PATH -` -> host `tar -x` into a private directory beside the
- *     destination -> set-id bits cleared -> moved into place.
- * Modes, mtimes and symlinks (as links) travel in the tar.
+ *   out of it: `podman cp main:PATH -` -> unpacked in this process (src/cli/guest-tar.ts: only
+ *     files, directories and links, never a set-id bit) into a private 0700 directory beside the
+ *     destination -> moved into place.
+ * Modes, mtimes and symlinks (as links) travel in the tar. A staging directory (host or guest)
+ * names its creator's pid, and the next cp removes those whose creator died (kill -9).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -16,7 +18,8 @@ import { Writable } from 'node:stream';
 import type { Command } from 'commander';
 import { act } from '../act';
 import { hostSourceParts, planCp, type CpPlan } from '../cp-spec';
-import { moveInto, stripSetIdBits } from '../host-tree';
+import { unpackGuestTar } from '../guest-tar';
+import { moveInto, stagingPrefix, sweepStaleStaging } from '../host-tree';
 import { SupervisorClient } from '../../control/client';
 import { MAIN_CONTAINER } from '../../container/podman-argv';
 import { attachChannel } from '../../host/exec-client';
@@ -30,7 +33,15 @@ const MAX_STDERR = 64 * 1024;
 /** The guest's side of a copy into the container; the paths come in as arguments, never spliced into the script. */
 const INTO_CONTAINER_SCRIPT = [
   'set -e',
-  'd=$(mktemp -d /mnt/scratch/.shoal-cp.XXXXXX)',
+  // A cp killed mid-transfer (kill -9 of the CLI ends this shell before its trap) leaves its
+  // directory behind; each names its shell's pid, and those whose shell is gone are removed here.
+  'for o in /mnt/scratch/.shoal-cp.*; do',
+  '  [ -d "$o" ] || continue',
+  '  p=${o#/mnt/scratch/.shoal-cp.}; p=${p%%.*}',
+  '  case $p in (""|*[!0-9]*) rm -rf "$o"; continue;; esac',
+  '  kill -0 "$p" 2>/dev/null || rm -rf "$o"',
+  'done',
+  'd=$(mktemp -d /mnt/scratch/.shoal-cp.$$.XXXXXX)',
   'trap \'rm -rf "$d"\' EXIT',
   'tar -x -f - -C "$d"',
   'podman cp "$d/$1" "$2:$3"',
@@ -112,29 +123,32 @@ async function copyOut(store: StateStore, record: VmRecord, plan: CpPlan): Promi
   } catch {
     throw new ShoalError(`cp: ${parent}: no such directory`);
   }
-  const staging = fs.mkdtempSync(path.join(parent, '.shoal-cp-'));
-  const client = await SupervisorClient.connect(store, record, 5000);
+  sweepStaleStaging(parent);
+  const staging = fs.mkdtempSync(stagingPrefix(parent)); // 0700, and never chmodded until it is removed
   try {
-    // --no-same-owner: the files belong to whoever runs shoal, not to ids the guest chose.
-    const tar = spawn('tar', ['-x', '-f', '-', '-C', staging, '--no-same-owner'], { stdio: ['pipe', 'ignore', 'pipe'] });
-    const tarErr = new TailSink();
-    tar.stderr!.pipe(tarErr);
-    tar.stdin!.on('error', () => undefined); // a tar that died early is reported by its exit code
-    const stderr = new TailSink();
-    const channel = client.exec({ argv: ['podman', 'cp', `${MAIN_CONTAINER}:${plan.containerPath}`, '-'], env: {}, interactive: false, vm: true });
-    let code: number;
+    const client = await SupervisorClient.connect(store, record, 5000);
     try {
-      code = await attachChannel(channel, { stdout: tar.stdin!, stderr });
+      const unpack = unpackGuestTar(staging, (line) => process.stderr.write(`shoal: cp: ${line}\n`));
+      const stderr = new TailSink();
+      const channel = client.exec({ argv: ['podman', 'cp', `${MAIN_CONTAINER}:${plan.containerPath}`, '-'], env: {}, interactive: false, vm: true });
+      let code: number;
+      try {
+        code = await attachChannel(channel, { stdout: unpack.sink, stderr });
+      } finally {
+        unpack.sink.end();
+      }
+      if (code !== 0) throw new ShoalError(`cp: ${stderr.lastLine() || `copying out of ${record.config.name} failed (${code})`}`);
+      try {
+        await unpack.done;
+      } catch (err) {
+        throw new ShoalError(`cp: unpacking into ${parent} failed: ${(err as Error).message}`);
+      }
+      unpack.settleModes();
+      place(staging, dest, destIsDir, plan.containerPath);
     } finally {
-      tar.stdin!.end();
+      client.close();
     }
-    const tarCode = await exited(tar);
-    if (code !== 0) throw new ShoalError(`cp: ${stderr.lastLine() || `copying out of ${record.config.name} failed (${code})`}`);
-    if (tarCode !== 0) throw new ShoalError(`cp: unpacking into ${parent} failed: ${tarErr.lastLine() || `tar exited ${tarCode}`}`);
-    stripSetIdBits(staging);
-    place(staging, dest, destIsDir, plan.containerPath);
   } finally {
-    client.close();
     fs.rmSync(staging, { recursive: true, force: true });
   }
 }
