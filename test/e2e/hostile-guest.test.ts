@@ -19,6 +19,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { MEMORY_FILE_DIR } from '../../src/state/vm-files';
 import { busyboxImageForFile } from '../helpers/images';
+import { walkTree } from '../helpers/tree-walk';
 import { ShoalSandbox, waitUntil } from '../helpers/shoal-cli';
 
 const sandbox = new ShoalSandbox('hostile');
@@ -227,17 +228,6 @@ function stagingModes(parent: string, seen: Map<string, number>): void {
   }
 }
 
-function walkHost(root: string): Array<{ rel: string; st: fs.Stats }> {
-  const out: Array<{ rel: string; st: fs.Stats }> = [];
-  const go = (rel: string): void => {
-    const st = fs.lstatSync(path.join(root, rel));
-    out.push({ rel, st });
-    if (st.isDirectory()) for (const n of fs.readdirSync(path.join(root, rel))) go(path.join(rel, n));
-  };
-  go('');
-  return out;
-}
-
 describe('a hostile guest through cp and --map', () => {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-hostile-cp-'));
   after(() => fs.rmSync(work, { recursive: true, force: true }));
@@ -264,7 +254,7 @@ describe('a hostile guest through cp and --map', () => {
     assert.equal(cp.code, 0, cp.stderr.toString());
     const stderr = cp.stderr.toString();
     for (const what of ['dir/null: a character device', 'dir/sda: a block device', 'dir/fifo: a FIFO']) assert.ok(stderr.includes(what), `stderr names ${what}: ${stderr}`);
-    const tree = walkHost(path.join(parent, 'dir'));
+    const tree = walkTree(path.join(parent, 'dir'));
     for (const { rel, st } of tree) {
       assert.ok(st.isFile() || st.isDirectory() || st.isSymbolicLink(), `${rel} is mode ${st.mode.toString(8)} on the host`);
       assert.equal(st.mode & 0o6000, 0, `${rel} has a set-id bit: ${(st.mode & 0o7777).toString(8)}`);

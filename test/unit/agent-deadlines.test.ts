@@ -5,21 +5,19 @@
  * in-memory link: it takes the channel, reads what it is sent, and says nothing.
  */
 import assert from 'node:assert/strict';
-import { Duplex, PassThrough, Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import { test } from 'node:test';
 import { AGENT_CALL_TIMEOUT_MS, execCollect, request } from '../../src/host/exec-client';
 import { FILES_REPLY_TIMEOUT_MS, FilesError, filesCall, readFromChannel, writeToChannel } from '../../src/host/files-client';
-import { Mux, STDOUT, type Channel } from '../../src/protocol/mux';
+import { STDOUT, type Channel } from '../../src/protocol/mux';
+import { linkedMuxes } from '../helpers/mux-pair';
 import { waitHealthy } from '../../src/supervisor/health-check';
 
 // Every case has a test timeout: without the deadlines under test, each request would hang.
 
 /** A host mux and a guest that opens every channel, swallows its data and never replies. */
 function silentGuest(options: { answer?: (channel: Channel, request: Record<string, unknown>) => void } = {}) {
-  const aToB = new PassThrough();
-  const bToA = new PassThrough();
-  const host = new Mux(Duplex.from({ readable: bToA, writable: aToB }), { side: 'host', startInSync: false });
-  const guest = new Mux(Duplex.from({ readable: aToB, writable: bToA }), { side: 'guest', startInSync: false });
+  const { host, guest } = linkedMuxes();
   const channels: Channel[] = [];
   const closedByHost: Channel[] = [];
   guest.on('open', (channel: Channel) => {

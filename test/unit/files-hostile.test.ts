@@ -6,24 +6,21 @@
  * `shoal serve` do. Memory is sampled throughout, not only at the end.
  */
 import assert from 'node:assert/strict';
-import { Duplex, PassThrough } from 'node:stream';
 import { test } from 'node:test';
 import { entriesOf, FilesError, filesCall, readFromChannel, writeToChannel } from '../../src/host/files-client';
 import { MAX_PAYLOAD } from '../../src/protocol/frames';
-import { Mux, STDOUT, type Channel } from '../../src/protocol/mux';
+import { STDOUT, type Channel, type Mux } from '../../src/protocol/mux';
+import { linkedMuxes } from '../helpers/mux-pair';
 
 type Answer = (channel: Channel) => void;
 
 function hostileGuest(answer: Answer): { host: Mux; destroy: () => void } {
-  const aToB = new PassThrough();
-  const bToA = new PassThrough();
-  const host = new Mux(Duplex.from({ readable: bToA, writable: aToB }), { side: 'host', startInSync: false });
-  const guest = new Mux(Duplex.from({ readable: aToB, writable: bToA }), { side: 'guest', startInSync: false });
+  const { host, guest, destroy } = linkedMuxes();
   guest.on('open', (channel: Channel) => {
     channel.setDataHandler(() => undefined);
     answer(channel);
   });
-  return { host, destroy: () => { host.destroy(); guest.destroy(); } };
+  return { host, destroy };
 }
 
 const ENTRY = { name: 'f', path: '/f', type: 'file', size: 1, mode: 0o644, mtime: '2026-01-01T00:00:00.000Z' };

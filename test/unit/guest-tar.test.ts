@@ -13,6 +13,7 @@ import { pipeline } from 'node:stream/promises';
 import { after, before, test } from 'node:test';
 import { Header } from 'tar';
 import { unpackGuestTar } from '../../src/cli/guest-tar';
+import { walkTree } from '../helpers/tree-walk';
 
 interface Member {
   path: string;
@@ -66,17 +67,6 @@ async function unpack(name: string, tar: Buffer): Promise<{ staging: string; ski
   return { staging, skipped };
 }
 
-function walk(root: string): Array<{ rel: string; st: fs.Stats }> {
-  const out: Array<{ rel: string; st: fs.Stats }> = [];
-  const go = (rel: string): void => {
-    const st = fs.lstatSync(path.join(root, rel));
-    out.push({ rel, st });
-    if (st.isDirectory()) for (const n of fs.readdirSync(path.join(root, rel))) go(path.join(rel, n));
-  };
-  go('');
-  return out;
-}
-
 test('a hostile tar: only files, directories and links are created, never a set-id bit, nothing outside, the staging directory stays 0700', async () => {
   const hostile = tarOf([
     { path: './', type: 'Directory', mode: 0o777 },
@@ -99,7 +89,7 @@ test('a hostile tar: only files, directories and links are created, never a set-
   const before = fs.readdirSync(dir).sort();
   const { staging, skipped, error } = await unpack('hostile', hostile);
   assert.equal(error, undefined, String(error));
-  const tree = walk(staging);
+  const tree = walkTree(staging);
   // Nothing but files, directories and symlinks; no set-id or sticky bit anywhere.
   for (const { rel, st } of tree) {
     assert.ok(st.isFile() || st.isDirectory() || st.isSymbolicLink(), `${rel} is a ${st.mode.toString(8)}`);
