@@ -11,13 +11,14 @@
  * QEMU's own slirp cannot withhold it (docs/security.md).
  */
 import crypto from 'node:crypto';
+import type { NetworkMode } from '../state/vm-record';
 import { ShoalError } from '../util/errors';
 import type { NetSpec, PortForward, VmmKind } from '../vmm/backend';
 import { vmmTraits } from '../vmm/traits';
 import { tapName } from './bridge';
 import { NAMESPACE_GUEST_ADDRESS, NAMESPACE_TAP, namespaceNetworkUnavailable } from './namespace-network';
 
-export type NetworkMode = 'rootless' | 'slirp4netns' | 'bridged' | 'none';
+export type { NetworkMode };
 export const NETWORK_MODES: readonly NetworkMode[] = ['rootless', 'slirp4netns', 'bridged', 'none'];
 
 /** How a VM's network device reaches the world. */

@@ -6,13 +6,15 @@
 import type { ContainerOptions } from '../container/container-options';
 import type { ImageSource } from '../container/image-ref';
 import type { DirectoryMap } from '../container/map-spec';
-import type { NetworkMode } from '../network/mode';
 import type { TerminalSize } from '../protocol/messages';
 import type { Accelerator, PortForward, VmmKind } from '../vmm/backend';
 import type { JailerChoice } from '../vmm/select';
 
 export type RecordedState = 'creating' | 'starting' | 'running' | 'stopping' | 'stopped' | 'failed';
 export type VmStatus = 'creating' | 'starting' | 'running' | 'stopping' | 'stopped' | 'failed' | 'dead';
+
+/** `--network`: how the VM reaches the network (src/network/ implements each). */
+export type NetworkMode = 'rootless' | 'slirp4netns' | 'bridged' | 'none';
 
 export interface VmConfig {
   name: string;
