@@ -13,6 +13,8 @@ packages=(
   util-linux           # setpriv --pdeathsig: a VMM never outlives its supervisor; mount for FUSE tests
   iproute2 nftables    # --network bridged: bridge, TAP, NAT (and the tests' network namespaces)
   slirp4netns          # --network slirp4netns, and rootless networking for Firecracker
+  containerd           # containerd-shim-shoal-v2's tests start their own containerd (and ctr)
+  containernetworking-plugins  # CNI bridge + host-local for the shim's pod networking tests
   ca-certificates
   make g++ python3     # node-gyp for the native addon
 )
