@@ -148,3 +148,22 @@ test('a bad namespace path is one line, exit non-zero, nothing started', async (
   assert.deepEqual(sandbox.processes(), []);
   assert.deepEqual(sandbox.leftovers(), []);
 });
+
+test('kill -9 of the supervisor of a VM in a pod namespace: ls shows it dead, rm -f gives the namespace back', async () => {
+  const [podA] = pods;
+  const run = await sandbox.run(['run', '-d', '--name', 'pod9', '--network', `ns:/run/netns/${podA}`, busybox.ref, 'sleep', '1000000']);
+  assert.equal(run.code, 0, run.stderr.toString());
+  const vm = await sandbox.vm('pod9');
+  assert.ok(vm?.pid && vm.vmmPid, 'a live supervisor and VMM');
+  process.kill(vm.pid, 'SIGKILL');
+  const deadline = Date.now() + 30_000;
+  while (fs.existsSync(`/proc/${vm.vmmPid}`) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+  assert.ok(!fs.existsSync(`/proc/${vm.vmmPid}`), 'the VMM died with its supervisor');
+  assert.equal((await sandbox.vm('pod9'))?.state, 'dead');
+  const rm = await sandbox.run(['rm', '-f', 'pod9'], { timeoutMs: 60_000 });
+  assert.equal(rm.code, 0, rm.stderr.toString());
+  assert.doesNotMatch(sh('tc', ['-n', podA!, 'qdisc', 'show', 'dev', 'eth0']), /ingress/, 'the mirror is gone');
+  assert.equal(spawnSync('ip', ['-n', podA!, 'link', 'show', NETNS_TAP]).status, 1, 'the TAP is gone');
+  assert.deepEqual(sandbox.processes(), []);
+  assert.deepEqual(sandbox.leftovers(), []);
+});
