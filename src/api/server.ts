@@ -18,6 +18,7 @@ import { FilesError } from '../host/files-client';
 import { containerPathComponents } from '../protocol/files';
 import { ShoalError } from '../util/errors';
 import type { Core, ExecSpec, RemoteProcess, VmView } from './core';
+import { HostProxy, serverWithHostProxy } from './e2b/host-proxy';
 import { e2bApiPlugin, e2bSandboxes, type E2bApiOptions } from './e2b/plugin';
 import { ApiError, firstLine, toApiError, type ErrorCode } from './errors';
 import { readFacts, writeFacts, type ApiFacts } from './facts';
@@ -76,7 +77,11 @@ const PathQuery = Type.Object({ path: Type.String({ minLength: 1, maxLength: 409
 
 export async function buildServer(core: Core, options: ServerOptions): Promise<FastifyInstance> {
   const limits = { ...LIMITS, ...options };
+  const e2b = options.e2b ? e2bSandboxes(core, options.e2b) : undefined;
+  // --domain: sandbox hosts (E2B's getHost) are proxied before fastify routes anything.
+  const hostProxy = e2b && options.e2b?.domain ? new HostProxy(core, e2b, options.e2b.domain) : undefined;
   const app = Fastify({
+    ...(hostProxy ? { serverFactory: serverWithHostProxy(hostProxy) } : {}),
     logger: options.logger ?? false,
     // Streams (SSE, WebSocket) would otherwise hold a closing server open.
     forceCloseConnections: true,
@@ -465,7 +470,6 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
 
   // ---- E2B ------------------------------------------------------------------------------
 
-  const e2b = options.e2b ? e2bSandboxes(core, options.e2b) : undefined;
   if (e2b) await app.register(e2bApiPlugin(core, e2b, options.token, options.logger ?? false), { prefix: E2B_PREFIX });
 
   // ---- expiry ---------------------------------------------------------------------------

@@ -6,10 +6,12 @@
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { AuthenticationError, NotFoundError, Sandbox, SandboxError } from 'e2b';
 import type { FastifyInstance } from 'fastify';
+import { WebSocket, WebSocketServer } from 'ws';
 import { buildServer } from '../../src/api/server';
 import { FakeCore } from '../helpers/fake-core';
 import { tempDir } from '../helpers/temp-dir';
@@ -153,5 +155,54 @@ describe('E2B sandbox API (fake core)', () => {
     await assert.rejects(Sandbox.getInfo(dying.sandboxId, opts), NotFoundError);
     await Sandbox.kill(pausing.sandboxId, opts);
     assert.deepEqual(await Sandbox.list(opts).nextItems().then((l) => l.filter((s) => s.sandboxId === pausing.sandboxId)), []);
+  });
+
+  it('getHost: HTTP and WebSocket to a port in the sandbox by Host, the traffic token when public traffic is off', async () => {
+    // The "guest" port: with the fake core, the guest relay runs on this host.
+    const target = http.createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (d: Buffer) => chunks.push(d));
+      req.on('end', () => res.end(JSON.stringify({ method: req.method, url: req.url, body: Buffer.concat(chunks).toString(), token: req.headers['e2b-traffic-access-token'] ?? null })));
+    });
+    const wss = new WebSocketServer({ server: target });
+    wss.on('connection', (ws) => ws.on('message', (data) => ws.send(`echo:${String(data)}`)));
+    await new Promise<void>((r) => target.listen(0, '127.0.0.1', () => r()));
+    const guestPort = (target.address() as { port: number }).port;
+    try {
+      const open = await Sandbox.create('busy', opts);
+      const closed = await Sandbox.create('busy', { ...opts, network: { allowPublicTraffic: false } });
+      const request = (host: string, headers: Record<string, string> = {}, body = ''): Promise<{ status: number; body: string }> => new Promise((resolve, reject) => {
+        const req = http.request({ host: '127.0.0.1', port, path: '/some/path?q=1', method: 'POST', headers: { host, ...headers } }, (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (d: Buffer) => chunks.push(d));
+          res.on('end', () => resolve({ status: res.statusCode!, body: Buffer.concat(chunks).toString() }));
+        });
+        req.on('error', reject);
+        req.end(body);
+      });
+      const through = await request(open.getHost(guestPort), {}, 'payload');
+      assert.equal(through.status, 200, through.body);
+      assert.deepEqual(JSON.parse(through.body), { method: 'POST', url: '/some/path?q=1', body: 'payload', token: null });
+      assert.equal((await request(`${guestPort}-inosuchsandbox.sbx.test`)).status, 502);
+      assert.equal((await request(closed.getHost(guestPort))).status, 401);
+      const token = (closed as unknown as { trafficAccessToken: string }).trafficAccessToken;
+      assert.equal((await request(closed.getHost(guestPort), { 'e2b-traffic-access-token': token })).status, 200);
+      // The API itself still answers on its own host.
+      assert.equal((await request('127.0.0.1')).status, 401, 'the native API, which wants its token');
+      const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`, { headers: { host: open.getHost(guestPort) } });
+      const reply = await new Promise<string>((resolve, reject) => {
+        ws.on('open', () => ws.send('hi'));
+        ws.on('message', (data) => resolve(String(data)));
+        ws.on('error', reject);
+      });
+      assert.equal(reply, 'echo:hi');
+      ws.close();
+      await open.kill();
+      await closed.kill();
+    } finally {
+      wss.close();
+      target.closeAllConnections();
+      target.close();
+    }
   });
 });

@@ -163,7 +163,12 @@ export class E2bSandboxes {
   async create(body: S.NewSandbox): Promise<S.Sandbox> {
     if (body.volumeMounts !== undefined && body.volumeMounts.length > 0) throw badRequest('volume mounts are not supported by shoal');
     if (body.mcp !== undefined && body.mcp !== null) throw badRequest('the MCP gateway is not supported by shoal');
-    if (body.network !== undefined && body.network !== null) throw badRequest('network rules are not supported by shoal');
+    // Of E2B's network settings only allowPublicTraffic (getHost wants the traffic token when false).
+    const network = (body.network ?? {}) as Record<string, unknown>;
+    const unsupported = Object.keys(network).filter((k) => k !== 'allowPublicTraffic');
+    if (unsupported.length > 0) throw badRequest(`network ${unsupported.join(', ')} not supported by shoal`);
+    if (network.allowPublicTraffic !== undefined && typeof network.allowPublicTraffic !== 'boolean') throw badRequest('network.allowPublicTraffic must be a boolean');
+    const secure = body.secure === true || network.allowPublicTraffic === false;
     if (body.autoResume?.enabled === true) throw badRequest('autoResume is not supported by shoal: resume a paused sandbox with connect');
     if (body.autoPauseMemory === false) throw badRequest('autoPauseMemory: false is not supported by shoal (a pause always keeps memory)');
     const template = await this.templates.resolve(body.templateID);
@@ -172,8 +177,8 @@ export class E2bSandboxes {
       sandboxId,
       templateId: template.templateId,
       envdAccessToken: newAccessToken(),
-      secure: body.secure === true,
-      trafficAccessToken: body.secure === true ? newAccessToken() : null,
+      secure,
+      trafficAccessToken: secure ? newAccessToken() : null,
       autoPause: body.autoPause === true,
       defaultUser: 'user',
       envVars: body.envVars ?? {},

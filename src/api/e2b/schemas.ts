@@ -28,7 +28,7 @@ export const NewSandbox = Type.Object({
   secure: Type.Optional(Type.Boolean()),
   allow_internet_access: Type.Optional(Type.Boolean()),
   mcp: Type.Optional(Type.Unknown()),
-  network: Type.Optional(Type.Unknown()),
+  network: Type.Optional(Type.Union([Type.Object({}, { additionalProperties: true }), Type.Null()])),
   iam: Type.Optional(Type.Unknown()),
   volumeMounts: Type.Optional(Type.Array(Type.Unknown(), { maxItems: 64 })),
 });
