@@ -77,6 +77,15 @@ describe('E2B sandbox API (fake core)', () => {
     assert.equal(new Set(ids).size, 2);
   });
 
+  it('logs are the container\'s lines; metrics an empty list', async () => {
+    core.writeLog(core.find(first.sandboxId)!.id, [{ stream: 'stdout', data: Buffer.from('one\ntwo\n') }, { stream: 'stderr', data: Buffer.from('oops\n') }]);
+    const r = await fetch(`${opts.apiUrl}/v2/sandboxes/${first.sandboxId}/logs`, { headers: { 'x-api-key': opts.apiKey } });
+    const body = await r.json() as { logs: Array<{ message: string; level: string }> };
+    assert.deepEqual(body.logs.map((l) => `${l.level}:${l.message}`), ['info:one', 'info:two', 'error:oops']);
+    assert.deepEqual(await first.getMetrics(), []);
+    await assert.rejects(Sandbox.getMetrics('inosuch', opts), NotFoundError);
+  });
+
   it('setTimeout moves endAt', async () => {
     await first.setTimeout(3_600_000);
     const info = await first.getInfo();

@@ -9,6 +9,7 @@ import type { Core } from '../core';
 import { apiKeyChecker } from './auth';
 import { installErrorReplies } from './errors';
 import { PausedStore } from './paused-store';
+import { registerLogRoutes } from './routes-logs';
 import { registerSandboxRoutes } from './routes-sandboxes';
 import { registerTemplateRoutes } from './routes-templates';
 import { E2bSandboxes } from './sandboxes';
@@ -38,5 +39,6 @@ export function e2bApiPlugin(core: Core, sandboxes: E2bSandboxes, token: string,
     app.addHook('onRequest', apiKeyChecker(token));
     registerSandboxRoutes(app, sandboxes);
     registerTemplateRoutes(app, core, sandboxes);
+    registerLogRoutes(app, core, sandboxes);
   };
 }
