@@ -8,6 +8,7 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import http from 'node:http';
 import { after, before, describe, it } from 'node:test';
 import { AuthenticationError, NotFoundError, Sandbox } from 'e2b';
 import os from 'node:os';
@@ -19,6 +20,20 @@ const imageDir = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-e2b-img-'));
 const cli = new ShoalSandbox('e2b');
 let serve: ChildProcess;
 let sbx: Sandbox;
+let servePort = 0;
+
+/** GET through serve's getHost proxy: the Host names the sandbox and the port. */
+function viaHost(host: string, urlPath: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port: servePort, path: urlPath, headers: { host }, timeout: 60_000 }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (d: Buffer) => chunks.push(d));
+      res.on('end', () => resolve({ status: res.statusCode!, body: Buffer.concat(chunks).toString() }));
+    });
+    req.on('timeout', () => req.destroy(new Error('no answer through the proxy in 60 s')));
+    req.on('error', reject);
+  });
+}
 
 /** Runs a shell command in the sandbox's container through the CLI; its stdout. */
 async function sh(sandboxId: string, command: string): Promise<string> {
@@ -39,6 +54,7 @@ before(async () => {
   });
   const started = JSON.parse(line) as { url: string; tokenFile: string };
   const token = fs.readFileSync(started.tokenFile, 'utf8').trim();
+  servePort = Number(new URL(started.url).port);
   // The SDK's own configuration, as a user sets it: nothing else is passed to it below.
   process.env.E2B_API_URL = `${started.url}/e2b`;
   process.env.E2B_SANDBOX_URL = `${started.url}/e2b/envd`;
@@ -80,8 +96,10 @@ describe('the e2b SDK against shoal serve', { timeout: 600_000 }, () => {
     assert.ok(Math.abs(later.endAt.getTime() - (Date.now() + 1_200_000)) < 30_000);
   });
 
-  it('pause, then Sandbox.connect: same id, files and memory intact', async () => {
-    await sh(sbx.sandboxId, 'echo on-disk > /root/disk.txt; echo in-memory > /dev/shm/mem.txt');
+  it('getHost, then pause and Sandbox.connect: same id, files, memory and the listening server intact', async () => {
+    await sh(sbx.sandboxId, 'echo on-disk > /root/disk.txt; echo in-memory > /dev/shm/mem.txt; mkdir -p /www; echo served > /www/index.html; httpd -p 8080 -h /www');
+    const served = await viaHost(sbx.getHost(8080), '/index.html');
+    assert.deepEqual(served, { status: 200, body: 'served\n' });
     assert.equal(await sbx.pause({ requestTimeoutMs: 120_000 }), true);
     assert.equal(await cli.vm(sbx.sandboxId), undefined, 'no VM while paused');
     const paused = await Sandbox.list({ query: { state: ['paused'] } }).nextItems();
@@ -90,6 +108,7 @@ describe('the e2b SDK against shoal serve', { timeout: 600_000 }, () => {
     assert.equal(back.sandboxId, sbx.sandboxId);
     assert.equal((await back.getInfo()).state, 'running');
     assert.equal(await sh(sbx.sandboxId, 'cat /root/disk.txt /dev/shm/mem.txt'), 'on-disk\nin-memory\n');
+    assert.deepEqual(await viaHost(back.getHost(8080), '/index.html'), { status: 200, body: 'served\n' }, 'the server still listens after the resume');
   });
 
   it('fork({count: 2}): two running children with their own ids and the parent\'s files', async () => {
