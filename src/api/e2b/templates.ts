@@ -7,7 +7,7 @@
  */
 import crypto from 'node:crypto';
 import type { Core, SnapshotView } from '../core';
-import { notFound } from './errors';
+import { E2bApiError, e2bErrorOf, notFound } from './errors';
 
 /** Snapshot tags shoal keeps for the E2B API itself; never offered as user snapshots. */
 export const TEMPLATE_TAG_PREFIX = 'e2b-template-';
@@ -57,6 +57,15 @@ export class Templates {
 
   private async build(tag: string, image: string, stale: SnapshotView | undefined): Promise<string> {
     if (stale) this.core.removeSnapshot(tag, { force: true });
+    try {
+      return await this.boot(tag, image);
+    } catch (err) {
+      // The operator's image or the host, not the request: E2B's "try later" status.
+      throw new E2bApiError(503, `template ${tag.slice(TEMPLATE_TAG_PREFIX.length)} (${image}) could not be built: ${e2bErrorOf(err).message}`);
+    }
+  }
+
+  private async boot(tag: string, image: string): Promise<string> {
     const vm = await this.core.create({
       name: `${tag.slice(0, 40)}-${crypto.randomBytes(4).toString('hex')}`,
       image,
