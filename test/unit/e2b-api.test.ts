@@ -14,6 +14,8 @@ import type { FastifyInstance } from 'fastify';
 import { WebSocket, WebSocketServer } from 'ws';
 import { buildServer } from '../../src/api/server';
 import { FakeCore } from '../helpers/fake-core';
+import { ShoalError } from '../../src/util/errors';
+import type { SandboxSpec, VmView } from '../../src/api/core';
 import { tempDir } from '../helpers/temp-dir';
 
 const TOKEN = 'a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5';
@@ -212,6 +214,25 @@ describe('E2B sandbox API (fake core)', () => {
       wss.close();
       target.closeAllConnections();
       target.close();
+    }
+  });
+
+  it('a template whose image cannot boot is a 503 (ServiceBusyError) naming it, and nothing is left', async () => {
+    class FailingCore extends FakeCore {
+      override async create(spec: SandboxSpec): Promise<VmView> {
+        if (spec.image !== undefined) throw new ShoalError('image load failed: no such image');
+        return super.create(spec);
+      }
+    }
+    const failing = new FailingCore();
+    const server = await buildServer(failing, { token: TOKEN, sweepMs: 0, e2b: { stateDir: tempDir('shoal-e2b-state-'), templates: new Map([['broken', 'example.com/none:1']]), domain: null } });
+    const url = await server.listen({ host: '127.0.0.1', port: 0 });
+    try {
+      await assert.rejects(Sandbox.create('broken', { apiUrl: `${url}/e2b`, apiKey: `e2b_${TOKEN}` }), (err: unknown) => (err as Error).name === 'ServiceBusyError' && /template broken \(example.com\/none:1\) could not be built: image load failed/.test((err as Error).message));
+      assert.deepEqual(failing.list(), []);
+      assert.deepEqual(failing.snapshots(), []);
+    } finally {
+      await server.close();
     }
   });
 });
