@@ -108,7 +108,7 @@ export interface Core {
   logFile(id: string): string;
   snapshot(id: string, tag: string): Promise<{ tag: string; pauseMs: number }>;
   snapshots(): SnapshotView[];
-  removeSnapshot(tag: string): void;
+  removeSnapshot(tag: string, options?: { force?: boolean }): void;
   /** Snapshots the VM and starts `names.length` clones; one entry per child. */
   fork(id: string, names: string[]): Promise<Array<VmView | Error>>;
   readonly files: FileOps;
@@ -203,9 +203,10 @@ export class ShoalCore implements Core {
     return listSnapshots(this.store).map(({ tag, manifest }) => ({ tag, parent: manifest.source.id, createdAt: manifest.createdAt, image: manifest.config.image }));
   }
 
-  removeSnapshot(tag: string): void {
+  /** force (the E2B API): also when live clones map its memory (their mappings keep it until they end). */
+  removeSnapshot(tag: string, options: { force?: boolean } = {}): void {
     findSnapshot(this.store, tag);
-    removeSnapshot(this.store, tag);
+    removeSnapshot(this.store, tag, options);
   }
 
   /** As `shoal fork`, except that one child failing does not take its siblings down. */

@@ -18,6 +18,8 @@ import { FilesError } from '../host/files-client';
 import { containerPathComponents } from '../protocol/files';
 import { ShoalError } from '../util/errors';
 import type { Core, ExecSpec, RemoteProcess, VmView } from './core';
+import { HostProxy, serverWithHostProxy } from './e2b/host-proxy';
+import { e2bApiPlugin, e2bSandboxes, type E2bApiOptions } from './e2b/plugin';
 import { ApiError, firstLine, toApiError, type ErrorCode } from './errors';
 import { readFacts, writeFacts, type ApiFacts } from './facts';
 import { resolveArchiveImage } from './image-dirs';
@@ -46,7 +48,13 @@ export interface ServerOptions {
   logger?: boolean;
   /** Directories whose archives may be images (docker-archive:PATH, oci-archive:PATH); none by default. */
   imageDirs?: readonly string[];
+  /** E2B's sandbox API at /e2b (src/api/e2b/); absent: not served. */
+  e2b?: E2bApiOptions;
 }
+
+/** Paths under /e2b have their own auth (E2B's API key, envd's per-sandbox token). */
+export const E2B_PREFIX = '/e2b';
+const isE2bPath = (url: string): boolean => url === E2B_PREFIX || url.startsWith(`${E2B_PREFIX}/`) || url.startsWith(`${E2B_PREFIX}?`);
 
 export const LIMITS = {
   bodyLimit: 1024 * 1024,
@@ -69,7 +77,11 @@ const PathQuery = Type.Object({ path: Type.String({ minLength: 1, maxLength: 409
 
 export async function buildServer(core: Core, options: ServerOptions): Promise<FastifyInstance> {
   const limits = { ...LIMITS, ...options };
+  const e2b = options.e2b ? e2bSandboxes(core, options.e2b) : undefined;
+  // --domain: sandbox hosts (E2B's getHost) are proxied before fastify routes anything.
+  const hostProxy = e2b && options.e2b?.domain ? new HostProxy(core, e2b, options.e2b.domain) : undefined;
   const app = Fastify({
+    ...(hostProxy ? { serverFactory: serverWithHostProxy(hostProxy) } : {}),
     logger: options.logger ?? false,
     // Streams (SSE, WebSocket) would otherwise hold a closing server open.
     forceCloseConnections: true,
@@ -94,6 +106,7 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
   // ---- auth, errors ---------------------------------------------------------------------
 
   app.addHook('onRequest', async (request) => {
+    if (isE2bPath(request.url)) return;
     const header = request.headers.authorization;
     let given: string | undefined;
     // The scheme is case-insensitive (RFC 7235), one or more spaces before the credentials.
@@ -455,15 +468,24 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
     void runPty(core, vm.id, socket, { cols: Number(q.cols ?? 80), rows: Number(q.rows ?? 24), cmd: q.cmd ?? '/bin/sh' });
   });
 
+  // ---- E2B ------------------------------------------------------------------------------
+
+  if (e2b) await app.register(e2bApiPlugin(core, e2b, options.token, options.logger ?? false), { prefix: E2B_PREFIX });
+
   // ---- expiry ---------------------------------------------------------------------------
 
   const sweepMs = options.sweepMs ?? 1000;
+  const expiring = new Set<string>();
   if (sweepMs > 0) {
     const timer = setInterval(() => {
       const now = Date.now();
       for (const vm of core.list()) {
         const { expiresAt } = readFacts(core.vmDir(vm.id));
-        if (expiresAt !== null && Date.parse(expiresAt) <= now) void removeSandbox(vm.id).catch(() => undefined);
+        if (expiresAt === null || Date.parse(expiresAt) > now || expiring.has(vm.id)) continue;
+        // An E2B sandbox with autoPause is paused instead of removed (its API does that).
+        const handled = e2b?.expired(vm);
+        expiring.add(vm.id);
+        void (handled === undefined || handled === false ? removeSandbox(vm.id) : handled).catch(() => undefined).finally(() => expiring.delete(vm.id));
       }
     }, sweepMs);
     timer.unref();

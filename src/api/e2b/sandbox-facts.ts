@@ -22,6 +22,8 @@ export interface E2bFacts {
   autoPause: boolean;
   /** The E2B user the SDK names when it gives none ("user"). */
   defaultUser: string;
+  /** create's envVars: the environment of every process envd starts (as E2B's envd applies them). */
+  envVars: Record<string, string>;
 }
 
 const MAX_FACTS_BYTES = 64 * 1024;
@@ -46,22 +48,33 @@ export function readE2bFacts(vmDir: string): E2bFacts | undefined {
   }
   if (raw.length > MAX_FACTS_BYTES) return undefined;
   try {
-    const v = JSON.parse(raw) as Partial<E2bFacts>;
-    if (typeof v.sandboxId !== 'string' || typeof v.templateId !== 'string') return undefined;
-    if (typeof v.envdAccessToken !== 'string' || !TOKEN.test(v.envdAccessToken)) return undefined;
-    const traffic = typeof v.trafficAccessToken === 'string' && TOKEN.test(v.trafficAccessToken) ? v.trafficAccessToken : null;
-    return {
-      sandboxId: v.sandboxId,
-      templateId: v.templateId,
-      envdAccessToken: v.envdAccessToken,
-      trafficAccessToken: traffic,
-      secure: v.secure === true,
-      autoPause: v.autoPause === true,
-      defaultUser: typeof v.defaultUser === 'string' ? v.defaultUser : 'user',
-    };
+    return e2bFactsFrom(JSON.parse(raw));
   } catch {
     return undefined;
   }
+}
+
+/** Parsed facts checked field by field (also for the paused-sandbox store, which holds them without a VM). */
+export function e2bFactsFrom(value: unknown): E2bFacts | undefined {
+  if (!value || typeof value !== 'object') return undefined;
+  const v = value as Partial<E2bFacts>;
+  if (typeof v.sandboxId !== 'string' || typeof v.templateId !== 'string') return undefined;
+  if (typeof v.envdAccessToken !== 'string' || !TOKEN.test(v.envdAccessToken)) return undefined;
+  const traffic = typeof v.trafficAccessToken === 'string' && TOKEN.test(v.trafficAccessToken) ? v.trafficAccessToken : null;
+  const envVars: Record<string, string> = {};
+  if (v.envVars && typeof v.envVars === 'object') {
+    for (const [k, value] of Object.entries(v.envVars)) if (typeof value === 'string') envVars[k] = value;
+  }
+  return {
+    sandboxId: v.sandboxId,
+    templateId: v.templateId,
+    envdAccessToken: v.envdAccessToken,
+    trafficAccessToken: traffic,
+    secure: v.secure === true,
+    autoPause: v.autoPause === true,
+    defaultUser: typeof v.defaultUser === 'string' ? v.defaultUser : 'user',
+    envVars,
+  };
 }
 
 /** Atomic, 0600; a VM directory that is gone is left alone. */

@@ -1,7 +1,8 @@
 /**
- * `shoal serve [--socket PATH | --listen HOST:PORT] [--token-file PATH] [--image-dir DIR...]`:
- * the HTTP API over the same state directory as the CLI, so each sees the other's VMs. Every
- * request needs the token (the file is created, mode 0600, when missing).
+ * `shoal serve [--socket PATH | --listen HOST:PORT] [--token-file PATH] [--image-dir DIR...]
+ * [--template NAME=IMAGE...] [--domain D]`: the HTTP API over the same state directory as the
+ * CLI, so each sees the other's VMs, and E2B's sandbox API at /e2b. Every request needs the token
+ * (the file is created, mode 0600, when missing); E2B's SDK sends it as the key e2b_<token>.
  *
  * By default it listens on a Unix socket in a directory only its user may enter
  * (/run/shoal/api.sock as root, <state>/api.sock otherwise), not on a TCP port: any local user
@@ -12,7 +13,9 @@ import type { Command } from 'commander';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import { parseTemplateFlags } from '../../api/e2b/template-flags';
 import { loadOrCreateToken } from '../../api/token';
+import { parseImage } from '../../container/image-ref';
 import { StateStore } from '../../state/store';
 import { ensurePrivateDir } from '../../util/private-fs';
 import { ShoalError } from '../../util/errors';
@@ -23,6 +26,26 @@ export interface ServeFlags {
   socket?: string;
   tokenFile?: string;
   imageDir?: string[];
+  template?: string[];
+  domain?: string;
+}
+
+/** --domain: a DNS name (getHost's hosts are PORT-SANDBOXID.DOMAIN). */
+export function parseDomain(value: string | undefined): string | null {
+  if (value === undefined) return null;
+  const domain = value.toLowerCase().replace(/\.$/, '');
+  const label = '[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?';
+  if (domain.length > 200 || !new RegExp(`^${label}(\\.${label})*$`).test(domain)) throw new ShoalError(`invalid --domain "${value}": expected a DNS name such as sandbox.example.com`);
+  return domain;
+}
+
+/** --template NAME=IMAGE values, each image reference checked as `shoal run` checks it. */
+export function parseTemplates(values: readonly string[] | undefined): Map<string, string> {
+  try {
+    return parseTemplateFlags(values ?? [], (image) => void parseImage(image));
+  } catch (err) {
+    throw new ShoalError((err as Error).message.split('\n')[0]!);
+  }
 }
 
 /** --image-dir values: each must be an existing directory (named once, resolved at start). */
@@ -94,6 +117,8 @@ async function listenOnSocket(app: { listen(o: { path: string }): Promise<string
 export async function serveCommand(flags: ServeFlags): Promise<number> {
   const store = new StateStore();
   const imageDirs = parseImageDirs(flags.imageDir);
+  const templates = parseTemplates(flags.template);
+  const domain = parseDomain(flags.domain);
   if (flags.listen !== undefined && flags.socket !== undefined) throw new ShoalError('give --listen or --socket, not both');
   const listen = flags.listen !== undefined ? parseListen(flags.listen) : undefined;
   const tokenFile = path.resolve(flags.tokenFile ?? path.join(store.root, 'api-token'));
@@ -103,7 +128,7 @@ export async function serveCommand(flags: ServeFlags): Promise<number> {
   // Loaded here, not at the top: Fastify and the API's schemas are a tenth of a second of every
   // other command's start (a clone's, an exec's) otherwise.
   const [{ ShoalCore }, { buildServer }] = await Promise.all([import('../../api/core'), import('../../api/server')]);
-  const app = await buildServer(new ShoalCore(store), { token, imageDirs });
+  const app = await buildServer(new ShoalCore(store), { token, imageDirs, e2b: { stateDir: path.join(store.root, 'e2b'), templates, domain } });
   if (listen === undefined) {
     const socket = path.resolve(flags.socket ?? defaultSocket(store));
     await listenOnSocket(app, socket);
@@ -137,6 +162,8 @@ export function registerServe(program: Command): void {
     .option('--socket <path>', 'the Unix socket to listen on, created mode 0600 (default /run/shoal/api.sock as root, else <state>/api.sock)')
     .option('--listen <host:port>', 'listen on TCP instead (e.g. 127.0.0.1:7070): any local user can take a free port while serve is down')
     .option('--image-dir <dir>', 'a directory whose docker-archive/oci-archive files API clients may use as images (repeatable; default none)', collect)
+    .option('--template <name=image>', 'an E2B template: NAME (the SDK\'s template, e.g. base) runs IMAGE; its first sandbox boots once and is snapshotted, the others are clones (repeatable)', collect)
+    .option('--domain <domain>', 'E2B getHost: requests for PORT-SANDBOXID.DOMAIN go to that sandbox\'s port')
     .option('--token-file <path>', 'the bearer token, created (mode 0600) when missing (default <state>/api-token)')
     .action(act((flags: ServeFlags) => serveCommand(flags)));
 }

@@ -1,0 +1,139 @@
+/**
+ * The official `e2b` SDK (2.51.0) drives a real `shoal serve` and real VMs, configured only by
+ * E2B_API_URL, E2B_SANDBOX_URL and E2B_API_KEY (and E2B_DOMAIN). Lean: one template boot (the
+ * alias's first create), then clones: a second create, a pause and connect, a fork of 2 and a
+ * sandbox from a snapshot. What runs inside is checked with the CLI's exec (envd's commands are
+ * another part of the API). Cases run in order and share the first sandbox.
+ */
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import { after, before, describe, it } from 'node:test';
+import { AuthenticationError, NotFoundError, Sandbox } from 'e2b';
+import os from 'node:os';
+import path from 'node:path';
+import { buildBusyboxDockerArchive } from '../helpers/images';
+import { SHOAL_BIN, ShoalSandbox } from '../helpers/shoal-cli';
+
+const imageDir = fs.mkdtempSync(path.join(os.tmpdir(), 'shoal-e2b-img-'));
+const cli = new ShoalSandbox('e2b');
+let serve: ChildProcess;
+let sbx: Sandbox;
+let servePort = 0;
+
+/** GET through serve's getHost proxy: the Host names the sandbox and the port. */
+function viaHost(host: string, urlPath: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port: servePort, path: urlPath, headers: { host }, timeout: 60_000 }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (d: Buffer) => chunks.push(d));
+      res.on('end', () => resolve({ status: res.statusCode!, body: Buffer.concat(chunks).toString() }));
+    });
+    req.on('timeout', () => req.destroy(new Error('no answer through the proxy in 60 s')));
+    req.on('error', reject);
+  });
+}
+
+/** Runs a shell command in the sandbox's container through the CLI; its stdout. */
+async function sh(sandboxId: string, command: string): Promise<string> {
+  const result = await cli.run(['exec', sandboxId, '--', 'sh', '-c', command], { timeoutMs: 60_000 });
+  assert.equal(result.code, 0, `exec in ${sandboxId}: ${result.stderr.toString()}`);
+  return result.stdout.toString();
+}
+
+before(async () => {
+  // Built before serve starts: --template checks the archive exists.
+  const image = `docker-archive:${await buildBusyboxDockerArchive(path.join(imageDir, 'busybox.tar'))}`;
+  serve = spawn(SHOAL_BIN, ['serve', '--listen', '127.0.0.1:0', '--template', `busy=${image}`, '--domain', 'sbx.test'], { env: cli.env(), stdio: ['ignore', 'pipe', 'pipe'] });
+  serve.stderr!.on('data', (d: Buffer) => { if (process.env.SHOAL_E2E_DEBUG) process.stderr.write(d); });
+  const line = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('shoal serve did not start')), 20_000);
+    serve.stdout!.once('data', (d: Buffer) => { clearTimeout(timer); resolve(d.toString()); });
+    serve.once('exit', (code) => reject(new Error(`shoal serve exited with ${code}`)));
+  });
+  const started = JSON.parse(line) as { url: string; tokenFile: string };
+  const token = fs.readFileSync(started.tokenFile, 'utf8').trim();
+  servePort = Number(new URL(started.url).port);
+  // The SDK's own configuration, as a user sets it: nothing else is passed to it below.
+  process.env.E2B_API_URL = `${started.url}/e2b`;
+  process.env.E2B_SANDBOX_URL = `${started.url}/e2b/envd`;
+  process.env.E2B_API_KEY = `e2b_${token}`;
+  process.env.E2B_DOMAIN = 'sbx.test';
+});
+
+after(async () => {
+  serve?.kill('SIGTERM');
+  await new Promise((r) => setTimeout(r, 500));
+  cli.cleanup();
+  fs.rmSync(imageDir, { recursive: true, force: true });
+});
+
+describe('the e2b SDK against shoal serve', { timeout: 600_000 }, () => {
+  it('creates from a template alias (one boot), then from the same alias again (a clone)', async () => {
+    const t0 = Date.now();
+    sbx = await Sandbox.create('busy', { metadata: { suite: 'e2b-e2e', role: 'first' }, timeoutMs: 600_000, requestTimeoutMs: 300_000 });
+    const firstMs = Date.now() - t0;
+    assert.equal((await cli.vm(sbx.sandboxId))?.state, 'running');
+    const t1 = Date.now();
+    const second = await Sandbox.create('busy', { metadata: { suite: 'e2b-e2e', role: 'second' }, requestTimeoutMs: 120_000 });
+    const cloneMs = Date.now() - t1;
+    assert.ok(cloneMs < firstMs, `a clone (${cloneMs} ms) is faster than the template's boot (${firstMs} ms)`);
+    assert.equal(await sh(second.sandboxId, 'echo cloned'), 'cloned\n');
+    assert.equal(await second.kill(), true);
+    assert.equal(sbx.getHost(3000), `3000-${sbx.sandboxId}.sbx.test`);
+  });
+
+  it('getInfo, list with a metadata query, setTimeout', async () => {
+    const info = await Sandbox.getInfo(sbx.sandboxId);
+    assert.equal(info.state, 'running');
+    assert.equal(info.templateId, 'busy');
+    assert.deepEqual(info.metadata, { suite: 'e2b-e2e', role: 'first' });
+    const listed = await Sandbox.list({ query: { metadata: { role: 'first' } } }).nextItems();
+    assert.deepEqual(listed.map((s) => s.sandboxId), [sbx.sandboxId]);
+    await sbx.setTimeout(1_200_000);
+    const later = await sbx.getInfo();
+    assert.ok(Math.abs(later.endAt.getTime() - (Date.now() + 1_200_000)) < 30_000);
+  });
+
+  it('getHost, then pause and Sandbox.connect: same id, files, memory and the listening server intact', async () => {
+    await sh(sbx.sandboxId, 'echo on-disk > /root/disk.txt; echo in-memory > /dev/shm/mem.txt; mkdir -p /www; echo served > /www/index.html; httpd -p 8080 -h /www');
+    const served = await viaHost(sbx.getHost(8080), '/index.html');
+    assert.deepEqual(served, { status: 200, body: 'served\n' });
+    assert.equal(await sbx.pause({ requestTimeoutMs: 120_000 }), true);
+    assert.equal(await cli.vm(sbx.sandboxId), undefined, 'no VM while paused');
+    const paused = await Sandbox.list({ query: { state: ['paused'] } }).nextItems();
+    assert.deepEqual(paused.map((s) => s.sandboxId), [sbx.sandboxId]);
+    const back = await Sandbox.connect(sbx.sandboxId, { requestTimeoutMs: 120_000 });
+    assert.equal(back.sandboxId, sbx.sandboxId);
+    assert.equal((await back.getInfo()).state, 'running');
+    assert.equal(await sh(sbx.sandboxId, 'cat /root/disk.txt /dev/shm/mem.txt'), 'on-disk\nin-memory\n');
+    assert.deepEqual(await viaHost(back.getHost(8080), '/index.html'), { status: 200, body: 'served\n' }, 'the server still listens after the resume');
+  });
+
+  it('fork({count: 2}): two running children with their own ids and the parent\'s files', async () => {
+    const children = (await sbx.fork({ count: 2, requestTimeoutMs: 180_000 } as never)) as unknown as Array<Sandbox | Error>;
+    assert.equal(children.length, 2);
+    for (const child of children) {
+      assert.ok(child instanceof Sandbox, String(child));
+      assert.notEqual(child.sandboxId, sbx.sandboxId);
+      assert.equal(await sh(child.sandboxId, 'cat /root/disk.txt'), 'on-disk\n');
+      await child.kill();
+    }
+  });
+
+  it('createSnapshot, then a sandbox from it; deleteSnapshot', async () => {
+    const snap = await sbx.createSnapshot({ requestTimeoutMs: 120_000 });
+    const fromSnap = await Sandbox.create(snap.snapshotId, { requestTimeoutMs: 120_000 });
+    assert.equal(await sh(fromSnap.sandboxId, 'cat /dev/shm/mem.txt'), 'in-memory\n');
+    await fromSnap.kill();
+    assert.equal(await Sandbox.deleteSnapshot(snap.snapshotId), true);
+  });
+
+  it('Sandbox.kill, then NotFoundError; a wrong key is an AuthenticationError', async () => {
+    assert.equal(await Sandbox.kill(sbx.sandboxId), true);
+    await assert.rejects(Sandbox.getInfo(sbx.sandboxId), NotFoundError);
+    assert.equal(await cli.vm(sbx.sandboxId), undefined);
+    await assert.rejects(Sandbox.list({ apiKey: 'e2b_0123456789abcdef0123456789abcdef' }).nextItems(), AuthenticationError);
+  });
+});
