@@ -76,6 +76,34 @@ describe('envd process service', { timeout: 60_000 }, () => {
     assert.equal(second.stdout, 'got abc\n');
   });
 
+  it('StreamInput (a client stream) over HTTP/1.1: enveloped JSON messages in one request body', async () => {
+    const h = await sbx.commands.run('read a; read b; echo "$a-$b"', { background: true, stdin: true });
+    const envelope = (m: unknown): Buffer => {
+      const json = Buffer.from(JSON.stringify(m));
+      const head = Buffer.alloc(5);
+      head.writeUInt32BE(json.length, 1);
+      return Buffer.concat([head, json]);
+    };
+    const b64 = (t: string): string => Buffer.from(t).toString('base64');
+    const body = Buffer.concat([
+      envelope({ start: { process: { pid: h.pid } } }),
+      envelope({ data: { input: { stdin: b64('one\n') } } }),
+      envelope({ keepalive: {} }),
+      envelope({ data: { input: { stdin: b64('two\n') } } }),
+    ]);
+    const r = await fetch(`${base}/e2b/envd/process.Process/StreamInput`, { method: 'POST', headers: { 'content-type': 'application/connect+json', 'connect-protocol-version': '1', 'e2b-sandbox-id': NAME, 'x-access-token': token }, body });
+    assert.equal(r.status, 200, await r.clone().text());
+    assert.equal((await h.wait()).stdout, 'one-two\n');
+  });
+
+  it('refuses bad input: relative-escaping cwd, a taken tag, an unknown user, a NUL in argv', async () => {
+    await assert.rejects(sbx.commands.run('pwd', { cwd: '/tmp/../etc' }), /outside the container/);
+    await assert.rejects(sbx.commands.run('true', { user: 'nobody' as 'user' }), /unknown user/);
+    const call = (method: string, body: unknown) => fetch(`${base}/e2b/envd/process.Process/${method}`, { method: 'POST', headers: { 'content-type': 'application/json', 'e2b-sandbox-id': NAME, 'x-access-token': token }, body: JSON.stringify(body) });
+    assert.equal((await call('SendSignal', { process: { pid: 999999 }, signal: 'SIGNAL_SIGKILL' })).status, 404);
+    assert.equal((await call('SendSignal', { process: {}, signal: 'SIGNAL_SIGKILL' })).status, 400);
+  });
+
   it('timeoutMs ends the process; 0 means no limit', async () => {
     await assert.rejects(sbx.commands.run('exec sleep 20', { timeoutMs: 500 }));
     await until(async () => (await sbx.commands.list()).length === 0);
