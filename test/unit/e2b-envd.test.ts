@@ -52,6 +52,8 @@ describe('envd process service', { timeout: 60_000 }, () => {
     assert.equal(out.join(''), r.stdout);
     assert.equal(err.join(''), 'oops\n');
     assert.ok(core.calls.some((c) => c.includes('/bin/sh -c cd --')), core.calls.join('\n'));
+    // The fake's processes run as this (root) user: root is the container's own user here.
+    assert.equal((await sbx.commands.run('id -u', { user: 'root' })).stdout, `${process.getuid!()}\n`);
   });
 
   it('a non-zero exit is CommandExitError', async () => {

@@ -16,7 +16,7 @@ import { filesystemService, WatcherTable } from './filesystem-service';
 import { Filesystem } from './gen/filesystem/filesystem_pb';
 import { Process } from './gen/process/process_pb';
 import { EnvdProcessTable, type ProcessTableLimits } from './process-table';
-import { BashProbe, processService } from './process-service';
+import { BashProbe, processService, RootProbe } from './process-service';
 
 export const ENVD_PREFIX = '/e2b/envd';
 
@@ -38,13 +38,16 @@ export async function registerEnvd(app: FastifyInstance, options: EnvdOptions): 
   const table = new EnvdProcessTable(options.processLimits);
   const watchers = new WatcherTable();
   const bash = new BashProbe(core);
+  const root = new RootProbe(core);
   app.addHook('onClose', async () => watchers.close());
   const files = { core, maxFileBytes: options.maxFileBytes, maxMultipartBytes: options.maxMultipartBytes ?? 64 * 1024 * 1024 };
 
   await app.register(async (scope) => {
     await scope.register(fastifyConnectPlugin, {
+      // One message at most this big (Connect's default is 4 GiB): input is capped at 1 MiB, base64 in JSON.
+      readMaxBytes: 4 * 1024 * 1024,
       routes: (router) => {
-        router.service(Process, processService({ core, table, bash }));
+        router.service(Process, processService({ core, table, bash, root }));
         router.service(Filesystem, filesystemService(core, watchers));
       },
     });

@@ -47,6 +47,41 @@ export class BashProbe {
   }
 }
 
+/**
+ * Whether the container's own user is root, per VM: then E2B's `root` is that user too and runs
+ * on the direct path (killable), not through podman exec. Asked once, with `id -u`.
+ */
+export class RootProbe {
+  private readonly known = new Map<string, Promise<boolean>>();
+
+  constructor(private readonly core: Core) {}
+
+  isRoot(vmId: string): Promise<boolean> {
+    let known = this.known.get(vmId);
+    if (known === undefined) {
+      known = this.ask(vmId);
+      if (this.known.size >= 4096) this.known.clear();
+      this.known.set(vmId, known);
+    }
+    return known;
+  }
+
+  private async ask(vmId: string): Promise<boolean> {
+    try {
+      const p = await this.core.exec(vmId, { argv: ['id', '-u'], env: {}, vm: false, stdin: false, direct: true });
+      let out = '';
+      p.onOutput((stream, data) => { if (stream === 'stdout' && out.length < 64) out += data.toString(); });
+      const timer = setTimeout(() => p.signal('SIGKILL'), 30_000);
+      const end = await p.done;
+      clearTimeout(timer);
+      return !('error' in end) && end.exitCode === 0 && out.trim() === '0';
+    } catch {
+      this.known.delete(vmId);
+      return false;
+    }
+  }
+}
+
 type EventInit = MessageInitShape<typeof ProcessEventSchema>;
 
 function eventInit(e: OutputEvent): EventInit {
@@ -62,9 +97,10 @@ export interface ProcessServiceDeps {
   core: Core;
   table: EnvdProcessTable;
   bash: BashProbe;
+  root: RootProbe;
 }
 
-export function processService({ core, table, bash }: ProcessServiceDeps): ServiceImpl<typeof Process> {
+export function processService({ core, table, bash, root }: ProcessServiceDeps): ServiceImpl<typeof Process> {
   const sandboxOf = (ctx: HandlerContext): EnvdSandbox => {
     try {
       const sandbox = authenticate(core, (name) => ctx.requestHeader.get(name) ?? undefined);
@@ -104,7 +140,7 @@ export function processService({ core, table, bash }: ProcessServiceDeps): Servi
   return {
     async *start(req: StartRequest, ctx: HandlerContext) {
       const sandbox = sandboxOf(ctx);
-      const spec = await execSpecOf(req, ctx, sandbox, bash);
+      const spec = await execSpecOf(req, ctx, sandbox, bash, root);
       if (req.tag !== undefined && table.tagTaken(sandbox.vm.id, req.tag)) throw new ConnectError(`a process tagged ${req.tag.slice(0, 64)} runs already`, Code.AlreadyExists);
       if (!table.reserve(sandbox.vm.id)) throw new ConnectError(`sandbox ${sandbox.vm.name} runs ${table.limits.maxPerSandbox} processes already`, Code.ResourceExhausted);
       let p: EnvdProcess;
@@ -196,7 +232,7 @@ function validSize(cols: number, rows: number): boolean {
 }
 
 /** A Start request as core.exec's spec, validated (sizes, names, absolute cwd, known user). */
-export async function execSpecOf(req: StartRequest, ctx: HandlerContext, sandbox: EnvdSandbox, bash: BashProbe): Promise<ExecSpec> {
+export async function execSpecOf(req: StartRequest, ctx: HandlerContext, sandbox: EnvdSandbox, bash: BashProbe, root: RootProbe): Promise<ExecSpec> {
   const config = req.process;
   if (!config || config.cmd === '') throw new ConnectError('process.cmd is missing', Code.InvalidArgument);
   const argBytes = config.args.reduce((n, a) => n + Buffer.byteLength(a), Buffer.byteLength(config.cmd));
@@ -218,7 +254,9 @@ export async function execSpecOf(req: StartRequest, ctx: HandlerContext, sandbox
   if (req.pty !== undefined && (!size || !validSize(size.cols, size.rows))) throw new ConnectError('PTY size must be 1..1000 columns and rows', Code.InvalidArgument);
   const user = userOfAuthorization(ctx.requestHeader.get('authorization') ?? undefined);
   if (typeof user === 'object') throw new ConnectError(user.problem, Code.InvalidArgument);
-  const runAs = execUser(user ?? (sandbox.facts.defaultUser === 'root' ? 'root' : undefined));
+  const wanted = user ?? (sandbox.facts.defaultUser === 'root' ? 'root' : undefined);
+  // root, where the container's own user is root already, is that user (the direct path).
+  const runAs = wanted === 'root' && await root.isRoot(sandbox.vm.id) ? undefined : execUser(wanted);
   let argv = commandArgv(config.cmd, config.args, await bash.has(sandbox.vm.id));
   const cwd = config.cwd !== undefined && config.cwd !== '' ? config.cwd : undefined;
   const spec: ExecSpec = { argv, env: { ...config.envs }, vm: false, stdin: req.stdin === true || req.pty !== undefined };

@@ -4,7 +4,8 @@
  *
  *   - no user, or `user`: the container's own user (the image's USER, as `podman run` started
  *     it), through the direct exec: signals reach the process;
- *   - `root`: uid 0 (`podman exec --user 0`; the container process of that path is podman's);
+ *   - `root`: uid 0: the container's own user if that is root (asked once with `id -u`), else
+ *     `podman exec --user 0` (whose signals stop at podman: such a process may outlive a kill);
  *   - any other name: refused.
  *
  * The SDK runs commands as `/bin/bash -l -c CMD` and PTYs as `/bin/bash -i -l`; in an image
