@@ -33,6 +33,13 @@ export function isEnvdUrl(url: string): boolean {
   return p === ENVD_PREFIX || p.startsWith(`${ENVD_PREFIX}/`) || p === '/files';
 }
 
+/** envd's routes are not the native API's: they stay out of its OpenAPI document (/v1/openapi.json). */
+function hideFromOpenApi(scope: FastifyInstance): void {
+  scope.addHook('onRoute', (route) => {
+    route.schema = { ...(route.schema ?? {}), hide: true };
+  });
+}
+
 export async function registerEnvd(app: FastifyInstance, options: EnvdOptions): Promise<void> {
   const { core } = options;
   const table = new EnvdProcessTable(options.processLimits);
@@ -43,6 +50,7 @@ export async function registerEnvd(app: FastifyInstance, options: EnvdOptions): 
   const files = { core, maxFileBytes: options.maxFileBytes, maxMultipartBytes: options.maxMultipartBytes ?? 64 * 1024 * 1024 };
 
   await app.register(async (scope) => {
+    hideFromOpenApi(scope);
     await scope.register(fastifyConnectPlugin, {
       // One message at most this big (Connect's default is 4 GiB): input is capped at 1 MiB, base64 in JSON.
       readMaxBytes: 4 * 1024 * 1024,
@@ -53,9 +61,13 @@ export async function registerEnvd(app: FastifyInstance, options: EnvdOptions): 
     });
   }, { prefix: ENVD_PREFIX });
   await app.register(async (scope) => {
+    hideFromOpenApi(scope);
     registerFilesRoutes(scope, files);
     registerHealthRoute(scope, core);
   }, { prefix: ENVD_PREFIX });
   // Signed URLs (see files-routes.ts): the root /files.
-  await app.register(async (scope) => registerFilesRoutes(scope, files));
+  await app.register(async (scope) => {
+    hideFromOpenApi(scope);
+    registerFilesRoutes(scope, files);
+  });
 }
