@@ -60,6 +60,12 @@ export interface ExecSpec {
   stdin: boolean;
   /** Run on a terminal of this size (output on stdout only). */
   tty?: { cols: number; rows: number };
+  /**
+   * envd (issue 25): enter the container through the supervisor's direct exec (crun exec, signals
+   * to the container process itself) rather than `podman exec`, whose signals stop at podman, so a
+   * killed process really ends. Only without cwd and user (the direct path runs the container's own).
+   */
+  direct?: boolean;
 }
 
 export type ProcessEnd = { exitCode: number | null; signal: string | null } | { error: string };
@@ -168,6 +174,13 @@ export class ShoalCore implements Core {
 
   async exec(id: string, spec: ExecSpec): Promise<RemoteProcess> {
     const record = this.runningRecord(id);
+    // ---- envd (issue 25): the direct container exec, see ExecSpec.direct.
+    if (spec.direct === true && !spec.vm && spec.cwd === undefined && spec.user === undefined) {
+      const client = await SupervisorClient.connect(this.store, record, 10_000);
+      const channel = client.exec({ argv: spec.argv, env: spec.env, interactive: spec.stdin, vm: false, ...(spec.tty ? { tty: spec.tty } : {}) });
+      return new ChannelProcess(channel, () => client.close());
+    }
+    // ---- end envd
     let argv = spec.argv;
     let env = spec.env;
     if (!spec.vm) {

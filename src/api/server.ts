@@ -27,6 +27,7 @@ import { LogFollower, readLog } from './log-reader';
 import { OutputCollector, ProcessTable, type ApiProcess, type ProcessLimits } from './processes';
 import type { EventRing, StoredEvent } from './ring';
 import * as S from './schemas';
+import { isEnvdUrl, registerEnvd } from './e2b/envd/plugin';
 
 export const API_VERSION = '0.1.0';
 
@@ -106,7 +107,9 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
   // ---- auth, errors ---------------------------------------------------------------------
 
   app.addHook('onRequest', async (request) => {
-    if (isE2bPath(request.url)) return;
+    // E2B's API checks its own key; envd's calls carry the sandbox's own token (or a signature),
+    // checked in src/api/e2b/envd/.
+    if (isE2bPath(request.url) || isEnvdUrl(request.url)) return;
     const header = request.headers.authorization;
     let given: string | undefined;
     // The scheme is case-insensitive (RFC 7235), one or more spaces before the credentials.
@@ -156,6 +159,8 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
   const randomName = (prefix: string): string => `${prefix}-${crypto.randomBytes(4).toString('hex')}`;
 
   // ---- routes ---------------------------------------------------------------------------
+
+  await registerEnvd(app, { core, maxFileBytes: limits.maxFileBytes });
 
   app.get('/v1/health', { schema: { response: { 200: S.ref(S.Health), ...errors } } }, async () => ({ status: 'ok' as const, version: API_VERSION }));
 
