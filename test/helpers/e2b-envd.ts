@@ -5,14 +5,14 @@
  * E2B sandbox (normally written by the sandbox API).
  */
 import { Sandbox } from 'e2b';
+import { ENVD_VERSION } from '../../src/api/e2b/sandboxes';
 import { newAccessToken, writeE2bFacts } from '../../src/api/e2b/sandbox-facts';
 
-/** Newer than every feature the SDK 2.51.0 gates on (metadata 0.6.2, includeEntry 0.6.3). */
-export const ENVD_VERSION = '0.6.4';
+export { ENVD_VERSION } from '../../src/api/e2b/sandboxes';
 
 export function makeE2bSandbox(vmDir: string, sandboxId: string): string {
   const token = newAccessToken();
-  writeE2bFacts(vmDir, { sandboxId, templateId: 'test', envdAccessToken: token, trafficAccessToken: null, secure: true, autoPause: false, defaultUser: 'user' });
+  writeE2bFacts(vmDir, { sandboxId, templateId: 'test', envdAccessToken: token, trafficAccessToken: null, secure: true, autoPause: false, defaultUser: 'user', envVars: {} });
   return token;
 }
 

@@ -19,8 +19,12 @@ import { newAccessToken, readE2bFacts, writeE2bFacts, type E2bFacts } from './sa
 import type * as S from './schemas';
 import { isReservedTag, PAUSED_TAG_PREFIX, type Templates } from './templates';
 
-/** The envd version shoal's envd answers as: the SDK turns features on by it (0.5.7: octet-stream uploads). */
-export const ENVD_VERSION = '0.5.7';
+/**
+ * The envd version shoal's envd answers as: the SDK turns features on by it (0.5.7 octet-stream
+ * uploads, 0.6.2 metadata, 0.6.3 watch events with their entry, 0.6.4 watching network mounts),
+ * all of which src/api/e2b/envd serves.
+ */
+export const ENVD_VERSION = '0.6.4';
 const CLIENT_ID = 'shoal';
 /** E2B's default when create names no timeout (seconds). */
 export const DEFAULT_TIMEOUT_SEC = 300;
