@@ -10,7 +10,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import { after, before, describe, it } from 'node:test';
-import { AuthenticationError, NotFoundError, Sandbox } from 'e2b';
+import { AuthenticationError, CommandExitError, NotFoundError, Sandbox } from 'e2b';
 import os from 'node:os';
 import path from 'node:path';
 import { buildBusyboxDockerArchive } from '../helpers/images';
@@ -72,7 +72,7 @@ after(async () => {
 describe('the e2b SDK against shoal serve', { timeout: 600_000 }, () => {
   it('creates from a template alias (one boot), then from the same alias again (a clone)', async () => {
     const t0 = Date.now();
-    sbx = await Sandbox.create('busy', { metadata: { suite: 'e2b-e2e', role: 'first' }, timeoutMs: 600_000, requestTimeoutMs: 300_000 });
+    sbx = await Sandbox.create('busy', { metadata: { suite: 'e2b-e2e', role: 'first' }, envs: { GREETING: 'from-create' }, timeoutMs: 600_000, requestTimeoutMs: 300_000 });
     const firstMs = Date.now() - t0;
     assert.equal((await cli.vm(sbx.sandboxId))?.state, 'running');
     const t1 = Date.now();
@@ -82,6 +82,20 @@ describe('the e2b SDK against shoal serve', { timeout: 600_000 }, () => {
     assert.equal(await sh(second.sandboxId, 'echo cloned'), 'cloned\n');
     assert.equal(await second.kill(), true);
     assert.equal(sbx.getHost(3000), `3000-${sbx.sandboxId}.sbx.test`);
+  });
+
+  it('commands and files through the created sandbox\'s own envd (the SDK\'s whole chain: API, then envd)', async () => {
+    const out: string[] = [];
+    const err: string[] = [];
+    const result = await sbx.commands.run('echo "$GREETING"; echo to-stderr >&2', { onStdout: (d) => { out.push(d); }, onStderr: (d) => { err.push(d); } });
+    assert.equal(result.exitCode, 0);
+    assert.equal(result.stdout, 'from-create\n', 'create\'s envs reach envd\'s processes');
+    assert.equal(out.join(''), 'from-create\n');
+    assert.equal(err.join(''), 'to-stderr\n');
+    await assert.rejects(sbx.commands.run('exit 3'), (e: unknown) => e instanceof CommandExitError && e.exitCode === 3);
+    await sbx.files.write('/tmp/e2b-note.txt', 'written by the SDK');
+    assert.equal(await sbx.files.read('/tmp/e2b-note.txt'), 'written by the SDK');
+    assert.equal(await sh(sbx.sandboxId, 'cat /tmp/e2b-note.txt'), 'written by the SDK');
   });
 
   it('getInfo, list with a metadata query, setTimeout', async () => {
