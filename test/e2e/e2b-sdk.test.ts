@@ -116,6 +116,12 @@ describe('the e2b SDK against shoal serve', { timeout: 600_000 }, () => {
     assert.deepEqual(served, { status: 200, body: 'served\n' });
     assert.equal(await sbx.pause({ requestTimeoutMs: 120_000 }), true);
     assert.equal(await cli.vm(sbx.sandboxId), undefined, 'no VM while paused');
+    // Other local users: the paused sandbox's record (its tokens) is the server's alone.
+    const pausedDir = path.join(cli.stateDir, 'e2b', 'paused');
+    const pausedFiles = fs.readdirSync(pausedDir);
+    assert.ok(pausedFiles.length > 0);
+    for (const f of pausedFiles) assert.equal(fs.statSync(path.join(pausedDir, f)).mode & 0o077, 0, `${f} is private`);
+    assert.equal(fs.statSync(cli.stateDir).mode & 0o077, 0, 'the state root is private');
     const paused = await Sandbox.list({ query: { state: ['paused'] } }).nextItems();
     assert.deepEqual(paused.map((s) => s.sandboxId), [sbx.sandboxId]);
     const back = await Sandbox.connect(sbx.sandboxId, { requestTimeoutMs: 120_000 });
