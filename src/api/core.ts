@@ -10,7 +10,7 @@ import { StateStore } from '../state/store';
 import type { VmRecord } from '../state/vm-record';
 import { ApiError } from './errors';
 
-export type { ExecSpec, FileOps, ProcessEnd, ProgressEvent, RemoteProcess, SnapshotView, VmView } from '../core';
+export type { ExecSpec, FileOps, OnProgress, ProcessEnd, ProgressEvent, RemoteProcess, SnapshotView, VmView } from '../core';
 
 export interface SandboxSpec {
   name: string;
