@@ -257,10 +257,10 @@ describe('shoal serve', { timeout: 1_200_000 }, () => {
       const ran = JSON.parse(text(await client.callTool({ name: 'run_command', arguments: { sandboxId: created.sandboxId, cmd: 'echo via mcp' } }, undefined, { timeout: 120_000 }))) as { stdout: string };
       assert.equal(ran.stdout, 'via mcp\n');
       // The first sandbox booted (the one made here came from the image cache, which cannot be forked).
-      const forked = JSON.parse(text(await client.callTool({ name: 'fork_sandbox', arguments: { sandboxId: sbx.sandboxId, count: 1 } }, undefined, { timeout: 300_000 }))) as Array<{ sandbox: { sandboxId: string } }>;
-      assert.equal(forked.length, 1);
-      for (const id of [created.sandboxId, forked[0]!.sandbox.sandboxId]) {
-        assert.equal(text(await client.callTool({ name: 'remove_sandbox', arguments: { sandboxId: id } }, undefined, { timeout: 120_000 })), 'ok');
+      const forked = (await client.callTool({ name: 'fork_sandbox', arguments: { sandboxId: sbx.sandboxId, count: 1 } }, undefined, { timeout: 300_000 })).structuredContent as { children: Array<{ sandbox: { sandboxId: string } }> };
+      assert.equal(forked.children.length, 1);
+      for (const id of [created.sandboxId, forked.children[0]!.sandbox.sandboxId]) {
+        assert.deepEqual((await client.callTool({ name: 'remove_sandbox', arguments: { sandboxId: id } }, undefined, { timeout: 120_000 })).structuredContent, { removed: id });
       }
     } finally {
       await client.close();
