@@ -98,6 +98,15 @@ describe('shoal serve', { timeout: 1_200_000 }, () => {
     const sleeper = await sbx.commands.run(['sleep', '100'], { background: true, vm: true });
     await sleeper.kill('SIGTERM');
     await assert.rejects(sleeper.wait(), (err: unknown) => err instanceof CommandExitError && err.result.signal === 'SIGTERM');
+    // In the container, as another user in another directory (the agent's direct crun exec,
+    // as `shoal exec -u -w`): the signal reaches the container process itself, which is gone.
+    const who = await sbx.commands.run('id -u; id -g; pwd', { user: 'nobody', cwd: '/tmp' });
+    assert.equal(who.stdout, '65534\n65534\n/tmp\n');
+    const boxed = await sbx.commands.run(['sleep', '1017'], { background: true, user: 'nobody', cwd: '/tmp' });
+    await waitUntil('the sleep in the container', 30_000, async () => (await sbx.commands.run('ps')).stdout.includes('sleep 1017'));
+    await boxed.kill('SIGTERM');
+    await assert.rejects(boxed.wait(), (err: unknown) => err instanceof CommandExitError && (err.result.signal === 'SIGTERM' || err.result.exitCode === 143));
+    assert.doesNotMatch((await sbx.commands.run('ps')).stdout, /sleep 1017/);
   });
 
   it('moves files through the agent, 10 MiB included, and refuses paths outside the container', async () => {
