@@ -39,7 +39,7 @@ export interface Core {
   logFile(id: string): string;
   snapshot(id: string, tag: string): Promise<{ tag: string; pauseMs: number }>;
   snapshots(): SnapshotView[];
-  removeSnapshot(tag: string): void;
+  removeSnapshot(tag: string, options?: { force?: boolean }): void;
   /** Snapshots the VM and starts `names.length` clones; one entry per child. */
   fork(id: string, names: string[]): Promise<Array<VmView | Error>>;
   readonly files: FileOps;
@@ -114,8 +114,9 @@ export class ShoalCore implements Core {
     return this.core.snapshots();
   }
 
-  removeSnapshot(tag: string): void {
-    apiSync(() => this.core.removeSnapshot(tag));
+  /** force (the E2B API): also when live clones map its memory (their mappings keep it until they end). */
+  removeSnapshot(tag: string, options: { force?: boolean } = {}): void {
+    apiSync(() => this.core.removeSnapshot(tag, options.force === true));
   }
 
   /** As `shoal fork`, except that one child failing does not take its siblings down. */
