@@ -5,7 +5,7 @@
  * and unit tests can hand the server a fake core that needs no VM. What the adapter adds is
  * the API's shape: its SandboxSpec, and the core's errors as ApiErrors (404, 409).
  */
-import { ConflictError, NotFoundError, VmCore, viewOf, type CreateOptions, type FileOps, type ForkChild, type OnProgress, type RemoteProcess, type SnapshotView, type VmView, type ExecSpec } from '../core';
+import { ConflictError, InvalidSpecError, NotFoundError, VmCore, viewOf, type CreateOptions, type FileOps, type ForkChild, type OnProgress, type RemoteProcess, type SnapshotView, type VmView, type ExecSpec } from '../core';
 import { StateStore } from '../state/store';
 import type { VmRecord } from '../state/vm-record';
 import { ApiError } from './errors';
@@ -135,10 +135,11 @@ export class ShoalCore implements Core {
   }
 }
 
-/** The core's NotFoundError and ConflictError as the API's; anything else as it was. */
+/** The core's NotFoundError, ConflictError and InvalidSpecError as the API's; anything else as it was. */
 function translate(err: unknown): unknown {
   if (err instanceof NotFoundError) return new ApiError('not_found', err.message.replace(/^no such VM:/, 'no such sandbox:'));
   if (err instanceof ConflictError) return new ApiError('conflict', err.message.replace(/^VM /, 'sandbox '));
+  if (err instanceof InvalidSpecError) return new ApiError('bad_request', err.message);
   return err;
 }
 

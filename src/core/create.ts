@@ -23,6 +23,7 @@ import { nameProblem, type VmConfig, type VmRecord } from '../state/vm-record';
 import { ShoalError } from '../util/errors';
 import { selectBackend, type VmmChoice } from '../vmm/select';
 import { checkCpus, checkMemory } from './limits';
+import { InvalidSpecError, validating } from './errors';
 import { discardVm } from './remove';
 import type { CreateSpec, OnProgress } from './types';
 
@@ -102,7 +103,7 @@ function checkEnv(env: Record<string, string>): Record<string, string> {
  * once the supervisor's control socket answers. `shoal run` (attached) follows the VM from here.
  */
 export async function startVm(store: StateStore, spec: CreateSpec, onProgress?: OnProgress): Promise<StartedVm> {
-  const config = configOf(spec);
+  const config = validating(() => configOf(spec));
   // Parsed again for what the config does not keep: an explicit allow_host_loopback=false.
   const network = parseNetwork(spec.network ?? 'rootless');
   const assets = loadAssets();
@@ -143,9 +144,9 @@ export async function startVm(store: StateStore, spec: CreateSpec, onProgress?: 
  * runs (or already ended: it did run), with the VM's record as it is then.
  */
 export async function createVm(store: StateStore, spec: CreateSpec, options: CreateOptions = {}): Promise<VmRecord> {
-  if ((spec.image === undefined) === (spec.snapshot === undefined)) throw new ShoalError('give exactly one of image and snapshot');
+  if ((spec.image === undefined) === (spec.snapshot === undefined)) throw new InvalidSpecError('give exactly one of image and snapshot');
   if (spec.snapshot !== undefined) return cloneVm(store, spec, options);
-  if (spec.attached === true) throw new ShoalError('createVm is for detached VMs (startVm, then attach)');
+  if (spec.attached === true) throw new InvalidSpecError('createVm is for detached VMs (startVm, then attach)');
   const { record, client } = await startVm(store, spec, options.onProgress);
   try {
     const result = await client.waitUntilRunning((message) => options.onProgress?.({ stage: 'create', message }));
@@ -163,10 +164,10 @@ export async function createVm(store: StateStore, spec: CreateSpec, options: Cre
 /** A clone of a snapshot: the snapshot's VM with its own name, ports and disk. */
 async function cloneVm(store: StateStore, spec: CreateSpec, options: CreateOptions): Promise<VmRecord> {
   for (const field of ['cpus', 'memoryMiB', 'env', 'cmd', 'container', 'maps', 'healthCheck', 'interactive', 'tty', 'attached', 'vmm', 'jailer'] as const) {
-    if (spec[field] !== undefined) throw new ShoalError(`${field} cannot be given with a snapshot (a clone is its snapshot's VM)`);
+    if (spec[field] !== undefined) throw new InvalidSpecError(`${field} cannot be given with a snapshot (a clone is its snapshot's VM)`);
   }
   const { dir, manifest } = findSnapshot(store, spec.snapshot!);
-  const publish = parsePublish(spec.publish ?? []);
+  const publish = validating(() => parsePublish(spec.publish ?? []));
   await assertPortsFree(publish);
   const name = spec.name ?? `${manifest.config.name}-${Math.random().toString(16).slice(2, 6)}`;
   const record = startClone(store, dir, manifest, { name, autoRemove: spec.autoRemove === true, publish });

@@ -12,6 +12,7 @@ import { STDERR, STDIN, STDOUT, type Channel } from '../protocol/mux';
 import type { StateStore } from '../state/store';
 import type { VmRecord } from '../state/vm-record';
 import { ShoalError } from '../util/errors';
+import { validating } from './errors';
 import type { ExecSpec, ProcessEnd, RemoteProcess } from './types';
 
 /** Checks the spec and builds the control request (exported for the tests). */
@@ -33,7 +34,7 @@ export function execRequest(spec: ExecSpec): Omit<ExecControlRequest, 'kind'> {
 
 /** Starts the process; the returned RemoteProcess owns the connection to the supervisor. */
 export async function execVm(store: StateStore, record: VmRecord, spec: ExecSpec): Promise<RemoteProcess> {
-  const request = execRequest(spec);
+  const request = validating(() => execRequest(spec));
   const client = await SupervisorClient.connect(store, record, 10_000);
   return new ChannelProcess(client.exec(request), () => client.close());
 }
