@@ -5,6 +5,9 @@
  *
  *   npm run bench            (needs `shoal setup` done)
  *   RUNS=5 npm run bench
+ *   TB_SIZES=32,0 npm run bench   also compare TCG translation cache sizes (SHOAL_TCG_TB_MIB; 0 is
+ *                                 QEMU's default) on every path, interleaved round by round so
+ *                                 that a busy host weighs on each setting alike (issue 24)
  */
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -13,8 +16,13 @@ import path from 'node:path';
 import { loadAssets } from '../src/assets/setup';
 import { runUntilSerial } from '../src/assets/probe';
 import { buildBusyboxDockerArchive } from '../test/helpers/images';
+import { pssKiB } from '../test/helpers/process-memory';
 
 const RUNS = Number(process.env.RUNS ?? 3);
+const TB_SIZES = (process.env.TB_SIZES ?? '').split(',').filter((v) => v !== '').map((v) => {
+  if (!/^\d+$/.test(v)) throw new Error(`TB_SIZES: not a size in MiB: ${v}`);
+  return v;
+});
 const ROOT = path.resolve(__dirname, '..', '..');
 const SHOAL = path.join(ROOT, 'bin', 'shoal');
 
@@ -36,16 +44,52 @@ async function bareQemuToInit(): Promise<number> {
   return result.ms;
 }
 
-function shoalRun(image: string, stateDir: string, extra: string[] = []): number {
+function shoalRun(image: string, stateDir: string, extra: string[] = [], env: NodeJS.ProcessEnv = {}): number {
+  return shoalTimed(['run', '--rm', ...extra, `docker-archive:${image}`, '--', 'true'], stateDir, env).ms;
+}
+
+function shoalTimed(args: string[], stateDir: string, env: NodeJS.ProcessEnv = {}): { ms: number; stdout: string } {
   const t0 = process.hrtime.bigint();
-  const result = spawnSync(SHOAL, ['run', '--rm', ...extra, `docker-archive:${image}`, '--', 'true'], {
-    env: { ...process.env, SHOAL_STATE_DIR: stateDir },
-    stdio: ['ignore', 'ignore', 'pipe'],
+  const result = spawnSync(SHOAL, args, {
+    env: { ...process.env, SHOAL_STATE_DIR: stateDir, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
     timeout: 300_000,
   });
   const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-  if (result.status !== 0) throw new Error(`shoal run failed (${result.status}): ${result.stderr.toString()}`);
-  return ms;
+  if (result.status !== 0) throw new Error(`shoal ${args[0]} failed (${result.status}): ${result.stderr.toString().slice(-500)}`);
+  return { ms, stdout: result.stdout.toString() };
+}
+
+interface TbRow {
+  coldMs: number[];
+  hitMs: number[];
+  snapshotExecMs: number[];
+  clonePssMiB: number[];
+}
+
+/**
+ * One round of every path under one translation cache size: a cold run, an image-cache hit (the
+ * entry saved by the first round), `snapshot run --exec` of a snapshot of an idle VM, and the PSS
+ * of a clone's QEMU after two execs. Each size has its own state dir (its cache entry and snapshot).
+ */
+function tbRound(image: string, stateDir: string, tb: string, row: TbRow, first: boolean): void {
+  const env = { SHOAL_TCG_TB_MIB: tb };
+  row.coldMs.push(shoalRun(image, stateDir, ['--no-snapshot'], env));
+  if (first) shoalRun(image, stateDir, [], env); // the miss that saves the entry
+  row.hitMs.push(shoalRun(image, stateDir, [], env));
+  if (first) {
+    shoalTimed(['run', '-d', '--name', 'idle', `docker-archive:${image}`, '--', 'sleep', '1000000'], stateDir, env);
+    shoalTimed(['snapshot', 'create', '--tag', 'idle', 'idle'], stateDir, env);
+    shoalTimed(['rm', '-f', 'idle'], stateDir, env);
+  }
+  row.snapshotExecMs.push(shoalTimed(['snapshot', 'run', '--snapshot', 'idle', '--exec', '--', 'echo', 'hi'], stateDir, env).ms);
+  shoalTimed(['snapshot', 'run', '--snapshot', 'idle', '--name', 'clone', '--rm'], stateDir, env);
+  shoalTimed(['exec', 'clone', '--', 'true'], stateDir, env);
+  shoalTimed(['exec', 'clone', '--', 'true'], stateDir, env);
+  const vms = JSON.parse(shoalTimed(['ls', '--json'], stateDir, env).stdout) as Array<{ name: string; vmmPid?: number }>;
+  const pid = vms.find((v) => v.name === 'clone')?.vmmPid;
+  if (pid !== undefined) row.clonePssMiB.push(Math.round(pssKiB(pid).total / 1024));
+  shoalTimed(['rm', '-f', 'clone'], stateDir, env);
 }
 
 async function main(): Promise<void> {
@@ -63,6 +107,19 @@ async function main(): Promise<void> {
     const miss = shoalRun(image, cacheState);
     const hits: number[] = [];
     for (let i = 0; i < RUNS; i++) hits.push(shoalRun(image, cacheState));
+    // Translation cache sizes, interleaved: round r runs every size before round r+1.
+    const tbRows: Record<string, TbRow> = {};
+    for (const tb of TB_SIZES) tbRows[tb] = { coldMs: [], hitMs: [], snapshotExecMs: [], clonePssMiB: [] };
+    for (let i = 0; i < RUNS && TB_SIZES.length > 0; i++) {
+      for (const tb of TB_SIZES) tbRound(image, path.join(work, `tb-${tb}`), tb, tbRows[tb]!, i === 0);
+    }
+    const tbSizes = Object.fromEntries(Object.entries(tbRows).map(([tb, row]) => [tb === '0' ? 'qemu-default' : `${tb}MiB`, {
+      coldMedianMs: median(row.coldMs),
+      hitMedianMs: median(row.hitMs),
+      snapshotExecMedianMs: median(row.snapshotExecMs),
+      clonePssMedianMiB: row.clonePssMiB.length > 0 ? median(row.clonePssMiB) : null,
+      ...row,
+    }]));
     const assets = loadAssets();
     const report = {
       benchmark: 'run-cold',
@@ -79,6 +136,7 @@ async function main(): Promise<void> {
         hitMedianMs: median(hits),
         hitVsCold: Number((median(hits) / median(cold)).toFixed(2)),
       },
+      ...(TB_SIZES.length > 0 ? { tcgTranslationCache: { what: 'the same paths per SHOAL_TCG_TB_MIB (qemu-default: none given), interleaved', sizes: tbSizes } } : {}),
     };
     fs.mkdirSync(path.join(ROOT, 'bench', 'results'), { recursive: true });
     fs.writeFileSync(path.join(ROOT, 'bench', 'results', 'run-cold.json'), `${JSON.stringify(report, null, 2)}\n`);

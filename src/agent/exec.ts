@@ -202,8 +202,12 @@ class PersistentSink implements OutputSink {
     try {
       while (this.queue.length > 0 && this.writable) {
         const item = this.queue[0]!;
-        if (item.chunk) await this.channel.write(item.stream, item.chunk);
-        else this.channel.end(item.stream);
+        const target = this.channel;
+        if (item.chunk) await target.write(item.stream, item.chunk).catch(() => undefined);
+        else target.end(item.stream);
+        // A host that went away mid-write may have taken none or part of the chunk: keep it for
+        // the next follower (a partial repeat rather than a partial loss).
+        if (target.closed || target !== this.channel) continue;
         this.queue.shift();
         this.queuedBytes -= item.chunk?.length ?? 0;
         item.sent?.();

@@ -75,6 +75,7 @@ export function configOf(spec: CreateSpec): VmConfig {
     autoRemove: spec.autoRemove === true,
     network: network.mode,
     ...(network.allowHostLoopback === true ? { allowHostLoopback: true } : {}),
+    ...(network.netnsPath !== undefined ? { netnsPath: network.netnsPath } : {}),
     publish: parsePublish(spec.publish ?? []),
     maps: parseMaps(spec.maps ?? []),
     ...(Object.keys(container).length > 0 ? { container } : {}),

@@ -24,7 +24,7 @@ export interface CreateSpec {
   cmd?: string[];
   /** podman's run flags as typed: user, workdir, entrypoint, hostname, label, capabilities... */
   container?: ContainerFlags;
-  /** rootless (default), slirp4netns, bridged, none, with `:allow_host_loopback=true`. */
+  /** rootless (default), slirp4netns, bridged, ns:PATH (a CNI pod's namespace), none; `:allow_host_loopback=true`. */
   network?: string;
   /** `[ADDR:]HOST:GUEST[/tcp|/udp]`, each possibly comma-separated. */
   publish?: string[];

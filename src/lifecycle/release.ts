@@ -4,6 +4,7 @@
  */
 import fs from 'node:fs';
 import { releaseAddress, removeTap, tapName } from '../network/bridge';
+import { unmirrorTap } from '../network/netns-attach';
 import { unbindPort } from '../network/port-binding';
 import type { VmRecord } from '../state/vm-record';
 import { memoryFilePath, removeSockets, vmFiles } from '../state/vm-files';
@@ -25,6 +26,10 @@ export async function releaseVmResources(record: VmRecord, dir: string): Promise
     // rewrites them, so it must not stop the rest of the release.
     await unbindPort(tapName(record.id), record.id).catch(() => false);
     releaseAddress(record.id, record.bridgedAddress);
+  }
+  if (record.config.network === 'ns' && record.config.netnsPath && record.netnsInterface) {
+    // The pod's interface gets its own traffic back (its namespace belongs to CNI).
+    await unmirrorTap(record.config.netnsPath, record.netnsInterface);
   }
   removeSockets(dir);
   fs.rmSync(vmFiles(dir).scratchDisk, { force: true });

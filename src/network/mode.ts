@@ -5,6 +5,8 @@
  * - `slirp4netns`: that namespace attachment on either VMM (what rootless Firecracker uses; on
  *   QEMU it exercises the same path).
  * - `bridged` (root): a TAP on the host bridge shoal0, NAT by nftables (./bridge.ts).
+ * - `ns:PATH` (root): a network namespace made by someone else (a CNI pod's), the VM's TAP in it
+ *   mirrored to the namespace's interface, whose address the guest takes (./netns-attach.ts).
  * - `none`: no network device.
  * The guest's addresses in the slirp modes are slirp's fixed ones. In the slirp4netns namespace
  * the host's loopback is out of the guest's reach unless asked for (`:allow_host_loopback=true`);
@@ -17,20 +19,21 @@ import type { NetSpec, PortForward, VmmKind } from '../vmm/backend';
 import { vmmTraits } from '../vmm/traits';
 import { tapName } from './bridge';
 import { NAMESPACE_GUEST_ADDRESS, NAMESPACE_TAP, namespaceNetworkUnavailable } from './namespace-network';
+import { netnsPathProblem, NETNS_TAP } from './netns-attach';
 
 export type { NetworkMode };
-export const NETWORK_MODES: readonly NetworkMode[] = ['rootless', 'slirp4netns', 'bridged', 'none'];
+export const NETWORK_MODES: readonly NetworkMode[] = ['rootless', 'slirp4netns', 'bridged', 'ns', 'none'];
 
 /** How a VM's network device reaches the world. */
-export type NetAttachment = 'qemu-slirp' | 'namespace' | 'bridge' | 'none';
+export type NetAttachment = 'qemu-slirp' | 'namespace' | 'bridge' | 'netns' | 'none';
 
 export const SLIRP_GUEST_ADDRESS = '10.0.2.15';
 /** Where a guest on slirp (either kind) reaches the host's loopback. */
 export const SLIRP_HOST_ADDRESS = '10.0.2.2';
 
 export function parseNetworkMode(value: string): NetworkMode {
-  if ((NETWORK_MODES as readonly string[]).includes(value)) return value as NetworkMode;
-  throw new ShoalError(`invalid --network "${value}": expected ${NETWORK_MODES.join(', ')}`);
+  if (value !== 'ns' && (NETWORK_MODES as readonly string[]).includes(value)) return value as NetworkMode;
+  throw new ShoalError(`invalid --network "${value}": expected rootless, slirp4netns, bridged, none or ns:PATH`);
 }
 
 /** A `--network` value: the mode, and its options (podman's `slirp4netns:allow_host_loopback=true`). */
@@ -38,6 +41,8 @@ export interface NetworkChoice {
   mode: NetworkMode;
   /** Given explicitly: may the guest reach the host's loopback (as slirp's 10.0.2.2)? */
   allowHostLoopback?: boolean;
+  /** `ns:PATH`: the network namespace to join. */
+  netnsPath?: string;
 }
 
 /**
@@ -45,6 +50,12 @@ export interface NetworkChoice {
  * slirp4netns and applies to the user-mode modes only (rootless, slirp4netns).
  */
 export function parseNetwork(value: string): NetworkChoice {
+  if (value.startsWith('ns:')) {
+    const netnsPath = value.slice(3);
+    const problem = netnsPathProblem(netnsPath);
+    if (problem) throw new ShoalError(`invalid --network "${value.slice(0, 200)}": ${problem}`);
+    return { mode: 'ns', netnsPath };
+  }
   const colon = value.indexOf(':');
   const mode = parseNetworkMode(colon < 0 ? value : value.slice(0, colon));
   const choice: NetworkChoice = { mode };
@@ -61,6 +72,7 @@ export function parseNetwork(value: string): NetworkChoice {
 export function attachmentFor(mode: NetworkMode, backend: VmmKind): NetAttachment {
   if (mode === 'rootless') return vmmTraits(backend).userModeNetworking ? 'qemu-slirp' : 'namespace';
   if (mode === 'slirp4netns') return 'namespace';
+  if (mode === 'ns') return 'netns';
   return mode === 'bridged' ? 'bridge' : 'none';
 }
 
@@ -70,6 +82,12 @@ export function checkNetworkSupport(mode: NetworkMode, backend: VmmKind, forward
   if (options.allowHostLoopback === false && attachmentFor(mode, backend) === 'qemu-slirp') {
     // QEMU 7.2's -netdev user has no such switch (restrict=on would cut all outbound traffic).
     throw new ShoalError(`--network ${mode}:allow_host_loopback=false is not possible on ${backend}: its user-mode network always lets the guest reach the host's loopback; use --network slirp4netns`);
+  }
+  if (mode === 'ns') {
+    if (process.getuid?.() !== 0) throw new ShoalError('--network ns:PATH needs root (it adds a TAP and tc filters in that namespace)');
+    // The namespace's address is the pod's own: it is reached directly, nothing to forward.
+    if (forwards.length > 0) throw new ShoalError('--publish cannot be combined with --network ns:PATH: the VM answers at the namespace\'s own address');
+    if (options.jailer) throw new ShoalError('--jailer cannot be combined with --network ns:PATH');
   }
   if (mode === 'bridged' && process.getuid?.() !== 0) {
     throw new ShoalError('--network bridged needs root (it creates a TAP device and NAT rules); use --network rootless');
@@ -92,13 +110,16 @@ export function macFor(id: string): string {
 export function netSpecFor(attachment: NetAttachment, id: string, forwards: PortForward[]): NetSpec | undefined {
   if (attachment === 'bridge') return { mac: macFor(id), tap: tapName(id) };
   if (attachment === 'namespace') return { mac: macFor(id), tap: NAMESPACE_TAP };
+  // The MAC is the namespace interface's (the supervisor sets it, with the namespace's path).
+  if (attachment === 'netns') return { mac: macFor(id), tap: NETNS_TAP };
   if (attachment === 'qemu-slirp') return { mac: macFor(id), userMode: { forwards } };
   return undefined;
 }
 
 /** What `shoal ls --json` reports of a VM's network (a bridged VM's address is its own). */
-export function guestAddress(attachment: NetAttachment, bridgedAddress?: string): string | null {
+export function guestAddress(attachment: NetAttachment, bridgedAddress?: string, netnsAddress?: string): string | null {
   if (attachment === 'bridge') return bridgedAddress ?? null;
+  if (attachment === 'netns') return netnsAddress ?? null;
   if (attachment === 'namespace') return NAMESPACE_GUEST_ADDRESS;
   return attachment === 'qemu-slirp' ? SLIRP_GUEST_ADDRESS : null;
 }

@@ -21,6 +21,11 @@ export interface CloneRequest {
   publish?: PortForward[];
   /** Firecracker: restore memory through this `snapshot serve` socket (Uffd backend) instead of the file. */
   uffdSocket?: string;
+  /**
+   * A snapshot of a VM on `--network ns:PATH`: the clone's own namespace (a pod's), whose
+   * interface's address it takes. Required for such snapshots: two VMs cannot share one.
+   */
+  netnsPath?: string;
 }
 
 /** Claims the name, writes the record and restore.json, and starts the clone's supervisor. */
@@ -29,11 +34,17 @@ export function startClone(store: StateStore, snapshotDir: string, manifest: Sna
   if (problem) throw new ShoalError(`invalid name: ${problem}`);
   // A bridged clone needs root as its source did.
   checkNetworkSupport(manifest.config.network ?? 'none', manifest.backend, request.publish ?? [], { jailer: manifest.config.jailer !== undefined });
+  if (manifest.config.network === 'ns' && request.netnsPath === undefined) {
+    throw new ShoalError(`snapshot ${manifest.tag} is of a VM in a network namespace (${manifest.config.netnsPath ?? '?'}): its clones need one of their own, and this one was given none`);
+  }
+  if (manifest.config.network !== 'ns' && request.netnsPath !== undefined) {
+    throw new ShoalError(`snapshot ${manifest.tag} has no namespace network: a clone of it cannot join ${request.netnsPath}`);
+  }
   const id = store.newId();
   store.claimName(request.name, id);
   const record: VmRecord = {
     id,
-    config: { ...manifest.config, name: request.name, detach: true, interactive: false, tty: undefined, autoRemove: request.autoRemove, publish: request.publish ?? [] },
+    config: { ...manifest.config, name: request.name, detach: true, interactive: false, tty: undefined, autoRemove: request.autoRemove, publish: request.publish ?? [], ...(request.netnsPath !== undefined ? { netnsPath: request.netnsPath } : {}) },
     backend: manifest.backend,
     accel: manifest.accel,
     state: 'creating',

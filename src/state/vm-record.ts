@@ -10,11 +10,21 @@ import type { TerminalSize } from '../protocol/messages';
 import type { Accelerator, PortForward, VmmKind } from '../vmm/backend';
 import type { JailerChoice } from '../vmm/select';
 
+/** The namespace interface a `--network ns:PATH` VM takes over (its fields are the kernel's). */
+export interface NetnsInterface {
+  name: string;
+  mac: string;
+  address: string;
+  prefixLength: number;
+  gateway: string | null;
+  mtu: number;
+}
+
 export type RecordedState = 'creating' | 'starting' | 'running' | 'stopping' | 'stopped' | 'failed';
 export type VmStatus = 'creating' | 'starting' | 'running' | 'stopping' | 'stopped' | 'failed' | 'dead';
 
 /** `--network`: how the VM reaches the network (src/network/ implements each). */
-export type NetworkMode = 'rootless' | 'slirp4netns' | 'bridged' | 'none';
+export type NetworkMode = 'rootless' | 'slirp4netns' | 'bridged' | 'ns' | 'none';
 
 export interface VmConfig {
   name: string;
@@ -42,6 +52,8 @@ export interface VmConfig {
    * reach the host's loopback as 10.0.2.2. Absent: it may not (QEMU's own slirp always lets it).
    */
   allowHostLoopback?: boolean;
+  /** `--network ns:PATH`: the network namespace the VM joins (a CNI pod's), src/network/netns-attach.ts. */
+  netnsPath?: string;
   publish: PortForward[];
   /** Host directories shown to the container over FUSE (--map). */
   maps?: DirectoryMap[];
@@ -77,6 +89,8 @@ export interface VmRecord {
   loadedImage?: string;
   exitCode?: number;
   error?: string;
+  /** `--network ns:PATH`: the namespace's interface whose MAC and address the guest took. */
+  netnsInterface?: NetnsInterface;
   /** A bridged VM's address on the shoal0 subnet. */
   bridgedAddress?: string;
   /**

@@ -44,9 +44,9 @@ export class ImageCachePolicy {
   /** Whether this VM may use (and be saved to) the image cache. */
   usable(): boolean {
     const { config } = this.record.current;
-    // A bridged VM's address is on its kernel command line, which is part of the cache key: no
-    // later run (with an address of its own) would ever hit its entry.
-    return config.imageCache !== false && vmmTraits(this.record.current.backend).imageCache && config.network !== 'bridged' && snapshotSafe(this.record.current.accel, config.cpus);
+    // A bridged VM's address (or a pod namespace's) is on its kernel command line, which is part
+    // of the cache key: no later run (with an address of its own) would ever hit its entry.
+    return config.imageCache !== false && vmmTraits(this.record.current.backend).imageCache && config.network !== 'bridged' && config.network !== 'ns' && snapshotSafe(this.record.current.accel, config.cpus);
   }
 
   /**

@@ -214,7 +214,7 @@ export class Supervisor {
     const jailDir = jailer ? jailDirOf(this.record.id, jailer) : undefined;
     if (jailDir) this.records.update((r) => { r.jailDir = jailDir; });
     this.vm = await backend.boot(spec);
-    await this.network.attachTapToBridge(backend, spec.net);
+    await this.network.connectTap(backend, spec.net);
     await this.connectVm(this.vm);
   }
 
@@ -237,10 +237,10 @@ export class Supervisor {
     } finally {
       releaseLease();
     }
-    await this.network.attachTapToBridge(backend, this.spec!.net);
+    await this.network.connectTap(backend, this.spec!.net);
     // The guest still carries its source's hostname (and, bridged, its MAC and address): its
     // agent takes the clone's before it answers, so the clone runs once the answer is in.
-    const network = this.network.bridgedIdentity();
+    const network = this.network.cloneIdentity();
     await this.connectVm(this.vm!, { restored: true, hostname: guestHostname(this.record.config), ...(network ? { network } : {}) });
     if (options.announce === false) return;
     this.setState('running', (r) => { r.startedAt = new Date().toISOString(); });

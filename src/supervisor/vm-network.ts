@@ -6,6 +6,7 @@
 import { attachTap, claimAddress, createTap, ensureBridge, GATEWAY, hostNameserver, PREFIX_LENGTH, tapName } from '../network/bridge';
 import { attachmentFor, macFor, netSpecFor, reachesHostLoopback, SLIRP_HOST_ADDRESS, type NetAttachment } from '../network/mode';
 import { NAMESPACE_GATEWAY, NAMESPACE_GUEST_ADDRESS, NAMESPACE_NAMESERVER, NAMESPACE_PREFIX_LENGTH, startNamespaceNetwork, type NamespaceNetwork } from '../network/namespace-network';
+import { assertNetnsFile, createNetnsTap, mirrorTap, readNetnsInterface, unmirrorTap } from '../network/netns-attach';
 import { startPortProxies, type PortProxy } from '../network/port-proxy';
 import { bindPort } from '../network/port-binding';
 import { proxyEnvironment } from '../network/proxy-env';
@@ -45,6 +46,12 @@ export class VmNetwork {
     if (attachment === 'namespace') {
       this.progress('creating the network namespace (slirp4netns)');
       this.namespaceNetwork = await startNamespaceNetwork({ runDir: this.runDir, forwards, allowHostLoopback: this.record.current.config.allowHostLoopback === true });
+    } else if (attachment === 'netns') {
+      const netnsPath = this.netnsPath();
+      assertNetnsFile(netnsPath);
+      this.progress(`joining the network namespace ${netnsPath}`);
+      const iface = await readNetnsInterface(netnsPath);
+      this.record.update((r) => { r.netnsInterface = iface; });
     } else if (attachment === 'bridge') {
       await ensureBridge();
       const id = this.record.current.id;
@@ -59,22 +66,45 @@ export class VmNetwork {
 
   /** A bridged VM's TAP, for a VMM that does not create its own (Firecracker), on the bridge before it starts. */
   async createTapIfNeeded(backend: VmmBackend, net: NetSpec | undefined): Promise<void> {
+    if (this.attachment === 'netns' && !backend.createsTap) {
+      await createNetnsTap(this.netnsPath());
+      return;
+    }
     if (this.attachment !== 'bridge' || backend.createsTap || !net?.tap) return;
     const jailer = this.record.current.config.jailer;
     await createTap(net.tap, jailer ? { uid: jailer.uid, gid: jailer.gid } : undefined);
     await attachTap(net.tap);
   }
 
-  /** A TAP the VMM made itself (QEMU) joins the bridge once it exists. */
-  async attachTapToBridge(backend: VmmBackend, net: NetSpec | undefined): Promise<void> {
+  /**
+   * Once the VMM holds its TAP: a TAP the VMM made itself (QEMU) joins the bridge; in a pod's
+   * namespace, the TAP and the namespace's interface are mirrored to each other.
+   */
+  async connectTap(backend: VmmBackend, net: NetSpec | undefined): Promise<void> {
     if (this.attachment === 'bridge' && backend.createsTap && net?.tap) await attachTap(net.tap);
+    const iface = this.record.current.netnsInterface;
+    if (this.attachment === 'netns' && iface) await mirrorTap(this.netnsPath(), iface);
   }
 
-  /** A bridged clone's own identity on the bridge, which its agent applies before answering. */
-  bridgedIdentity(): GuestNetworkIdentity | undefined {
+  /**
+   * A clone's own identity on its network, which its agent applies before answering: bridged,
+   * its own address on the bridge; in a pod's namespace, that namespace interface's.
+   */
+  cloneIdentity(): GuestNetworkIdentity | undefined {
     const address = this.record.current.bridgedAddress;
-    if (this.attachment !== 'bridge' || !address) return undefined;
-    return { mac: macFor(this.record.current.id), address: `${address}/${PREFIX_LENGTH}`, gateway: GATEWAY };
+    if (this.attachment === 'bridge' && address) return { mac: macFor(this.record.current.id), address: `${address}/${PREFIX_LENGTH}`, gateway: GATEWAY };
+    const iface = this.record.current.netnsInterface;
+    if (this.attachment === 'netns' && iface) {
+      if (!iface.gateway) throw new ShoalError(`a clone cannot take ${iface.name} of ${this.netnsPath()}: it has no default route`);
+      return { mac: iface.mac, address: `${iface.address}/${iface.prefixLength}`, gateway: iface.gateway };
+    }
+    return undefined;
+  }
+
+  private netnsPath(): string {
+    const netnsPath = this.record.current.config.netnsPath;
+    if (!netnsPath) throw new ShoalError('--network ns needs a namespace path');
+    return netnsPath;
   }
 
   /** The addresses guest-init gives eth0, in the modes where they are not slirp's DHCP-free defaults. */
@@ -82,6 +112,10 @@ export class VmNetwork {
     const attachment = this.attachment;
     if (attachment === 'namespace') {
       return { address: NAMESPACE_GUEST_ADDRESS, prefixLength: NAMESPACE_PREFIX_LENGTH, gateway: NAMESPACE_GATEWAY, nameserver: NAMESPACE_NAMESERVER };
+    }
+    const iface = this.record.current.netnsInterface;
+    if (attachment === 'netns' && iface) {
+      return { address: iface.address, prefixLength: iface.prefixLength, ...(iface.gateway ? { gateway: iface.gateway } : {}), nameserver: hostNameserver() };
     }
     const bridgedAddress = this.record.current.bridgedAddress;
     if (attachment === 'bridge' && bridgedAddress) {
@@ -95,6 +129,10 @@ export class VmNetwork {
     const record = this.record.current;
     const net = netSpecFor(this.attachment, record.id, record.config.publish ?? []);
     if (net && this.namespaceNetwork) net.namespacePid = this.namespaceNetwork.holderPid;
+    if (net && this.attachment === 'netns') {
+      net.netnsPath = this.netnsPath();
+      if (record.netnsInterface) net.mac = record.netnsInterface.mac;
+    }
     return net;
   }
 
@@ -102,9 +140,10 @@ export class VmNetwork {
   cloneNetSpec(source: NetSpec): NetSpec {
     const net = this.netSpec();
     if (!net) throw new ShoalError('this VM has no network but its snapshot has a network device');
-    // The device state in the snapshot carries the source's MAC; a bridged clone changes it in
-    // the guest (bridgedIdentity), the other modes keep it (each is alone on its own network).
-    if (this.attachment !== 'bridge') net.mac = source.mac;
+    // The device state in the snapshot carries the source's MAC; a bridged clone or one in a
+    // pod's namespace changes it in the guest (cloneIdentity), the other modes keep it (each is
+    // alone on its own network).
+    if (this.attachment !== 'bridge' && this.attachment !== 'netns') net.mac = source.mac;
     return net;
   }
 
@@ -114,9 +153,11 @@ export class VmNetwork {
     return proxyEnvironment(process.env, reaches ? SLIRP_HOST_ADDRESS : null);
   }
 
-  /** Ends the port proxies and the namespace (the TAP and address claim go with releaseVmResources). */
+  /** Ends the port proxies and the namespace, and a pod namespace's mirror (the TAP and address claim go with releaseVmResources). */
   async close(): Promise<void> {
     this.portProxy?.close();
     await this.namespaceNetwork?.close();
+    const iface = this.record.current.netnsInterface;
+    if (this.attachment === 'netns' && iface) await unmirrorTap(this.netnsPath(), iface);
   }
 }

@@ -9,11 +9,12 @@ import fs from 'node:fs';
  * parent-death signal (prctl PR_SET_PDEATHSIG) and then execs the command, so if the
  * supervisor is killed -9 the kernel kills the VMM too. Node cannot set it itself.
  */
-export function spawnTied(command: string, args: string[], options: SpawnOptions = {}, tie: { namespacesOf?: number } = {}): ChildProcess {
+export function spawnTied(command: string, args: string[], options: SpawnOptions = {}, tie: { namespacesOf?: number; netnsPath?: string } = {}): ChildProcess {
   const tied = tiedArgv(command, args);
   // nsenter joins the namespaces and execs setpriv in place, so the child's pid is still the
   // command's, and the death signal is set after the namespace change rather than before it.
-  const argv = tie.namespacesOf !== undefined ? [...enterNamespacesArgv(tie.namespacesOf), ...tied] : tied;
+  const enter = tie.namespacesOf !== undefined ? enterNamespacesArgv(tie.namespacesOf) : tie.netnsPath !== undefined ? enterNetnsArgv(tie.netnsPath) : [];
+  const argv = [...enter, ...tied];
   return spawn(argv[0]!, argv.slice(1), options);
 }
 
@@ -25,6 +26,11 @@ export function tiedArgv(command: string, args: string[]): string[] {
 /** argv prefix that runs a command in the user and network namespaces of `pid`, keeping its uid. */
 export function enterNamespacesArgv(pid: number): string[] {
   return ['nsenter', `--target=${pid}`, '--user', '--net', '--preserve-credentials', '--'];
+}
+
+/** argv prefix that runs a command in the network namespace bound at `netnsPath` (root). */
+export function enterNetnsArgv(netnsPath: string): string[] {
+  return ['nsenter', `--net=${netnsPath}`, '--'];
 }
 
 /** Is a process with this pid alive and, if given, did it start at this time (guards pid reuse)? */

@@ -30,6 +30,8 @@ export interface NetSpec {
    * the VMM is started inside them. Per VM, so a restore names its own.
    */
   namespacePid?: number;
+  /** The TAP lives in the network namespace at this path (--network ns:PATH): the VMM is started in it. */
+  netnsPath?: string;
 }
 
 export interface PortForward {

@@ -133,3 +133,57 @@ test('vsock: what the main container writes between the quiesce and a new sessio
   assert.equal(r.status, 0, r.stderr);
   assert.deepEqual(JSON.parse(r.stdout), { firstSaw: 'before\n', out: 'during-1\nduring-2\nafter\n', code: 0 });
 });
+
+/**
+ * The host goes away while the main container's output is blocked on its credit window, part of
+ * a chunk sent: the next follower must get that chunk again (a partial repeat), never lose its
+ * rest. Here the first host reads everything that reaches it but its credit stops reaching the
+ * guest (a link that is dying), so every numbered line the container wrote is whole in what one
+ * host or the other received.
+ */
+const MID_WRITE_SCRIPT = `
+  const { Duplex } = require('node:stream');
+  const { serveSession } = require(${JSON.stringify(path.join(src, 'agent/session.js'))});
+  const { openAgentSession } = require(${JSON.stringify(path.join(src, 'host/agent-session.js'))});
+  const connections = [];
+  let creditsLost = false;
+  const vm = { connectAgent: async () => {
+    let hostEnd = null;
+    const isFirst = connections.length === 0;
+    const guest = new Duplex({ read() {}, write(chunk, _e, cb) { setImmediate(() => hostEnd.push(chunk)); cb(); } });
+    hostEnd = new Duplex({ read() {}, write(chunk, _e, cb) { if (!(isFirst && creditsLost)) setImmediate(() => guest.push(chunk)); cb(); } });
+    serveSession(guest, () => undefined).on('close', () => guest.destroy());
+    connections.push(guest);
+    return hostEnd;
+  } };
+  (async () => {
+    const first = await openAgentSession(vm, 5000, {});
+    // ~1.9 MB of numbered lines: more than the 1 MiB window the first host never credits back.
+    const main = first.open({ kind: 'exec', argv: ['sh', '-c', 'seq 0 239999 | sed "s/$/ ......./"; echo END'], persistent: true });
+    let firstSaw = '';
+    main.setDataHandler((stream, data) => { if (stream === 1) firstSaw += data.toString(); if (firstSaw.length > 200000) creditsLost = true; });
+    await new Promise((r) => setTimeout(r, 1500));
+    connections[0].destroy();
+    const second = await openAgentSession(vm, 5000, {});
+    const follower = second.open({ kind: 'attach-persistent' });
+    const result = await new Promise((resolve) => {
+      let out = '';
+      follower.setDataHandler((stream, data) => { if (stream === 1) out += data.toString(); });
+      follower.on('message', (m) => { if (m.type === 'exit') resolve({ out, code: m.code }); });
+      follower.on('close', () => resolve({ out, code: 'closed' }));
+    });
+    const whole = new Set();
+    for (const text of [firstSaw, result.out]) for (const line of text.split('\\n')) if (/^\\d+ \\.{7}$/.test(line)) whole.add(Number(line.split(' ')[0]));
+    const missing = [];
+    for (let i = 0; i < 240000; i++) if (!whole.has(i)) missing.push(i);
+    return { firstBytes: firstSaw.length, code: result.code, end: result.out.endsWith('END\\n'), missing: missing.length, firstMissing: missing.slice(0, 3) };
+  })().then((r) => { process.stdout.write(JSON.stringify(r)); process.exit(0); },
+    (e) => { process.stdout.write(JSON.stringify({ thrown: e.message })); process.exit(0); });`;
+
+test('vsock: a host lost mid-write leaves the main container\'s blocked chunk to the next follower, whole', () => {
+  const r = spawnSync(process.execPath, ['-e', MID_WRITE_SCRIPT], { encoding: 'utf8', timeout: 30_000 });
+  assert.equal(r.status, 0, r.stderr);
+  const result = JSON.parse(r.stdout) as { firstBytes: number; code: number; end: boolean; missing: number; firstMissing: number[] };
+  assert.ok(result.firstBytes > 200000 && result.firstBytes < 1_900_000, `the first host got ${result.firstBytes} bytes`);
+  assert.deepEqual({ code: result.code, end: result.end, missing: result.missing, firstMissing: result.firstMissing }, { code: 0, end: true, missing: 0, firstMissing: [] });
+});

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { buildQemuArgv, qemuPaths, TCG_TB_SIZE_MIB, type QemuLaunch } from '../../src/vmm/qemu/argv';
+import { buildQemuArgv, DEFAULT_TCG_TB_SIZE_MIB, qemuPaths, tcgTbSizeMiB, type QemuLaunch } from '../../src/vmm/qemu/argv';
 import type { VmSpec } from '../../src/vmm/backend';
 
 const spec: VmSpec = {
@@ -36,9 +36,20 @@ function values(argv: string[], flag: string): string[] {
 test('the machine, accelerator, shape, kernel and sockets', () => {
   const argv = buildQemuArgv(launch());
   assert.deepEqual(values(argv, '-machine'), ['microvm,x-option-roms=off,isa-serial=on,rtc=on']);
-  // TCG's translation cache sized for a small guest (QEMU 7.2's default is 1 GiB).
-  assert.deepEqual(values(argv, '-accel'), [`tcg,thread=single,tb-size=${TCG_TB_SIZE_MIB}`]);
-  assert.ok(TCG_TB_SIZE_MIB >= 16 && TCG_TB_SIZE_MIB < 1024);
+  // The translation cache: shoal's default size, another, or QEMU's own (SHOAL_TCG_TB_MIB=0).
+  const saved = process.env.SHOAL_TCG_TB_MIB;
+  delete process.env.SHOAL_TCG_TB_MIB;
+  try {
+    assert.deepEqual(values(buildQemuArgv(launch()), '-accel'), [`tcg,thread=single,tb-size=${DEFAULT_TCG_TB_SIZE_MIB}`]);
+    process.env.SHOAL_TCG_TB_MIB = '0';
+    assert.deepEqual(values(buildQemuArgv(launch()), '-accel'), ['tcg,thread=single']);
+    process.env.SHOAL_TCG_TB_MIB = '64';
+    assert.deepEqual(values(buildQemuArgv(launch()), '-accel'), ['tcg,thread=single,tb-size=64']);
+    for (const bad of ['32M', '-1', '5000', '1e3']) assert.throws(() => tcgTbSizeMiB({ SHOAL_TCG_TB_MIB: bad }), /SHOAL_TCG_TB_MIB must be a whole number/);
+  } finally {
+    if (saved === undefined) delete process.env.SHOAL_TCG_TB_MIB;
+    else process.env.SHOAL_TCG_TB_MIB = saved;
+  }
   assert.deepEqual(values(argv, '-cpu'), ['max']);
   assert.deepEqual(values(argv, '-smp'), ['2']);
   assert.deepEqual(values(argv, '-m'), ['512M']);

@@ -55,7 +55,8 @@ export function listing(record: VmRecord): VmListing {
     startupSnapshot: record.imageCache?.startup ? 'restored' : record.startupSnapshot ? 'saved' : null,
     network: {
       mode: record.config.network ?? 'none',
-      guestAddress: guestAddress(attachmentFor(record.config.network ?? 'none', record.backend), record.bridgedAddress),
+      guestAddress: guestAddress(attachmentFor(record.config.network ?? 'none', record.backend), record.bridgedAddress, record.netnsInterface?.address),
+      ...(record.config.netnsPath ? { netns: record.config.netnsPath } : {}),
       ports: (record.config.publish ?? []).map(formatForward),
     },
   };

@@ -188,7 +188,7 @@ export function registerRun(program: Command): void {
     .option('-t, --tty', 'give the container a terminal (with -i: an interactive session)')
     .option('--vmm <vmm>', 'auto, qemu or firecracker (default: $SHOAL_VMM, else auto)', process.env.SHOAL_VMM ?? 'auto')
     .option('--no-snapshot', 'do not use the image cache (neither restore from it nor save to it)')
-    .option('--network <mode>', 'rootless (default: user-mode networking; QEMU\'s slirp, or slirp4netns on Firecracker), slirp4netns, bridged (root) or none; slirp4netns:allow_host_loopback=true (also rootless:...) lets the guest reach the host\'s loopback as 10.0.2.2, which slirp4netns withholds by default')
+    .option('--network <mode>', 'rootless (default: user-mode networking; QEMU\'s slirp, or slirp4netns on Firecracker), slirp4netns, bridged (root), ns:PATH (root: join that network namespace, e.g. a CNI pod\'s, and take its interface\'s address) or none; slirp4netns:allow_host_loopback=true (also rootless:...) lets the guest reach the host\'s loopback as 10.0.2.2, which slirp4netns withholds by default')
     .option('-p, --publish <[ADDR:]HOST:GUEST[/tcp|/udp]>', 'publish a guest port on the host (repeatable, comma-separated)', collect, [])
     .option('--health-check <url>', 'once this URL answers in the guest, snapshot the running app; later runs start from it')
     .option('--jailer', 'run Firecracker under its jailer (chroot, unprivileged uid/gid, cgroup)')

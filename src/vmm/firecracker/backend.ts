@@ -17,7 +17,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Duplex } from 'node:stream';
-import { pauseAndSnapshot, type RestoreSpec, type RunningSnapshotOptions, type RunningSnapshotTimings, type SnapshotFiles, type SnapshotKind, type VmExit, type VmHandle, type VmmBackend, type VmSpec } from '../backend';
+import { pauseAndSnapshot, type NetSpec, type RestoreSpec, type RunningSnapshotOptions, type RunningSnapshotTimings, type SnapshotFiles, type SnapshotKind, type VmExit, type VmHandle, type VmmBackend, type VmSpec } from '../backend';
 import { isExecutable, searchPath } from '../../util/which';
 import { vmmTraits } from '../traits';
 import { ShoalError } from '../../util/errors';
@@ -183,15 +183,17 @@ export class FirecrackerBackend implements VmmBackend {
     return searchPath('setpriv', (this.opts.env ?? process.env).PATH) ?? false;
   }
 
-  private launch(id: string, runDir: string, namespacePid: number | undefined): Launch {
+  private launch(id: string, runDir: string, net: NetSpec | undefined): Launch {
+    const namespacePid = net?.namespacePid;
+    const netnsPath = net?.netnsPath;
     const binary = this.binaryPath();
     if (!binary) throw new ShoalError('Firecracker is not installed; run `shoal setup --vmm firecracker` or pass --firecracker PATH');
     const setpriv = this.setprivPath();
     if (this.opts.jailer) {
-      if (namespacePid !== undefined) throw new ShoalError('a jailed Firecracker cannot join a slirp4netns network namespace; use a host TAP (--network bridged)');
+      if (namespacePid !== undefined || netnsPath !== undefined) throw new ShoalError('a jailed Firecracker cannot join a network namespace; use a host TAP (--network bridged)');
       return jailedLaunch({ jailer: this.opts.jailer, binary, id, setpriv });
     }
-    return plainLaunch({ binary, id, runDir, setpriv, ...(namespacePid !== undefined ? { namespacePid } : {}) });
+    return plainLaunch({ binary, id, runDir, setpriv, ...(namespacePid !== undefined ? { namespacePid } : {}), ...(netnsPath !== undefined ? { netnsPath } : {}) });
   }
 
   /** Spawns the VMM and returns a connected client; the caller configures it. */
@@ -254,7 +256,7 @@ export class FirecrackerBackend implements VmmBackend {
   }
 
   async boot(spec: VmSpec): Promise<VmHandle> {
-    const launch = this.launch(spec.id, spec.runDir, spec.net?.namespacePid);
+    const launch = this.launch(spec.id, spec.runDir, spec.net);
     const { vm } = await this.start(spec.id, spec.runDir, spec.consoleLog, launch);
     const mapped: VmSpec = {
       ...spec,
@@ -291,7 +293,7 @@ export class FirecrackerBackend implements VmmBackend {
     const recorded = new Map(spec.source.drives.map((d) => [d.id, d.path]));
     const drives = spec.drives.map((d) => ({ recorded: recorded.get(d.id) ?? d.path, replacement: d.path }));
     checkKeptDrives(drives);
-    const launch = this.launch(spec.id, spec.runDir, spec.net?.namespacePid);
+    const launch = this.launch(spec.id, spec.runDir, spec.net);
     const { vm, version } = await this.start(spec.id, spec.runDir, spec.consoleLog, launch);
     const tracking = this.restoreTracking(version);
     let reqs: ApiRequest[];

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { DEFAULT_CHROOT_BASE, JailPlanner, jailLayout, jailerArgv, JAIL_VSOCK, type JailerOptions, type JailLayout } from './jailer';
 import { ShoalError } from '../../util/errors';
 import { runFiles } from './requests';
-import { enterNamespacesArgv } from '../../util/process';
+import { enterNamespacesArgv, enterNetnsArgv } from '../../util/process';
 
 export interface Launch {
   /** Full argv, argv[0] being the program to spawn. */
@@ -46,10 +46,11 @@ export function pdeathsigPrefix(setpriv: string | false): string[] {
   return setpriv ? [setpriv, '--pdeathsig', 'KILL', '--'] : [];
 }
 
-export function plainLaunch(opts: { binary: string; id: string; runDir: string; setpriv: string | false; extraArgs?: string[]; namespacePid?: number }): Launch {
+export function plainLaunch(opts: { binary: string; id: string; runDir: string; setpriv: string | false; extraArgs?: string[]; namespacePid?: number; netnsPath?: string }): Launch {
   const f = runFiles(opts.runDir);
-  // In a network namespace of its own (--network slirp4netns): nsenter execs setpriv in place.
-  const enter = opts.namespacePid !== undefined ? enterNamespacesArgv(opts.namespacePid) : [];
+  // In a network namespace of its own (--network slirp4netns), or a pod's (--network ns:PATH):
+  // nsenter execs setpriv in place.
+  const enter = opts.namespacePid !== undefined ? enterNamespacesArgv(opts.namespacePid) : opts.netnsPath !== undefined ? enterNetnsArgv(opts.netnsPath) : [];
   return {
     argv: [...enter, ...pdeathsigPrefix(opts.setpriv), opts.binary, '--api-sock', f.apiSocket, '--id', opts.id, ...(opts.extraArgs ?? [])],
     apiSocket: f.apiSocket,

@@ -78,7 +78,9 @@ async function startQemu(launch: QemuLaunch, argv: string[], memoryFile: string 
   for (const socket of [paths.qmpSocket, paths.agentSocket]) fs.rmSync(socket, { force: true });
   const stderrPath = path.join(runDir, 'qemu.log');
   const stderrFd = fs.openSync(stderrPath, 'a');
-  const child = spawnTied(QEMU_BINARY, argv, { stdio: ['ignore', 'ignore', stderrFd] }, namespacePid !== undefined ? { namespacesOf: namespacePid } : {});
+  const netnsPath = launch.net?.netnsPath;
+  const tie = namespacePid !== undefined ? { namespacesOf: namespacePid } : netnsPath !== undefined ? { netnsPath } : {};
+  const child = spawnTied(QEMU_BINARY, argv, { stdio: ['ignore', 'ignore', stderrFd] }, tie);
   fs.closeSync(stderrFd);
   const exited = new Promise<VmExit>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
   const earlyExit = exited.then(async (e) => {
