@@ -100,9 +100,10 @@ describe('shoal serve', { timeout: 1_200_000 }, () => {
     await assert.rejects(sleeper.wait(), (err: unknown) => err instanceof CommandExitError && err.result.signal === 'SIGTERM');
     // In the container, as another user in another directory (the agent's direct crun exec,
     // as `shoal exec -u -w`): the signal reaches the container process itself, which is gone.
-    const who = await sbx.commands.run('id -u; id -g; pwd', { user: 'nobody', cwd: '/tmp' });
+    // (Numeric: the test image has no passwd entry for nobody.)
+    const who = await sbx.commands.run('id -u; id -g; pwd', { user: '65534:65534', cwd: '/tmp' });
     assert.equal(who.stdout, '65534\n65534\n/tmp\n');
-    const boxed = await sbx.commands.run(['sleep', '1017'], { background: true, user: 'nobody', cwd: '/tmp' });
+    const boxed = await sbx.commands.run(['sleep', '1017'], { background: true, user: '65534:65534', cwd: '/tmp' });
     await waitUntil('the sleep in the container', 30_000, async () => (await sbx.commands.run('ps')).stdout.includes('sleep 1017'));
     await boxed.kill('SIGTERM');
     await assert.rejects(boxed.wait(), (err: unknown) => err instanceof CommandExitError && (err.result.signal === 'SIGTERM' || err.result.exitCode === 143));
@@ -214,6 +215,8 @@ describe('shoal serve', { timeout: 1_200_000 }, () => {
           while ((end = pending.indexOf('\n\n')) >= 0) {
             const event = pending.slice(0, end);
             pending = pending.slice(end + 2);
+            // A comment block (the 15 s heartbeat) is no event: every SSE client skips it.
+            if (event.split('\n').every((line) => line.startsWith(':'))) continue;
             const type = /^event: (.*)$/m.exec(event)?.[1];
             const data = /^data: (.*)$/m.exec(event)?.[1] ?? '';
             if (type === 'stdout' || type === 'stderr') {
