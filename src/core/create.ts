@@ -102,8 +102,10 @@ function checkEnv(env: Record<string, string>): Record<string, string> {
 /**
  * Validates the spec, claims the name, writes the record and spawns the supervisor; returns
  * once the supervisor's control socket answers. `shoal run` (attached) follows the VM from here.
+ * A supervisor that dies first leaves its failed record (keepOnFailure, as `shoal run` always
+ * has), or nothing.
  */
-export async function startVm(store: StateStore, spec: CreateSpec, onProgress?: OnProgress): Promise<StartedVm> {
+export async function startVm(store: StateStore, spec: CreateSpec, onProgress?: OnProgress, keepOnFailure = true): Promise<StartedVm> {
   const config = validating(() => configOf(spec));
   // Parsed again for what the config does not keep: an explicit allow_host_loopback=false.
   const network = parseNetwork(spec.network ?? 'rootless');
@@ -136,8 +138,13 @@ export async function startVm(store: StateStore, spec: CreateSpec, onProgress?: 
     throw err;
   }
   onProgress?.({ stage: 'create', message: `using ${selection.reason}` });
-  const client = await SupervisorClient.connect(store, record);
-  return { record, config, client };
+  try {
+    return { record, config, client: await SupervisorClient.connect(store, record) };
+  } catch (err) {
+    // The supervisor died before it answered (its record says why, for `shoal ls`).
+    if (!keepOnFailure) await discardVm(store, id);
+    throw err;
+  }
 }
 
 /**
@@ -148,7 +155,7 @@ export async function createVm(store: StateStore, spec: CreateSpec, options: Cre
   if ((spec.image === undefined) === (spec.snapshot === undefined)) throw new InvalidSpecError('give exactly one of image and snapshot');
   if (spec.snapshot !== undefined) return cloneVm(store, spec, options);
   if (spec.attached === true) throw new InvalidSpecError('createVm is for detached VMs (startVm, then attach)');
-  const { record, client } = await startVm(store, spec, options.onProgress);
+  const { record, client } = await startVm(store, spec, options.onProgress, options.keepOnFailure === true);
   try {
     const result = await client.waitUntilRunning((message) => options.onProgress?.({ stage: 'create', message }));
     if (result.outcome === 'error') throw new ShoalError(result.message);
