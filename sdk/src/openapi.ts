@@ -64,9 +64,12 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
+        /** @description Lists sandboxes (also those made with the shoal CLI). Metadata filters, all of which must match: `metadata.KEY=VALUE` (one parameter per key), or `metadata=` with URL-encoded `KEY=VALUE` pairs joined by `&` (as E2B spells it: `?metadata=user%3Dalice%26env%3Ddev`). */
         get: {
             parameters: {
                 query?: {
+                    /** @description URL-encoded KEY=VALUE pairs joined by &; every pair must match */
+                    metadata?: string;
                     access_token?: string;
                 };
                 header?: never;
@@ -105,6 +108,7 @@ export interface paths {
             };
         };
         put?: never;
+        /** @description Creates a sandbox and answers once it runs. With `Accept: text/event-stream` the answer is 200 with a stream instead: `progress` events ({stage, message}) while the VM boots or restores, then one `sandbox` event (the Sandbox) or one `error` event ({code, message}), and the stream ends. */
         post: {
             parameters: {
                 query?: never;
@@ -118,6 +122,15 @@ export interface paths {
                 };
             };
             responses: {
+                /** @description text/event-stream (Accept: text/event-stream): events progress, then sandbox or error */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "text/event-stream": string;
+                    };
+                };
                 /** @description Default Response */
                 201: {
                     headers: {
@@ -559,7 +572,11 @@ export interface paths {
                 };
                 cookie?: never;
             };
-            requestBody?: never;
+            requestBody: {
+                content: {
+                    "application/octet-stream": string;
+                };
+            };
             responses: {
                 /** @description Default Response */
                 204: {
@@ -656,7 +673,11 @@ export interface paths {
                 };
                 cookie?: never;
             };
-            requestBody?: never;
+            requestBody: {
+                content: {
+                    "application/octet-stream": string;
+                };
+            };
             responses: {
                 /** @description Default Response */
                 200: {
@@ -1255,6 +1276,67 @@ export interface paths {
                 };
             };
         };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sandboxes/{id}/pty": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** @description A terminal in the sandbox's container over a WebSocket (send `Upgrade: websocket`): binary frames carry the terminal's input and output both ways; a text frame `{"type":"resize","cols":C,"rows":R}` resizes it; the close reason is `{"exitCode":N}` when the command ends. */
+        get: {
+            parameters: {
+                query?: {
+                    cols?: string;
+                    rows?: string;
+                    cmd?: string;
+                    access_token?: string;
+                };
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description Switching Protocols: the WebSocket is open */
+                101: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": unknown;
+                    };
+                };
+                /** @description Every error: one machine-readable code, one clear message. */
+                "4XX": {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description Every error: one machine-readable code, one clear message. */
+                "5XX": {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;

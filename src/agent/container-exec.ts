@@ -75,9 +75,23 @@ export function directContainerExec(target: ContainerExecTarget, tty: boolean, p
   if (!Array.isArray(target.argv) || target.argv.length === 0 || !target.argv.every((a) => typeof a === 'string')) return undefined;
   const resolved = resolve(target.name, paths);
   if (!resolved) return undefined;
-  const env = mergeEnv(resolved.process.env ?? [], target.env ?? {}, tty);
+  let env = mergeEnv(resolved.process.env ?? [], target.env ?? {}, tty);
   if (!env || !commandRuns(resolved.root, target.argv[0]!, env)) return undefined;
   const process: OciProcess = { ...resolved.process, args: target.argv, env, terminal: false };
+  if (target.workdir !== undefined) {
+    // A directory that is not there: podman says so in its words (and exit code).
+    if (typeof target.workdir !== 'string' || !target.workdir.startsWith('/') || !isDirectory(resolved.root, target.workdir)) return undefined;
+    process.cwd = target.workdir;
+  }
+  if (target.user !== undefined) {
+    const user = resolveUser(resolved.root, target.user);
+    if (!user) return undefined;
+    process.user = { uid: user.uid, gid: user.gid, additionalGids: user.additionalGids };
+    process.capabilities = capabilitiesFor(resolved.process.capabilities, user.uid);
+    // podman exec --user: HOME is the user's unless the exec's env sets it.
+    if (!Object.prototype.hasOwnProperty.call(target.env ?? {}, 'HOME')) env = [...env.filter((e) => !e.startsWith('HOME=')), `HOME=${user.home}`];
+    process.env = env;
+  }
   fs.mkdirSync(paths.work, { recursive: true, mode: 0o700 });
   const base = path.join(paths.work, crypto.randomBytes(8).toString('hex'));
   const processFile = `${base}.json`;
@@ -147,6 +161,95 @@ export function commandRuns(root: string, command: string, env: string[]): boole
   if (command.includes('/')) return isExecutable(root, command.startsWith('/') ? command : `/${command}`);
   const pathVar = env.find((e) => e.startsWith('PATH='))?.slice(5) ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
   return pathVar.split(':').filter((d) => d.startsWith('/')).some((dir) => isExecutable(root, `${dir}/${command}`));
+}
+
+function isDirectory(root: string, dir: string): boolean {
+  const real = resolveInRoot(root, dir);
+  if (real === undefined) return false;
+  try {
+    return fs.statSync(path.join(root, real)).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+export interface ExecUser {
+  uid: number;
+  gid: number;
+  additionalGids: number[];
+  home: string;
+}
+
+const ID_PART = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$/;
+const MAX_ID = 0xfffffffe;
+/** /etc/passwd and /etc/group are the container's: bounded, as anything it can write. */
+const MAX_USER_DB = 1 << 20;
+
+/**
+ * USER[:GROUP] as podman exec resolves it in the container: a name through its /etc/passwd
+ * (unknown: undefined, and podman gives the error), a number as is (its passwd entry, if any,
+ * gives the primary group and home; else group 0 and home /); GROUP a name in /etc/group or a
+ * number; the supplementary groups are those of /etc/group that list the user's name.
+ */
+export function resolveUser(root: string, spec: string): ExecUser | undefined {
+  if (typeof spec !== 'string') return undefined;
+  const parts = spec.split(':');
+  if (parts.length > 2 || parts.some((p) => !ID_PART.test(p))) return undefined;
+  const [userPart, groupPart] = parts as [string, string | undefined];
+  const passwd = readUserDb(root, '/etc/passwd').map((l) => l.split(':')).filter((f) => f.length >= 7);
+  const groups = readUserDb(root, '/etc/group').map((l) => l.split(':')).filter((f) => f.length >= 4);
+  const numeric = (v: string): number | undefined => (/^\d+$/.test(v) && Number(v) <= MAX_ID ? Number(v) : undefined);
+  let uid = numeric(userPart);
+  const entry = uid === undefined ? passwd.find((f) => f[0] === userPart) : passwd.find((f) => numeric(f[2]!) === uid);
+  if (uid === undefined) {
+    if (!entry) return undefined;
+    uid = numeric(entry[2]!);
+    if (uid === undefined) return undefined;
+  }
+  let gid = entry ? numeric(entry[3]!) ?? 0 : 0;
+  if (groupPart !== undefined) {
+    const g = numeric(groupPart) ?? (() => {
+      const group = groups.find((f) => f[0] === groupPart);
+      return group ? numeric(group[2]!) : undefined;
+    })();
+    if (g === undefined) return undefined;
+    gid = g;
+  }
+  const name = entry?.[0];
+  const additionalGids = name === undefined ? [] : groups
+    .filter((f) => f[3]!.split(',').includes(name))
+    .map((f) => numeric(f[2]!))
+    .filter((g): g is number => g !== undefined && g !== gid);
+  return { uid, gid, additionalGids: [...new Set(additionalGids)], home: entry?.[5] || '/' };
+}
+
+function readUserDb(root: string, file: string): string[] {
+  const real = resolveInRoot(root, file);
+  if (real === undefined) return [];
+  let fd: number | undefined;
+  try {
+    fd = fs.openSync(path.join(root, real), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    const buf = Buffer.alloc(MAX_USER_DB);
+    const n = fs.readSync(fd, buf, 0, MAX_USER_DB, 0);
+    return buf.subarray(0, n).toString('utf8').split('\n').filter((l) => l !== '' && !l.startsWith('#'));
+  } catch {
+    return [];
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
+}
+
+/**
+ * The capabilities of an exec as another user, as podman gives them: root has the container's
+ * bounding set effective and permitted; anyone else none of them (the bounding set stays).
+ */
+function capabilitiesFor(template: unknown, uid: number): unknown {
+  if (typeof template !== 'object' || template === null) return template;
+  const bounding = (template as { bounding?: unknown }).bounding;
+  const set = Array.isArray(bounding) ? bounding : [];
+  return uid === 0
+    ? { ...template, effective: set, permitted: set }
+    : { ...template, effective: [], permitted: [], inheritable: [], ambient: [] };
 }
 
 function isExecutable(root: string, file: string): boolean {

@@ -7,7 +7,7 @@ import crypto from 'node:crypto';
 import os from 'node:os';
 import type { ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
-import fastifySwagger from '@fastify/swagger';
+import fastifySwagger, { type SwaggerTransform } from '@fastify/swagger';
 import fastifyWebsocket from '@fastify/websocket';
 import { Type } from '@sinclair/typebox';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
@@ -17,7 +17,7 @@ import { parsePublish } from '../network/publish';
 import { FilesError } from '../host/files-client';
 import { containerPathComponents } from '../protocol/files';
 import { ShoalError } from '../util/errors';
-import type { Core, ExecSpec, RemoteProcess, VmView } from './core';
+import type { Core, ExecSpec, OnProgress, RemoteProcess, SandboxSpec, VmView } from './core';
 import { HostProxy, serverWithHostProxy } from './e2b/host-proxy';
 import { e2bApiPlugin, e2bSandboxes, type E2bApiOptions } from './e2b/plugin';
 import { ApiError, firstLine, toApiError, type ErrorCode } from './errors';
@@ -51,6 +51,8 @@ export interface ServerOptions {
   imageDirs?: readonly string[];
   /** E2B's sandbox API at /e2b (src/api/e2b/); absent: not served. */
   e2b?: E2bApiOptions;
+  /** How often an SSE stream gets a comment line while it has nothing else to say (ms); 0: never. */
+  sseHeartbeatMs?: number;
 }
 
 /** Paths under /e2b have their own auth (E2B's API key, envd's per-sandbox token). */
@@ -68,6 +70,9 @@ export const LIMITS = {
 /** The command a sandbox created without one runs: it idles, ready for exec. */
 export const IDLE_COMMAND = ['sleep', '2147483647'];
 
+/** A comment line this often on every SSE stream: proxies and clients then see it alive while it is quiet. */
+export const SSE_HEARTBEAT_MS = 15_000;
+
 const SSE_HEADERS = { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', 'x-accel-buffering': 'no', connection: 'keep-alive' };
 
 const errors = { '4xx': S.ref(S.ErrorReply), '5xx': S.ref(S.ErrorReply) };
@@ -75,6 +80,48 @@ const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 128 })
 const PidParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 128 }), pid: Type.String({ pattern: '^[0-9]{1,9}$' }) }, { additionalProperties: false });
 const Token = Type.Optional(Type.String({ maxLength: 512 }));
 const PathQuery = Type.Object({ path: Type.String({ minLength: 1, maxLength: 4096 }), access_token: Token }, { additionalProperties: false });
+
+/** A route as registered (for the test that every one is in the OpenAPI document). */
+export interface RegisteredRoute {
+  method: string;
+  url: string;
+  hidden: boolean;
+  websocket: boolean;
+}
+
+const registered = new WeakMap<FastifyInstance, RegisteredRoute[]>();
+
+/** Every route buildServer registered on app, in order, HEAD included. */
+export function registeredRoutes(app: FastifyInstance): RegisteredRoute[] {
+  return [...(registered.get(app) ?? [])];
+}
+
+/**
+ * A route whose body is streamed raw (stdin, a file's bytes) has no JSON schema to validate it
+ * with; this shows its body in the OpenAPI document all the same (@fastify/swagger's
+ * per-route transform changes the document only, not validation).
+ */
+function rawBodyDoc(): { swaggerTransform: SwaggerTransform } {
+  return {
+    swaggerTransform: ({ schema, url }) => ({
+      schema: { ...schema, body: { content: { 'application/octet-stream': { schema: { type: 'string', format: 'binary' } } } } },
+      url,
+    }),
+  };
+}
+
+/**
+ * @fastify/websocket marks its routes hidden (their GET answers only an upgrade); the terminal
+ * route is part of the API all the same, so the document shows it, with the upgrade's answer.
+ */
+function websocketDoc(description: string): { swaggerTransform: SwaggerTransform } {
+  return {
+    swaggerTransform: ({ schema, url }) => ({
+      schema: { ...schema, hide: false, description, response: { 101: { description: 'Switching Protocols: the WebSocket is open' }, ...errors } },
+      url,
+    }),
+  };
+}
 
 export async function buildServer(core: Core, options: ServerOptions): Promise<FastifyInstance> {
   const limits = { ...LIMITS, ...options };
@@ -89,7 +136,17 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
     bodyLimit: limits.bodyLimit,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true, allErrors: false } },
   });
+  const routes: RegisteredRoute[] = [];
+  registered.set(app, routes);
+  app.addHook('onRoute', (route) => {
+    const methods = Array.isArray(route.method) ? route.method : [route.method];
+    const schema = route.schema as { hide?: boolean } | undefined;
+    const websocket = (route as { websocket?: boolean }).websocket === true;
+    // @fastify/websocket hides its routes from the document; ptyDoc() shows them again.
+    for (const method of methods) routes.push({ method, url: route.url, hidden: schema?.hide === true && !websocket, websocket });
+  });
   const processes = new ProcessTable(options.processLimits);
+  const heartbeatMs = options.sseHeartbeatMs ?? SSE_HEARTBEAT_MS;
   const tokenBytes = Buffer.from(options.token);
 
   await app.register(fastifySwagger, {
@@ -166,7 +223,17 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
 
   app.get('/v1/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 
-  app.post('/v1/sandboxes', { schema: { body: S.ref(S.CreateSandbox), response: { 201: S.ref(S.Sandbox), ...errors } } }, async (request, reply) => {
+  app.post('/v1/sandboxes', {
+    schema: {
+      description: 'Creates a sandbox and answers once it runs. With `Accept: text/event-stream` the answer is 200 with a stream instead: `progress` events ({stage, message}) while the VM boots or restores, then one `sandbox` event (the Sandbox) or one `error` event ({code, message}), and the stream ends.',
+      body: S.ref(S.CreateSandbox),
+      response: {
+        201: S.ref(S.Sandbox),
+        200: { description: 'text/event-stream (Accept: text/event-stream): events progress, then sandbox or error', content: { 'text/event-stream': { schema: Type.String() } } },
+        ...errors,
+      },
+    },
+  }, async (request, reply) => {
     const body = request.body as S.CreateSandbox;
     if ((body.image === undefined) === (body.snapshot === undefined)) throw new ApiError('bad_request', 'give exactly one of image and snapshot');
     if (body.snapshot !== undefined) {
@@ -187,7 +254,7 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
     }
     const name = body.name ?? randomName('sbx');
     if (core.find(name)) throw new ApiError('conflict', `the name "${name}" is already in use`);
-    const vm = await core.create({
+    const spec: SandboxSpec = {
       name,
       ...(image !== undefined ? { image } : {}),
       ...(body.snapshot !== undefined ? { snapshot: body.snapshot } : {}),
@@ -197,24 +264,54 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
       cmd: body.cmd ?? IDLE_COMMAND,
       network: body.network ?? 'rootless',
       publish: body.publish ?? [],
-    }).catch((err: unknown) => {
-      // Input was checked above: what fails now is the VM (boot, image load), unless a racing
-      // request took the name.
-      if (err instanceof ShoalError && !/already in use/.test(err.message)) throw new ApiError('unavailable', firstLine(err.message));
-      throw err;
-    });
-    const parent = body.snapshot !== undefined ? core.snapshots().find((s) => s.tag === body.snapshot)?.parent ?? null : null;
-    writeFacts(core.vmDir(vm.id), { metadata: body.metadata ?? {}, expiresAt: expiry(body.timeoutSec ?? limits.defaultTimeoutSec), parentId: parent });
-    return reply.code(201).send(sandboxOf(vm));
+    };
+    const create = async (onProgress?: OnProgress): Promise<S.Sandbox> => {
+      const vm = await core.create(spec, onProgress).catch((err: unknown) => {
+        // Input was checked above: what fails now is the VM (boot, image load), unless a racing
+        // request took the name.
+        if (err instanceof ShoalError && !/already in use/.test(err.message)) throw new ApiError('unavailable', firstLine(err.message));
+        throw err;
+      });
+      const parent = body.snapshot !== undefined ? core.snapshots().find((s) => s.tag === body.snapshot)?.parent ?? null : null;
+      writeFacts(core.vmDir(vm.id), { metadata: body.metadata ?? {}, expiresAt: expiry(body.timeoutSec ?? limits.defaultTimeoutSec), parentId: parent });
+      return sandboxOf(vm);
+    };
+    if (!wantsEventStream(request)) return reply.code(201).send(await create());
+    // The stream: progress as the core reports it, then the sandbox or the error. A client that
+    // goes away does not stop the create (the sandbox then expires as any other).
+    reply.hijack();
+    const res = reply.raw;
+    res.writeHead(200, SSE_HEADERS);
+    const stopHeartbeat = sseHeartbeat(res, heartbeatMs);
+    let id = 0;
+    const send = (event: string, data: unknown): void => {
+      if (!res.writableEnded && !res.destroyed) res.write(`id: ${++id}\nevent: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+    };
+    try {
+      send('sandbox', await create((progress) => send('progress', { stage: progress.stage, message: firstLine(progress.message) })));
+    } catch (err) {
+      const e = classify(err);
+      send('error', { code: e.code, message: e.message });
+    } finally {
+      stopHeartbeat();
+      if (!res.writableEnded) res.end();
+    }
+    return reply;
   });
 
   app.get('/v1/sandboxes', {
     schema: {
-      querystring: Type.Object({ access_token: Token }, { additionalProperties: false, patternProperties: { '^metadata\\..{1,128}$': Type.String({ maxLength: 1024 }) } }),
+      description: 'Lists sandboxes (also those made with the shoal CLI). Metadata filters, all of which must match: `metadata.KEY=VALUE` (one parameter per key), or `metadata=` with URL-encoded `KEY=VALUE` pairs joined by `&` (as E2B spells it: `?metadata=user%3Dalice%26env%3Ddev`).',
+      querystring: Type.Object({
+        metadata: Type.Optional(Type.String({ maxLength: 4096, description: 'URL-encoded KEY=VALUE pairs joined by &; every pair must match' })),
+        access_token: Token,
+      }, { additionalProperties: false, patternProperties: { '^metadata\\..{1,128}$': Type.String({ maxLength: 1024, description: 'metadata.KEY=VALUE: the sandbox\'s metadata KEY must be VALUE' }) } }),
       response: { 200: Type.Array(S.ref(S.Sandbox)), ...errors },
     },
   }, async (request) => {
-    const filters = Object.entries(request.query as Record<string, string>).filter(([k]) => k.startsWith('metadata.')).map(([k, v]) => [k.slice(9), v] as const);
+    const query = request.query as Record<string, string>;
+    const filters = Object.entries(query).filter(([k]) => k.startsWith('metadata.')).map(([k, v]) => [k.slice(9), v] as const);
+    if (query.metadata !== undefined) for (const [k, v] of new URLSearchParams(query.metadata)) filters.push([k, v]);
     return core.list().map(sandboxOf).filter((s) => filters.every(([k, v]) => s.metadata[k] === v));
   });
 
@@ -255,7 +352,7 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
     };
     // Checked and taken in one step, before the await: concurrent requests cannot all pass.
     const slot = processes.reserve(vm.id);
-    const streaming = (request.headers.accept ?? '').includes('text/event-stream');
+    const streaming = wantsEventStream(request);
     const collector = streaming ? undefined : new OutputCollector(limits.execOutputCap);
     const started = Date.now();
     let remote: RemoteProcess;
@@ -269,7 +366,7 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
     if (streaming) {
       reply.hijack();
       reply.raw.writeHead(200, SSE_HEADERS);
-      await streamRing(reply.raw, process.ring, 0);
+      await streamRing(reply.raw, process.ring, 0, heartbeatMs);
       return reply;
     }
     const end = await process.finished;
@@ -298,7 +395,7 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
     const from = Number((request.headers['last-event-id'] as string | undefined) ?? (request.query as { lastEventId?: string }).lastEventId ?? 0);
     reply.hijack();
     reply.raw.writeHead(200, SSE_HEADERS);
-    await streamRing(reply.raw, process.ring, from);
+    await streamRing(reply.raw, process.ring, from, heartbeatMs);
     return reply;
   });
 
@@ -318,6 +415,7 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
     raw.addContentTypeParser('*', (_request, payload, done) => done(null, payload));
 
     raw.post('/v1/sandboxes/:id/processes/:pid/stdin', {
+      config: rawBodyDoc(),
       schema: { params: PidParams, querystring: Type.Object({ eof: Type.Optional(Type.Union([Type.Literal('1'), Type.Literal('0'), Type.Literal('true'), Type.Literal('false')])) }, { additionalProperties: false }), response: { 204: Type.Null(), ...errors } },
     }, async (request, reply) => {
       const process = processOf(request);
@@ -330,7 +428,7 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
       return reply.code(204).send();
     });
 
-    raw.put('/v1/sandboxes/:id/files', { schema: { params: IdParams, querystring: PathQuery, response: { 200: S.ref(S.FileEntry), ...errors } } }, async (request) => {
+    raw.put('/v1/sandboxes/:id/files', { config: rawBodyDoc(), schema: { params: IdParams, querystring: PathQuery, response: { 200: S.ref(S.FileEntry), ...errors } } }, async (request) => {
       const vm = vmOf((request.params as { id: string }).id);
       const path = containerPath((request.query as { path: string }).path);
       const body = request.body as Readable | undefined;
@@ -405,7 +503,7 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
       const now = core.find(vm.id);
       return now && ['running', 'starting', 'creating'].includes(now.status) ? undefined : now?.status ?? 'removed';
     };
-    await followLogs(core.logFile(vm.id), ended, reply.raw);
+    await followLogs(core.logFile(vm.id), ended, reply.raw, 250, heartbeatMs);
     return reply;
   });
 
@@ -450,6 +548,7 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
 
   app.get('/v1/sandboxes/:id/pty', {
     websocket: true,
+    config: websocketDoc('A terminal in the sandbox\'s container over a WebSocket (send `Upgrade: websocket`): binary frames carry the terminal\'s input and output both ways; a text frame `{"type":"resize","cols":C,"rows":R}` resizes it; the close reason is `{"exitCode":N}` when the command ends.'),
     schema: {
       params: IdParams,
       querystring: Type.Object({
@@ -500,6 +599,10 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
     for (const vm of core.list()) processes.forget(vm.id);
   });
   return app;
+}
+
+function wantsEventStream(request: FastifyRequest): boolean {
+  return (request.headers.accept ?? '').toLowerCase().includes('text/event-stream');
 }
 
 /** One line for every kind of failure a route can meet. */
@@ -578,24 +681,45 @@ function sseEvent(stored: StoredEvent): string {
  * goes. A slow client is waited for (drain); one that fell behind the ring is told how many
  * events it missed (event `gap`). The process never waits for a client.
  */
-export async function streamRing(res: ServerResponse, ring: EventRing, from: number): Promise<void> {
+export async function streamRing(res: ServerResponse, ring: EventRing, from: number, heartbeatMs = SSE_HEARTBEAT_MS): Promise<void> {
   let cursor = from;
   let gone = false;
   const closed = new Promise<void>((resolve) => res.once('close', () => { gone = true; resolve(); }));
-  while (!gone) {
-    const { events, missed } = ring.after(cursor);
-    if (missed > 0) res.write(`event: gap\ndata: ${JSON.stringify({ missed })}\n\n`);
-    for (const stored of events) {
-      if (gone) break;
-      cursor = stored.id;
-      if (!res.write(sseEvent(stored))) await Promise.race([new Promise((r) => res.once('drain', r)), closed]);
+  const stopHeartbeat = sseHeartbeat(res, heartbeatMs);
+  try {
+    while (!gone) {
+      const { events, missed } = ring.after(cursor);
+      if (missed > 0) res.write(`event: gap\ndata: ${JSON.stringify({ missed })}\n\n`);
+      for (const stored of events) {
+        if (gone) break;
+        cursor = stored.id;
+        if (!res.write(sseEvent(stored))) await Promise.race([new Promise((r) => res.once('drain', r)), closed]);
+      }
+      if (ring.closed && cursor >= ring.lastId) break;
+      const wait = ring.waitAfter(cursor);
+      await Promise.race([wait.ready, closed]);
+      wait.cancel();
     }
-    if (ring.closed && cursor >= ring.lastId) break;
-    const wait = ring.waitAfter(cursor);
-    await Promise.race([wait.ready, closed]);
-    wait.cancel();
+  } finally {
+    stopHeartbeat();
   }
   if (!gone) res.end();
+}
+
+/**
+ * Writes an SSE comment line (`: keep-alive`) every ms until the response closes or the
+ * returned function is called. A comment is ignored by every SSE client; its job is to keep
+ * idle-timeout proxies and clients from taking a quiet stream for a dead one.
+ */
+export function sseHeartbeat(res: ServerResponse, ms: number): () => void {
+  if (!(ms > 0)) return () => undefined;
+  const timer = setInterval(() => {
+    if (!res.writableEnded && !res.destroyed) res.write(': keep-alive\n\n');
+  }, ms);
+  timer.unref();
+  const stop = (): void => clearInterval(timer);
+  res.once('close', stop);
+  return stop;
 }
 
 /**
@@ -604,11 +728,12 @@ export async function streamRing(res: ServerResponse, ring: EventRing, from: num
  * ends the stream with an `error` event, and a slow client is waited for (drain), so neither a
  * guest nor a client can make this server hold more than one read's worth per follower.
  */
-export async function followLogs(file: string, isLive: () => string | undefined, res: ServerResponse, pollMs = 250): Promise<void> {
+export async function followLogs(file: string, isLive: () => string | undefined, res: ServerResponse, pollMs = 250, heartbeatMs = SSE_HEARTBEAT_MS): Promise<void> {
   const follower = new LogFollower(file);
   let count = 0;
   let gone = false;
   const closed = new Promise<void>((resolve) => res.once('close', () => { gone = true; resolve(); }));
+  const stopHeartbeat = sseHeartbeat(res, heartbeatMs);
   try {
     while (!gone) {
       const { records, error } = follower.read(256 * 1024);
@@ -632,6 +757,7 @@ export async function followLogs(file: string, isLive: () => string | undefined,
       await Promise.race([new Promise((resolve) => setTimeout(resolve, pollMs)), closed]);
     }
   } finally {
+    stopHeartbeat();
     follower.close();
   }
   if (!gone) res.end();

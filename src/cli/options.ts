@@ -5,9 +5,9 @@ import os from 'node:os';
 import { ShoalError } from '../util/errors';
 import type { VmmChoice } from '../vmm/select';
 
-/** Below this a Debian guest with Node and podman does not fit. */
-export const MIN_MEMORY_MIB = 256;
-export const MAX_CPUS = 64;
+import { MAX_CPUS, MIN_MEMORY_MIB } from '../core/limits';
+
+export { MAX_CPUS, MIN_MEMORY_MIB };
 
 /** Memory in MiB: a plain number is MiB; k/m/g suffixes are accepted as podman does. */
 export function parseMemory(value: string): number {

@@ -124,6 +124,18 @@ export function parseStopTimeout(value: string, flag: string): number {
   return Number(value);
 }
 
+/** --health-check: an http(s) URL polled in the guest (src/supervisor/health-check.ts). */
+export function parseHealthCheck(value: string): string {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new ShoalError(`invalid --health-check "${value}": not a URL`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new ShoalError(`invalid --health-check "${value}": expected an http:// or https:// URL`);
+  return url.toString();
+}
+
 /** The flags as typed (commander's shape), before parsing. */
 export interface ContainerFlags {
   user?: string;

@@ -35,6 +35,10 @@ export interface ContainerExecTarget {
   name: string;
   argv: string[];
   env: Record<string, string>;
+  /** podman exec --user USER[:GROUP] (names resolved in the container's /etc/passwd and /etc/group). */
+  user?: string;
+  /** podman exec --workdir (absolute, in the container). */
+  workdir?: string;
 }
 
 export interface TerminalSize {

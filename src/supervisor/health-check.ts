@@ -20,16 +20,8 @@ req.on('timeout', () => req.destroy(new Error('timeout')));
 req.on('error', () => process.exit(1));
 `;
 
-export function parseHealthCheck(value: string): string {
-  let url: URL;
-  try {
-    url = new URL(value);
-  } catch {
-    throw new ShoalError(`invalid --health-check "${value}": not a URL`);
-  }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new ShoalError(`invalid --health-check "${value}": expected an http:// or https:// URL`);
-  return url.toString();
-}
+/** Parsed where the user gives it (src/container/container-options.ts); re-exported for older importers. */
+export { parseHealthCheck } from '../container/container-options';
 
 /** Resolves once the URL answers from inside the guest; rejects after timeoutMs or when `stopped()` says so. */
 export async function waitHealthy(agent: Mux, url: string, timeoutMs: number, stopped: () => boolean): Promise<void> {

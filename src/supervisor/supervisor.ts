@@ -540,10 +540,9 @@ export class Supervisor {
     // In the VM: the command's env; through podman: the values of its bare `--env KEY`s.
     if (req.vm) agentRequest.env = env;
     else if (Object.keys(podman!.processEnv).length > 0) agentRequest.env = podman!.processEnv;
-    // The agent enters the container directly (crun exec) when it can; argv is its fallback. The
-    // direct path runs the container's own user and working directory, so an exec that asks for
-    // others (-u, -w) goes through podman, which applies them.
-    else if (user === undefined && workdir === undefined) agentRequest.container = { name: MAIN_CONTAINER, argv: command, env };
+    // The agent enters the container directly (crun exec, so signals reach the process itself)
+    // when it can, with -u and -w applied as podman applies them; argv is its fallback.
+    if (!req.vm) agentRequest.container = { name: MAIN_CONTAINER, argv: command, env, ...(user !== undefined ? { user } : {}), ...(workdir !== undefined ? { workdir } : {}) };
     relayChannels(channel, this.agent.open({ ...agentRequest }));
   }
 

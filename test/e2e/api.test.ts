@@ -98,6 +98,16 @@ describe('shoal serve', { timeout: 1_200_000 }, () => {
     const sleeper = await sbx.commands.run(['sleep', '100'], { background: true, vm: true });
     await sleeper.kill('SIGTERM');
     await assert.rejects(sleeper.wait(), (err: unknown) => err instanceof CommandExitError && err.result.signal === 'SIGTERM');
+    // In the container, as another user in another directory (the agent's direct crun exec,
+    // as `shoal exec -u -w`): the signal reaches the container process itself, which is gone.
+    // (Numeric: the test image has no passwd entry for nobody.)
+    const who = await sbx.commands.run('id -u; id -g; pwd', { user: '65534:65534', cwd: '/tmp' });
+    assert.equal(who.stdout, '65534\n65534\n/tmp\n');
+    const boxed = await sbx.commands.run(['sleep', '1017'], { background: true, user: '65534:65534', cwd: '/tmp' });
+    await waitUntil('the sleep in the container', 30_000, async () => (await sbx.commands.run('ps')).stdout.includes('sleep 1017'));
+    await boxed.kill('SIGTERM');
+    await assert.rejects(boxed.wait(), (err: unknown) => err instanceof CommandExitError && (err.result.signal === 'SIGTERM' || err.result.exitCode === 143));
+    assert.doesNotMatch((await sbx.commands.run('ps')).stdout, /sleep 1017/);
   });
 
   it('moves files through the agent, 10 MiB included, and refuses paths outside the container', async () => {
@@ -205,6 +215,8 @@ describe('shoal serve', { timeout: 1_200_000 }, () => {
           while ((end = pending.indexOf('\n\n')) >= 0) {
             const event = pending.slice(0, end);
             pending = pending.slice(end + 2);
+            // A comment block (the 15 s heartbeat) is no event: every SSE client skips it.
+            if (event.split('\n').every((line) => line.startsWith(':'))) continue;
             const type = /^event: (.*)$/m.exec(event)?.[1];
             const data = /^data: (.*)$/m.exec(event)?.[1] ?? '';
             if (type === 'stdout' || type === 'stderr') {
@@ -257,10 +269,10 @@ describe('shoal serve', { timeout: 1_200_000 }, () => {
       const ran = JSON.parse(text(await client.callTool({ name: 'run_command', arguments: { sandboxId: created.sandboxId, cmd: 'echo via mcp' } }, undefined, { timeout: 120_000 }))) as { stdout: string };
       assert.equal(ran.stdout, 'via mcp\n');
       // The first sandbox booted (the one made here came from the image cache, which cannot be forked).
-      const forked = JSON.parse(text(await client.callTool({ name: 'fork_sandbox', arguments: { sandboxId: sbx.sandboxId, count: 1 } }, undefined, { timeout: 300_000 }))) as Array<{ sandbox: { sandboxId: string } }>;
-      assert.equal(forked.length, 1);
-      for (const id of [created.sandboxId, forked[0]!.sandbox.sandboxId]) {
-        assert.equal(text(await client.callTool({ name: 'remove_sandbox', arguments: { sandboxId: id } }, undefined, { timeout: 120_000 })), 'ok');
+      const forked = (await client.callTool({ name: 'fork_sandbox', arguments: { sandboxId: sbx.sandboxId, count: 1 } }, undefined, { timeout: 300_000 })).structuredContent as { children: Array<{ sandbox: { sandboxId: string } }> };
+      assert.equal(forked.children.length, 1);
+      for (const id of [created.sandboxId, forked.children[0]!.sandbox.sandboxId]) {
+        assert.deepEqual((await client.callTool({ name: 'remove_sandbox', arguments: { sandboxId: id } }, undefined, { timeout: 120_000 })).structuredContent, { removed: id });
       }
     } finally {
       await client.close();

@@ -9,7 +9,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
-import type { Core, ExecSpec, FileOps, LogRecord, ProcessEnd, RemoteProcess, SandboxSpec, SnapshotView, VmView } from '../../src/api/core';
+import type { Core, ExecSpec, FileOps, LogRecord, OnProgress, ProcessEnd, RemoteProcess, SandboxSpec, SnapshotView, VmView } from '../../src/api/core';
 import { ApiError } from '../../src/api/errors';
 import { tempDir } from './temp-dir';
 import type { FileEntry } from '../../src/protocol/files';
@@ -36,8 +36,11 @@ export class FakeCore implements Core {
     return path.join(this.vmDir(id), 'rootfs');
   }
 
-  async create(spec: SandboxSpec): Promise<VmView> {
+  async create(spec: SandboxSpec, onProgress?: OnProgress): Promise<VmView> {
     this.calls.push(`create ${spec.name}`);
+    // What the real core reports while a VM boots (the supervisor's own lines).
+    onProgress?.({ stage: 'create', message: 'using a fake VMM' });
+    onProgress?.({ stage: 'create', message: 'starting the container' });
     const vm: VmView = { id: crypto.randomBytes(6).toString('hex'), name: spec.name, status: 'running', image: spec.image ?? `snapshot:${spec.snapshot}`, cpus: spec.cpus, memoryMiB: spec.memoryMiB, createdAt: new Date().toISOString() };
     fs.mkdirSync(this.fsRoot(vm.id), { recursive: true });
     this.vms.set(vm.id, vm);

@@ -107,3 +107,35 @@ test('podman is left to do it when the container is unknown, not running, or its
   assert.equal(directContainerExec({ name: 'main', argv: ['true'], env: {} }, false, other), undefined);
   assert.deepEqual(fs.existsSync(path.join(dir, 'w2')) ? fs.readdirSync(path.join(dir, 'w2')) : [], []);
 });
+
+test('-u and -w go direct too: the user and groups resolved in the container\'s files, as podman exec resolves them', () => {
+  const root = paths.procRoot!(0);
+  fs.writeFileSync(path.join(root, 'etc', 'passwd'), 'root:x:0:0:root:/root:/bin/sh\n# a comment\napp:x:1000:1000::/home/app:/bin/sh\nweb:x:33:33:www:/var/www:/bin/false\n');
+  fs.writeFileSync(path.join(root, 'etc', 'group'), 'root:x:0:\nwheel:x:10:app,web\napp:x:1000:\nstaff:x:50:app\n');
+  fs.mkdirSync(path.join(root, 'srv', 'data'), { recursive: true });
+  const processOf = (direct: ReturnType<typeof directContainerExec>): Record<string, unknown> => {
+    assert.ok(direct);
+    const file = direct.argv[direct.argv.indexOf('--process') + 1]!;
+    const written = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
+    direct.cleanup();
+    return written;
+  };
+  const asWeb = processOf(directContainerExec({ name: 'main', argv: ['sh'], env: {}, user: 'web', workdir: '/srv/data' }, false, paths));
+  assert.deepEqual(asWeb.user, { uid: 33, gid: 33, additionalGids: [10] });
+  assert.equal(asWeb.cwd, '/srv/data');
+  assert.ok((asWeb.env as string[]).includes('HOME=/var/www'), 'HOME is the user\'s');
+  assert.deepEqual((asWeb.capabilities as Record<string, unknown>).effective, [], 'no capabilities for a non-root user');
+  const asRoot = processOf(directContainerExec({ name: 'main', argv: ['sh'], env: { HOME: '/tmp' }, user: '0' }, false, paths));
+  assert.deepEqual(asRoot.user, { uid: 0, gid: 0, additionalGids: [] });
+  assert.deepEqual((asRoot.capabilities as Record<string, unknown>).effective, ['CAP_CHOWN']);
+  assert.ok((asRoot.env as string[]).includes('HOME=/tmp'), 'the request\'s HOME wins');
+  assert.deepEqual(processOf(directContainerExec({ name: 'main', argv: ['sh'], env: {}, user: 'app:staff' }, false, paths)).user, { uid: 1000, gid: 50, additionalGids: [10] });
+  assert.deepEqual(processOf(directContainerExec({ name: 'main', argv: ['sh'], env: {}, user: '4242:7' }, false, paths)).user, { uid: 4242, gid: 7, additionalGids: [] });
+  // What podman answers with its own error: an unknown user or group, a missing directory.
+  assert.equal(directContainerExec({ name: 'main', argv: ['sh'], env: {}, user: 'nobody' }, false, paths), undefined);
+  assert.equal(directContainerExec({ name: 'main', argv: ['sh'], env: {}, user: 'app:nogroup' }, false, paths), undefined);
+  assert.equal(directContainerExec({ name: 'main', argv: ['sh'], env: {}, user: 'a:b:c' }, false, paths), undefined);
+  assert.equal(directContainerExec({ name: 'main', argv: ['sh'], env: {}, workdir: '/nowhere' }, false, paths), undefined);
+  assert.equal(directContainerExec({ name: 'main', argv: ['sh'], env: {}, workdir: '/etc/passwd' }, false, paths), undefined, 'a file is no working directory');
+  assert.deepEqual(fs.readdirSync(paths.work), []);
+});

@@ -12,7 +12,7 @@ import { attachChannel } from '../../host/exec-client';
 import { StateStore, statusOf } from '../../state/store';
 import { ShoalError } from '../../util/errors';
 import { sendClientMessage, SupervisorClient } from '../../control/client';
-import type { ExecControlRequest } from '../../control/messages';
+import { execRequest } from '../../core';
 import { releaseStdin, startTerminal } from '../terminal';
 
 export interface ExecFlags {
@@ -43,10 +43,9 @@ export async function execCommand(nameOrId: string, command: string[], flags: Ex
   } catch (err) {
     throw new ShoalError(`invalid --env: ${(err as Error).message}`);
   }
+  // The request every front end sends (src/core/exec.ts), so API and CLI execs take one path.
+  const request = execRequest({ argv, env, stdin: flags.interactive === true, vm: flags.vm === true, ...(user !== undefined ? { user } : {}), ...(workdir !== undefined ? { cwd: workdir } : {}) });
   const client = await SupervisorClient.connect(store, record);
-  const request: Omit<ExecControlRequest, 'kind'> = { argv, env, interactive: flags.interactive === true, vm: flags.vm === true };
-  if (user !== undefined) request.user = user;
-  if (workdir !== undefined) request.workdir = workdir;
   const terminal = flags.tty ? startTerminal(flags.interactive === true) : undefined;
   if (terminal) request.tty = terminal.size;
   const channel = client.exec(request);

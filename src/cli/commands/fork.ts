@@ -12,15 +12,12 @@
 import type { Command } from 'commander';
 import { act } from '../act';
 import { collect } from '../options';
-import fs from 'node:fs';
+import { forkVm, type OnProgress } from '../../core';
 import { assertPortsFree, formatForward, forwardsForChild, parsePublish } from '../../network/publish';
-import { startClone, waitUntilRunning } from '../../snapshot/clone';
-import { createSnapshot } from '../../snapshot/create';
 import { nameProblem } from '../../state/vm-record';
 import { StateStore } from '../../state/store';
 import type { VmRecord } from '../../state/vm-record';
 import { ShoalError } from '../../util/errors';
-import { killVm } from '../../lifecycle/stop';
 import { progressLine } from '../output';
 
 export interface ForkFlags {
@@ -49,34 +46,17 @@ export async function forkCommand(name: string, flags: ForkFlags): Promise<numbe
   await assertPortsFree(childForwards.flat());
 
   const started = Date.now();
-  progressLine(`snapshotting ${source.config.name}`);
-  const snapshot = await createSnapshot(store, source, `fork-${source.config.name}`, { hidden: true, progress: progressLine });
-  const snapshotMs = Date.now() - started;
-  const children: VmRecord[] = [];
-  try {
-    progressLine(`restoring ${count} clone${count === 1 ? '' : 's'}`);
-    for (const [i, child] of names.entries()) children.push(startClone(store, snapshot.dir, snapshot.manifest, { name: child, autoRemove: false, publish: childForwards[i]! }));
-    const results = await Promise.allSettled(children.map((c) => waitUntilRunning(store, c)));
-    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed) throw failed.reason;
-  } catch (err) {
-    for (const child of children) {
-      const record = store.read(child.id);
-      if (!record) continue;
-      await killVm(store, record);
-      store.remove(record);
-    }
-    throw err;
-  } finally {
-    fs.rmSync(snapshot.dir, { recursive: true, force: true });
-  }
+  const onProgress: OnProgress = (event) => progressLine(event.message);
+  const result = await forkVm(store, source, names.map((child, i) => ({ name: child, publish: childForwards[i]! })), { allOrNothing: true, onProgress });
+  const children = result.children.filter((c): c is VmRecord => !(c instanceof Error));
+  const { snapshotMs } = result;
   const totalMs = Date.now() - started;
   const out = children.map((c) => {
     const record = store.read(c.id) ?? c;
     const ports = (record.config.publish ?? []).map(formatForward);
     return { name: record.config.name, id: record.id, state: record.state, pid: record.supervisorPid ?? null, vmmPid: record.vmmPid ?? null, ports };
   });
-  if (flags.json) process.stdout.write(`${JSON.stringify({ source: source.config.name, snapshotMs, pausedMs: snapshot.manifest.timings.pausedMs, totalMs, children: out }, null, 2)}\n`);
+  if (flags.json) process.stdout.write(`${JSON.stringify({ source: source.config.name, snapshotMs, pausedMs: result.pausedMs, totalMs, children: out }, null, 2)}\n`);
   else for (const child of out) process.stdout.write(`${child.name}\n`);
   progressLine(`forked ${count} in ${totalMs} ms (snapshot ${snapshotMs} ms)`);
   return 0;

@@ -1,30 +1,24 @@
 /**
- * `shoal run`: create a VM record, start its supervisor, and either wait for the container to
- * be running (--detach) or stay attached to it and exit with its exit code.
+ * `shoal run`: the flags become the core's CreateSpec (src/core does the creating: validation,
+ * record, supervisor, the wait); this file keeps the parsing, the attaching (stdio, signals,
+ * the terminal) and the printing. With --detach it prints the name once the container runs;
+ * else it stays attached and exits with the container's exit code.
  */
-import { Option, type Command } from 'commander';
-import fs from 'node:fs';
+import type { Command } from 'commander';
+import path from 'node:path';
 import { act } from '../act';
 import { collect } from '../options';
-import path from 'node:path';
-import { loadAssets } from '../../assets/setup';
-import { parseImage } from '../../container/image-ref';
-import { parseMaps } from '../../container/map-spec';
-import { parseHealthCheck } from '../../supervisor/health-check';
+import { readEnvFiles } from '../../container/env-file';
 import { parseEnv } from '../../container/podman-argv';
-import { parseContainerOptions, type ContainerFlags } from '../../container/container-options';
-import { MAX_ENV_FILE_BYTES, readEnvFiles } from '../../container/env-file';
-import { STDERR, STDIN, STDOUT, type Channel } from '../../protocol/mux';
-import { attachmentFor, checkNetworkSupport, parseNetwork } from '../../network/mode';
-import { loopbackProxyProblem } from '../../network/proxy-env';
-import { assertPortsFree, parsePublish } from '../../network/publish';
-import { StateStore } from '../../state/store';
-import { nameProblem, type VmConfig, type VmRecord } from '../../state/vm-record';
-import { ShoalError } from '../../util/errors';
-import { selectBackend, type JailerChoice, type VmmChoice } from '../../vmm/select';
-import { onControlEvents, sendClientMessage, SupervisorClient } from '../../control/client';
+import type { ContainerFlags } from '../../container/container-options';
+import { onControlEvents, sendClientMessage, type SupervisorClient } from '../../control/client';
+import { createVm, startVm, type CreateSpec, type OnProgress } from '../../core';
 import { exitCodeOf } from '../../protocol/messages';
-import { startSupervisor } from '../../lifecycle/spawn';
+import { STDERR, STDIN, STDOUT, type Channel } from '../../protocol/mux';
+import { StateStore } from '../../state/store';
+import type { VmConfig } from '../../state/vm-record';
+import { ShoalError } from '../../util/errors';
+import type { JailerChoice } from '../../vmm/select';
 import { parseCpus, parseMemory, parseVmm } from '../options';
 import { progressLine } from '../output';
 import { releaseStdin, startTerminal, terminalSizeNow } from '../terminal';
@@ -36,8 +30,6 @@ export interface RunFlags extends ContainerFlags {
   cpus: string;
   memory: string;
   env: string[];
-  /** Internal (shoal serve): the env as a JSON object on stdin, so no value is in an argv. */
-  envStdin?: boolean;
   detach?: boolean;
   rm?: boolean;
   interactive?: boolean;
@@ -56,81 +48,55 @@ export interface RunFlags extends ContainerFlags {
 
 export async function runCommand(image: string, command: string[], flags: RunFlags): Promise<number> {
   const store = new StateStore();
-  const config = validate(image, command, flags);
-  // Parsed again for what the record does not keep: an explicit allow_host_loopback=false.
-  const network = parseNetwork(flags.network ?? 'rootless');
-  const assets = loadAssets();
-  const vmm: VmmChoice = parseVmm(flags.vmm);
-  const selection = await selectBackend(vmm, assets.accel, assets.accelReason, config.jailer);
-  checkNetworkSupport(config.network, selection.backend, config.publish, { jailer: config.jailer !== undefined, ...(network.allowHostLoopback !== undefined ? { allowHostLoopback: network.allowHostLoopback } : {}) });
-  if (attachmentFor(config.network, selection.backend) === 'namespace' && !config.allowHostLoopback) {
-    // The guest's podman would be handed a proxy it cannot reach; say so instead of a failed pull.
-    const problem = loopbackProxyProblem(process.env, config.network);
-    if (problem) throw new ShoalError(problem);
+  const spec = specOf(image, command, flags);
+  const onProgress: OnProgress = (event) => progressLine(event.message);
+  if (flags.detach === true) {
+    // A VM that fails to start stays listed (failed, with why) as it always has for run -d.
+    const record = await createVm(store, spec, { onProgress, keepOnFailure: true });
+    process.stdout.write(`${record.config.name}\n`);
+    return 0;
   }
-  await assertPortsFree(config.publish);
-
-  const id = store.newId();
-  store.claimName(config.name, id);
-  const record: VmRecord = {
-    id,
-    config,
-    backend: selection.backend,
-    accel: selection.accel,
-    state: 'creating',
-    createdAt: new Date().toISOString(),
-  };
-  try {
-    store.write(record);
-    startSupervisor(store, id);
-  } catch (err) {
-    store.remove(record);
-    throw err;
-  }
-  progressLine(`using ${selection.reason}`);
-  const client = await SupervisorClient.connect(store, record);
-  return config.detach ? waitUntilRunning(client, config.name) : attach(client, config);
+  const { client, config } = await startVm(store, spec, onProgress);
+  return attach(client, config);
 }
 
-function validate(image: string, command: string[], flags: RunFlags): VmConfig {
+/** The flags as the core's CreateSpec; the core validates the values (src/core/create.ts). */
+function specOf(image: string, command: string[], flags: RunFlags): CreateSpec {
   if (!flags.jailer && (flags.jailerUid ?? flags.jailerGid ?? flags.jailerChroot) !== undefined) {
     throw new ShoalError('--jailer-uid, --jailer-gid and --jailer-chroot go with --jailer');
   }
-  const name = flags.name ?? `vm-${Math.random().toString(16).slice(2, 8)}`;
-  const problem = nameProblem(name);
-  if (problem) throw new ShoalError(`invalid --name: ${problem}`);
-  const source = parseImage(image); // fails early on a missing archive or a malformed reference
   // podman's order: the env files first, then each --env over them.
   const fileEnv = readEnvFiles(flags.envFile ?? []);
   let env: Record<string, string>;
   try {
-    env = { ...fileEnv, ...(flags.envStdin === true ? envFromStdin(flags) : {}), ...parseEnv(flags.env) };
+    env = { ...fileEnv, ...parseEnv(flags.env) };
   } catch (err) {
     if (err instanceof ShoalError) throw err;
     throw new ShoalError(`invalid --env: ${(err as Error).message}`);
   }
-  const container = parseContainerOptions(flags);
-  const network = parseNetwork(flags.network ?? 'rootless');
+  const container: ContainerFlags = {};
+  for (const key of ['user', 'workdir', 'entrypoint', 'hostname', 'label', 'readOnly', 'init', 'capAdd', 'capDrop', 'privileged', 'stopTimeout'] as const) {
+    if (flags[key] !== undefined) (container as Record<string, unknown>)[key] = flags[key];
+  }
+  const attached = flags.detach !== true;
   return {
-    name,
     image,
-    source,
-    command: command[0] === '--' ? command.slice(1) : command,
+    ...(flags.name !== undefined ? { name: flags.name } : {}),
+    cmd: command[0] === '--' ? command.slice(1) : command,
     env,
     cpus: parseCpus(flags.cpus),
     memoryMiB: parseMemory(flags.memory),
-    interactive: flags.interactive === true,
-    ...(flags.tty === true ? { tty: terminalSizeNow() } : {}),
-    detach: flags.detach === true,
-    autoRemove: flags.rm === true,
-    network: network.mode,
-    ...(network.allowHostLoopback === true ? { allowHostLoopback: true } : {}),
-    ...(network.netnsPath !== undefined ? { netnsPath: network.netnsPath } : {}),
-    publish: parsePublish(flags.publish),
+    container,
+    ...(flags.network !== undefined ? { network: flags.network } : {}),
+    publish: flags.publish ?? [],
     // -v/--volume is podman's spelling of --map (a host directory, served over FUSE).
-    maps: parseMaps([...(flags.map ?? []), ...(flags.volume ?? [])]),
-    ...(Object.keys(container).length > 0 ? { container } : {}),
-    ...(flags.healthCheck !== undefined ? { healthCheck: parseHealthCheck(flags.healthCheck) } : {}),
+    maps: [...(flags.map ?? []), ...(flags.volume ?? [])],
+    ...(flags.healthCheck !== undefined ? { healthCheck: flags.healthCheck } : {}),
+    ...(attached ? { attached } : {}),
+    ...(flags.interactive === true ? { interactive: true } : {}),
+    ...(flags.tty === true ? { tty: terminalSizeNow() } : {}),
+    autoRemove: flags.rm === true,
+    vmm: parseVmm(flags.vmm),
     ...(flags.jailer ? { jailer: parseJailer(flags) } : {}),
     imageCache: flags.snapshot !== false,
   };
@@ -149,19 +115,6 @@ function parseJailer(flags: RunFlags): JailerChoice {
     choice.chrootBaseDir = flags.jailerChroot;
   }
   return choice;
-}
-
-/** -d: returns once the container really runs (or already ended: it did run) and prints the name. */
-async function waitUntilRunning(client: SupervisorClient, name: string): Promise<number> {
-  try {
-    const result = await client.waitUntilRunning(progressLine);
-    if (result.outcome === 'error') throw new ShoalError(result.message);
-    if (result.outcome === 'lost') throw new ShoalError('the supervisor went away before the VM was running');
-    process.stdout.write(`${name}\n`);
-    return 0;
-  } finally {
-    client.close();
-  }
 }
 
 /**
@@ -218,36 +171,6 @@ function attach(client: SupervisorClient, config: VmConfig): Promise<number> {
   });
 }
 
-/**
- * `--env-stdin`: the environment as one JSON object (names to strings) on stdin, at most 1 MiB.
- * How `shoal serve` hands a sandbox's env to the `run` it starts: argv is readable by every
- * local user (/proc/PID/cmdline), a pipe only by the two processes.
- */
-function envFromStdin(flags: RunFlags): Record<string, string> {
-  if (flags.interactive === true) throw new ShoalError('invalid --env-stdin: stdin is the container\'s with -i');
-  let text: string;
-  try {
-    text = fs.readFileSync(0, 'utf8');
-  } catch (err) {
-    throw new ShoalError(`invalid --env-stdin: cannot read stdin (${(err as Error).message})`);
-  }
-  if (Buffer.byteLength(text) > MAX_ENV_FILE_BYTES) throw new ShoalError(`invalid --env-stdin: larger than ${MAX_ENV_FILE_BYTES} bytes`);
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch {
-    throw new ShoalError('invalid --env-stdin: not a JSON object');
-  }
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new ShoalError('invalid --env-stdin: not a JSON object');
-  const env: Record<string, string> = {};
-  for (const [key, v] of Object.entries(value)) {
-    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(key)) throw new ShoalError(`invalid --env-stdin: "${key.slice(0, 64)}" is not a variable name`);
-    if (typeof v !== 'string') throw new ShoalError(`invalid --env-stdin: the value of ${key} is not a string`);
-    env[key] = v;
-  }
-  return env;
-}
-
 /** The command's flags, declared beside its handler. */
 export function registerRun(program: Command): void {
   program
@@ -275,7 +198,6 @@ export function registerRun(program: Command): void {
     .option('--map <HOST:GUEST[:ro]>', 'show a host directory to the container at GUEST, over FUSE (repeatable, comma-separated)', collect, [])
     .option('-v, --volume <HOST:GUEST[:ro]>', 'podman\'s spelling of --map (repeatable)', collect, [])
     .option('--env-file <file>', 'read KEY=VALUE lines from a file, podman\'s format (repeatable)', collect, [])
-    .addOption(new Option('--env-stdin', 'read the environment as a JSON object from stdin (used by shoal serve)').hideHelp())
     .option('-u, --user <user[:group]>', 'run the container\'s process as this user (name or uid)')
     .option('-w, --workdir <dir>', 'the working directory in the container (absolute)')
     .option('--entrypoint <cmd|json>', 'override the image\'s entrypoint (a JSON array for arguments)')

@@ -5,7 +5,8 @@ import type { Command } from 'commander';
 import { act } from '../act';
 import { StateStore } from '../../state/store';
 import { ShoalError } from '../../util/errors';
-import { isRunning, killVm, stopVm } from '../../lifecycle/stop';
+import { removeVm } from '../../core';
+import { isRunning, stopVm } from '../../lifecycle/stop';
 import { parseStopTimeout } from '../../container/container-options';
 
 export async function stopCommand(names: string[], flags: { time?: string } = {}): Promise<number> {
@@ -28,8 +29,7 @@ export async function rmCommand(names: string[], flags: { force?: boolean }): Pr
     }
   }
   for (const record of records) {
-    await killVm(store, record);
-    store.remove(record);
+    await removeVm(store, record);
     process.stdout.write(`${record.config.name}\n`);
   }
   return 0;

@@ -68,7 +68,7 @@ export class RootProbe {
 
   private async ask(vmId: string): Promise<boolean> {
     try {
-      const p = await this.core.exec(vmId, { argv: ['id', '-u'], env: {}, vm: false, stdin: false, direct: true });
+      const p = await this.core.exec(vmId, { argv: ['id', '-u'], env: {}, vm: false, stdin: false });
       let out = '';
       p.onOutput((stream, data) => { if (stream === 'stdout' && out.length < 64) out += data.toString(); });
       const timer = setTimeout(() => p.signal('SIGKILL'), 30_000);
@@ -262,14 +262,14 @@ export async function execSpecOf(req: StartRequest, ctx: HandlerContext, sandbox
   // The sandbox's envVars (given at create) under the process's own, as E2B's envd applies them.
   const spec: ExecSpec = { argv, env: { ...sandbox.facts.envVars, ...config.envs }, vm: false, stdin: req.stdin === true || req.pty !== undefined };
   if (size) spec.tty = { cols: size.cols, rows: size.rows };
+  // The core enters the container directly (crun exec: signals reach the process itself), with
+  // the user and working directory resolved in the container (podman exec only as a fallback).
   if (runAs !== undefined) {
-    // uid 0 goes through podman exec, which also takes the cwd.
     spec.user = runAs;
     if (cwd !== undefined) spec.cwd = cwd;
   } else {
     if (cwd !== undefined) argv = withCwd(argv, cwd);
     spec.argv = argv;
-    spec.direct = true;
   }
   return spec;
 }
