@@ -3,9 +3,9 @@
  * the VM's own directory (api.json, mode 0600), so it lives and dies with the VM and a restarted
  * `shoal serve` finds it again. A VM made by the CLI simply has none: no metadata, no expiry.
  */
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { writeFileAtomic } from '../state/atomic';
 
 export interface ApiFacts {
   metadata: Record<string, string>;
@@ -41,8 +41,5 @@ export function readFacts(vmDir: string): ApiFacts {
 /** Atomic, 0600 (metadata may be private); a VM directory that is gone is left alone. */
 export function writeFacts(vmDir: string, facts: ApiFacts): void {
   if (!fs.existsSync(vmDir)) return;
-  const target = factsPath(vmDir);
-  const temp = `${target}.tmp-${process.pid}-${crypto.randomBytes(4).toString('hex')}`;
-  fs.writeFileSync(temp, `${JSON.stringify(facts)}\n`, { mode: 0o600, flag: 'wx' });
-  fs.renameSync(temp, target);
+  writeFileAtomic(factsPath(vmDir), `${JSON.stringify(facts)}\n`);
 }

@@ -10,6 +10,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { writeFileAtomic } from '../../state/atomic';
 
 export interface E2bFacts {
   sandboxId: string;
@@ -80,10 +81,7 @@ export function e2bFactsFrom(value: unknown): E2bFacts | undefined {
 /** Atomic, 0600; a VM directory that is gone is left alone. */
 export function writeE2bFacts(vmDir: string, facts: E2bFacts): void {
   if (!fs.existsSync(vmDir)) return;
-  const target = factsPath(vmDir);
-  const temp = `${target}.tmp-${process.pid}-${crypto.randomBytes(4).toString('hex')}`;
-  fs.writeFileSync(temp, `${JSON.stringify(facts)}\n`, { mode: 0o600, flag: 'wx' });
-  fs.renameSync(temp, target);
+  writeFileAtomic(factsPath(vmDir), `${JSON.stringify(facts)}\n`);
 }
 
 /** Timing-safe comparison of a presented token against the expected one. */
