@@ -151,8 +151,8 @@ async function daemon(args: ShimArgs): Promise<void> {
 async function deleteAction(args: ShimArgs): Promise<void> {
   const bundle = args.flags.bundle ?? process.cwd();
   const state = readBundleState(bundle);
-  if (state) await removeVm(new StateStore(state.stateDir), state.vmId);
   await unmountRootfs(bundle);
+  if (state) await removeVm(new StateStore(state.stateDir), state.vmId);
   removeBundleFiles(bundle);
   killDeadShimDaemon(bundle);
   // As runc's shim: the process is reported killed (128 + SIGKILL), now.

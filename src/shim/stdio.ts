@@ -63,36 +63,49 @@ export class ProcessIo {
    */
   relayStdin(write: (data: Buffer) => Promise<void>, end: () => void): void {
     if (!this.hasStdin) return;
+    let ended = false;
+    this.endStdinOnce = () => {
+      if (ended) return;
+      ended = true;
+      end();
+    };
     void (async () => {
       let handle: fs.promises.FileHandle | undefined;
       try {
         handle = await fs.promises.open(this.paths.stdin, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
         const buffer = Buffer.alloc(64 * 1024);
-        while (!this.stdinClosed) {
+        for (;;) {
           const { bytesRead } = await handle.read(buffer, 0, buffer.length, null);
-          if (bytesRead === 0 || this.stdinClosed) break;
+          if (bytesRead === 0) break;
           await write(Buffer.from(buffer.subarray(0, bytesRead)));
         }
       } catch {
         // the FIFO went away: stdin ends
       } finally {
         await handle?.close().catch(() => undefined);
-        end();
+        this.endStdinOnce();
       }
     })();
   }
 
-  /** CloseIO: stdin ends now, whether or not containerd's writer closed it. */
+  private endStdinOnce: () => void = () => undefined;
+
+  /**
+   * CloseIO: no more input. containerd (ctr) sends it once its copy into the FIFO is done, so
+   * what is still in the FIFO is delivered first (the read runs to EOF); a writer that keeps
+   * the FIFO open does not hold stdin open for more than a moment.
+   */
   closeStdin(): void {
     if (this.stdinClosed || !this.hasStdin) return;
     this.stdinClosed = true;
-    // Unblocks an open still waiting for a writer, or a read waiting for data.
+    // Unblocks an open still waiting for a writer (it then reads EOF).
     try {
       const fd = fs.openSync(this.paths.stdin, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK);
       fs.closeSync(fd);
     } catch {
       // no reader waiting: nothing to release
     }
+    setTimeout(() => this.endStdinOnce(), 2000).unref();
   }
 
   /** Ends the outputs (containerd's readers see EOF once their own side is all that is left). */
