@@ -140,7 +140,14 @@ describe('containerd-shim-shoal-v2 with ctr', { skip: haveContainerd ? false : '
     assert.equal(fs.existsSync(bundleOf('t-run')), false);
   });
 
-  test('a detached container: exec, ps, SIGTERM ignored, then SIGKILL', async () => {
+  test('a detached container: exec, ps, SIGTERM ignored, then SIGKILL; the shim\'s events reach containerd', async () => {
+    // containerd's own event stream: ctr decodes each event's Any, so a wrong type URL or a
+    // malformed event ends it with an error.
+    const events = spawn('ctr', ['-a', sock, 'events'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let eventText = '';
+    events.stdout.on('data', (d: Buffer) => { eventText += d.toString(); });
+    events.stderr.on('data', (d: Buffer) => { eventText += d.toString(); });
+    await new Promise((r) => setTimeout(r, 500));
     const run = await ctr(['run', '-d', '--null-io', '--runtime', RUNTIME, IMAGE, 't-detached', 'sh', '-c', 'trap "" TERM; while true; do sleep 1; done']);
     assert.equal(run.code, 0, run.stderr);
     const exec = await ctr(['task', 'exec', '--fifo-dir', path.join(dir, 'fifo'), '--exec-id', 'e1', 't-detached', 'sh', '-c', 'echo exec-out; echo exec-err >&2; exit 3']);
@@ -162,6 +169,14 @@ describe('containerd-shim-shoal-v2 with ctr', { skip: haveContainerd ? false : '
     assert.equal(del.code, 0, del.stderr);
     assert.equal((await ctr(['container', 'delete', 't-detached'])).code, 0);
     await waitUntil('the VM to be removed', 20_000, () => vmIds().length === 0);
+    const topics = ['/tasks/create', '/tasks/start', '/tasks/exec-added', '/tasks/exec-started', '/tasks/exit', '/tasks/delete'];
+    try {
+      await waitUntil('the task events', 10_000, () => topics.every((t) => eventText.includes(`${NS} ${t} `)));
+    } finally {
+      events.kill('SIGKILL');
+    }
+    assert.match(eventText, /\/tasks\/exit \{"container_id":"t-detached","id":"t-detached","pid":\d+,"exit_status":137/);
+    assert.match(eventText, /\/tasks\/exec-started \{"container_id":"t-detached","exec_id":"e1"/);
   });
 
   test('kill -9 of the shim: containerd\'s clean-up leaves no VM, process, mount or file', async () => {
