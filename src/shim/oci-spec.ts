@@ -1,0 +1,118 @@
+/**
+ * The parts of an OCI runtime spec (the bundle's config.json, or an exec's process spec) the
+ * shim honours, validated where they enter: anything malformed is one clear error, and what
+ * a VM cannot do is refused by name instead of ignored.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import type { ContainerOptions } from '../container/container-options';
+import { ShoalError } from '../util/errors';
+
+/** config.json larger than this is refused (runc's specs are a few KiB). */
+const MAX_SPEC_BYTES = 1 << 20;
+
+export interface ProcessSpec {
+  args: string[];
+  env: Record<string, string>;
+  cwd: string;
+  /** uid:gid, what podman --user takes. */
+  user: string;
+  terminal: boolean;
+}
+
+export interface BundleSpec {
+  process: ProcessSpec;
+  hostname?: string;
+  readOnly: boolean;
+  annotations: Record<string, string>;
+  /** From linux.resources, when given. */
+  memoryMiB?: number;
+  cpus?: number;
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+const isStringArray = (v: unknown): v is string[] => Array.isArray(v) && v.every((s) => typeof s === 'string');
+
+export function readBundleSpec(bundle: string): BundleSpec {
+  const file = path.join(bundle, 'config.json');
+  let text: string;
+  try {
+    const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    try {
+      if (fs.fstatSync(fd).size > MAX_SPEC_BYTES) throw new ShoalError(`${file} is larger than ${MAX_SPEC_BYTES} bytes`);
+      text = fs.readFileSync(fd, 'utf8');
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch (err) {
+    if (err instanceof ShoalError) throw err;
+    throw new ShoalError(`cannot read the bundle's config.json: ${(err as Error).message}`);
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    throw new ShoalError(`the bundle's config.json is not JSON: ${(err as Error).message}`);
+  }
+  return parseBundleSpec(value);
+}
+
+export function parseBundleSpec(value: unknown): BundleSpec {
+  if (!isObject(value)) throw new ShoalError('config.json: not an object');
+  const spec: BundleSpec = {
+    process: parseProcessSpec(value.process, 'config.json process'),
+    readOnly: isObject(value.root) && value.root.readonly === true,
+    annotations: {},
+  };
+  if (value.hostname !== undefined) {
+    if (typeof value.hostname !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$/.test(value.hostname)) throw new ShoalError('config.json: invalid hostname');
+    spec.hostname = value.hostname;
+  }
+  if (isObject(value.annotations)) {
+    for (const [k, v] of Object.entries(value.annotations)) if (typeof v === 'string') spec.annotations[k] = v;
+  }
+  const resources = isObject(value.linux) && isObject(value.linux.resources) ? value.linux.resources : undefined;
+  if (resources && isObject(resources.memory) && typeof resources.memory.limit === 'number' && resources.memory.limit > 0) {
+    spec.memoryMiB = Math.max(256, Math.ceil(resources.memory.limit / (1 << 20)));
+  }
+  if (resources && isObject(resources.cpu) && typeof resources.cpu.quota === 'number' && typeof resources.cpu.period === 'number' && resources.cpu.quota > 0 && resources.cpu.period > 0) {
+    spec.cpus = Math.max(1, Math.min(8, Math.ceil(resources.cpu.quota / resources.cpu.period)));
+  }
+  return spec;
+}
+
+/** An OCI process object (config.json's, or the JSON an exec's spec Any carries). */
+export function parseProcessSpec(value: unknown, where: string): ProcessSpec {
+  if (!isObject(value)) throw new ShoalError(`${where}: missing`);
+  if (!isStringArray(value.args) || value.args.length === 0) throw new ShoalError(`${where}: args must be a non-empty list of strings`);
+  if (value.args.some((a) => a.includes('\0'))) throw new ShoalError(`${where}: an argument contains a NUL byte`);
+  const env: Record<string, string> = {};
+  if (value.env !== undefined) {
+    if (!isStringArray(value.env)) throw new ShoalError(`${where}: env must be a list of KEY=VALUE strings`);
+    for (const pair of value.env) {
+      const eq = pair.indexOf('=');
+      const key = eq < 0 ? pair : pair.slice(0, eq);
+      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(key)) throw new ShoalError(`${where}: invalid environment variable name "${key.slice(0, 64)}"`);
+      env[key] = eq < 0 ? '' : pair.slice(eq + 1);
+    }
+  }
+  const cwd = value.cwd === undefined ? '/' : value.cwd;
+  if (typeof cwd !== 'string' || !path.posix.isAbsolute(cwd) || cwd.includes('\0')) throw new ShoalError(`${where}: cwd must be an absolute path`);
+  let user = '0:0';
+  if (value.user !== undefined) {
+    if (!isObject(value.user)) throw new ShoalError(`${where}: user must be an object`);
+    const { uid, gid } = value.user;
+    const id = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 0 && v < 0xffffffff;
+    if (!id(uid ?? 0) || !id(gid ?? 0)) throw new ShoalError(`${where}: user uid/gid must be numeric ids`);
+    user = `${(uid as number | undefined) ?? 0}:${(gid as number | undefined) ?? 0}`;
+  }
+  return { args: value.args, env, cwd, user, terminal: value.terminal === true };
+}
+
+/** The podman flags for a bundle's container. */
+export function containerOptionsOf(spec: BundleSpec): ContainerOptions {
+  const options: ContainerOptions = { user: spec.process.user, workdir: spec.process.cwd };
+  if (spec.hostname !== undefined) options.hostname = spec.hostname;
+  if (spec.readOnly) options.readOnly = true;
+  return options;
+}

@@ -1,0 +1,230 @@
+/**
+ * The shim's one seam to shoal's core: creating an ordinary shoal VM (record, supervisor),
+ * following its main container, exec into it, signals, and removing it. The same functions
+ * `shoal run` and `shoal serve` use (src/lifecycle, src/control, src/state); when the in-process
+ * core (src/core) lands, this file is what gets re-pointed at it. Nothing here knows ttrpc.
+ */
+import crypto from 'node:crypto';
+import { loadAssets } from '../assets/setup';
+import { onControlEvents, sendClientMessage, SupervisorClient } from '../control/client';
+import { parseImage } from '../container/image-ref';
+import type { ContainerOptions } from '../container/container-options';
+import { startSupervisor } from '../lifecycle/spawn';
+import { killVm } from '../lifecycle/stop';
+import { exitCodeOf, type TerminalSize } from '../protocol/messages';
+import { STDERR, STDIN, STDOUT, type Channel } from '../protocol/mux';
+import { StateStore } from '../state/store';
+import { nameProblem, NAME_MAX, type VmConfig, type VmRecord } from '../state/vm-record';
+import { ShoalError } from '../util/errors';
+import { selectBackend } from '../vmm/select';
+
+/** What the shim asks for: one container in a new VM. */
+export interface VmRequest {
+  namespace: string;
+  containerId: string;
+  /** A docker-archive holding the container's rootfs as its one layer. */
+  archive: string;
+  args: string[];
+  env: Record<string, string>;
+  container: ContainerOptions;
+  stdin: boolean;
+  tty?: TerminalSize;
+  cpus: number;
+  memoryMiB: number;
+}
+
+/** Where a process's output goes and where its exit is reported. */
+export interface ProcessSink {
+  stdout(data: Buffer): Promise<void> | void;
+  stderr(data: Buffer): Promise<void> | void;
+  /** Called once: the exit code (128+N for a signal), or an error that ended the process's follow. */
+  exited(code: number, error?: string): void;
+}
+
+/** A process the shim follows: the main container (attach) or an exec. */
+export interface VmProcess {
+  write(data: Buffer): Promise<void>;
+  endStdin(): void;
+  signal(signal: string): void;
+  resize(size: TerminalSize): void;
+}
+
+/** The shoal VM name for a containerd container: readable in `shoal ls`, unique per namespace/id. */
+export function vmNameFor(namespace: string, containerId: string): string {
+  const plain = `ctr-${namespace}-${containerId}`.replace(/[^a-zA-Z0-9_.-]/g, '_');
+  if (plain.length <= NAME_MAX && !nameProblem(plain)) return plain;
+  const hash = crypto.createHash('sha256').update(`${namespace}/${containerId}`).digest('hex').slice(0, 8);
+  return `ctr-${hash}-${containerId.replace(/[^a-zA-Z0-9_.-]/g, '_')}`.slice(0, NAME_MAX);
+}
+
+export class ShimVm {
+  private constructor(
+    readonly store: StateStore,
+    readonly record: VmRecord,
+    private readonly client: SupervisorClient,
+  ) {}
+
+  /**
+   * Writes the VM's record and starts its supervisor, as `shoal run` does; the supervisor holds
+   * the container back until the first attach (follow()).
+   */
+  static async create(request: VmRequest): Promise<ShimVm> {
+    const store = new StateStore();
+    const name = vmNameFor(request.namespace, request.containerId);
+    const image = `docker-archive:${request.archive}`;
+    const config: VmConfig = {
+      name,
+      image,
+      source: parseImage(image),
+      command: request.args,
+      env: request.env,
+      cpus: request.cpus,
+      memoryMiB: request.memoryMiB,
+      interactive: request.stdin,
+      ...(request.tty ? { tty: request.tty } : {}),
+      detach: false,
+      autoRemove: false,
+      network: 'rootless',
+      publish: [],
+      maps: [],
+      ...(Object.keys(request.container).length > 0 ? { container: request.container } : {}),
+      // Every rootfs archive is new to the cache (its key hashes the archive): saving one per
+      // container would cost a snapshot each and never hit. TODO: key by the snapshot chain.
+      imageCache: false,
+    };
+    const assets = loadAssets();
+    const selection = await selectBackend('qemu', assets.accel, assets.accelReason, undefined);
+    const id = store.newId();
+    store.claimName(name, id);
+    const record: VmRecord = { id, config, backend: selection.backend, accel: selection.accel, state: 'creating', createdAt: new Date().toISOString() };
+    try {
+      store.write(record);
+      startSupervisor(store, id);
+    } catch (err) {
+      store.remove(record);
+      throw err;
+    }
+    const client = await SupervisorClient.connect(store, record).catch(async (err: Error) => {
+      await killVm(store, store.read(id) ?? record).catch(() => undefined);
+      store.remove(record);
+      throw err;
+    });
+    return new ShimVm(store, record, client);
+  }
+
+  /** The record as the supervisor keeps it now. */
+  current(): VmRecord | undefined {
+    return this.store.read(this.record.id);
+  }
+
+  /** A host pid standing for the VM: its VMM, else its supervisor. */
+  pid(): number {
+    const record = this.current();
+    return record?.vmmPid ?? record?.supervisorPid ?? 0;
+  }
+
+  /**
+   * Attaches to the main container (which the supervisor then starts); `running` resolves once
+   * it runs, and rejects if it ends or fails first.
+   */
+  follow(sink: ProcessSink): { process: VmProcess; running: Promise<void> } {
+    const channel = this.client.attach(true);
+    let onRunning: () => void = () => undefined;
+    let onFailed: (err: Error) => void = () => undefined;
+    const running = new Promise<void>((resolve, reject) => { onRunning = resolve; onFailed = reject; });
+    running.catch(() => undefined);
+    let exitCode: number | undefined;
+    let error: string | undefined;
+    onControlEvents(channel, (event) => {
+      if (event.type === 'running') onRunning();
+      else if (event.type === 'exit') exitCode = exitCodeOf(event);
+      else if (event.type === 'error') error = event.message;
+    });
+    this.relay(channel, sink, () => {
+      if (exitCode === undefined) onFailed(new ShoalError(error ?? 'lost the connection to the VM supervisor'));
+      else onRunning();
+      sink.exited(exitCode ?? 255, exitCode === undefined ? error ?? 'lost the connection to the VM supervisor' : undefined);
+    });
+    return { process: processOf(channel), running };
+  }
+
+  /** Runs a process in the container (the agent enters it with crun exec, as `shoal exec` does). */
+  exec(spec: { args: string[]; env: Record<string, string>; cwd?: string; user?: string; stdin: boolean; tty?: TerminalSize }, sink: ProcessSink): VmProcess {
+    const channel = this.client.exec({
+      argv: spec.args,
+      env: spec.env,
+      interactive: spec.stdin,
+      vm: false,
+      ...(spec.tty ? { tty: spec.tty } : {}),
+      ...(spec.user !== undefined ? { user: spec.user } : {}),
+      ...(spec.cwd !== undefined ? { workdir: spec.cwd } : {}),
+    });
+    let exitCode: number | undefined;
+    let error: string | undefined;
+    onControlEvents(channel, (event) => {
+      if (event.type === 'exit') exitCode = exitCodeOf(event);
+      else if (event.type === 'error') error = event.message;
+    });
+    this.relay(channel, sink, () => sink.exited(exitCode ?? 255, exitCode === undefined ? error ?? 'the exec ended without an exit code' : undefined));
+    return processOf(channel);
+  }
+
+  /** Runs a command in the guest OS (not the container) and returns its stdout; bounded. */
+  async guestOutput(argv: string[], timeoutMs = 10_000): Promise<string> {
+    const channel = this.client.exec({ argv, env: {}, interactive: false, vm: true });
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let exitCode: number | undefined;
+    onControlEvents(channel, (event) => {
+      if (event.type === 'exit') exitCode = exitCodeOf(event);
+    });
+    return new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(() => { channel.close(); reject(new ShoalError(`${argv[0]} in the VM timed out`)); }, timeoutMs);
+      channel.setDataHandler((stream, data) => {
+        if (stream === STDOUT && size < 1 << 20) { chunks.push(data); size += data.length; }
+      });
+      channel.on('close', () => {
+        clearTimeout(timer);
+        if (exitCode === 0) resolve(Buffer.concat(chunks).toString('utf8'));
+        else reject(new ShoalError(`${argv.join(' ')} in the VM failed (exit ${exitCode ?? 'unknown'})`));
+      });
+    });
+  }
+
+  /** Kills the VM and removes it (record, files, name), as `shoal rm -f` does. */
+  async remove(): Promise<void> {
+    this.client.close();
+    await removeVm(this.store, this.record.id);
+  }
+
+  private relay(channel: Channel, sink: ProcessSink, closed: () => void): void {
+    channel.setDataHandler((stream, data) => {
+      if (stream === STDOUT) return sink.stdout(data) ?? undefined;
+      if (stream === STDERR) return sink.stderr(data) ?? undefined;
+      return undefined;
+    });
+    channel.on('close', closed);
+  }
+}
+
+function processOf(channel: Channel): VmProcess {
+  return {
+    write: (data) => channel.write(STDIN, data),
+    endStdin: () => { if (!channel.closed) channel.end(STDIN); },
+    signal: (signal) => { if (!channel.closed) sendClientMessage(channel, { type: 'signal', signal }); },
+    resize: (size) => { if (!channel.closed) sendClientMessage(channel, { type: 'resize', ...size }); },
+  };
+}
+
+/** Kills and removes a VM by id, if it still exists (the shim's Delete and `delete` after a dead shim). */
+export async function removeVm(store: StateStore, id: string): Promise<void> {
+  const record = store.read(id);
+  if (!record) return;
+  await killVm(store, record);
+  store.remove(store.read(id) ?? record);
+}
+
+/** The state store the shim's VMs live in (SHOAL_STATE_DIR, as for every shoal command). */
+export function shimStore(): StateStore {
+  return new StateStore();
+}

@@ -1,0 +1,46 @@
+/** The shim's inputs from containerd: its Go-style flags and the bundle's OCI spec, validated where they enter. */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { parseShimArgs } from '../../src/shim/main';
+import { containerOptionsOf, parseBundleSpec, parseProcessSpec } from '../../src/shim/oci-spec';
+import { vmNameFor } from '../../src/shim/vm';
+
+test('flags as containerd 1.6 writes them', () => {
+  const args = parseShimArgs(['-namespace', 'k8s.io', '-address', '/run/c.sock', '-publish-binary', '/usr/bin/containerd', '-id', 'abc', '-debug', 'start']);
+  assert.equal(args.action, 'start');
+  assert.deepEqual(args.flags, { namespace: 'k8s.io', address: '/run/c.sock', 'publish-binary': '/usr/bin/containerd', id: 'abc', debug: 'true' });
+  assert.equal(parseShimArgs(['--id=x', '-bundle', '/b', 'delete']).flags.bundle, '/b');
+  assert.throws(() => parseShimArgs(['-nope', 'x', 'start']), /unknown flag/);
+  assert.throws(() => parseShimArgs(['-id']), /needs a value/);
+});
+
+test('config.json: args, env, cwd, user, terminal, read-only root, resources', () => {
+  const spec = parseBundleSpec({
+    process: { args: ['sh', '-c', 'x'], env: ['PATH=/bin', 'A=b=c'], cwd: '/w', user: { uid: 1000, gid: 100 }, terminal: true },
+    root: { path: 'rootfs', readonly: true },
+    hostname: 'pod1',
+    annotations: { 'io.kubernetes.cri.sandbox-id': 's1', n: 3 },
+    linux: { resources: { memory: { limit: 512 * 1024 * 1024 }, cpu: { quota: 150000, period: 100000 } } },
+  });
+  assert.deepEqual(spec.process, { args: ['sh', '-c', 'x'], env: { PATH: '/bin', A: 'b=c' }, cwd: '/w', user: '1000:100', terminal: true });
+  assert.equal(spec.memoryMiB, 512);
+  assert.equal(spec.cpus, 2);
+  assert.deepEqual(spec.annotations, { 'io.kubernetes.cri.sandbox-id': 's1' });
+  assert.deepEqual(containerOptionsOf(spec), { user: '1000:100', workdir: '/w', hostname: 'pod1', readOnly: true });
+});
+
+test('config.json: malformed input is one clear error', () => {
+  assert.throws(() => parseBundleSpec([]), /not an object/);
+  assert.throws(() => parseBundleSpec({ process: { args: [] } }), /args/);
+  assert.throws(() => parseProcessSpec({ args: ['a'], env: ['1X=y'] }, 'p'), /invalid environment variable/);
+  assert.throws(() => parseProcessSpec({ args: ['a'], cwd: 'rel' }, 'p'), /cwd/);
+  assert.throws(() => parseProcessSpec({ args: ['a'], user: { uid: -1 } }, 'p'), /uid/);
+  assert.throws(() => parseBundleSpec({ process: { args: ['a'] }, hostname: 'bad host' }), /hostname/);
+});
+
+test('VM names: readable, valid, bounded', () => {
+  assert.equal(vmNameFor('shoaltest', 't-run'), 'ctr-shoaltest-t-run');
+  const long = vmNameFor('k8s.io', 'a'.repeat(64));
+  assert.ok(long.length <= 63 && /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/.test(long));
+  assert.notEqual(vmNameFor('k8s.io', `${'a'.repeat(64)}1`), vmNameFor('k8s.io', `${'a'.repeat(64)}2`));
+});
