@@ -56,7 +56,8 @@ export function configOf(spec: CreateSpec): VmConfig {
   const env = checkEnv(spec.env ?? {});
   const command = spec.cmd ?? [];
   if (!command.every((a) => typeof a === 'string' && !a.includes('\0'))) throw new ShoalError('invalid command: every argument must be a string without NUL');
-  const container = parseContainerOptions(spec.container ?? {});
+  if (spec.container !== undefined && spec.containerOptions !== undefined) throw new ShoalError('give container flags or parsed container options, not both');
+  const container = spec.containerOptions ?? parseContainerOptions(spec.container ?? {});
   const network = parseNetwork(spec.network ?? 'rootless');
   if (spec.jailer !== undefined && spec.jailer.chrootBaseDir !== undefined && !path.isAbsolute(spec.jailer.chrootBaseDir)) {
     throw new ShoalError(`invalid --jailer-chroot "${spec.jailer.chrootBaseDir}": expected an absolute path`);

@@ -4,7 +4,7 @@
  * user gave them (strings for the container flags, lists of `HOST:GUEST` for ports and maps)
  * and the core validates them, so no front end can skip a rule.
  */
-import type { ContainerFlags } from '../container/container-options';
+import type { ContainerFlags, ContainerOptions } from '../container/container-options';
 import type { TerminalSize } from '../protocol/messages';
 import type { JailerChoice } from '../vmm/select';
 
@@ -24,6 +24,11 @@ export interface CreateSpec {
   cmd?: string[];
   /** podman's run flags as typed: user, workdir, entrypoint, hostname, label, capabilities... */
   container?: ContainerFlags;
+  /**
+   * The same, already parsed and checked by the front end (the shim, from an OCI bundle's
+   * config.json). Not with `container`.
+   */
+  containerOptions?: ContainerOptions;
   /** rootless (default), slirp4netns, bridged, ns:PATH (a CNI pod's namespace), none; `:allow_host_loopback=true`. */
   network?: string;
   /** `[ADDR:]HOST:GUEST[/tcp|/udp]`, each possibly comma-separated. */

@@ -1,22 +1,17 @@
 /**
- * The shim's one seam to shoal's core: creating an ordinary shoal VM (record, supervisor),
- * following its main container, exec into it, signals, and removing it. The same functions
- * `shoal run` and `shoal serve` use (src/lifecycle, src/control, src/state); when the in-process
- * core (src/core) lands, this file is what gets re-pointed at it. Nothing here knows ttrpc.
+ * The shim's one seam to shoal's core: creating an ordinary shoal VM (src/core's startVm, as
+ * `shoal run` does), following its main container, exec into it, signals, and removing it (the
+ * core's removeVm, as `shoal rm -f`). Nothing here knows ttrpc.
  */
 import crypto from 'node:crypto';
-import { loadAssets } from '../assets/setup';
 import { onControlEvents, sendClientMessage, SupervisorClient } from '../control/client';
-import { parseImage } from '../container/image-ref';
 import type { ContainerOptions } from '../container/container-options';
-import { startSupervisor } from '../lifecycle/spawn';
-import { killVm } from '../lifecycle/stop';
+import { removeVm as removeCoreVm, startVm } from '../core';
 import { exitCodeOf, type TerminalSize } from '../protocol/messages';
 import { STDERR, STDIN, STDOUT, type Channel } from '../protocol/mux';
 import { StateStore } from '../state/store';
-import { nameProblem, NAME_MAX, type VmConfig, type VmRecord } from '../state/vm-record';
+import { nameProblem, NAME_MAX, type VmRecord } from '../state/vm-record';
 import { ShoalError } from '../util/errors';
-import { selectBackend } from '../vmm/select';
 
 /** What the shim asks for: one container in a new VM. */
 export interface VmRequest {
@@ -70,45 +65,24 @@ export class ShimVm {
    */
   static async create(request: VmRequest): Promise<ShimVm> {
     const store = new StateStore();
-    const name = vmNameFor(request.namespace, request.containerId);
-    const image = `docker-archive:${request.archive}`;
-    const config: VmConfig = {
-      name,
-      image,
-      source: parseImage(image),
-      command: request.args,
+    const { record, client } = await startVm(store, {
+      image: `docker-archive:${request.archive}`,
+      name: vmNameFor(request.namespace, request.containerId),
+      cmd: request.args,
       env: request.env,
       cpus: request.cpus,
       memoryMiB: request.memoryMiB,
       interactive: request.stdin,
       ...(request.tty ? { tty: request.tty } : {}),
-      detach: false,
-      autoRemove: false,
+      // The supervisor holds the container back until the shim attaches (follow()).
+      attached: true,
       network: 'rootless',
-      publish: [],
-      maps: [],
-      ...(Object.keys(request.container).length > 0 ? { container: request.container } : {}),
+      containerOptions: request.container,
+      vmm: process.env.SHOAL_VMM ?? 'auto',
       // Every rootfs archive is new to the cache (its key hashes the archive): saving one per
       // container would cost a snapshot each and never hit. TODO: key by the snapshot chain.
       imageCache: false,
-    };
-    const assets = loadAssets();
-    const selection = await selectBackend('qemu', assets.accel, assets.accelReason, undefined);
-    const id = store.newId();
-    store.claimName(name, id);
-    const record: VmRecord = { id, config, backend: selection.backend, accel: selection.accel, state: 'creating', createdAt: new Date().toISOString() };
-    try {
-      store.write(record);
-      startSupervisor(store, id);
-    } catch (err) {
-      store.remove(record);
-      throw err;
-    }
-    const client = await SupervisorClient.connect(store, record).catch(async (err: Error) => {
-      await killVm(store, store.read(id) ?? record).catch(() => undefined);
-      store.remove(record);
-      throw err;
-    });
+    }, undefined, false);
     return new ShimVm(store, record, client);
   }
 
@@ -220,8 +194,7 @@ function processOf(channel: Channel): VmProcess {
 export async function removeVm(store: StateStore, id: string): Promise<void> {
   const record = store.read(id);
   if (!record) return;
-  await killVm(store, record);
-  store.remove(store.read(id) ?? record);
+  await removeCoreVm(store, record);
 }
 
 /** The state store the shim's VMs live in (SHOAL_STATE_DIR, as for every shoal command). */
