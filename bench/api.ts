@@ -8,19 +8,25 @@
  * Figures (ms):
  *   createExecDelete   POST /v1/sandboxes (image cache warm) + one exec + DELETE, through the SDK: p50, p95
  *   exec.api           POST .../exec of `true` through the SDK, buffered (p50, p95)
- *   exec.cli           `shoal exec NAME -- true` of the same VM (p50, p95): the baseline
- *   exec.ratio         api p50 / cli p50
+ *   exec.cli           `shoal exec NAME -- true` of the same VM (p50, p95)
+ *   exec.cliVm         `shoal exec --vm NAME -- true` (p50, p95): issue 25's baseline (target api <= 1.3x)
+ *   fork1              POST .../fork {count: 1} until the child answers an exec, through the SDK (p50)
+ *   bareRestore        the VMM's own restore of a snapshot of the same sandbox (bench/lib/bare-restore.ts)
+ *                      until its agent answers: fork1's baseline (target <= 1.5x)
+ *   fork10             fork {count: 10} until every child answered an exec (target <= 3x fork1)
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Shoal } from '../sdk/src/index';
+import { Shoal, type Sandbox } from '../sdk/src/index';
+import { bareRestore } from './lib/bare-restore';
 import { loadAssets } from '../src/assets/setup';
 import { buildBusyboxDockerArchive } from '../test/helpers/images';
 
 const RUNS = Number(process.env.RUNS ?? 5);
 const EXECS = Number(process.env.EXECS ?? 10);
+const FORK_WIDE = Number(process.env.FORK_WIDE ?? 10);
 const ROOT = path.resolve(__dirname, '..', '..');
 const SHOAL = path.join(ROOT, 'bin', 'shoal');
 
@@ -47,6 +53,10 @@ function cli(stateDir: string, args: string[]): Promise<void> {
   });
 }
 
+async function killAll(children: Array<Sandbox | Error>): Promise<void> {
+  await Promise.all(children.map((c) => (c instanceof Error ? undefined : c.kill())));
+}
+
 async function main(): Promise<void> {
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'sh-bench-api-'));
   let serve: ChildProcess | undefined;
@@ -70,19 +80,49 @@ async function main(): Promise<void> {
     }
     const apiExec: number[] = [];
     const cliExec: number[] = [];
+    const cliVmExec: number[] = [];
     for (let i = 0; i < EXECS; i++) {
-      // Interleaved, so both see the same host load.
+      // Interleaved, so all three see the same host load.
       apiExec.push((await timed(() => sbx.commands.run('true')))[0]);
       cliExec.push((await timed(() => cli(stateDir, ['exec', sbx.info.name, '--', 'true'])))[0]);
+      cliVmExec.push((await timed(() => cli(stateDir, ['exec', '--vm', sbx.info.name, '--', 'true'])))[0]);
     }
+
+    // fork {count: 1} to the child's first exec answer, against the VMM's bare restore of a
+    // snapshot of the same sandbox, interleaved run by run.
+    await sbx.snapshot('bench-api-base');
+    const forkOne: number[] = [];
+    const bare: number[] = [];
+    for (let i = 0; i < RUNS; i++) {
+      const [ms, children] = await timed(async () => {
+        const made = await sbx.fork({ count: 1 });
+        await Promise.all(made.map((c) => (c instanceof Error ? Promise.reject(c) : c.commands.run('true'))));
+        return made;
+      });
+      forkOne.push(ms);
+      await killAll(children);
+      bare.push(await bareRestore(path.join(stateDir, 'snapshots', 'bench-api-base'), stateDir));
+    }
+    const [forkWideMs, wide] = await timed(async () => {
+      const made = await sbx.fork({ count: FORK_WIDE });
+      await Promise.all(made.map((c) => (c instanceof Error ? Promise.reject(c) : c.commands.run('true'))));
+      return made;
+    });
+    await killAll(wide);
     await sbx.kill();
     const api = summary(apiExec);
     const viaCli = summary(cliExec);
+    const viaCliVm = summary(cliVmExec);
+    const fork1 = summary(forkOne);
+    const bareSummary = summary(bare);
+    const ratio = (a: number, b: number): number => Math.round((a / b) * 100) / 100;
     const result = {
-      host: { cpus: os.cpus().length, accel: loadAssets().accel },
+      host: { cpus: os.cpus().length, accel: loadAssets().accel, loadavg: os.loadavg().map((l) => Math.round(l * 100) / 100) },
       firstCreateMs: Math.round(firstCreateMs),
       createExecDelete: summary(cycles),
-      exec: { api, cli: viaCli, ratio: Math.round((api.p50 / viaCli.p50) * 100) / 100 },
+      exec: { api, cli: viaCli, cliVm: viaCliVm, ratio: ratio(api.p50, viaCli.p50), ratioToExecVm: ratio(api.p50, viaCliVm.p50), target: 1.3 },
+      fork1: { ...fork1, bareRestore: bareSummary, ratio: ratio(fork1.p50, bareSummary.p50), target: 1.5 },
+      forkWide: { count: FORK_WIDE, ms: Math.round(forkWideMs), ratioToFork1: ratio(forkWideMs, fork1.p50), target: 3 },
     };
     const text = `${JSON.stringify(result, null, 2)}\n`;
     fs.mkdirSync(path.join(ROOT, 'bench', 'results'), { recursive: true });

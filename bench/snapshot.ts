@@ -4,7 +4,7 @@
  *
  *   node dist/bench/snapshot.js            (needs `shoal setup` done; boots VMs: run it under
  *                                           the shared VM lock on a shared machine)
- *   RUNS=3 FORKS=1,5,10 MEMORY=1024 node dist/bench/snapshot.js
+ *   RUNS=3 FORKS=1,5,10,20 MEMORY=1024 node dist/bench/snapshot.js
  *
  * Figures (ms unless noted; medians over RUNS):
  *   coldToFirstExec       `run -d --no-snapshot` + the first `exec --vm true` (baseline of clones)
@@ -15,29 +15,23 @@
  *   cloneToFirstExec      `snapshot run` + the first `exec true` (in the container)
  *   exec / execVm         `exec true` (container) against `exec --vm true`, in a running VM
  *   fork[n]               `fork -n n` of a first-generation VM until every child answered `exec --vm true`
- *   pssPerChildMiB[d]     PSS of a child's QEMU at depth d (1: children of a first-generation VM,
- *                         2: children of a depth-1 child, 3: of a depth-2 child), siblings alive
+ *   pssPerChildMiB[d]     PSS of a child's QEMU at depth d (1: children of the widest fork of a
+ *                         first-generation VM, 2: children of a depth-1 child, 3: of a depth-2 child),
+ *                         siblings alive; supervisorMiB beside it: the child's supervisor
  *   snapshotFirstGen      `snapshot create` of a booted VM: source pause and total
  *   snapshotDepth2        `snapshot create` of a depth-2 clone (a copy through a helper QEMU)
  */
-import { execFileSync, spawn } from 'node:child_process';
-import crypto from 'node:crypto';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import type { Duplex } from 'node:stream';
-import { openAgentSession } from '../src/host/agent-session';
 import type { SnapshotManifest } from '../src/snapshot/store';
-import type { VmHandle } from '../src/vmm/backend';
-import { buildQemuArgv, qemuPaths } from '../src/vmm/qemu/argv';
-import { QmpClient } from '../src/vmm/qemu/qmp';
-import { spawnTied } from '../src/util/process';
+import { bareRestore } from './lib/bare-restore';
 import { buildBusyboxDockerArchive } from '../test/helpers/images';
 import { pssKiB } from '../test/helpers/process-memory';
 
 const RUNS = Number(process.env.RUNS ?? 3);
-const FORKS = (process.env.FORKS ?? '1,5,10').split(',').map(Number);
+const FORKS = (process.env.FORKS ?? '1,5,10,20').split(',').map(Number);
 const MEMORY = Number(process.env.MEMORY ?? 1024);
 const ROOT = path.resolve(__dirname, '..', '..');
 const SHOAL = path.join(ROOT, 'bin', 'shoal');
@@ -76,18 +70,23 @@ function median(values: number[]): number {
 const round = (v: number): number => Math.round(v * 10) / 10;
 const ratio = (a: number, b: number): number => +(a / b).toFixed(3);
 
-async function vmmPids(): Promise<Map<string, number>> {
-  const vms = JSON.parse((await shoal(['ls', '--json'])).stdout) as Array<{ name: string; vmmPid: number | null }>;
-  return new Map(vms.filter((v) => v.vmmPid !== null).map((v) => [v.name, v.vmmPid!]));
+async function vmPids(): Promise<Map<string, { vmm: number; supervisor: number }>> {
+  const vms = JSON.parse((await shoal(['ls', '--json'])).stdout) as Array<{ name: string; pid: number | null; vmmPid: number | null }>;
+  return new Map(vms.filter((v) => v.vmmPid !== null && v.pid !== null).map((v) => [v.name, { vmm: v.vmmPid!, supervisor: v.pid! }]));
 }
 
-/** Mean PSS (MiB) of these VMs' QEMU processes: in all, and of their guest-RAM mapping. */
-async function pssPerVm(names: string[]): Promise<{ totalMiB: number; guestRamMiB: number }> {
-  const pids = await vmmPids();
-  const each = names.map((n) => pssKiB(pids.get(n)!));
+/**
+ * Mean PSS (MiB) of these VMs' QEMU processes (in all, and of their guest-RAM mapping) and of
+ * their supervisors: a child's whole host cost is totalMiB + supervisorMiB.
+ */
+async function pssPerVm(names: string[]): Promise<{ totalMiB: number; guestRamMiB: number; supervisorMiB: number }> {
+  const pids = await vmPids();
+  const each = names.map((n) => pssKiB(pids.get(n)!.vmm));
+  const supervisors = names.map((n) => pssKiB(pids.get(n)!.supervisor).total);
   return {
     totalMiB: round(each.reduce((a, b) => a + b.total, 0) / names.length / 1024),
     guestRamMiB: round(each.reduce((a, b) => a + b.guestRam, 0) / names.length / 1024),
+    supervisorMiB: round(supervisors.reduce((a, b) => a + b, 0) / names.length / 1024),
   };
 }
 
@@ -98,77 +97,6 @@ async function fork(source: string, n: number, prefix: string): Promise<{ ms: nu
   const children = out.children.map((c) => c.name);
   await Promise.all(children.map((c) => shoal(['exec', '--vm', c, '--', 'true'])));
   return { ms: Date.now() - t0, children, snapshotMs: out.snapshotMs };
-}
-
-/**
- * The baseline of a clone's start: QEMU itself restoring the same snapshot files, with the same
- * devices (the argv shoal would use), its own sparse copy of the disk, until the guest agent
- * answers a HELLO on its socket. No supervisor, no record, no network set-up beyond QEMU's.
- */
-async function bareRestore(snapshotDir: string, work: string): Promise<number> {
-  const manifest = JSON.parse(fs.readFileSync(path.join(snapshotDir, 'snapshot.json'), 'utf8')) as SnapshotManifest;
-  const runDir = fs.mkdtempSync(path.join(work, 'bare-'));
-  const scratch = path.join(runDir, 'scratch.img');
-  execFileSync('cp', ['--reflink=auto', '--sparse=always', path.join(snapshotDir, 'scratch.img'), scratch]);
-  const paths = qemuPaths(runDir);
-  const spec = { ...manifest.vmSpec, runDir, id: crypto.randomBytes(6).toString('hex') };
-  const argv = buildQemuArgv({
-    spec,
-    drives: spec.drives.map((d) => (d.id === 'scratch' ? { ...d, path: scratch } : d)),
-    consoleLog: path.join(runDir, 'console.log'),
-    paths,
-    memory: { path: path.join(snapshotDir, 'memory.raw'), share: false },
-    incoming: true,
-    ...(spec.net ? { net: spec.net.userMode ? { mac: spec.net.mac, userMode: { forwards: [] } } : spec.net } : {}),
-  });
-  const t0 = process.hrtime.bigint();
-  // Tied to this process (parent-death signal), like shoal's own VMMs.
-  const stderrFile = path.join(runDir, 'qemu.log');
-  const stderrFd = fs.openSync(stderrFile, 'w', 0o600);
-  const qemu = spawnTied('qemu-system-x86_64', argv, { stdio: ['ignore', 'ignore', stderrFd] });
-  fs.closeSync(stderrFd);
-  const exited = new Promise((resolve) => qemu.once('exit', resolve));
-  try {
-    const qmp = await Promise.race([
-      QmpClient.connect(paths.qmpSocket, 30_000),
-      exited.then(() => { throw new Error(`the bare QEMU exited: ${fs.readFileSync(stderrFile, 'utf8').trim()}`); }),
-    ]);
-    // As shoal restores: the capability first (it changes the stream's format), then the stream.
-    await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
-    await qmp.execute('migrate-incoming', { uri: `exec:cat ${path.join(snapshotDir, 'state.bin')}` });
-    // The snapshot was taken of a paused VM, so the restored one lands paused: start it.
-    for (;;) {
-      const status = ((await qmp.execute('query-status')) as { status: string }).status;
-      if (status === 'paused' || status === 'running') break;
-      await new Promise((r) => setTimeout(r, 2));
-    }
-    await qmp.execute('cont');
-    const handle = { connectAgent: () => connectWithRetry(paths.agentSocket) } as unknown as VmHandle;
-    const agent = await openAgentSession(handle, 60_000);
-    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-    agent.destroy();
-    qmp.close();
-    return ms;
-  } finally {
-    qemu.kill('SIGKILL');
-    await exited;
-    fs.rmSync(runDir, { recursive: true, force: true });
-  }
-}
-
-async function connectWithRetry(socketPath: string): Promise<Duplex> {
-  for (let i = 0; ; i++) {
-    try {
-      return await new Promise<net.Socket>((resolve, reject) => {
-        const s = net.connect(socketPath);
-        s.once('connect', () => resolve(s));
-        s.once('error', reject);
-      });
-    } catch (err) {
-      if (i > 2000) throw err;
-      await new Promise((r) => setTimeout(r, 5));
-    }
-  }
 }
 
 async function main(): Promise<void> {
@@ -227,7 +155,7 @@ async function main(): Promise<void> {
     // fork -n 1, 5, 10 of the first-generation VM; PSS per child at depth 1 from the largest.
     step(`fork -n ${FORKS.join(', ')}`);
     const forks: Record<string, { ms: number; perChildMs: number; snapshotMs: number }> = {};
-    let depth1: { totalMiB: number; guestRamMiB: number } | undefined;
+    let depth1: { totalMiB: number; guestRamMiB: number; supervisorMiB: number } | undefined;
     let keep = '';
     for (const n of FORKS) {
       const f = await fork('cold0', n, `f${n}`);
@@ -279,8 +207,11 @@ async function main(): Promise<void> {
         cloneToFirstExecVmVsBareRestore: { value: ratio(median(cloneVm), bareMs), target: '<= 1.5' },
         execContainerVsExecVm: { value: ratio(median(execContainer), median(execVm)), target: '<= 1.3' },
         cloneToFirstExecVsCold: { value: ratio(median(cloneContainer), coldMs), target: '<= 0.05' },
-        fork10VsFork1: { value: ratio(forkMax.ms, forkMin.ms), target: '<= 3' },
+        fork10VsFork1: forks['10'] ? { value: ratio(forks['10'].ms, forkMin.ms), target: '<= 3' } : null,
+        fork20VsFork1: forks['20'] ? { value: ratio(forks['20'].ms, forkMin.ms), target: '<= 6' } : null,
+        forkWidestVsFork1: { n: Math.max(...FORKS), value: ratio(forkMax.ms, forkMin.ms) },
         pssPerChildVsGuestRam: { value: ratio(Math.max(depth1!.totalMiB, depth2.totalMiB, depth3.totalMiB), MEMORY), target: '<= 0.125' },
+        hostMemoryPerChildAtWidestVsGuestRam: { n: Math.max(...FORKS), value: ratio(depth1!.totalMiB + depth1!.supervisorMiB, MEMORY), target: '<= 0.125' },
       },
       samples: { cold, bare, cloneVm, cloneContainer, execVm, execContainer, firstGen, deep },
     };
