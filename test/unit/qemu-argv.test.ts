@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { buildQemuArgv, DEFAULT_TCG_TB_SIZE_MIB, qemuPaths, tcgTbSizeMiB, type QemuLaunch } from '../../src/vmm/qemu/argv';
+import { buildQemuArgv, RESTORE_TCG_TB_SIZE_MIB, qemuPaths, tcgTbSizeMiB, type QemuLaunch } from '../../src/vmm/qemu/argv';
 import type { VmSpec } from '../../src/vmm/backend';
 
 const spec: VmSpec = {
@@ -36,16 +36,19 @@ function values(argv: string[], flag: string): string[] {
 test('the machine, accelerator, shape, kernel and sockets', () => {
   const argv = buildQemuArgv(launch());
   assert.deepEqual(values(argv, '-machine'), ['microvm,x-option-roms=off,isa-serial=on,rtc=on']);
-  // The translation cache: shoal's default size, another, or QEMU's own (SHOAL_TCG_TB_MIB=0).
+  // The translation cache: QEMU's own for a boot, shoal's size for a restore; SHOAL_TCG_TB_MIB
+  // sets one for both (0: QEMU's own).
   const saved = process.env.SHOAL_TCG_TB_MIB;
   delete process.env.SHOAL_TCG_TB_MIB;
   try {
-    assert.deepEqual(values(buildQemuArgv(launch()), '-accel'), [`tcg,thread=single,tb-size=${DEFAULT_TCG_TB_SIZE_MIB}`]);
-    process.env.SHOAL_TCG_TB_MIB = '0';
     assert.deepEqual(values(buildQemuArgv(launch()), '-accel'), ['tcg,thread=single']);
+    assert.deepEqual(values(buildQemuArgv({ ...launch(), incoming: true }), '-accel'), [`tcg,thread=single,tb-size=${RESTORE_TCG_TB_SIZE_MIB}`]);
+    process.env.SHOAL_TCG_TB_MIB = '0';
+    assert.deepEqual(values(buildQemuArgv({ ...launch(), incoming: true }), '-accel'), ['tcg,thread=single']);
     process.env.SHOAL_TCG_TB_MIB = '64';
     assert.deepEqual(values(buildQemuArgv(launch()), '-accel'), ['tcg,thread=single,tb-size=64']);
-    for (const bad of ['32M', '-1', '5000', '1e3']) assert.throws(() => tcgTbSizeMiB({ SHOAL_TCG_TB_MIB: bad }), /SHOAL_TCG_TB_MIB must be a whole number/);
+    assert.deepEqual(values(buildQemuArgv({ ...launch(), incoming: true }), '-accel'), ['tcg,thread=single,tb-size=64']);
+    for (const bad of ['32M', '-1', '5000', '1e3']) assert.throws(() => tcgTbSizeMiB(false, { SHOAL_TCG_TB_MIB: bad }), /SHOAL_TCG_TB_MIB must be a whole number/);
   } finally {
     if (saved === undefined) delete process.env.SHOAL_TCG_TB_MIB;
     else process.env.SHOAL_TCG_TB_MIB = saved;

@@ -33,24 +33,28 @@ export interface QemuLaunch {
 }
 
 /**
- * TCG's translation cache in MiB (`-accel tcg,tb-size=`), or undefined for QEMU's own default
- * (1 GiB in QEMU 7.2, reserved and touched only as code is translated). 32 MiB was chosen to cut
- * a clone's memory; issue 24 measured QEMU's default faster on every path, and a first A/B here
- * (on a loaded host) the reverse, so the choice waits for bench/run-cold, which measures both in
- * one interleaved run. SHOAL_TCG_TB_MIB picks one: a size, or 0 for QEMU's default.
+ * TCG's translation cache in MiB (`-accel tcg,tb-size=`) per path, or undefined for QEMU's own
+ * default (1 GiB in QEMU 7.2, reserved and touched only as code is translated). Measured by
+ * bench/run-cold (TB_SIZES=32,0, interleaved) and issue 24's own pairs: a boot translates the
+ * whole kernel and userland once, and with 32 MiB the full cache is flushed and everything is
+ * translated again (cold runs 1.4 to 2x slower); a restore runs code the guest already ran, its
+ * first exec costs the same either way, and a clone's QEMU PSS was 173 MiB with 32 MiB against
+ * 212 MiB with QEMU's default: the memory a fork pays per child. So boots take QEMU's default
+ * and restores (clones, forks, image-cache hits) 32 MiB. SHOAL_TCG_TB_MIB sets one size for
+ * both (0: QEMU's default).
  */
-export const DEFAULT_TCG_TB_SIZE_MIB = 32;
+export const RESTORE_TCG_TB_SIZE_MIB = 32;
 
-export function tcgTbSizeMiB(env: NodeJS.ProcessEnv = process.env): number | undefined {
+export function tcgTbSizeMiB(restore: boolean, env: NodeJS.ProcessEnv = process.env): number | undefined {
   const raw = env.SHOAL_TCG_TB_MIB;
-  if (raw === undefined || raw === '') return DEFAULT_TCG_TB_SIZE_MIB;
+  if (raw === undefined || raw === '') return restore ? RESTORE_TCG_TB_SIZE_MIB : undefined;
   const value = Number(raw);
   if (!/^\d+$/.test(raw) || value > 4096) throw new ShoalError(`SHOAL_TCG_TB_MIB must be a whole number of MiB up to 4096 (0: QEMU's default), not ${JSON.stringify(raw.slice(0, 32))}`);
   return value === 0 ? undefined : value;
 }
 
-function tcgAccel(): string {
-  const tb = tcgTbSizeMiB();
+function tcgAccel(restore: boolean): string {
+  const tb = tcgTbSizeMiB(restore);
   return tb === undefined ? 'tcg,thread=single' : `tcg,thread=single,tb-size=${tb}`;
 }
 
@@ -61,7 +65,7 @@ export function buildQemuArgv(launch: QemuLaunch): string[] {
     '-machine', 'microvm,x-option-roms=off,isa-serial=on,rtc=on',
     // Multi-threaded TCG (one host thread per vCPU) left 2-vCPU guests in soft lockups on a
     // loaded 2-core host; one thread running all vCPUs in turn does not.
-    '-accel', kvm ? 'kvm' : tcgAccel(),
+    '-accel', kvm ? 'kvm' : tcgAccel(launch.incoming === true),
     '-cpu', kvm ? ['host', ...(spec.kvmCpuFlags ?? [])].join(',') : 'max',
     '-smp', String(spec.cpus),
     '-m', `${spec.memoryMiB}M`,
