@@ -5,6 +5,7 @@
  * and unit tests can hand the server a fake core that needs no VM. What the adapter adds is
  * the API's shape: its SandboxSpec, and the core's errors as ApiErrors (404, 409).
  */
+import path from 'node:path';
 import { ConflictError, InvalidSpecError, NotFoundError, VmCore, viewOf, type CreateOptions, type FileOps, type ForkChild, type OnProgress, type RemoteProcess, type SnapshotView, type VmView, type ExecSpec } from '../core';
 import { StateStore } from '../state/store';
 import type { VmRecord } from '../state/vm-record';
@@ -45,6 +46,11 @@ export interface Core {
   readonly files: FileOps;
   /** A directory that lives exactly as long as the VM (the API keeps its own facts there). */
   vmDir(id: string): string;
+  /**
+   * A directory under shoal's state directory that outlives VMs, for a front end's records of
+   * what has no VM (paused sandboxes); `name` is the front end's own ([a-z0-9-]+). Not created here.
+   */
+  recordsDir(name: string): string;
 }
 
 export class ShoalCore implements Core {
@@ -68,6 +74,11 @@ export class ShoalCore implements Core {
 
   vmDir(id: string): string {
     return this.core.vmDir(id);
+  }
+
+  recordsDir(name: string): string {
+    if (!/^[a-z0-9-]+$/.test(name)) throw new Error(`bad records directory name ${name}`);
+    return path.join(this.store.root, name);
   }
 
   list(): VmView[] {

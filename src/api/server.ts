@@ -22,6 +22,7 @@ import { HostProxy, serverWithHostProxy } from './e2b/host-proxy';
 import { e2bApiPlugin, e2bSandboxes, type E2bApiOptions } from './e2b/plugin';
 import { ApiError, firstLine, toApiError, type ErrorCode } from './errors';
 import { readFacts, writeFacts, type ApiFacts } from './facts';
+import { PausedSandboxes, type PausedSandbox } from './paused';
 import { resolveArchiveImage } from './image-dirs';
 import { LogFollower, readLog } from './log-reader';
 import { OutputCollector, ProcessTable, type ApiProcess, type ProcessLimits } from './processes';
@@ -192,11 +193,14 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
 
   // ---- helpers --------------------------------------------------------------------------
 
+  const paused = new PausedSandboxes(core);
   const vmOf = (id: string): VmView => {
     const vm = core.find(id);
-    if (!vm) throw new ApiError('not_found', `no such sandbox: ${id}`);
-    return vm;
+    if (vm) return vm;
+    if (paused.find(id)) throw new ApiError('conflict', `sandbox ${id} is paused: resume it first (POST /v1/sandboxes/${id}/resume)`);
+    throw new ApiError('not_found', `no such sandbox: ${id}`);
   };
+  const pausedSandboxOf = (p: PausedSandbox): S.Sandbox => ({ sandboxId: p.sandboxId, name: p.name, state: 'paused', image: p.image, cpus: p.cpus, memoryMiB: p.memoryMiB, createdAt: p.createdAt, expiresAt: null, metadata: p.metadata, parentId: p.parentId });
   const sandboxOf = (vm: VmView): S.Sandbox => {
     const facts = readFacts(core.vmDir(vm.id));
     return { sandboxId: vm.id, name: vm.name, state: vm.status, image: vm.image, cpus: vm.cpus, memoryMiB: vm.memoryMiB, createdAt: vm.createdAt, expiresAt: facts.expiresAt, metadata: facts.metadata, parentId: facts.parentId };
@@ -312,15 +316,57 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
     const query = request.query as Record<string, string>;
     const filters = Object.entries(query).filter(([k]) => k.startsWith('metadata.')).map(([k, v]) => [k.slice(9), v] as const);
     if (query.metadata !== undefined) for (const [k, v] of new URLSearchParams(query.metadata)) filters.push([k, v]);
-    return core.list().map(sandboxOf).filter((s) => filters.every(([k, v]) => s.metadata[k] === v));
+    const running = core.list();
+    const names = new Set(running.map((vm) => vm.name));
+    const all = [...running.map(sandboxOf), ...paused.list().filter((p) => !names.has(p.name)).map(pausedSandboxOf)];
+    return all.filter((s) => filters.every(([k, v]) => s.metadata[k] === v));
   });
 
-  app.get('/v1/sandboxes/:id', { schema: { params: IdParams, response: { 200: S.ref(S.Sandbox), ...errors } } }, async (request) => sandboxOf(vmOf((request.params as { id: string }).id)));
+  app.get('/v1/sandboxes/:id', { schema: { params: IdParams, response: { 200: S.ref(S.Sandbox), ...errors } } }, async (request) => {
+    const id = (request.params as { id: string }).id;
+    const vm = core.find(id);
+    if (vm) return sandboxOf(vm);
+    const p = paused.find(id);
+    if (p) return pausedSandboxOf(p);
+    throw new ApiError('not_found', `no such sandbox: ${id}`);
+  });
 
-  app.delete('/v1/sandboxes/:id', { schema: { params: IdParams, response: { 204: Type.Null(), ...errors } } }, async (request, reply) => {
-    const vm = vmOf((request.params as { id: string }).id);
-    await removeSandbox(vm.id);
+  app.delete('/v1/sandboxes/:id', { schema: { description: 'Removes a sandbox: kills its VM, or forgets a paused one (and its snapshot).', params: IdParams, response: { 204: Type.Null(), ...errors } } }, async (request, reply) => {
+    const id = (request.params as { id: string }).id;
+    const vm = core.find(id);
+    const p = vm ? undefined : paused.find(id);
+    if (p) await paused.forget(p);
+    else await removeSandbox(vmOf(id).id);
     return reply.code(204).send();
+  });
+
+  app.post('/v1/sandboxes/:id/pause', {
+    schema: {
+      description: 'Pauses a running sandbox: a memory + disk snapshot, then its VM goes (no RAM, no CPU held). It keeps its name, metadata and parent; it does not expire while paused. E2B\'s sandboxes pause through /e2b. Answers the sandbox, state `paused`.',
+      params: IdParams,
+      response: { 200: S.ref(S.Sandbox), ...errors },
+    },
+  }, async (request) => {
+    const vm = vmOf((request.params as { id: string }).id);
+    processes.forget(vm.id);
+    return pausedSandboxOf(await paused.pause(vm));
+  });
+
+  app.post('/v1/sandboxes/:id/resume', {
+    schema: {
+      description: 'Resumes a paused sandbox from its snapshot, under the same name, with its processes, files and memory as they were (a new VM: the sandboxId is new). It expires `timeoutSec` from now (default as for a new sandbox).',
+      params: IdParams,
+      body: Type.Optional(S.ref(S.Resume)),
+      response: { 200: S.ref(S.Sandbox), ...errors },
+    },
+  }, async (request) => {
+    const id = (request.params as { id: string }).id;
+    const running = core.find(id);
+    if (running) throw new ApiError('conflict', `sandbox ${id} is ${running.status}, not paused`);
+    const p = paused.find(id);
+    if (!p) throw new ApiError('not_found', `no such sandbox: ${id}`);
+    const timeoutSec = (request.body as { timeoutSec?: number } | undefined)?.timeoutSec ?? limits.defaultTimeoutSec;
+    return sandboxOf(await paused.resume(p, timeoutSec));
   });
 
   app.post('/v1/sandboxes/:id/timeout', { schema: { params: IdParams, body: S.ref(S.SetTimeout), response: { 200: S.ref(S.Sandbox), ...errors } } }, async (request) => {
@@ -522,6 +568,7 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
   app.delete('/v1/snapshots/:tag', { schema: { params: Type.Object({ tag: Type.String({ minLength: 1, maxLength: 128 }) }, { additionalProperties: false }), response: { 204: Type.Null(), ...errors } } }, async (request, reply) => {
     const tag = (request.params as { tag: string }).tag;
     if (!core.snapshots().some((s) => s.tag === tag)) throw new ApiError('not_found', `no such snapshot: ${tag}`);
+    if (paused.backs(tag)) throw new ApiError('conflict', `snapshot ${tag} holds a paused sandbox: resume or delete the sandbox instead`);
     core.removeSnapshot(tag);
     return reply.code(204).send();
   });

@@ -32,6 +32,10 @@ export class FakeCore implements Core {
     return dir;
   }
 
+  recordsDir(name: string): string {
+    return path.join(this.root, name);
+  }
+
   fsRoot(id: string): string {
     return path.join(this.vmDir(id), 'rootfs');
   }

@@ -297,6 +297,37 @@ describe('snapshots, fork, timeout', () => {
     for (const c of children) assert.equal((await send('DELETE', `/v1/sandboxes/${c.sandbox.sandboxId}`)).status, 204);
   });
 
+  it('pause: a snapshot, the VM gone, listed as paused; other routes say so; resume brings the name back with its metadata', async () => {
+    const created = await send('POST', '/v1/sandboxes', { image: 'busybox', name: 'pz', metadata: { keep: 'me' } });
+    assert.equal(created.status, 201);
+    const before = (created.json as { sandboxId: string }).sandboxId;
+    const paused = await send('POST', '/v1/sandboxes/pz/pause');
+    assert.equal(paused.status, 200, paused.body);
+    assert.equal((paused.json as { state: string }).state, 'paused');
+    assert.equal(core.find('pz'), undefined, 'the VM is gone');
+    assert.ok(core.snapshots().some((x) => x.tag === 'paused-pz'));
+    const listed = (await send('GET', '/v1/sandboxes?metadata.keep=me')).json as unknown as Array<{ name: string; state: string; sandboxId: string }>;
+    assert.deepEqual(listed.map((x) => [x.name, x.state, x.sandboxId]), [['pz', 'paused', before]]);
+    assert.equal(((await send('GET', `/v1/sandboxes/${before}`)).json as { state: string }).state, 'paused', 'found by the id it had');
+    assert.match(await refused(409, 'POST', '/v1/sandboxes/pz/exec', { cmd: ['true'] }), /paused: resume it first/);
+    assert.match(await refused(409, 'POST', '/v1/sandboxes/pz/pause'), /paused/);
+    assert.match(await refused(409, 'DELETE', '/v1/snapshots/paused-pz'), /holds a paused sandbox/);
+    assert.match(await refused(409, 'POST', `/v1/sandboxes/${sandboxId}/resume`, {}), /not paused/);
+    await refused(404, 'POST', '/v1/sandboxes/nosuch/resume', {});
+    const resumed = await send('POST', '/v1/sandboxes/pz/resume', { timeoutSec: 60 });
+    assert.equal(resumed.status, 200, resumed.body);
+    const sbx = resumed.json as { name: string; state: string; sandboxId: string; metadata: Record<string, string> };
+    assert.deepEqual([sbx.name, sbx.state, sbx.metadata], ['pz', 'running', { keep: 'me' }]);
+    assert.notEqual(sbx.sandboxId, before, 'a new VM');
+    assert.ok(!core.snapshots().some((x) => x.tag === 'paused-pz'), 'its snapshot is gone');
+    assert.equal(((await send('GET', '/v1/sandboxes?metadata.keep=me')).json as unknown as unknown[]).length, 1);
+    // Paused again, then deleted while paused: record and snapshot go.
+    assert.equal((await send('POST', '/v1/sandboxes/pz/pause')).status, 200);
+    assert.equal((await send('DELETE', '/v1/sandboxes/pz')).status, 204);
+    assert.equal((await send('GET', '/v1/sandboxes/pz')).status, 404);
+    assert.ok(!core.snapshots().some((x) => x.tag === 'paused-pz'));
+  });
+
   it('a sandbox past its timeout is removed', async () => {
     const expiring = await buildServer(core, { token: TOKEN, sweepMs: 100 });
     try {

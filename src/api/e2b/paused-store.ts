@@ -4,11 +4,9 @@
  * file per sandbox under shoal's state directory (<state>/e2b/paused/<sandboxId>.json, 0600,
  * written atomically), so paused sandboxes survive a `shoal serve` restart.
  */
-import fs from 'node:fs';
 import path from 'node:path';
 import { e2bFactsFrom, type E2bFacts } from './sandbox-facts';
-import { writeJsonAtomic } from '../../state/atomic';
-import { ensurePrivateDir } from '../../util/private-fs';
+import { RecordDir } from '../../state/record-dir';
 
 export interface PausedSandbox {
   facts: E2bFacts;
@@ -22,65 +20,28 @@ export interface PausedSandbox {
   parentId: string | null;
 }
 
-/** Sandbox ids the store accepts as file names (those the API makes, and VM names in general). */
-const ID = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
-const MAX_BYTES = 256 * 1024;
-
 export class PausedStore {
-  private readonly dir: string;
+  private readonly records: RecordDir<PausedSandbox>;
 
   constructor(stateDir: string) {
-    this.dir = path.join(stateDir, 'paused');
-  }
-
-  private file(sandboxId: string): string | undefined {
-    return ID.test(sandboxId) ? path.join(this.dir, `${sandboxId}.json`) : undefined;
+    this.records = new RecordDir(path.join(stateDir, 'paused'), parsePaused);
   }
 
   get(sandboxId: string): PausedSandbox | undefined {
-    const file = this.file(sandboxId);
-    if (!file) return undefined;
-    let raw: string;
-    try {
-      const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-      try {
-        if (fs.fstatSync(fd).size > MAX_BYTES) return undefined;
-        raw = fs.readFileSync(fd, 'utf8');
-      } finally {
-        fs.closeSync(fd);
-      }
-    } catch {
-      return undefined;
-    }
-    return parsePaused(raw, sandboxId);
+    return this.records.get(sandboxId);
   }
 
   list(): PausedSandbox[] {
-    let names: string[];
-    try {
-      names = fs.readdirSync(this.dir);
-    } catch {
-      return [];
-    }
-    const out: PausedSandbox[] = [];
-    for (const name of names) {
-      if (!name.endsWith('.json') || name.startsWith('.')) continue;
-      const paused = this.get(name.slice(0, -5));
-      if (paused) out.push(paused);
-    }
-    return out;
+    return this.records.list();
   }
 
   put(paused: PausedSandbox): void {
-    const file = this.file(paused.facts.sandboxId);
-    if (!file) throw new Error(`unusable sandbox id ${paused.facts.sandboxId}`);
-    ensurePrivateDir(this.dir);
-    writeJsonAtomic(file, paused);
+    if (!RecordDir.validKey(paused.facts.sandboxId)) throw new Error(`unusable sandbox id ${paused.facts.sandboxId}`);
+    this.records.put(paused.facts.sandboxId, paused);
   }
 
   remove(sandboxId: string): void {
-    const file = this.file(sandboxId);
-    if (file) fs.rmSync(file, { force: true });
+    this.records.remove(sandboxId);
   }
 }
 

@@ -18,6 +18,7 @@ import type { PausedSandbox, PausedStore } from './paused-store';
 import { newAccessToken, readE2bFacts, writeE2bFacts, type E2bFacts } from './sandbox-facts';
 import type * as S from './schemas';
 import { isReservedTag, PAUSED_TAG_PREFIX, type Templates } from './templates';
+import { KeyedLock } from '../../util/keyed-lock';
 
 /**
  * The envd version shoal's envd answers as: the SDK turns features on by it (0.5.7 octet-stream
@@ -37,22 +38,6 @@ export interface E2bOptions {
 type Found =
   | { state: 'running'; vm: VmView; facts: E2bFacts }
   | { state: 'paused'; paused: PausedSandbox };
-
-/** Runs one operation per key at a time, in arrival order. */
-class KeyedLock {
-  private readonly tails = new Map<string, Promise<unknown>>();
-
-  run<T>(key: string, fn: () => Promise<T>): Promise<T> {
-    const before = this.tails.get(key) ?? Promise.resolve();
-    const result = before.catch(() => undefined).then(fn);
-    const tail = result.catch(() => undefined);
-    this.tails.set(key, tail);
-    void tail.then(() => {
-      if (this.tails.get(key) === tail) this.tails.delete(key);
-    });
-    return result;
-  }
-}
 
 export class E2bSandboxes {
   private readonly lock = new KeyedLock();
