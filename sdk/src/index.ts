@@ -246,6 +246,21 @@ export class Sandbox {
     await this.http.json<void>('DELETE', this.path);
   }
 
+  /** Pauses it: memory and disk kept in a snapshot, no VM meanwhile; `info.state` becomes 'paused'. */
+  async pause(): Promise<void> {
+    this.info = await this.http.json<SandboxInfo>('POST', `${this.path}/pause`);
+  }
+
+  /**
+   * Resumes it from its pause, processes and files as they were. The VM is a new one: use the
+   * Sandbox this returns (same name, a new sandboxId).
+   */
+  async resume(options: { timeoutMs?: number } = {}): Promise<Sandbox> {
+    const body: { timeoutSec?: number } = {};
+    if (options.timeoutMs !== undefined) body.timeoutSec = Math.max(1, Math.ceil(options.timeoutMs / 1000));
+    return new Sandbox(this.http, await this.http.json<SandboxInfo>('POST', `/v1/sandboxes/${enc(this.info.name)}/resume`, body));
+  }
+
   async snapshot(tag: string): Promise<{ tag: string; parent: string; pauseMs: number }> {
     return this.http.json('POST', `${this.path}/snapshots`, { tag });
   }

@@ -215,6 +215,7 @@ export interface paths {
         };
         put?: never;
         post?: never;
+        /** @description Removes a sandbox: kills its VM, or forgets a paused one (and its snapshot). */
         delete: {
             parameters: {
                 query?: never;
@@ -253,6 +254,122 @@ export interface paths {
                 };
             };
         };
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sandboxes/{id}/pause": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** @description Pauses a running sandbox: a memory + disk snapshot, then its VM goes (no RAM, no CPU held). It keeps its name, metadata and parent; it does not expire while paused. E2B's sandboxes pause through /e2b. Answers the sandbox, state `paused`. */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description Default Response */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Sandbox"];
+                    };
+                };
+                /** @description Every error: one machine-readable code, one clear message. */
+                "4XX": {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description Every error: one machine-readable code, one clear message. */
+                "5XX": {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/sandboxes/{id}/resume": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** @description Resumes a paused sandbox from its snapshot, under the same name, with its processes, files and memory as they were (a new VM: the sandboxId is new). It expires `timeoutSec` from now (default as for a new sandbox). */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": components["schemas"]["Resume"];
+                };
+            };
+            responses: {
+                /** @description Default Response */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Sandbox"];
+                    };
+                };
+                /** @description Every error: one machine-readable code, one clear message. */
+                "4XX": {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description Every error: one machine-readable code, one clear message. */
+                "5XX": {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -1377,7 +1494,7 @@ export interface components {
         Sandbox: {
             sandboxId: string;
             name: string;
-            /** @description creating, starting, running, stopping, stopped, failed or dead */
+            /** @description creating, starting, running, stopping, stopped, failed, dead, or paused (POST .../pause; no VM until .../resume) */
             state: string;
             image: string;
             cpus: number;
@@ -1391,6 +1508,9 @@ export interface components {
         };
         SetTimeout: {
             timeoutSec: number;
+        };
+        Resume: {
+            timeoutSec?: number;
         };
         Exec: {
             cmd: string | string[];

@@ -1,6 +1,6 @@
 /**
  * `shoal mcp`: a Model Context Protocol server on stdio (the official TypeScript SDK) with tools
- * for an AI agent: sandboxes (create, list, remove), commands (run and wait, start in the
+ * for an AI agent: sandboxes (create, list, remove, pause, resume), commands (run and wait, start in the
  * background, list, kill), files, logs, snapshots (create, list, delete) and fork. Each tool is
  * one call of the HTTP API's own routes, in process (fastify's inject), so the MCP tools
  * validate and behave exactly as the API does, over the same core.
@@ -124,6 +124,21 @@ export async function buildMcpServer(core: Core, options: McpOptions = {}): Prom
     outputSchema: z.object({ removed: z.string() }),
     annotations: { readOnlyHint: false, destructiveHint: true, idempotentHint: true, openWorldHint: false, title: 'Kill and remove a sandbox' },
   }, async ({ sandboxId: id }) => structured('DELETE', `/v1/sandboxes/${enc(id)}`, undefined, () => ({ removed: id })));
+
+  server.registerTool('pause_sandbox', {
+    description: 'Pause a running sandbox: its memory and disk are kept in a snapshot and its VM stops (no RAM or CPU held); it does not expire while paused. Resume it with resume_sandbox.',
+    inputSchema: { sandboxId },
+    outputSchema: Sandbox,
+    // Not destructive: nothing is lost; the running processes continue after resume_sandbox.
+    annotations: { readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: false, title: 'Pause a sandbox' },
+  }, async ({ sandboxId: id }) => structured('POST', `/v1/sandboxes/${enc(id)}/pause`, undefined, (json) => json as Json));
+
+  server.registerTool('resume_sandbox', {
+    description: 'Resume a paused sandbox with its processes, files and memory as they were (same name, a new sandboxId).',
+    inputSchema: { sandboxId: sandboxId.describe('the paused sandbox\'s name (or the id it had)'), timeoutSec: z.number().int().optional().describe('remove it after this many seconds (default 300)') },
+    outputSchema: Sandbox,
+    annotations: { ...ADDITIVE, title: 'Resume a paused sandbox' },
+  }, async ({ sandboxId: id, timeoutSec }) => structured('POST', `/v1/sandboxes/${enc(id)}/resume`, stripUndefined({ timeoutSec }), (json) => json as Json));
 
   // ---- commands ----------------------------------------------------------------------------
 

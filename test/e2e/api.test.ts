@@ -186,7 +186,19 @@ describe('shoal serve', { timeout: 1_200_000 }, () => {
     // Removal kills the supervisor first and then cleans up and drops the record, so the CLI can
     // list it as dead for a moment after the API stopped calling it running (CI saw that once).
     await waitUntil('the expired child to be gone for the CLI too', 30_000, async () => (await cli.vm(kids[2]!.info.name)) === undefined);
-    await kids[0]!.kill();
+    // Pause and resume (a child, so the suite's sandbox keeps its id): the VM goes, the sandbox
+    // is listed as paused, and it comes back with its files and its running process (one of its
+    // own session: processes tied to an API exec stream end with it at the restore).
+    await kids[0]!.commands.run('setsid sleep 4242 </dev/null >/dev/null 2>&1 &');
+    await kids[0]!.pause();
+    assert.equal(kids[0]!.info.state, 'paused');
+    assert.equal(await cli.vm(kids[0]!.info.name), undefined, 'no VM while paused');
+    assert.deepEqual((await shoal.sandboxes.list({ metadata: { role: 'child' } })).map((s) => s.state).sort(), ['paused', 'running']);
+    const resumed = await kids[0]!.resume();
+    assert.deepEqual([resumed.info.name, resumed.info.state], [kids[0]!.info.name, 'running']);
+    assert.equal((await resumed.commands.run('cat /shared/own.txt')).stdout, 'child 0\n');
+    assert.match((await resumed.commands.run('ps')).stdout, /sleep 4242/);
+    await resumed.kill();
     await kids[1]!.kill();
   });
 

@@ -35,7 +35,7 @@ const text = (result: unknown): string => ((result as { content: Array<{ text: s
 
 it('lists the tools, each with an output schema and annotations', async () => {
   const { tools } = await client.listTools();
-  assert.deepEqual(tools.map((t) => t.name).sort(), ['create_sandbox', 'delete_snapshot', 'fork_sandbox', 'kill_process', 'list_files', 'list_processes', 'list_sandboxes', 'list_snapshots', 'logs', 'read_file', 'remove_sandbox', 'run_command', 'snapshot_sandbox', 'start_command', 'write_file']);
+  assert.deepEqual(tools.map((t) => t.name).sort(), ['create_sandbox', 'delete_snapshot', 'fork_sandbox', 'kill_process', 'list_files', 'list_processes', 'list_sandboxes', 'list_snapshots', 'logs', 'pause_sandbox', 'read_file', 'remove_sandbox', 'resume_sandbox', 'run_command', 'snapshot_sandbox', 'start_command', 'write_file']);
   for (const tool of tools) {
     assert.ok(tool.description && tool.description.length > 10);
     assert.equal(tool.outputSchema?.type, 'object', `${tool.name} has an output schema`);
@@ -89,6 +89,20 @@ it('background commands: start, list, kill; snapshots: create, list, delete; log
   assert.equal(logs.isError, undefined);
   assert.equal(typeof (logs.structuredContent as { logs: string }).logs, 'string');
   await client.callTool({ name: 'remove_sandbox', arguments: { sandboxId: created.sandboxId } });
+});
+
+it('pause_sandbox and resume_sandbox: paused in the list, refused by other tools, resumed under its name', async () => {
+  const created = (await client.callTool({ name: 'create_sandbox', arguments: { image: 'busybox', metadata: { who: 'mcp-pause' } } })).structuredContent as { sandboxId: string; name: string };
+  const paused = await client.callTool({ name: 'pause_sandbox', arguments: { sandboxId: created.sandboxId } });
+  assert.equal((paused.structuredContent as { state: string }).state, 'paused');
+  const listed = (await client.callTool({ name: 'list_sandboxes', arguments: { metadata: { who: 'mcp-pause' } } })).structuredContent as { sandboxes: Array<{ state: string }> };
+  assert.deepEqual(listed.sandboxes.map((x) => x.state), ['paused']);
+  const refused = await client.callTool({ name: 'run_command', arguments: { sandboxId: created.sandboxId, cmd: 'true' } });
+  assert.equal(refused.isError, true);
+  assert.match(text(refused), /paused: resume it first/);
+  const resumed = (await client.callTool({ name: 'resume_sandbox', arguments: { sandboxId: created.name, timeoutSec: 60 } })).structuredContent as { sandboxId: string; name: string; state: string };
+  assert.deepEqual([resumed.name, resumed.state], [created.name, 'running']);
+  await client.callTool({ name: 'remove_sandbox', arguments: { sandboxId: resumed.sandboxId } });
 });
 
 it('long outputs keep their head and tail, with a line saying how many bytes were cut', async () => {
