@@ -15,7 +15,7 @@ import type { Core, VmView } from './core';
 import { readE2bFacts } from './e2b/sandbox-facts';
 import { ApiError } from './errors';
 import { readFacts, writeFacts } from './facts';
-import { RecordDir } from '../state/record-dir';
+import { field, RecordDir } from '../state/record-dir';
 import { KeyedLock } from '../util/keyed-lock';
 
 export interface PausedSandbox {
@@ -124,22 +124,16 @@ function parsePaused(raw: string, name: string): PausedSandbox | undefined {
     return undefined;
   }
   if (!v || typeof v !== 'object' || v.name !== name || typeof v.snapshotTag !== 'string' || v.snapshotTag !== `${PAUSED_TAG_PREFIX}${name}`) return undefined;
-  const metadata: Record<string, string> = {};
-  if (v.metadata && typeof v.metadata === 'object') {
-    for (const [k, value] of Object.entries(v.metadata)) if (typeof value === 'string') metadata[k] = value;
-  }
-  const int = (n: unknown, fallback: number): number => (typeof n === 'number' && Number.isInteger(n) && n > 0 ? n : fallback);
-  const date = (s: unknown): string => (typeof s === 'string' && !Number.isNaN(Date.parse(s)) ? s : new Date(0).toISOString());
   return {
     name,
     sandboxId: typeof v.sandboxId === 'string' ? v.sandboxId : name,
     snapshotTag: v.snapshotTag,
     image: typeof v.image === 'string' ? v.image : '',
-    cpus: int(v.cpus, 1),
-    memoryMiB: int(v.memoryMiB, 512),
-    createdAt: date(v.createdAt),
-    pausedAt: date(v.pausedAt),
-    metadata,
-    parentId: typeof v.parentId === 'string' ? v.parentId : null,
+    cpus: field.positiveInt(v.cpus, 1),
+    memoryMiB: field.positiveInt(v.memoryMiB, 512),
+    createdAt: field.date(v.createdAt),
+    pausedAt: field.date(v.pausedAt),
+    metadata: field.stringMap(v.metadata),
+    parentId: field.stringOrNull(v.parentId),
   };
 }

@@ -75,3 +75,23 @@ export class RecordDir<T> {
     if (file) fs.rmSync(file, { force: true });
   }
 }
+
+/** A record's fields, checked one by one by the parsers RecordDir is given. */
+export const field = {
+  /** The string values of an object (others dropped); {} for anything else. */
+  stringMap(value: unknown): Record<string, string> {
+    const out: Record<string, string> = {};
+    if (value && typeof value === 'object') for (const [k, v] of Object.entries(value)) if (typeof v === 'string') out[k] = v;
+    return out;
+  },
+  positiveInt(value: unknown, fallback: number): number {
+    return typeof value === 'number' && Number.isInteger(value) && value > 0 ? value : fallback;
+  },
+  /** An ISO date as given, or the epoch for anything that is not a date. */
+  date(value: unknown): string {
+    return typeof value === 'string' && !Number.isNaN(Date.parse(value)) ? value : new Date(0).toISOString();
+  },
+  stringOrNull(value: unknown): string | null {
+    return typeof value === 'string' ? value : null;
+  },
+};

@@ -6,7 +6,7 @@
  */
 import path from 'node:path';
 import { e2bFactsFrom, type E2bFacts } from './sandbox-facts';
-import { RecordDir } from '../../state/record-dir';
+import { field, RecordDir } from '../../state/record-dir';
 
 export interface PausedSandbox {
   facts: E2bFacts;
@@ -56,20 +56,14 @@ function parsePaused(raw: string, sandboxId: string): PausedSandbox | undefined 
   if (!v || typeof v !== 'object' || typeof v.snapshotTag !== 'string') return undefined;
   const facts = e2bFactsFrom(v.facts);
   if (!facts || facts.sandboxId !== sandboxId) return undefined;
-  const metadata: Record<string, string> = {};
-  if (v.metadata && typeof v.metadata === 'object') {
-    for (const [k, value] of Object.entries(v.metadata)) if (typeof value === 'string') metadata[k] = value;
-  }
-  const int = (n: unknown, fallback: number): number => (typeof n === 'number' && Number.isInteger(n) && n > 0 ? n : fallback);
-  const date = (s: unknown): string => (typeof s === 'string' && !Number.isNaN(Date.parse(s)) ? s : new Date(0).toISOString());
   return {
     facts,
-    metadata,
+    metadata: field.stringMap(v.metadata),
     snapshotTag: v.snapshotTag,
-    cpus: int(v.cpus, 1),
-    memoryMiB: int(v.memoryMiB, 512),
-    startedAt: date(v.startedAt),
-    pausedAt: date(v.pausedAt),
-    parentId: typeof v.parentId === 'string' ? v.parentId : null,
+    cpus: field.positiveInt(v.cpus, 1),
+    memoryMiB: field.positiveInt(v.memoryMiB, 512),
+    startedAt: field.date(v.startedAt),
+    pausedAt: field.date(v.pausedAt),
+    parentId: field.stringOrNull(v.parentId),
   };
 }
