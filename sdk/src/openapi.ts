@@ -278,7 +278,11 @@ export interface paths {
                 };
                 cookie?: never;
             };
-            requestBody?: never;
+            requestBody: {
+                content: {
+                    "application/json": components["schemas"]["Pause"];
+                };
+            };
             responses: {
                 /** @description Default Response */
                 200: {
@@ -1509,6 +1513,8 @@ export interface components {
         SetTimeout: {
             timeoutSec: number;
         };
+        /** @description No fields: the body may be empty or absent. */
+        Pause: Record<string, never>;
         Resume: {
             timeoutSec?: number;
         };

@@ -55,6 +55,7 @@ export const Sandbox = Type.Object(
 export type Sandbox = Static<typeof Sandbox>;
 
 export const SetTimeout = Type.Object({ timeoutSec: TimeoutSec }, { ...strict, $id: 'SetTimeout' });
+export const Pause = Type.Object({}, { ...strict, $id: 'Pause', description: 'No fields: the body may be empty or absent.' });
 export const Resume = Type.Object({ timeoutSec: Type.Optional(TimeoutSec) }, { ...strict, $id: 'Resume' });
 
 export const Exec = Type.Object(
@@ -140,6 +141,6 @@ export const ForkEntry = Type.Union(
 export const Health = Type.Object({ status: Type.Literal('ok'), version: Type.String() }, { ...strict, $id: 'Health' });
 
 /** Every named schema, registered once with fastify so routes and the OpenAPI document share them. */
-export const NAMED_SCHEMAS: TSchema[] = [ErrorReply, CreateSandbox, Sandbox, SetTimeout, Resume, Exec, ExecResult, ProcessInfo, Signal, PathBody, RenameBody, FileEntry, SnapshotCreate, SnapshotCreated, SnapshotInfo, Fork, ForkEntry, Health];
+export const NAMED_SCHEMAS: TSchema[] = [ErrorReply, CreateSandbox, Sandbox, SetTimeout, Pause, Resume, Exec, ExecResult, ProcessInfo, Signal, PathBody, RenameBody, FileEntry, SnapshotCreate, SnapshotCreated, SnapshotInfo, Fork, ForkEntry, Health];
 
 export const ref = (schema: TSchema): TSchema => Type.Ref(schema.$id!);

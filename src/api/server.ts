@@ -32,6 +32,11 @@ import { isEnvdUrl, registerEnvd } from './e2b/envd/plugin';
 
 export const API_VERSION = '0.1.0';
 
+/** For routes whose body is all optional: no body at all (curl -X POST) is the empty object. */
+async function emptyBodyAsObject(request: FastifyRequest): Promise<void> {
+  if (request.body === undefined || request.body === null) request.body = {};
+}
+
 export interface ServerOptions {
   token: string;
   /** Largest JSON body (bytes). */
@@ -344,8 +349,10 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
     schema: {
       description: 'Pauses a running sandbox: a memory + disk snapshot, then its VM goes (no RAM, no CPU held). It keeps its name, metadata and parent; it does not expire while paused. E2B\'s sandboxes pause through /e2b. Answers the sandbox, state `paused`.',
       params: IdParams,
+      body: Type.Optional(S.ref(S.Pause)),
       response: { 200: S.ref(S.Sandbox), ...errors },
     },
+    preValidation: emptyBodyAsObject,
   }, async (request) => {
     const vm = vmOf((request.params as { id: string }).id);
     processes.forget(vm.id);
@@ -359,6 +366,7 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
       body: Type.Optional(S.ref(S.Resume)),
       response: { 200: S.ref(S.Sandbox), ...errors },
     },
+    preValidation: emptyBodyAsObject,
   }, async (request) => {
     const id = (request.params as { id: string }).id;
     const running = core.find(id);
