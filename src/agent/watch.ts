@@ -5,18 +5,22 @@
  * fs.watch per directory, added for directories made later too, at most `maxDirs` of them.
  *
  * fs.watch names only 'rename' (IN_CREATE, IN_DELETE, IN_MOVED_FROM, IN_MOVED_TO) and 'change'
- * (IN_MODIFY, IN_ATTRIB); an lstat after the event tells the ops apart:
- *   'rename', the name is there  -> create   (fsnotify: Create, for IN_CREATE and IN_MOVED_TO)
- *   'rename', the name is gone   -> remove   (fsnotify says Rename for IN_MOVED_FROM; the two
- *                                             cannot be told apart here, so a rename away is a
- *                                             remove, and a rename inside the watched tree is a
- *                                             remove of the old name and a create of the new)
- *   'change', ctime == mtime     -> write    (a write sets both to the same instant)
- *   'change', ctime != mtime     -> chmod    (chmod/chown/xattr move only ctime)
- *   'change', the name is gone   -> nothing  (its remove follows)
- * The lstat sees the name as it is when the event is handled, not when it happened, so a name
- * made and removed at once may show as remove twice (never as nothing), and a write followed
- * at once by a chmod as chmod twice. A directory made under a recursive watch is watched, then
+ * (IN_MODIFY, IN_ATTRIB); an lstat after the event, and the names known to be in the watched
+ * directories (read when each is watched, kept up to date by the events), tell the ops apart:
+ *   'rename', the name is there          -> create  (fsnotify: Create, for IN_CREATE, IN_MOVED_TO)
+ *   'rename', gone, and it was known     -> remove  (fsnotify says Rename for IN_MOVED_FROM; the
+ *                                                    two cannot be told apart here, so a rename
+ *                                                    away is a remove, and a rename inside the
+ *                                                    watched tree a remove and a create)
+ *   'rename', gone, and it was not known -> create  (it came and went before the lstat: its
+ *                                                    removal's own event follows, as remove)
+ *   'change', ctime == mtime             -> write   (a write sets both to the same instant)
+ *   'change', ctime != mtime             -> chmod   (chmod/chown/xattr move only ctime)
+ *   'change', the name is gone           -> nothing (its remove follows)
+ * The lstat sees the name as it is when the event is handled, not when it happened: a name
+ * removed and made again at once shows as create twice, a write followed at once by a chmod as
+ * chmod twice. At most `maxKnown` names are remembered per watch; past that a name that is gone
+ * is a remove. A directory made under a recursive watch is watched, then
  * read: what was made in it before its watch began is reported as create (perhaps twice).
  * The temp files of the agent's own writes (`.NAME.shoal-HEX`, src/agent/files.ts) are left out,
  * as envd, which writes in place, has none.
@@ -48,9 +52,11 @@ export interface WatchLimits {
   maxDirs: number;
   maxQueued: number;
   flushMs: number;
+  /** Most names remembered (as being in the watched directories) per watch. */
+  maxKnown: number;
 }
 
-export const DEFAULT_WATCH_LIMITS: WatchLimits = { maxDirs: WATCH_MAX_DIRS, maxQueued: 4096, flushMs: 20 };
+export const DEFAULT_WATCH_LIMITS: WatchLimits = { maxDirs: WATCH_MAX_DIRS, maxQueued: 4096, flushMs: 20, maxKnown: 50_000 };
 
 const AGENT_TEMP = /^\..+\.shoal-[0-9a-f]{12}$/;
 
@@ -62,6 +68,8 @@ interface Watched {
 export class DirectoryWatch {
   /** rel dir ('' for the watched one) -> its fs.watch. */
   private readonly dirs = new Map<string, Watched>();
+  /** Names (relative) known to be in the watched directories: what a 'rename' of a gone name was. */
+  private readonly known = new Set<string>();
   private raw: Array<{ dir: string; kind: string; name: string }> = [];
   private out: WatchEvent[] = [];
   private dropped = 0;
@@ -110,6 +118,7 @@ export class DirectoryWatch {
     this.dirs.clear();
     this.raw = [];
     this.out = [];
+    this.known.clear();
   }
 
   private starting = false;
@@ -158,7 +167,9 @@ export class DirectoryWatch {
       for (const e of entries) {
         if (this.closed) return;
         const name = dir === '' ? e.name : `${dir}/${e.name}`;
-        if (announce && !AGENT_TEMP.test(e.name)) await this.emitWithEntry(name, 'create');
+        if (AGENT_TEMP.test(e.name)) continue;
+        this.remember(name);
+        if (announce) await this.emitWithEntry(name, 'create');
         if (this.recursive && e.isDirectory()) queue.push(name);
       }
     }
@@ -176,6 +187,11 @@ export class DirectoryWatch {
         this.dirs.delete(rel);
       }
     }
+    for (const name of this.known) if (name.startsWith(`${dir}/`)) this.known.delete(name);
+  }
+
+  private remember(name: string): void {
+    if (this.known.size < this.limits.maxKnown) this.known.add(name);
   }
 
   private onRaw(dir: string, kind: string, name: string | Buffer | null): void {
@@ -223,11 +239,17 @@ export class DirectoryWatch {
     if (AGENT_TEMP.test(base)) return;
     if (kind === 'rename') {
       if (st) {
+        this.remember(name);
         this.emit({ name, op: 'create', entry: this.entryOf(name, st) });
         if (this.recursive && st.isDirectory() && !this.dirs.has(name)) await this.addTree(name, true);
-      } else {
+      } else if (this.known.has(name) || this.known.size >= this.limits.maxKnown) {
+        this.known.delete(name);
         this.emit({ name, op: 'remove' });
         if (this.dirs.has(name)) this.dropDir(name);
+      } else {
+        // Made and gone before this lstat: its appearance now, its removal with its own event.
+        this.remember(name);
+        this.emit({ name, op: 'create' });
       }
       return;
     }

@@ -116,8 +116,10 @@ describe('envd on a real VM (e2b SDK)', { timeout: 600_000 }, () => {
       assert.equal(await sbx.files.exists('/data/d1'), false);
       const seen = (await sbx.commands.run('cat /data/b.txt /data/sub/c.txt')).stdout;
       assert.equal(seen, 'bc');
+      // Made and removed by the container within microseconds: only inotify can see it (no poll could).
+      await sbx.commands.run('mkdir /data/e1 && rmdir /data/e1');
       await waitUntil('watch events', 15_000, () => has('a.txt', FilesystemEventType.CREATE) && has('a.txt', FilesystemEventType.REMOVE, FilesystemEventType.RENAME) &&
-        has('d1', FilesystemEventType.CREATE) && has('d1', FilesystemEventType.REMOVE))
+        has('d1', FilesystemEventType.CREATE) && has('d1', FilesystemEventType.REMOVE) && has('e1', FilesystemEventType.CREATE) && has('e1', FilesystemEventType.REMOVE))
         .catch((err: Error) => { throw new Error(`${err.message}: ${JSON.stringify(events)}, exit ${String(exit)}`); });
       assert.ok(!events.some((e) => e.name.includes('.shoal-')), 'the agent\'s temp files are not reported');
       // Recursive: a file in a directory made after the watch began (sub, made by the write).

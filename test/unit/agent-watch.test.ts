@@ -37,7 +37,7 @@ async function watched(recursive: boolean, limits?: Partial<WatchLimits>, setup?
     events: (e) => void events.push(...e),
     overflow: (n) => void overflows.push(n),
     fail: (code, message) => void failures.push({ code, message }),
-  }, { maxDirs: 1024, maxQueued: 4096, flushMs: 10, ...limits });
+  }, { maxDirs: 1024, maxQueued: 4096, flushMs: 10, maxKnown: 50_000, ...limits });
   return { dir, events, overflows, failures, watch, has: (name: string, op: string) => events.some((e) => e.name === name && e.op === op) };
 }
 
@@ -79,8 +79,14 @@ describe('the agent watch module (inotify on a temp dir)', () => {
       fs.writeFileSync(path.join(w.dir, 'brief'), 'x');
       fs.renameSync(path.join(w.dir, 'brief'), path.join(w.dir, 'gone'));
       fs.rmSync(path.join(w.dir, 'gone'));
-      await until('brief and gone both reported', () => w.events.some((e) => e.name === 'brief') && w.events.some((e) => e.name === 'gone'));
-      assert.ok(w.has('brief', 'remove'), JSON.stringify(w.events));
+      fs.mkdirSync(path.join(w.dir, 'e1'));
+      fs.rmdirSync(path.join(w.dir, 'e1'));
+      await until('brief, gone and e1 created and removed', () => ['brief', 'gone', 'e1'].every((n) => w.has(n, 'create') && w.has(n, 'remove')))
+        .catch((err: Error) => { throw new Error(`${err.message}: ${JSON.stringify(w.events)}`); });
+      for (const n of ['brief', 'gone', 'e1']) {
+        const ops = w.events.filter((e) => e.name === n).map((e) => e.op);
+        assert.ok(ops.indexOf('create') < ops.lastIndexOf('remove'), `${n}: ${ops.join(',')}`);
+      }
     } finally {
       w.watch.close();
     }
@@ -120,6 +126,24 @@ describe('the agent watch module (inotify on a temp dir)', () => {
     await until('the watch ends', () => growing.failures.length > 0);
     assert.equal(growing.failures[0]!.code, 'EMFILE');
     assert.equal(growing.watch.watchedDirs, 0);
+  });
+
+  it('a file that was there before the watch began is a remove when it goes, not a create', async () => {
+    const w = await watched(true, {}, (dir) => {
+      fs.mkdirSync(path.join(dir, 'sub'));
+      fs.writeFileSync(path.join(dir, 'old.txt'), 'x');
+      fs.writeFileSync(path.join(dir, 'sub', 'old2.txt'), 'x');
+    });
+    await w.watch.start();
+    try {
+      fs.rmSync(path.join(w.dir, 'old.txt'));
+      fs.rmSync(path.join(w.dir, 'sub', 'old2.txt'));
+      await until('removes', () => w.has('old.txt', 'remove') && w.has('sub/old2.txt', 'remove'));
+      await sleep(50);
+      assert.ok(!w.has('old.txt', 'create') && !w.has('sub/old2.txt', 'create'), JSON.stringify(w.events));
+    } finally {
+      w.watch.close();
+    }
   });
 
   it('the watched directory removed: the watch ends with ENOENT', async () => {
