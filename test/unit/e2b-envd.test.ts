@@ -169,6 +169,35 @@ describe('envd filesystem service and /files', { timeout: 60_000 }, () => {
     }
   });
 
+  it('watchDir whose events were dropped (by the guest or over the rate): the stream ends with an error, not silently', async () => {
+    await sbx.files.makeDir('/dropped');
+    const files = core.files as { watch: typeof core.files.watch };
+    const real = files.watch;
+    let closed = false;
+    files.watch = async (_id, _p, _recursive, handlers) => {
+      setTimeout(() => {
+        handlers.onEvents([{ name: 'a', op: 'create' }]);
+        handlers.onOverflow(42);
+      }, 50);
+      return { dirs: 1, close: () => { closed = true; } };
+    };
+    try {
+      const events: FilesystemEvent[] = [];
+      let exit: unknown;
+      const handle = await sbx.files.watchDir('/dropped', (e) => void events.push(e), { onExit: (err) => { exit = err ?? 'ended'; } });
+      try {
+        await until(() => exit !== undefined);
+        assert.match(String(exit), /42 watch events were dropped/);
+        assert.deepEqual(events.map((e) => e.name), ['a']);
+        assert.ok(closed, 'the guest watch is closed');
+      } finally {
+        await handle.stop();
+      }
+    } finally {
+      files.watch = real;
+    }
+  });
+
   it('watchDir on an agent without watching (a refusal as an older agent answers it): the polling fallback', async () => {
     core.watchUnsupported = true;
     try {
