@@ -158,19 +158,30 @@ export class DirectoryWatch {
       }
       watcher.on('error', () => this.dropDir(dir));
       this.dirs.set(dir, { watcher, ino });
-      let entries: fs.Dirent[];
+      // Streamed (opendir), so a directory of a million names is never all in memory at once.
+      let entries: fs.Dir;
       try {
-        entries = await fs.promises.readdir(hostPath, { withFileTypes: true });
+        entries = await fs.promises.opendir(hostPath);
       } catch {
         continue;
       }
-      for (const e of entries) {
-        if (this.closed) return;
-        const name = dir === '' ? e.name : `${dir}/${e.name}`;
-        if (AGENT_TEMP.test(e.name)) continue;
-        this.remember(name);
-        if (announce) await this.emitWithEntry(name, 'create');
-        if (this.recursive && e.isDirectory()) queue.push(name);
+      try {
+        for await (const e of entries) {
+          if (this.closed) return;
+          const name = dir === '' ? e.name : `${dir}/${e.name}`;
+          if (AGENT_TEMP.test(e.name)) continue;
+          this.remember(name);
+          if (announce) await this.emitWithEntry(name, 'create');
+          if (this.recursive && e.isDirectory()) {
+            if (queue.length + this.dirs.size >= this.limits.maxDirs) {
+              this.fail('EMFILE', `${this.containerDir} has more than ${this.limits.maxDirs} directories to watch`);
+              return;
+            }
+            queue.push(name);
+          }
+        }
+      } catch {
+        // gone while it was read: its parent reports its remove
       }
     }
   }
