@@ -160,7 +160,10 @@ describe('envd filesystem service and /files', { timeout: 60_000 }, () => {
       await until(() => has(events, 'new.txt', FilesystemEventType.CREATE) && has(events, 'new.txt', FilesystemEventType.REMOVE) &&
         has(events, 'd1', FilesystemEventType.CREATE) && has(events, 'd1', FilesystemEventType.REMOVE))
         .catch((err: Error) => { throw new Error(`${err.message}: ${JSON.stringify(events)}`); });
-      await until(() => has(deep, 'd1/new.txt', FilesystemEventType.CREATE))
+      // Below: a file in a directory made after the watch began (one that stays: d1's whole life
+      // may pass before the agent's watch on it is in place, as with fsnotify).
+      await sbx.files.write('/watched/d2/x.txt', 'x');
+      await until(() => has(deep, 'd2/x.txt', FilesystemEventType.CREATE))
         .catch((err: Error) => { throw new Error(`${err.message}: ${JSON.stringify(deep)}`); });
       assert.ok(!events.some((e) => e.name.startsWith('d1/')), 'not recursive: nothing below d1');
     } finally {
