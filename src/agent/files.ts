@@ -14,6 +14,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { containerPathComponents, MAX_LIST_ENTRIES, type FileEntry, type FilesRequest } from '../protocol/files';
 import { STDIN, STDOUT, type Channel } from '../protocol/mux';
+import { serveWatch } from './watch';
 
 const MAX_SYMLINKS = 40;
 const READ_CHUNK = 64 * 1024;
@@ -95,6 +96,9 @@ async function serve(request: FilesRequest, channel: Channel): Promise<void> {
     case 'write':
       await writeFile(root, parsed.components, channel);
       return;
+    case 'watch':
+      await watchDirectory(root, parsed.components, request.recursive === true, channel);
+      return;
     default:
       throw new FilesError('EINVAL', `unknown files operation ${String((request as { op?: unknown }).op)}`);
   }
@@ -164,6 +168,12 @@ async function writeFile(root: string, components: string[], channel: Channel): 
       channel.close();
     });
   });
+}
+
+/** A watch (src/agent/watch.ts) of the directory, resolved in the container's root, on the channel. */
+async function watchDirectory(root: string, components: string[], recursive: boolean, channel: Channel): Promise<void> {
+  const target = await resolveInRoot(root, components, { followLast: true, createParents: false });
+  await serveWatch(target.hostPath, target.containerPath, recursive, channel);
 }
 
 async function exists(root: string, components: string[]): Promise<boolean> {

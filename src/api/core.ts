@@ -69,6 +69,7 @@ export class ShoalCore implements Core {
       mkdir: (id, p) => api(() => files.mkdir(id, p)),
       rename: (id, from, to) => api(() => files.rename(id, from, to)),
       remove: (id, p) => api(() => files.remove(id, p)),
+      watch: (id, p, recursive, handlers) => api(() => files.watch(id, p, recursive, handlers)),
     };
   }
 

@@ -33,7 +33,7 @@ export type ExecControlRequest = {
 export type SnapshotControlRequest = { kind: 'snapshot'; dir: string };
 
 /** A file operation in the main container, relayed to the agent (src/protocol/files.ts has the exchange). */
-export type FilesControlRequest = { kind: 'files'; op: FilesOp; path: string; to?: string };
+export type FilesControlRequest = { kind: 'files'; op: FilesOp; path: string; to?: string; recursive?: boolean };
 
 /** Graceful stop (the container gets SIGTERM through podman, then the VM powers off). */
 export type StopRequest = { kind: 'stop'; /** stop -t: seconds between SIGTERM and SIGKILL. */ timeoutSeconds?: number };
@@ -111,6 +111,8 @@ export function parseControlRequest(value: unknown): Parsed<ControlRequest> {
       if (value.to !== undefined && (!isString(value.to) || value.to.length > MAX_PATH_LENGTH)) return { ok: false, error: 'malformed files request: to must be a path' };
       const request: FilesControlRequest = { kind: 'files', op, path: value.path };
       if (isString(value.to)) request.to = value.to;
+      if (value.recursive !== undefined && typeof value.recursive !== 'boolean') return { ok: false, error: 'malformed files request: recursive must be a boolean' };
+      if (value.recursive === true) request.recursive = true;
       return { ok: true, value: request };
     }
     case 'stop':

@@ -7,6 +7,7 @@ import type { Readable } from 'node:stream';
 import { SupervisorClient } from '../control/client';
 import type { FilesControlRequest } from '../control/messages';
 import { entriesOf, entryOf, filesCall, readFromChannel, writeToChannel } from '../host/files-client';
+import { watchOnChannel, type WatchHandle, type WatchHandlers } from '../host/watch-client';
 import type { FileEntry } from '../protocol/files';
 import type { Channel } from '../protocol/mux';
 import type { StateStore } from '../state/store';
@@ -20,6 +21,12 @@ export interface FileOps {
   mkdir(id: string, path: string): Promise<boolean>;
   rename(id: string, from: string, to: string): Promise<FileEntry>;
   remove(id: string, path: string): Promise<void>;
+  /**
+   * Watches a directory with inotify in the guest until the handle is closed, the VM goes or the
+   * guest ends it (handlers.onEnd). An agent that cannot watch refuses with a FilesError that
+   * isWatchUnsupported (src/host/watch-client.ts) recognises.
+   */
+  watch(id: string, path: string, recursive: boolean, handlers: WatchHandlers): Promise<WatchHandle>;
 }
 
 /** A files channel on the VM's supervisor; the connection ends with the channel. */
@@ -64,5 +71,9 @@ export class AgentFiles implements FileOps {
 
   async remove(id: string, p: string): Promise<void> {
     await filesCall(await this.open(id, { op: 'remove', path: p }));
+  }
+
+  async watch(id: string, p: string, recursive: boolean, handlers: WatchHandlers): Promise<WatchHandle> {
+    return watchOnChannel(await this.open(id, { op: 'watch', path: p, ...(recursive ? { recursive: true } : {}) }), handlers);
   }
 }

@@ -555,6 +555,7 @@ export class Supervisor {
     }
     const agentRequest: FilesRequest = { kind: 'files', op: req.op, path: req.path };
     if (req.to !== undefined) agentRequest.to = req.to;
+    if (req.recursive === true) agentRequest.recursive = true;
     relayChannels(channel, this.agent.open({ ...agentRequest }));
   }
 }

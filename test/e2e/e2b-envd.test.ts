@@ -98,12 +98,13 @@ describe('envd on a real VM (e2b SDK)', { timeout: 600_000 }, () => {
     const events: FilesystemEvent[] = [];
     let exit: unknown;
     const watch = await sbx.files.watchDir('/data', (e) => void events.push(e), { onExit: (err) => { exit = err ?? 'ended'; } });
+    const deep: FilesystemEvent[] = [];
+    const recursive = await sbx.files.watchDir('/data', (e) => void deep.push(e), { recursive: true });
+    const has = (name: string, ...types: FilesystemEventType[]): boolean => events.some((e) => e.name === name && types.includes(e.type));
     try {
+      // inotify in the guest: nothing waits for the watcher between these operations.
       await sbx.files.write('/data/a.txt', 'hello');
       assert.equal(await sbx.files.read('/data/a.txt'), 'hello');
-      // The watcher polls: a.txt must be seen before it is renamed away, however slow the host is.
-      await waitUntil('a.txt created', 15_000, () => events.some((e) => e.name === 'a.txt' && e.type === FilesystemEventType.CREATE))
-        .catch((err: Error) => { throw new Error(`${err.message}: ${JSON.stringify(events)}, exit ${String(exit)}`); });
       await sbx.files.write([{ path: '/data/b.txt', data: 'b' }, { path: '/data/sub/c.txt', data: 'c' }]);
       assert.deepEqual((await sbx.files.list('/data')).map((e) => e.name).sort(), ['a.txt', 'b.txt', 'sub']);
       assert.deepEqual((await sbx.files.list('/data', { depth: 2 })).map((e) => e.path).sort(), ['/data/a.txt', '/data/b.txt', '/data/sub', '/data/sub/c.txt']);
@@ -115,10 +116,18 @@ describe('envd on a real VM (e2b SDK)', { timeout: 600_000 }, () => {
       assert.equal(await sbx.files.exists('/data/d1'), false);
       const seen = (await sbx.commands.run('cat /data/b.txt /data/sub/c.txt')).stdout;
       assert.equal(seen, 'bc');
-      // Polling: a.txt was seen, so its going is seen; d1 (made and removed at once) may fall between two polls.
-      await waitUntil('watch events', 15_000, () => events.some((e) => e.name === 'a.txt' && e.type === FilesystemEventType.REMOVE))
+      // Made and removed by the container within microseconds: only inotify can see it (no poll could).
+      await sbx.commands.run('mkdir /data/e1 && rmdir /data/e1');
+      await waitUntil('watch events', 15_000, () => has('a.txt', FilesystemEventType.CREATE) && has('a.txt', FilesystemEventType.REMOVE, FilesystemEventType.RENAME) &&
+        has('d1', FilesystemEventType.CREATE) && has('d1', FilesystemEventType.REMOVE) && has('e1', FilesystemEventType.CREATE) && has('e1', FilesystemEventType.REMOVE))
         .catch((err: Error) => { throw new Error(`${err.message}: ${JSON.stringify(events)}, exit ${String(exit)}`); });
+      assert.ok(!events.some((e) => e.name.includes('.shoal-')), 'the agent\'s temp files are not reported');
+      // Recursive: a file in a directory made after the watch began (sub, made by the write).
+      await waitUntil('sub/c.txt in the recursive watch', 15_000, () => deep.some((e) => e.name === 'sub/c.txt' && e.type === FilesystemEventType.CREATE))
+        .catch((err: Error) => { throw new Error(`${err.message}: ${JSON.stringify(deep)}`); });
+      assert.ok(!events.some((e) => e.name.startsWith('sub/')), 'the plain watch stays at its level');
     } finally {
+      await recursive.stop();
       await watch.stop();
     }
   });

@@ -13,6 +13,9 @@ import type { Core, ExecSpec, FileOps, LogRecord, OnProgress, ProcessEnd, Remote
 import { ApiError } from '../../src/api/errors';
 import { tempDir } from './temp-dir';
 import type { FileEntry } from '../../src/protocol/files';
+import { DirectoryWatch } from '../../src/agent/watch';
+import { FilesError } from '../../src/host/files-client';
+import type { WatchHandle, WatchHandlers } from '../../src/host/watch-client';
 
 export class FakeCore implements Core {
   readonly root = tempDir('shoal-fake-core-');
@@ -22,6 +25,8 @@ export class FakeCore implements Core {
   readonly files: FileOps;
   /** How long exec takes to start a process (a real one connects to a supervisor first). */
   execDelayMs = 0;
+  /** Watches refused as an older agent refuses them (the envd watcher then polls). */
+  watchUnsupported = false;
 
   constructor() {
     this.files = new LocalFiles(this);
@@ -205,6 +210,19 @@ class LocalFiles implements FileOps {
   async remove(id: string, p: string): Promise<void> {
     this.exists(id, p);
     fs.rmSync(this.host(id, p), { recursive: true });
+  }
+
+  /** The guest agent's own watch module, on the sandbox's directory (no channel in between). */
+  async watch(id: string, p: string, recursive: boolean, handlers: WatchHandlers): Promise<WatchHandle> {
+    if (this.core.watchUnsupported) throw new FilesError('EINVAL', 'unknown files operation watch');
+    this.exists(id, p);
+    const watch = new DirectoryWatch(this.host(id, p), p, recursive, {
+      events: (events) => handlers.onEvents(events),
+      overflow: (dropped) => handlers.onOverflow(dropped),
+      fail: (code, message) => handlers.onEnd(new FilesError(code, message)),
+    });
+    const dirs = await watch.start();
+    return { dirs, close: () => watch.close() };
   }
 }
 

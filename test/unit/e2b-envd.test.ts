@@ -145,15 +145,76 @@ describe('envd filesystem service and /files', { timeout: 60_000 }, () => {
     assert.equal(info2.type, 'file');
   });
 
-  it('watchDir reports a created file', async () => {
+  it('watchDir (inotify, the agent\'s watch module): create, rename away, a directory made and removed at once; recursive sees below', async () => {
     await sbx.files.makeDir('/watched');
     const events: FilesystemEvent[] = [];
     const handle = await sbx.files.watchDir('/watched', (e) => void events.push(e));
+    const deep: FilesystemEvent[] = [];
+    const recursive = await sbx.files.watchDir('/watched', (e) => void deep.push(e), { recursive: true });
     try {
       await sbx.files.write('/watched/new.txt', 'x');
-      await until(() => events.some((e) => e.name === 'new.txt' && e.type === FilesystemEventType.CREATE));
+      await sbx.files.makeDir('/watched/d1');
+      await sbx.files.rename('/watched/new.txt', '/watched/d1/new.txt');
+      await sbx.files.remove('/watched/d1');
+      const has = (list: FilesystemEvent[], name: string, type: FilesystemEventType): boolean => list.some((e) => e.name === name && e.type === type);
+      await until(() => has(events, 'new.txt', FilesystemEventType.CREATE) && has(events, 'new.txt', FilesystemEventType.REMOVE) &&
+        has(events, 'd1', FilesystemEventType.CREATE) && has(events, 'd1', FilesystemEventType.REMOVE))
+        .catch((err: Error) => { throw new Error(`${err.message}: ${JSON.stringify(events)}`); });
+      // Below: a file in a directory made after the watch began (one that stays: d1's whole life
+      // may pass before the agent's watch on it is in place, as with fsnotify).
+      await sbx.files.write('/watched/d2/x.txt', 'x');
+      await until(() => has(deep, 'd2/x.txt', FilesystemEventType.CREATE))
+        .catch((err: Error) => { throw new Error(`${err.message}: ${JSON.stringify(deep)}`); });
+      assert.ok(!events.some((e) => e.name.startsWith('d1/')), 'not recursive: nothing below d1');
     } finally {
       await handle.stop();
+      await recursive.stop();
+    }
+  });
+
+  it('watchDir whose events were dropped (by the guest or over the rate): the stream ends with an error, not silently', async () => {
+    await sbx.files.makeDir('/dropped');
+    const files = core.files as { watch: typeof core.files.watch };
+    const real = files.watch;
+    let closed = false;
+    files.watch = async (_id, _p, _recursive, handlers) => {
+      setTimeout(() => {
+        handlers.onEvents([{ name: 'a', op: 'create' }]);
+        handlers.onOverflow(42);
+      }, 50);
+      return { dirs: 1, close: () => { closed = true; } };
+    };
+    try {
+      const events: FilesystemEvent[] = [];
+      let exit: unknown;
+      const handle = await sbx.files.watchDir('/dropped', (e) => void events.push(e), { onExit: (err) => { exit = err ?? 'ended'; } });
+      try {
+        await until(() => exit !== undefined);
+        assert.match(String(exit), /42 watch events were dropped/);
+        assert.deepEqual(events.map((e) => e.name), ['a']);
+        assert.ok(closed, 'the guest watch is closed');
+      } finally {
+        await handle.stop();
+      }
+    } finally {
+      files.watch = real;
+    }
+  });
+
+  it('watchDir on an agent without watching (a refusal as an older agent answers it): the polling fallback', async () => {
+    core.watchUnsupported = true;
+    try {
+      await sbx.files.makeDir('/polled');
+      const events: FilesystemEvent[] = [];
+      const handle = await sbx.files.watchDir('/polled', (e) => void events.push(e));
+      try {
+        await sbx.files.write('/polled/new.txt', 'x');
+        await until(() => events.some((e) => e.name === 'new.txt' && e.type === FilesystemEventType.CREATE));
+      } finally {
+        await handle.stop();
+      }
+    } finally {
+      core.watchUnsupported = false;
     }
   });
 

@@ -24,6 +24,7 @@ const FILES: Record<string, Code> = {
   EACCES: Code.PermissionDenied,
   EPERM: Code.PermissionDenied,
   ENOSPC: Code.ResourceExhausted,
+  EMFILE: Code.ResourceExhausted,
   EOUTSIDE: Code.InvalidArgument,
   EINVAL: Code.InvalidArgument,
   ENOTDIR: Code.InvalidArgument,

@@ -39,6 +39,19 @@ export class EventQueue<T> {
     return undefined;
   }
 
+  /**
+   * Queues an event unless the queue is over its limits (then false, and nothing is queued):
+   * for producers that cannot wait (a watch's events), which drop and report instead.
+   */
+  offer(value: T, bytes = 0): boolean {
+    if (this.ended) return true;
+    if (this.bytes + bytes > this.limits.highBytes || this.items.length >= this.limits.maxEvents) return false;
+    this.items.push({ value, bytes });
+    this.bytes += bytes;
+    this.notify();
+    return true;
+  }
+
   /** No more events: the reader gets what is queued (then `last`, if given), then the end. */
   end(last?: T): void {
     if (this.ended) return;

@@ -7,8 +7,8 @@
  * server's root `/files` without the sandbox's name, so a signature names its sandbox itself (the
  * one whose token it verifies with). Errors are envd's `{code, message}` with its statuses.
  */
-import { Readable } from 'node:stream';
 import zlib from 'node:zlib';
+import Busboy, { type BusboyFileStream } from '@fastify/busboy';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Core } from '../../core';
 import { firstLine } from '../../errors';
@@ -20,11 +20,14 @@ import { parseUser } from './users';
 
 export interface FilesRouteOptions {
   core: Core;
-  /** Largest file one upload or download moves (bytes). */
+  /** Largest file one upload or download moves (bytes); for a multipart upload, each part. */
   maxFileBytes: number;
-  /** Largest multipart body (it is parsed in memory). */
-  maxMultipartBytes: number;
 }
+
+/** Most parts of one multipart upload (the SDK sends one `file` part per file written). */
+export const MAX_MULTIPART_FILES = 100;
+/** What the multipart parser holds of a part before its consumer (the guest write) takes it. */
+const MULTIPART_PART_BUFFER = 64 * 1024;
 
 interface FilesQuery {
   path?: string;
@@ -85,6 +88,92 @@ async function* capped(body: AsyncIterable<Buffer>, max: number): AsyncGenerator
   }
 }
 
+/**
+ * A multipart upload, each `file` part streamed to the guest as it arrives (@fastify/busboy): the
+ * parser holds at most MULTIPART_PART_BUFFER of a part and reads the request on only as the
+ * guest's write takes it, so nothing of the body piles up here however large. Each part is at most
+ * maxFileBytes (over it the part's write fails and the guest drops its temp file), at most
+ * MAX_MULTIPART_FILES parts. Resolves with the written paths, in the parts' order, once every
+ * write was confirmed; the first failure rejects (the rest of the body is then read and dropped).
+ */
+function uploadMultipart(request: FastifyRequest, type: string, sandbox: EnvdSandbox, query: FilesQuery, options: FilesRouteOptions): Promise<string[]> {
+  return new Promise((resolve, reject) => {
+    let failed = false;
+    const writes: Array<Promise<string>> = [];
+    const parser = Busboy({
+      headers: { ...request.headers, 'content-type': type },
+      preservePath: true, // the SDK names each part by its full path (busboy would keep only the base name)
+      highWaterMark: MULTIPART_PART_BUFFER,
+      fileHwm: MULTIPART_PART_BUFFER,
+      limits: { fileSize: options.maxFileBytes, files: MAX_MULTIPART_FILES, parts: 2 * MAX_MULTIPART_FILES, fields: MAX_MULTIPART_FILES, fieldSize: 64 * 1024, headerPairs: 64 },
+    });
+    let current: BusboyFileStream | undefined;
+    let finished = false;
+    const fail = (err: unknown): void => {
+      if (failed) return;
+      failed = true;
+      // The part in flight ends with the failure, so its write fails (the guest drops its temp
+      // file) instead of waiting for bytes that will not come.
+      if (current && !current.readableEnded) current.destroy(err instanceof Error ? err : new Error(String(err)));
+      request.raw.unpipe(parser);
+      request.raw.resume(); // the rest of the body is read and dropped, so the reply can go out
+      reject(err);
+    };
+    parser.on('file', (field: string, stream: BusboyFileStream, filename: string) => {
+      current = stream;
+      if (failed || field !== 'file') {
+        stream.resume();
+        return;
+      }
+      let path: string;
+      try {
+        path = containerPath(query.path ?? filename, 'path');
+      } catch (err) {
+        stream.resume();
+        fail(err);
+        return;
+      }
+      const write = options.core.files.write(sandbox.vm.id, path, partBody(stream, options.maxFileBytes), options.maxFileBytes).then(() => path);
+      write.catch((err: unknown) => {
+        stream.resume(); // a write that stopped reading must not stall the parser
+        fail(err);
+      });
+      writes.push(write);
+    });
+    parser.on('field', () => undefined);
+    parser.on('filesLimit', () => fail(new EnvdAuthError('bad_request', `a multipart upload has at most ${MAX_MULTIPART_FILES} files`)));
+    parser.on('partsLimit', () => fail(new EnvdAuthError('bad_request', `a multipart upload has at most ${2 * MAX_MULTIPART_FILES} parts`)));
+    parser.on('fieldsLimit', () => fail(new EnvdAuthError('bad_request', `a multipart upload has at most ${MAX_MULTIPART_FILES} fields`)));
+    parser.on('error', (err: Error) => fail(new EnvdAuthError('bad_request', `malformed multipart body: ${firstLine(err.message)}`)));
+    parser.on('finish', () => {
+      finished = true;
+      if (failed) return;
+      if (writes.length === 0) {
+        fail(new EnvdAuthError('bad_request', 'no "file" part in the form'));
+        return;
+      }
+      Promise.all(writes).then(resolve, fail);
+    });
+    request.raw.on('error', fail);
+    // A client gone mid-body ('error', or only 'close' without the body's end).
+    request.raw.on('close', () => {
+      if (!finished && !request.raw.complete) fail(new EnvdAuthError('bad_request', 'the client closed the upload before its end'));
+    });
+    request.raw.pipe(parser);
+  });
+}
+
+/** A part's bytes; a part cut at the size limit fails (busboy truncates it and says 'limit'). */
+async function* partBody(stream: BusboyFileStream, max: number): AsyncGenerator<Buffer> {
+  let over = false;
+  stream.on('limit', () => { over = true; });
+  for await (const chunk of stream) {
+    if (over) break;
+    yield chunk as Buffer;
+  }
+  if (over || stream.truncated) throw new EnvdAuthError('bad_request', `a file of the upload is larger than ${max} bytes`);
+}
+
 export function registerFilesRoutes(app: FastifyInstance, options: FilesRouteOptions): void {
   const { core } = options;
   // Upload bodies are read by the handler as streams (the multipart one with a size cap).
@@ -131,19 +220,7 @@ export function registerFilesRoutes(app: FastifyInstance, options: FilesRouteOpt
         await core.files.write(sandbox.vm.id, path, capped(body, options.maxFileBytes), options.maxFileBytes);
         record(path);
       } else if (type.startsWith('multipart/form-data')) {
-        const length = Number(header(request, 'content-length') ?? '0');
-        if (length > options.maxMultipartBytes) throw new EnvdAuthError('bad_request', `a multipart upload is at most ${options.maxMultipartBytes} bytes (send application/octet-stream for larger files)`);
-        // undici's multipart parser (Node's fetch Request), on a body capped as it streams in.
-        const capped$ = Readable.toWeb(Readable.from(capped(request.raw, options.maxMultipartBytes))) as ReadableStream<Uint8Array>;
-        const form = await new Request('http://envd/files', { method: 'POST', headers: { 'content-type': type }, body: capped$, duplex: 'half' } as RequestInit).formData();
-        const parts = form.getAll('file');
-        if (parts.length === 0) throw new EnvdAuthError('bad_request', 'no "file" part in the form');
-        for (const part of parts) {
-          if (typeof part === 'string') throw new EnvdAuthError('bad_request', 'a "file" part is not a file');
-          const path = containerPath(query.path ?? part.name, 'path');
-          await core.files.write(sandbox.vm.id, path, Readable.from(Buffer.from(await part.arrayBuffer())), options.maxFileBytes);
-          record(path);
-        }
+        for (const p of await uploadMultipart(request, type, sandbox, query, options)) record(p);
       } else {
         throw new EnvdAuthError('bad_request', 'send multipart/form-data or application/octet-stream');
       }

@@ -1,9 +1,11 @@
 /**
  * envd's `filesystem.Filesystem` service on core's file operations (done by the guest agent in
  * the container's file system): Stat, MakeDir (with parents; AlreadyExists if it is there, which
- * the SDK reads as `false`), Move, ListDir to a depth, Remove, and watching by polling
- * (watcher.ts): the WatchDir stream and the CreateWatcher / GetWatcherEvents / RemoveWatcher trio,
- * whose watchers are bounded per sandbox and in the events they keep.
+ * the SDK reads as `false`), Move, ListDir to a depth, Remove, and watching (watcher.ts: inotify
+ * in the guest, polling only for an agent without it): the WatchDir stream and the
+ * CreateWatcher / GetWatcherEvents / RemoveWatcher trio, whose watchers are bounded per sandbox
+ * and in the events they keep. Events a reader cannot take are dropped, never buffered without
+ * bound, and the drop ends the watch with ResourceExhausted, so no reader misses events untold.
  */
 import crypto from 'node:crypto';
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from '@connectrpc/connect';
@@ -15,7 +17,7 @@ import { EventQueue, keepaliveMsOf } from './event-queue';
 import { Filesystem, type FilesystemEventSchema } from './gen/filesystem/filesystem_pb';
 import { containerPath } from './paths';
 import { authenticate, requireRunning, type EnvdSandbox } from './sandbox-auth';
-import { DirectoryPoller, type WatchEvent } from './watcher';
+import { watchDirectory, type DirectoryWatch, type WatchEvent } from './watcher';
 
 export const WATCHER_LIMITS = { perSandbox: 16, keptEvents: 4096, idleMs: 10 * 60_000 };
 
@@ -27,7 +29,7 @@ function eventInit(e: WatchEvent, includeEntry: boolean): FsEventInit {
 
 interface Watcher {
   vmId: string;
-  poller: DirectoryPoller;
+  watch: DirectoryWatch | undefined;
   events: FsEventInit[];
   failure: ConnectError | undefined;
   lastPolled: number;
@@ -62,7 +64,7 @@ export class WatcherTable {
   }
 
   remove(id: string): void {
-    this.watchers.get(id)?.poller.stop();
+    this.watchers.get(id)?.watch?.stop();
     this.watchers.delete(id);
   }
 
@@ -123,31 +125,48 @@ export function filesystemService(core: Core, watchers: WatcherTable): ServiceIm
 
     async *watchDir(req, ctx) {
       const s = await guard(async () => sandboxOf(ctx));
+      const dir = await guard(async () => containerPath(req.path));
       const queue = new EventQueue<{ event: { case: 'start' | 'filesystem' | 'keepalive'; value: object } }>();
-      const poller = new DirectoryPoller(core, s.vm.id, await guard(async () => containerPath(req.path)), req.recursive,
-        (events) => { for (const e of events) void queue.push({ event: { case: 'filesystem', value: eventInit(e, req.includeEntry) } }); },
-        (err) => queue.fail(toConnectError(err)));
-      await guard(() => poller.start());
+      const overflow = (): void => queue.fail(new ConnectError('watch events were dropped: the reader fell behind', Code.ResourceExhausted));
+      const watch = await guard(() => watchDirectory(core, s.vm.id, dir, req.recursive,
+        (events) => {
+          for (const e of events) {
+            if (!queue.offer({ event: { case: 'filesystem', value: eventInit(e, req.includeEntry) } }, 64 + e.name.length)) {
+              overflow();
+              return;
+            }
+          }
+        },
+        (err) => queue.fail(toConnectError(err))));
       try {
         queue.push({ event: { case: 'start', value: {} } });
         yield* queue.events(ctx.signal, keepaliveMsOf(ctx.requestHeader.get('keepalive-ping-interval')), () => ({ event: { case: 'keepalive', value: {} } }));
       } finally {
-        poller.stop();
+        watch.stop();
       }
     },
 
     createWatcher: (req, ctx) => guard(async () => {
       const s = sandboxOf(ctx);
       if (watchers.count(s.vm.id) >= WATCHER_LIMITS.perSandbox) throw new ConnectError(`sandbox has ${WATCHER_LIMITS.perSandbox} watchers already`, Code.ResourceExhausted);
-      const watcher: Watcher = { vmId: s.vm.id, poller: undefined as unknown as DirectoryPoller, events: [], failure: undefined, lastPolled: Date.now() };
-      watcher.poller = new DirectoryPoller(core, s.vm.id, containerPath(req.path), req.recursive, (events) => {
+      const watcher: Watcher = { vmId: s.vm.id, watch: undefined, events: [], failure: undefined, lastPolled: Date.now() };
+      const fail = (err: ConnectError): void => {
+        if (watcher.failure) return;
+        watcher.failure = err;
+        watcher.watch?.stop();
+      };
+      watcher.watch = await watchDirectory(core, s.vm.id, containerPath(req.path), req.recursive, (events) => {
         for (const e of events) {
-          // Bounded: the oldest events go first when nobody collects them.
-          if (watcher.events.length >= WATCHER_LIMITS.keptEvents) watcher.events.shift();
+          if (watcher.failure) return;
+          // Bounded: events nobody collects are dropped, and the next collection is told.
+          if (watcher.events.length >= WATCHER_LIMITS.keptEvents) {
+            fail(new ConnectError(`more than ${WATCHER_LIMITS.keptEvents} watch events were not collected: events were dropped`, Code.ResourceExhausted));
+            return;
+          }
           watcher.events.push(eventInit(e, req.includeEntry));
         }
-      }, (err) => { watcher.failure = toConnectError(err); });
-      await watcher.poller.start();
+      }, (err) => fail(toConnectError(err)));
+      if (watcher.failure) watcher.watch.stop();
       return { watcherId: watchers.add(watcher) };
     }),
 
@@ -156,7 +175,8 @@ export function filesystemService(core: Core, watchers: WatcherTable): ServiceIm
       const w = watchers.get(req.watcherId, s.vm.id);
       if (!w) throw new ConnectError(`watcher ${req.watcherId.slice(0, 64)} not found`, Code.NotFound);
       w.lastPolled = Date.now();
-      if (w.failure) {
+      // What was kept before a failure is handed out first; the failure comes with the next call.
+      if (w.failure && w.events.length === 0) {
         watchers.remove(req.watcherId);
         throw w.failure;
       }

@@ -23,7 +23,6 @@ export const ENVD_PREFIX = '/e2b/envd';
 export interface EnvdOptions {
   core: Core;
   maxFileBytes: number;
-  maxMultipartBytes?: number;
   processLimits?: ProcessTableLimits;
 }
 
@@ -47,7 +46,7 @@ export async function registerEnvd(app: FastifyInstance, options: EnvdOptions): 
   const bash = new BashProbe(core);
   const root = new RootProbe(core);
   app.addHook('onClose', async () => watchers.close());
-  const files = { core, maxFileBytes: options.maxFileBytes, maxMultipartBytes: options.maxMultipartBytes ?? 64 * 1024 * 1024 };
+  const files = { core, maxFileBytes: options.maxFileBytes };
 
   await app.register(async (scope) => {
     hideFromOpenApi(scope);

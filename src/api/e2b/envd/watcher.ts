@@ -1,14 +1,21 @@
 /**
- * Directory watching for envd's WatchDir and CreateWatcher by polling: the guest agent has no
- * inotify path to the host, so every `intervalMs` the directory is listed (recursively if asked,
- * bounded by entries.ts' walk) and compared with the last listing: new paths are CREATE, gone
- * ones REMOVE, a changed size or mtime WRITE. A rename shows as REMOVE + CREATE; changes that
- * come and go between two polls are not seen. Event names are relative to the watched directory,
- * as envd's are.
+ * Directory watching for envd's WatchDir and CreateWatcher. The guest agent watches with inotify
+ * (core.files.watch: src/agent/watch.ts in the guest, src/host/watch-client.ts checking what it
+ * sends), so every create, write, remove, rename and chmod is seen, however short-lived.
+ *
+ * Fallback, only for a VM whose agent refuses the watch as an unknown operation (one restored
+ * from a snapshot an older agent made): polling. Every `intervalMs` the directory is listed
+ * (recursively if asked, bounded by entries.ts' walk) and compared with the last listing: new
+ * paths are CREATE, gone ones REMOVE, a changed size or mtime WRITE. A rename shows as REMOVE +
+ * CREATE; changes that come and go between two polls are not seen.
+ *
+ * Event names are relative to the watched directory, as envd's are.
  */
 import path from 'node:path';
+import { Code, ConnectError } from '@connectrpc/connect';
 import type { Core } from '../../core';
-import type { FileEntry } from '../../../protocol/files';
+import type { FileEntry, WatchOp } from '../../../protocol/files';
+import { isWatchUnsupported } from '../../../host/watch-client';
 import { walk } from './entries';
 import { EnvdAuthError } from './sandbox-auth';
 import { EventType } from './gen/filesystem/filesystem_pb';
@@ -23,6 +30,61 @@ export const WATCH_POLL_MS = 400;
 const RECURSIVE_DEPTH = 16;
 
 type Listing = Map<string, FileEntry>;
+
+const TYPES: Record<WatchOp, EventType> = {
+  create: EventType.CREATE,
+  write: EventType.WRITE,
+  remove: EventType.REMOVE,
+  rename: EventType.RENAME,
+  chmod: EventType.CHMOD,
+};
+
+export interface DirectoryWatch {
+  /** 'inotify': the guest's watch; 'poll': the fallback for an agent without one. */
+  readonly mode: 'inotify' | 'poll';
+  stop(): void;
+}
+
+/**
+ * Watches dir until stop(); onEvents hears the events, onError the end (the guest's error, the VM
+ * gone, or dropped events: the watch then stops, as envd's does on an fsnotify error, so a client
+ * never misses events without being told).
+ */
+export async function watchDirectory(
+  core: Core,
+  vmId: string,
+  dir: string,
+  recursive: boolean,
+  onEvents: (events: WatchEvent[]) => void,
+  onError: (err: unknown) => void,
+): Promise<DirectoryWatch> {
+  let stopped = false;
+  // Set once the guest watches; an overflow may come before (with the first batch).
+  let handle: { close(): void } | undefined;
+  const end = (err: unknown): void => {
+    if (stopped) return;
+    stopped = true;
+    handle?.close();
+    onError(err);
+  };
+  try {
+    handle = await core.files.watch(vmId, dir, recursive, {
+      onEvents: (events) => {
+        if (!stopped) onEvents(events.map((e) => ({ name: e.name, type: TYPES[e.op], entry: e.entry })));
+      },
+      onOverflow: (dropped) => end(new ConnectError(`${dropped} watch events were dropped (the directory changed faster than they could be delivered)`, Code.ResourceExhausted)),
+      onEnd: (err) => end(err),
+    });
+    if (stopped) handle.close();
+    const h = handle;
+    return { mode: 'inotify', stop: () => { stopped = true; h.close(); } };
+  } catch (err) {
+    if (!isWatchUnsupported(err)) throw err;
+  }
+  const poller = new DirectoryPoller(core, vmId, dir, recursive, onEvents, onError);
+  await poller.start();
+  return { mode: 'poll', stop: () => poller.stop() };
+}
 
 export class DirectoryPoller {
   private last: Listing | undefined;
