@@ -9,10 +9,9 @@ import { STDERR, STDIN, STDOUT, type Channel } from '../protocol/mux';
 import { terminalSizeOf } from '../protocol/messages';
 import { enterContainer, execPid, killExecProcess } from './container-exec';
 import { baseEnv } from './environment';
-import { keptTable, type KeptProcess } from './kept-processes';
+import { keptRefusal, keptTable, type KeptProcess } from './kept-processes';
 import { signalGroup } from './process-group';
 import { runTtyExec } from './tty-exec';
-import { KEPT_LIMITS, validKeptTag } from '../protocol/kept';
 
 export function runExec(request: ExecRequest, channel: Channel): void {
   if (!Array.isArray(request.argv) || request.argv.length === 0) {
@@ -112,13 +111,6 @@ export function runExec(request: ExecRequest, channel: Channel): void {
 }
 
 type ExitStatus = { code: number | null; signal: string | null };
-
-/** Why a kept exec cannot start (a bad tag, a full table), or undefined when it can. */
-export function keptRefusal(request: ExecRequest): string | undefined {
-  if (!validKeptTag(request.keep?.tag)) return 'exec: invalid keep tag';
-  if (keptTable.full) return `exec: the guest keeps ${KEPT_LIMITS.maxLive} running processes already`;
-  return undefined;
-}
 
 /**
  * A kept exec (src/agent/kept-processes.ts): in a session and process group of its own (signals

@@ -11,7 +11,7 @@
  * KEPT_LIMITS.maxEnded ended ones remembered, ring bytes per stream, chunks per ring.
  */
 import type { KeptProcessInfo } from '../protocol/kept';
-import { KEPT_LIMITS } from '../protocol/kept';
+import { KEPT_LIMITS, validKeptTag } from '../protocol/kept';
 import { terminalSizeOf } from '../protocol/messages';
 import { STDIN, type Channel } from '../protocol/mux';
 
@@ -202,7 +202,7 @@ export class KeptTable {
   private readonly processes = new Map<number, KeptProcess>();
   private nextId = 1;
 
-  constructor(private readonly limits: { maxLive: number; maxEnded: number; ringBytesPerStream: number } = KEPT_LIMITS) {}
+  constructor(readonly limits: { maxLive: number; maxEnded: number; ringBytesPerStream: number } = KEPT_LIMITS) {}
 
   /** Whether one more may start (the caller refuses the exec otherwise). */
   get full(): boolean {
@@ -234,6 +234,13 @@ export class KeptTable {
 
 /** The agent's one table (its memory is the VM's: a snapshot keeps it). */
 export const keptTable = new KeptTable();
+
+/** Why a kept exec cannot start (a bad tag, a full table), or undefined when it can. */
+export function keptRefusal(request: { keep?: { tag?: unknown } }, table: KeptTable = keptTable): string | undefined {
+  if (!validKeptTag(request.keep?.tag)) return 'exec: invalid keep tag';
+  if (table.full) return `exec: the guest keeps ${table.limits.maxLive} running processes already`;
+  return undefined;
+}
 
 /** `kept-list`: one result with every entry, then the channel closes. */
 export function listKept(channel: Channel, table: KeptTable = keptTable): void {

@@ -12,13 +12,12 @@ import { terminalSizeOf } from '../protocol/messages';
 import { STDIN, STDOUT, type Channel } from '../protocol/mux';
 import { enterContainer, execPid, killExecProcess, type DirectExec } from './container-exec';
 import { baseEnv } from './environment';
-import { keptTable } from './kept-processes';
+import { keptRefusal, keptTable } from './kept-processes';
 import { signalGroup } from './process-group';
-import { KEPT_LIMITS, validKeptTag } from '../protocol/kept';
 
 export function runTtyExec(request: ExecRequest, size: TerminalSize, channel: Channel): void {
   if (request.keep !== undefined) {
-    const refusal = !validKeptTag(request.keep.tag) ? 'exec: invalid keep tag' : keptTable.full ? `exec: the guest keeps ${KEPT_LIMITS.maxLive} running processes already` : undefined;
+    const refusal = keptRefusal(request);
     if (refusal !== undefined) {
       channel.send({ type: 'error', message: refusal });
       channel.close();

@@ -6,12 +6,13 @@
 import assert from 'node:assert/strict';
 import { Duplex, PassThrough } from 'node:stream';
 import { describe, it } from 'node:test';
-import { attachKept, KeptTable, OutputRing } from '../../src/agent/kept-processes';
+import { attachKept, keptRefusal, KeptTable, OutputRing } from '../../src/agent/kept-processes';
 import { parseControlRequest } from '../../src/control/messages';
 import { MAX_KEPT_LIST, parseKeptList, type KeptProcessInfo } from '../../src/protocol/kept';
 import { Mux, STDERR, STDOUT, type Channel } from '../../src/protocol/mux';
 import { nativeTag, parseNativeTag, ProcessTable } from '../../src/api/processes';
-import { envdTag, EnvdProcessTable, parseEnvdTag } from '../../src/api/e2b/envd/process-table';
+import { BACKLOG_BYTES, envdTag, EnvdProcess, EnvdProcessTable, parseEnvdTag, type OutputEvent } from '../../src/api/e2b/envd/process-table';
+import { DEFAULT_QUEUE_LIMITS } from '../../src/api/e2b/envd/event-queue';
 import type { ProcessEnd, RemoteProcess } from '../../src/core';
 
 function pipePair(): [Duplex, Duplex] {
@@ -79,6 +80,10 @@ describe('the agent\'s table of kept processes', () => {
     const a = table.add(101, 'a', false, false, controls);
     table.add(102, 'b', false, false, controls);
     assert.equal(table.full, true);
+    assert.match(keptRefusal({ keep: { tag: 'c' } }, table) ?? '', /keeps 2 running processes already/);
+    assert.equal(keptRefusal({ keep: { tag: 'x'.repeat(4097) } }, new KeptTable()), 'exec: invalid keep tag');
+    assert.equal(keptRefusal({ keep: { tag: 5 } }, new KeptTable()), 'exec: invalid keep tag');
+    assert.equal(keptRefusal({ keep: { tag: 'ok' } }, new KeptTable()), undefined);
     table.finished(a, { code: 0, signal: null });
     assert.equal(table.full, false);
     const ids: number[] = [];
@@ -179,12 +184,14 @@ describe('the host\'s parsers of what the guest keeps (hostile input)', () => {
   });
 });
 
-/** A RemoteProcess that stays running until `finish`. */
+/** A RemoteProcess that stays running until `finish`; `emit` is its output. */
 class IdleProcess implements RemoteProcess {
   private resolveDone!: (end: ProcessEnd) => void;
   readonly done = new Promise<ProcessEnd>((resolve) => { this.resolveDone = resolve; });
   closed = false;
-  onOutput(): void { /* no output */ }
+  private handler: (stream: 'stdout' | 'stderr', data: Buffer) => void | Promise<void> = () => undefined;
+  onOutput(handler: (stream: 'stdout' | 'stderr', data: Buffer) => void | Promise<void>): void { this.handler = handler; }
+  async emit(stream: 'stdout' | 'stderr', text: string | Buffer): Promise<void> { await this.handler(stream, Buffer.from(text)); }
   async writeStdin(): Promise<void> { /* none */ }
   endStdin(): void { /* none */ }
   signal(): void { /* none */ }
@@ -250,5 +257,34 @@ describe('the API tables adopt what the guest kept', () => {
     assert.equal(table.tagTaken('vm2', 'bg'), true);
     assert.equal(table.reserve('vm2'), 5001);
     table.release('vm2');
+  });
+
+  it('envd: an adopted process holds the replayed output (bounded per stream) for the next Connect', async () => {
+    const remote = new IdleProcess();
+    const p = new EnvdProcess(1000, undefined, { cmd: 'x', args: [], envs: {} }, false, false, remote, DEFAULT_QUEUE_LIMITS, true);
+    await remote.emit('stdout', 'replayed\n');
+    await remote.emit('stderr', Buffer.alloc(BACKLOG_BYTES + 10, 'e'));
+    for (let i = 0; i < 100; i++) await remote.emit('stdout', Buffer.alloc(1024, 'o'));
+    const queue = p.follow({ kind: 'start', pid: 1000 });
+    await remote.emit('stdout', 'live\n');
+    remote.finish({ exitCode: 0, signal: null });
+    await p.finished;
+    const events: OutputEvent[] = [];
+    for await (const e of queue.events(new AbortController().signal, 0, () => ({ kind: 'keepalive' }))) events.push(e);
+    assert.deepEqual(events[0], { kind: 'start', pid: 1000 });
+    const text = (stream: string): string => Buffer.concat(events.flatMap((e) => (e.kind === 'data' && e.stream === stream ? [e.data] : []))).toString();
+    assert.equal(text('stderr').length, BACKLOG_BYTES, 'a chunk beyond the bound keeps its tail');
+    assert.equal(text('stdout'), `${'o'.repeat(BACKLOG_BYTES)}live\n`, 'the oldest output went first');
+    assert.equal(events[events.length - 1]?.kind, 'end');
+    // A process this server started holds nothing while unfollowed (envd's behaviour).
+    const own = new IdleProcess();
+    const q = new EnvdProcess(1001, undefined, { cmd: 'x', args: [], envs: {} }, false, false, own, DEFAULT_QUEUE_LIMITS);
+    await own.emit('stdout', 'dropped');
+    const queue2 = q.follow({ kind: 'start', pid: 1001 });
+    own.finish({ error: 'the connection to the VM was lost', lost: true });
+    await q.finished;
+    const later: OutputEvent[] = [];
+    for await (const e of queue2.events(new AbortController().signal, 0, () => ({ kind: 'keepalive' }))) later.push(e);
+    assert.deepEqual(later, [{ kind: 'start', pid: 1001 }], 'no output, and no end event for a lost link');
   });
 });

@@ -127,8 +127,7 @@ export function processService({ core, table, bash, root }: ProcessServiceDeps):
 
   /** Streams a process's events until it ends, the client leaves, or (for Start) the deadline. */
   async function* stream(p: EnvdProcess, ctx: HandlerContext, first?: OutputEvent): AsyncGenerator<{ event: EventInit }> {
-    const queue = p.follow();
-    if (first) queue.push(first);
+    const queue = p.follow(first);
     try {
       for await (const e of queue.events(ctx.signal, keepaliveMsOf(ctx.requestHeader.get('keepalive-ping-interval')), () => ({ kind: 'keepalive' }))) {
         yield { event: eventInit(e) };

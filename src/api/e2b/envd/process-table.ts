@@ -28,6 +28,7 @@ export type OutputEvent =
 
 export class EnvdProcess {
   private readonly followers = new Set<EventQueue<OutputEvent>>();
+  private backlog: Backlog | undefined;
   stdinOpen: boolean;
   readonly finished: Promise<ProcessEnd>;
 
@@ -39,10 +40,18 @@ export class EnvdProcess {
     stdin: boolean,
     readonly remote: RemoteProcess,
     private readonly queueLimits: QueueLimits,
+    /**
+     * Adopted from the guest's kept processes (its recent output comes first on the link):
+     * output while no stream follows is held, its last BACKLOG_BYTES per stream, for the next
+     * Connect, so it replays what the guest kept.
+     */
+    adopted = false,
   ) {
     this.stdinOpen = stdin || pty;
+    if (adopted) this.backlog = new Backlog(BACKLOG_BYTES);
     remote.onOutput(async (stream, data) => {
       const event: OutputEvent = { kind: 'data', stream: pty ? 'pty' : stream, data };
+      if (this.followers.size === 0) this.backlog?.push(event, data);
       const waits = [...this.followers].map((q) => q.push(event, data.length)).filter((p): p is Promise<void> => p !== undefined);
       if (waits.length > 0) await Promise.all(waits);
     });
@@ -55,9 +64,11 @@ export class EnvdProcess {
     });
   }
 
-  /** A stream of this process's events from now on (Start's first event is its start). */
-  follow(): EventQueue<OutputEvent> {
+  /** A stream of this process's events from now on, `first` first (Start's and Connect's start), then any held backlog. */
+  follow(first?: OutputEvent): EventQueue<OutputEvent> {
     const queue = new EventQueue<OutputEvent>(this.queueLimits);
+    if (first) queue.push(first);
+    for (const event of this.backlog?.take() ?? []) queue.push(event, event.kind === 'data' ? event.data.length : 0);
     this.followers.add(queue);
     return queue;
   }
@@ -65,6 +76,38 @@ export class EnvdProcess {
   unfollow(queue: EventQueue<OutputEvent>): void {
     this.followers.delete(queue);
     queue.close();
+  }
+}
+
+/** What an adopted process holds per stream while no stream follows it (the agent's ring size). */
+export const BACKLOG_BYTES = 64 * 1024;
+
+/** Output events in order, at most `perStream` bytes of each stream (the oldest events go first). */
+export class Backlog {
+  private events: Array<{ event: OutputEvent; stream: string; bytes: number }> = [];
+  private readonly bytes = new Map<string, number>();
+
+  constructor(private readonly perStream: number) {}
+
+  push(whole: OutputEvent & { kind: 'data' }, data: Buffer): void {
+    // One chunk larger than the bound: its tail.
+    const event = data.length > this.perStream ? { ...whole, data: data.subarray(data.length - this.perStream) } : whole;
+    data = event.data;
+    this.events.push({ event, stream: event.stream, bytes: data.length });
+    this.bytes.set(event.stream, (this.bytes.get(event.stream) ?? 0) + data.length);
+    while ((this.bytes.get(event.stream) ?? 0) > this.perStream) {
+      const i = this.events.findIndex((e) => e.stream === event.stream);
+      const [old] = this.events.splice(i, 1);
+      this.bytes.set(event.stream, (this.bytes.get(event.stream) ?? 0) - old!.bytes);
+    }
+  }
+
+  /** Everything held, emptied. */
+  take(): OutputEvent[] {
+    const events = this.events.map((e) => e.event);
+    this.events = [];
+    this.bytes.clear();
+    return events;
   }
 }
 
@@ -213,7 +256,7 @@ export class EnvdProcessTable {
         continue;
       }
       const config: ProcessConfigView = { cmd: tag.cmd, args: tag.args, envs: {}, ...(tag.cwd !== undefined ? { cwd: tag.cwd } : {}) };
-      this.track(vmId, s, new EnvdProcess(tag.pid, tag.tag, config, info.tty, info.stdin, remote, this.limits.queue));
+      this.track(vmId, s, new EnvdProcess(tag.pid, tag.tag, config, info.tty, info.stdin, remote, this.limits.queue, true));
     }
   }
 
