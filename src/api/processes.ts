@@ -225,6 +225,11 @@ export class ProcessTable {
     return done;
   }
 
+  /** The sandbox's guest keeps nothing this table does not follow (it was just booted): no sync needed. */
+  nothingKept(sandboxId: string): void {
+    if (!this.synced.has(sandboxId)) this.synced.set(sandboxId, Promise.resolve());
+  }
+
   private async adopt(sandboxId: string, source: KeptSource): Promise<void> {
     const kept = await source.keptProcesses(sandboxId);
     const ours = kept.flatMap((info) => {

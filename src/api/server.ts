@@ -273,6 +273,9 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
         throw err;
       });
       const parent = body.snapshot !== undefined ? core.snapshots().find((s) => s.tag === body.snapshot)?.parent ?? null : null;
+      // Booted from an image (an image-cache snapshot is taken before any exec): its guest keeps
+      // no process yet, so its first exec need not ask. A clone of a snapshot may.
+      if (body.snapshot === undefined) processes.nothingKept(vm.id);
       writeFacts(core.vmDir(vm.id), { metadata: body.metadata ?? {}, expiresAt: expiry(body.timeoutSec ?? limits.defaultTimeoutSec), parentId: parent });
       return sandboxOf(vm);
     };
