@@ -241,7 +241,8 @@ export class ProcessTable {
     for (const { tag } of ours) entry.next = Math.max(entry.next, tag.pid + 1);
     // The running ones, and the newest ended ones the table would keep anyway.
     const ended = ours.filter((o) => !o.info.running).slice(-this.limits.keepFinished);
-    for (const { info, tag } of [...ours.filter((o) => o.info.running), ...ended]) {
+    // Bounded as this table is (the list is the guest's): at most maxRunning running ones.
+    for (const { info, tag } of [...ours.filter((o) => o.info.running).slice(0, this.limits.maxRunning), ...ended]) {
       if (entry.processes.has(tag.pid)) continue;
       let remote: RemoteProcess;
       try {

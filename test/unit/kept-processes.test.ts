@@ -234,6 +234,16 @@ describe('the API tables adopt what the guest kept', () => {
     assert.equal(lists, 2, 'and the guest is asked again');
     assert.equal(table.list('vm1').length, 1);
     table.forget('vm1');
+    // A guest that lists more than the table allows: at most maxRunning are adopted.
+    const flood = {
+      keptProcesses: async (): Promise<KeptProcessInfo[]> => Array.from({ length: 150 }, (_, i) => ({ id: i, pid: 100 + i, tag: nativeTag(i + 1, spec), tty: false, stdin: false, running: true, code: null, signal: null, startedAt: 1 })),
+      attachKept: async (): Promise<RemoteProcess> => new IdleProcess(),
+    };
+    const small = new ProcessTable({ maxRunning: 8, keepFinished: 2, ring: { maxEvents: 16, maxBytes: 1024 } });
+    await small.sync('vm3', flood);
+    assert.equal(small.list('vm3').length, 8);
+    assert.throws(() => small.reserve('vm3'), /already runs 8 processes/);
+    small.forget('vm3');
   });
 
   it('envd: its running ones, the pid counter moved past them; a failing guest is asked again next time', async () => {
