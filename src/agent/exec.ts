@@ -9,6 +9,8 @@ import { STDERR, STDIN, STDOUT, type Channel } from '../protocol/mux';
 import { terminalSizeOf } from '../protocol/messages';
 import { enterContainer, execPid, killExecProcess } from './container-exec';
 import { baseEnv } from './environment';
+import { keptRefusal, keptTable, type KeptProcess } from './kept-processes';
+import { signalGroup } from './process-group';
 import { runTtyExec } from './tty-exec';
 
 export function runExec(request: ExecRequest, channel: Channel): void {
@@ -25,6 +27,10 @@ export function runExec(request: ExecRequest, channel: Channel): void {
       return;
     }
     runTtyExec(request, size, channel);
+    return;
+  }
+  if (request.keep !== undefined) {
+    runKeptExec(request, channel);
     return;
   }
   // Into the container without podman where possible (see container-exec.ts).
@@ -105,6 +111,62 @@ export function runExec(request: ExecRequest, channel: Channel): void {
 }
 
 type ExitStatus = { code: number | null; signal: string | null };
+
+/**
+ * A kept exec (src/agent/kept-processes.ts): in a session and process group of its own (signals
+ * reach the group), recorded in the agent's table, followed by its channel and any later
+ * attach; a channel that closes leaves it running.
+ */
+function runKeptExec(request: ExecRequest, channel: Channel): void {
+  const refusal = keptRefusal(request);
+  if (refusal !== undefined) {
+    channel.send({ type: 'error', message: refusal });
+    channel.close();
+    return;
+  }
+  const direct = request.container ? enterContainer(request.container, false) : undefined;
+  const argv = direct?.argv ?? request.argv;
+  const child = spawn(argv[0]!, argv.slice(1), {
+    cwd: request.cwd ?? '/',
+    env: { ...baseEnv(), ...(request.env ?? {}) },
+    stdio: [request.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+    detached: true,
+  });
+  const pid = child.pid;
+  if (pid === undefined) {
+    // Not started (the error event says why, on the next tick).
+    child.on('error', (err) => {
+      direct?.cleanup();
+      channel.send({ type: 'error', message: `exec ${request.argv[0]}: ${err.message}` });
+      channel.close();
+    });
+    return;
+  }
+  child.on('error', () => undefined);
+  const stdin = child.stdin;
+  stdin?.on('error', () => undefined);
+  const kept: KeptProcess = keptTable.add(pid, request.keep!.tag, false, request.stdin, {
+    signal: (name) => signalGroup(pid, name, direct?.pidFile),
+    ...(stdin ? {
+      writeStdin: (data: Buffer): Promise<void> | void => {
+        if (stdin.destroyed || stdin.writableEnded) return;
+        if (!stdin.write(data)) return new Promise<void>((resolve) => {
+          const done = (): void => { stdin.off('drain', done); stdin.off('close', done); resolve(); };
+          stdin.on('drain', done);
+          stdin.on('close', done);
+        });
+        return;
+      },
+      endStdin: () => stdin.end(),
+    } : {}),
+  });
+  kept.follow(channel);
+  const pumps = [pump(child.stdout!, kept, STDOUT), pump(child.stderr!, kept, STDERR)];
+  child.on('exit', (code, signal) => {
+    direct?.cleanup();
+    void Promise.all(pumps).then(() => keptTable.finished(kept, { code, signal }));
+  });
+}
 
 interface OutputSink {
   /** Resolves when the sink can take more (a slow reader holds the process's pipe). */
@@ -252,7 +314,7 @@ export function attachPersistent(channel: Channel): void {
 }
 
 /** Copies a child's output to the sink's stream, pausing the pipe while the sink is full. */
-async function pump(readable: Readable, sink: OutputSink, stream: number): Promise<void> {
+async function pump(readable: Readable, sink: Pick<OutputSink, 'write'> & { end(stream: number): unknown }, stream: number): Promise<void> {
   for await (const chunk of readable) await sink.write(stream, chunk as Buffer);
   await sink.end(stream);
 }

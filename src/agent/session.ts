@@ -15,6 +15,7 @@ import type { AgentRequest, ExecRequest, GuestInfo, Hello } from '../protocol/me
 import { Mux, type Channel } from '../protocol/mux';
 import { attachPersistent, holdPersistentOutput, releasePersistentOutput, runExec } from './exec';
 import { runFuseMount } from './fuse-mount';
+import { attachKept, listKept } from './kept-processes';
 import { runFiles } from './files';
 import type { FilesRequest } from '../protocol/files';
 import { applyHostState } from './recovery';
@@ -83,6 +84,12 @@ function handleRequest(request: AgentRequest | FilesRequest, channel: Channel, l
       channel.setDataHandler(() => undefined);
       channel.send({ type: 'result', info: guestInfo() });
       channel.close();
+      return;
+    case 'kept-list':
+      listKept(channel);
+      return;
+    case 'kept-attach':
+      attachKept(request, channel);
       return;
     case 'attach-persistent':
       attachPersistent(channel);

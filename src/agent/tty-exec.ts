@@ -10,10 +10,20 @@ import * as pty from 'node-pty';
 import type { ExecRequest, TerminalSize } from '../protocol/messages';
 import { terminalSizeOf } from '../protocol/messages';
 import { STDIN, STDOUT, type Channel } from '../protocol/mux';
-import { enterContainer, execPid, killExecProcess } from './container-exec';
+import { enterContainer, execPid, killExecProcess, type DirectExec } from './container-exec';
 import { baseEnv } from './environment';
+import { keptRefusal, keptTable } from './kept-processes';
+import { signalGroup } from './process-group';
 
 export function runTtyExec(request: ExecRequest, size: TerminalSize, channel: Channel): void {
+  if (request.keep !== undefined) {
+    const refusal = keptRefusal(request);
+    if (refusal !== undefined) {
+      channel.send({ type: 'error', message: refusal });
+      channel.close();
+      return;
+    }
+  }
   let terminal: pty.IPty;
   // Into the container without podman where possible (see container-exec.ts).
   const direct = request.container ? enterContainer(request.container, true) : undefined;
@@ -35,6 +45,10 @@ export function runTtyExec(request: ExecRequest, size: TerminalSize, channel: Ch
     return;
   }
 
+  if (request.keep !== undefined) {
+    runKeptTerminal(request, terminal, direct, channel);
+    return;
+  }
   channel.setDataHandler((stream, data) => {
     if (stream === STDIN && request.stdin) terminal.write(data);
   });
@@ -71,6 +85,37 @@ export function runTtyExec(request: ExecRequest, size: TerminalSize, channel: Ch
       const signalName = signal ? signalNameOf(signal) : null;
       channel.send({ type: 'exit', code: signalName ? null : exitCode, signal: signalName });
       channel.close();
+    });
+  });
+}
+
+/**
+ * A kept process on a terminal (src/agent/kept-processes.ts): node-pty made it a session leader,
+ * so its group is its pid and signals reach the group; a channel that closes leaves it running.
+ */
+function runKeptTerminal(request: ExecRequest, terminal: pty.IPty, direct: DirectExec | undefined, channel: Channel): void {
+  const pid = terminal.pid;
+  const pidFile = direct?.pidFile;
+  const kept = keptTable.add(pid, request.keep!.tag, true, request.stdin, {
+    signal: (name) => signalGroup(pid, name, pidFile),
+    resize: (cols, rows) => {
+      try { terminal.resize(cols, rows); } catch { /* already gone */ }
+    },
+    ...(request.stdin ? { writeStdin: (data: Buffer) => { terminal.write(data as unknown as string); } } : {}),
+  });
+  kept.follow(channel);
+  let pending = Promise.resolve();
+  terminal.onData((data) => {
+    const chunk = typeof data === 'string' ? Buffer.from(data) : Buffer.from(data as Uint8Array);
+    terminal.pause();
+    pending = pending.then(() => kept.write(STDOUT, chunk)).then(() => terminal.resume(), () => undefined);
+  });
+  terminal.onExit(({ exitCode, signal }) => {
+    direct?.cleanup();
+    void pending.then(() => {
+      kept.end(STDOUT);
+      const signalName = signal ? signalNameOf(signal) : null;
+      keptTable.finished(kept, { code: signalName ? null : exitCode, signal: signalName });
     });
   });
 }

@@ -6,12 +6,12 @@
  * the API's shape: its SandboxSpec, and the core's errors as ApiErrors (404, 409).
  */
 import path from 'node:path';
-import { ConflictError, InvalidSpecError, NotFoundError, VmCore, viewOf, type CreateOptions, type FileOps, type ForkChild, type OnProgress, type RemoteProcess, type SnapshotView, type VmView, type ExecSpec } from '../core';
+import { ConflictError, InvalidSpecError, NotFoundError, VmCore, viewOf, type CreateOptions, type FileOps, type ForkChild, type KeptProcessInfo, type OnProgress, type RemoteProcess, type SnapshotView, type VmView, type ExecSpec } from '../core';
 import { StateStore } from '../state/store';
 import type { VmRecord } from '../state/vm-record';
 import { ApiError } from './errors';
 
-export type { ExecSpec, FileOps, OnProgress, ProcessEnd, ProgressEvent, RemoteProcess, SnapshotView, VmView } from '../core';
+export type { ExecSpec, FileOps, KeptProcessInfo, OnProgress, ProcessEnd, ProgressEvent, RemoteProcess, SnapshotView, VmView } from '../core';
 
 export interface SandboxSpec {
   name: string;
@@ -36,6 +36,10 @@ export interface Core {
   /** Kills and removes the VM (as `shoal rm -f`). */
   remove(id: string): Promise<void>;
   exec(id: string, spec: ExecSpec): Promise<RemoteProcess>;
+  /** The guest agent's kept processes (ExecSpec.keep): what outlives this server and a pause. */
+  keptProcesses(id: string): Promise<KeptProcessInfo[]>;
+  /** Follows a kept process (its recent output first). */
+  attachKept(id: string, keptId: number): Promise<RemoteProcess>;
   /** The path of the sandbox's container log (read with log-reader.ts: its bytes are the guest's). */
   logFile(id: string): string;
   snapshot(id: string, tag: string): Promise<{ tag: string; pauseMs: number }>;
@@ -111,6 +115,14 @@ export class ShoalCore implements Core {
 
   exec(id: string, spec: ExecSpec): Promise<RemoteProcess> {
     return api(() => this.core.exec(id, spec));
+  }
+
+  keptProcesses(id: string): Promise<KeptProcessInfo[]> {
+    return api(() => this.core.keptProcesses(id));
+  }
+
+  attachKept(id: string, keptId: number): Promise<RemoteProcess> {
+    return api(() => this.core.attachKept(id, keptId));
   }
 
   logFile(id: string): string {

@@ -2,10 +2,14 @@
  * The processes the API started, per sandbox: each one's output goes into a bounded ring (for
  * streams and their resumption) and, for buffered execs, into a capped collector. A client that
  * goes away does not stop a process; only its end, a signal or the sandbox's removal does.
- * Kept in this server's memory: the VMs outlive a restart of `shoal serve`, these records not.
+ *
+ * Every process is also kept by the guest agent (ExecSpec.keep, tagged with its pid here), so
+ * what outlives this server's memory (a restart of `shoal serve`, a pause and resume, a fork's
+ * children) is found again: before a sandbox's processes are first used, the table adopts the
+ * agent's kept processes it does not follow (sync), attached with their recent output.
  */
 import { StringDecoder } from 'node:string_decoder';
-import type { ExecSpec, ProcessEnd, RemoteProcess } from './core';
+import type { ExecSpec, KeptProcessInfo, ProcessEnd, RemoteProcess } from './core';
 import { ApiError } from './errors';
 import { EventRing, type RingLimits } from './ring';
 
@@ -41,9 +45,51 @@ export class OutputCollector {
   }
 }
 
+/** What the agent keeps for a process of this API: its pid here, its command, where it runs. */
+export interface NativeTag {
+  pid: number;
+  cmd: string[];
+  vm: boolean;
+}
+
+const TAG_API = 'shoal';
+const MAX_TAG_BYTES = 4096;
+
+/** The tag a process is kept with: its pid, and as much of its command as fits. */
+export function nativeTag(pid: number, spec: ExecSpec): string {
+  const make = (cmd: string[]): string => JSON.stringify({ api: TAG_API, pid, cmd, vm: spec.vm });
+  for (const cmd of [spec.argv, spec.argv.slice(0, 16).map((a) => a.slice(0, 128)), [spec.argv[0]!.slice(0, 256)]]) {
+    const tag = make(cmd);
+    if (Buffer.byteLength(tag) <= MAX_TAG_BYTES) return tag;
+  }
+  return make([]);
+}
+
+/** A tag from the guest (hostile): ours, with a sane pid and command, or undefined. */
+export function parseNativeTag(tag: string): NativeTag | undefined {
+  if (tag.length > MAX_TAG_BYTES) return undefined;
+  let value: unknown;
+  try {
+    value = JSON.parse(tag);
+  } catch {
+    return undefined;
+  }
+  if (typeof value !== 'object' || value === null) return undefined;
+  const { api, pid, cmd, vm } = value as Record<string, unknown>;
+  if (api !== TAG_API || typeof pid !== 'number' || !Number.isInteger(pid) || pid < 1 || pid > 999_999_999) return undefined;
+  if (!Array.isArray(cmd) || cmd.length > 4096 || !cmd.every((a) => typeof a === 'string')) return undefined;
+  return { pid, cmd: cmd as string[], vm: vm === true };
+}
+
+/** Where adopted processes come from: the guest agent's table, through the core. */
+export interface KeptSource {
+  keptProcesses(id: string): Promise<KeptProcessInfo[]>;
+  attachKept(id: string, keptId: number): Promise<RemoteProcess>;
+}
+
 export class ApiProcess {
   readonly ring: EventRing;
-  readonly startedAt = new Date();
+  readonly startedAt: Date;
   end: ProcessEnd | undefined;
   timedOut = false;
   private timer: NodeJS.Timeout | undefined;
@@ -55,8 +101,9 @@ export class ApiProcess {
     readonly spec: ExecSpec,
     readonly remote: RemoteProcess,
     ringLimits: RingLimits,
-    options: { timeoutSec?: number; collector?: OutputCollector },
+    options: { timeoutSec?: number; collector?: OutputCollector; startedAt?: Date },
   ) {
+    this.startedAt = options.startedAt ?? new Date();
     this.ring = new EventRing(ringLimits);
     this.ring.push({ type: 'start', pid });
     // Bytes of a character may be split across chunks: decode per stream.
@@ -120,11 +167,15 @@ export interface ProcessInfo {
 /** Room for one process, taken before its (slow) start: add() uses it, release() gives it back. */
 export interface ProcessSlot {
   readonly sandboxId: string;
+  /** The pid the process gets (its exec is tagged with it before it starts). */
+  readonly pid: number;
   release(): void;
 }
 
 export class ProcessTable {
   private readonly bySandbox = new Map<string, { next: number; processes: Map<number, ApiProcess> }>();
+  /** Sandboxes whose kept processes were adopted (or are being), by this server's life. */
+  private readonly synced = new Map<string, Promise<void>>();
   /** Processes being started (room taken, not yet added), per sandbox. */
   private readonly starting = new Map<string, number>();
 
@@ -141,6 +192,7 @@ export class ProcessTable {
     let held = true;
     return {
       sandboxId,
+      pid: this.entryOf(sandboxId).next++,
       release: () => {
         if (!held) return;
         held = false;
@@ -152,16 +204,82 @@ export class ProcessTable {
   }
 
   add(slot: ProcessSlot, spec: ExecSpec, remote: RemoteProcess, options: { timeoutSec?: number; collector?: OutputCollector }): ApiProcess {
-    const sandboxId = slot.sandboxId;
     slot.release();
+    return this.track(slot.sandboxId, new ApiProcess(slot.pid, slot.sandboxId, spec, remote, this.limits.ring, options));
+  }
+
+  /**
+   * Adopts the guest's kept processes of this API that the table does not follow (after a
+   * restart of this server, a resume, in a fork's child), once per sandbox: the first use of a
+   * sandbox's processes waits for it. A failure (the VM cannot be reached, an older agent) is
+   * not fatal: the next use tries again.
+   */
+  sync(sandboxId: string, source: KeptSource): Promise<void> {
+    let done = this.synced.get(sandboxId);
+    if (!done) {
+      done = this.adopt(sandboxId, source).catch(() => {
+        if (this.synced.get(sandboxId) === done) this.synced.delete(sandboxId);
+      });
+      this.synced.set(sandboxId, done);
+    }
+    return done;
+  }
+
+  /** The sandbox's guest keeps nothing this table does not follow (it was just booted): no sync needed. */
+  nothingKept(sandboxId: string): void {
+    if (!this.synced.has(sandboxId)) this.synced.set(sandboxId, Promise.resolve());
+  }
+
+  private async adopt(sandboxId: string, source: KeptSource): Promise<void> {
+    const kept = await source.keptProcesses(sandboxId);
+    const ours = kept.flatMap((info) => {
+      const tag = parseNativeTag(info.tag);
+      return tag ? [{ info, tag }] : [];
+    });
+    const entry = this.entryOf(sandboxId);
+    // No pid of an adopted process may be handed out again.
+    for (const { tag } of ours) entry.next = Math.max(entry.next, tag.pid + 1);
+    // The running ones, and the newest ended ones the table would keep anyway.
+    const ended = ours.filter((o) => !o.info.running).slice(-this.limits.keepFinished);
+    // Bounded as this table is (the list is the guest's): at most maxRunning running ones.
+    for (const { info, tag } of [...ours.filter((o) => o.info.running).slice(0, this.limits.maxRunning), ...ended]) {
+      if (entry.processes.has(tag.pid)) continue;
+      let remote: RemoteProcess;
+      try {
+        remote = await source.attachKept(sandboxId, info.id);
+      } catch {
+        continue;
+      }
+      if (entry.processes.has(tag.pid) || this.bySandbox.get(sandboxId) !== entry) {
+        remote.close();
+        continue;
+      }
+      const spec: ExecSpec = { argv: tag.cmd, env: {}, vm: tag.vm, stdin: info.stdin };
+      this.track(sandboxId, new ApiProcess(tag.pid, sandboxId, spec, remote, this.limits.ring, { startedAt: new Date(info.startedAt) }));
+    }
+  }
+
+  private entryOf(sandboxId: string): { next: number; processes: Map<number, ApiProcess> } {
     let entry = this.bySandbox.get(sandboxId);
     if (!entry) {
       entry = { next: 1, processes: new Map() };
       this.bySandbox.set(sandboxId, entry);
     }
-    const process = new ApiProcess(entry.next++, sandboxId, spec, remote, this.limits.ring, options);
+    return entry;
+  }
+
+  private track(sandboxId: string, process: ApiProcess): ApiProcess {
+    const entry = this.entryOf(sandboxId);
     entry.processes.set(process.pid, process);
-    void process.finished.then(() => this.prune(sandboxId));
+    void process.finished.then((end) => {
+      // The link was lost, not the process (a pause, a stopped supervisor): the guest may still
+      // run it. Forget it; the next use of the sandbox asks the guest again.
+      if ('error' in end && end.lost === true) {
+        if (entry.processes.get(process.pid) === process) entry.processes.delete(process.pid);
+        this.synced.delete(sandboxId);
+      }
+      this.prune(sandboxId);
+    });
     return process;
   }
 
@@ -179,6 +297,7 @@ export class ProcessTable {
   forget(sandboxId: string): void {
     for (const process of this.list(sandboxId)) process.remote.close();
     this.bySandbox.delete(sandboxId);
+    this.synced.delete(sandboxId);
   }
 
   private prune(sandboxId: string): void {

@@ -25,7 +25,7 @@ import { readFacts, writeFacts, type ApiFacts } from './facts';
 import { PausedSandboxes, type PausedSandbox } from './paused';
 import { resolveArchiveImage } from './image-dirs';
 import { LogFollower, readLog } from './log-reader';
-import { OutputCollector, ProcessTable, type ApiProcess, type ProcessLimits } from './processes';
+import { nativeTag, OutputCollector, ProcessTable, type ApiProcess, type ProcessLimits } from './processes';
 import type { EventRing, StoredEvent } from './ring';
 import * as S from './schemas';
 import { isEnvdUrl, registerEnvd } from './e2b/envd/plugin';
@@ -282,6 +282,9 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
         throw err;
       });
       const parent = body.snapshot !== undefined ? core.snapshots().find((s) => s.tag === body.snapshot)?.parent ?? null : null;
+      // Booted from an image (an image-cache snapshot is taken before any exec): its guest keeps
+      // no process yet, so its first exec need not ask. A clone of a snapshot may.
+      if (body.snapshot === undefined) processes.nothingKept(vm.id);
       writeFacts(core.vmDir(vm.id), { metadata: body.metadata ?? {}, expiresAt: expiry(body.timeoutSec ?? limits.defaultTimeoutSec), parentId: parent });
       return sandboxOf(vm);
     };
@@ -404,8 +407,12 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
       ...(body.cwd !== undefined ? { cwd: body.cwd } : {}),
       ...(body.user !== undefined ? { user: body.user } : {}),
     };
+    // The guest's kept processes first (after a restart of this server): their pids stay theirs.
+    await processes.sync(vm.id, core);
     // Checked and taken in one step, before the await: concurrent requests cannot all pass.
     const slot = processes.reserve(vm.id);
+    // Kept by the guest agent too, so it outlives this server and a pause (processes.ts).
+    spec.keep = nativeTag(slot.pid, spec);
     const streaming = wantsEventStream(request);
     const collector = streaming ? undefined : new OutputCollector(limits.execOutputCap);
     const started = Date.now();
@@ -428,13 +435,17 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
     return { pid: process.pid, exitCode: end.exitCode, signal: end.signal, stdout: collector!.stdout, stderr: collector!.stderr, truncated: collector!.truncated, timedOut: process.timedOut, durationMs: Date.now() - started };
   });
 
-  const processOf = (request: FastifyRequest): ApiProcess => {
+  const processOf = async (request: FastifyRequest): Promise<ApiProcess> => {
     const params = request.params as { id: string; pid: string };
-    return processes.get(vmOf(params.id).id, Number(params.pid));
+    const vm = vmOf(params.id);
+    await processes.sync(vm.id, core);
+    return processes.get(vm.id, Number(params.pid));
   };
 
   app.get('/v1/sandboxes/:id/processes', { schema: { params: IdParams, response: { 200: Type.Array(S.ref(S.ProcessInfo)), ...errors } } }, async (request) => {
-    return processes.list(vmOf((request.params as { id: string }).id).id).map((p) => p.info());
+    const vm = vmOf((request.params as { id: string }).id);
+    await processes.sync(vm.id, core);
+    return processes.list(vm.id).map((p) => p.info());
   });
 
   app.get('/v1/sandboxes/:id/processes/:pid/events', {
@@ -445,7 +456,7 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
       response: { 200: { description: 'text/event-stream: the events after Last-Event-ID', content: { 'text/event-stream': { schema: Type.String() } } }, ...errors },
     },
   }, async (request, reply) => {
-    const process = processOf(request);
+    const process = await processOf(request);
     const from = Number((request.headers['last-event-id'] as string | undefined) ?? (request.query as { lastEventId?: string }).lastEventId ?? 0);
     reply.hijack();
     reply.raw.writeHead(200, SSE_HEADERS);
@@ -454,7 +465,7 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
   });
 
   app.post('/v1/sandboxes/:id/processes/:pid/signal', { schema: { params: PidParams, body: S.ref(S.Signal), response: { 204: Type.Null(), ...errors } } }, async (request, reply) => {
-    const process = processOf(request);
+    const process = await processOf(request);
     const raw = (request.body as { signal: string }).signal;
     const signal = raw.startsWith('SIG') ? raw : `SIG${raw}`;
     if ((os.constants.signals as Record<string, number>)[signal] === undefined) throw new ApiError('bad_request', `unknown signal ${raw}`);
@@ -472,7 +483,7 @@ export async function buildServer(core: Core, options: ServerOptions): Promise<F
       config: rawBodyDoc(),
       schema: { params: PidParams, querystring: Type.Object({ eof: Type.Optional(Type.Union([Type.Literal('1'), Type.Literal('0'), Type.Literal('true'), Type.Literal('false')])) }, { additionalProperties: false }), response: { 204: Type.Null(), ...errors } },
     }, async (request, reply) => {
-      const process = processOf(request);
+      const process = await processOf(request);
       if (!process.spec.stdin) throw new ApiError('conflict', `process ${process.pid} was started without stdin (exec with "stdin": true)`);
       if (!process.running) throw new ApiError('conflict', `process ${process.pid} has ended`);
       const data = await readLimited(request.body as Readable | undefined, limits.stdinLimit);

@@ -11,6 +11,7 @@ import type { VmRecord } from '../state/vm-record';
 import { vmFiles } from '../state/vm-files';
 import { connectUnix, retryUntil } from '../util/connect';
 import { ShoalError } from '../util/errors';
+import { parseKeptList, type KeptProcessInfo } from '../protocol/kept';
 import { parseControlEvent, type ClientMessage, type ControlEvent, type ControlRequest, type ExecControlRequest, type FilesControlRequest, type SnapshotResult } from './messages';
 
 /** How a wait for `running` ended. */
@@ -84,6 +85,39 @@ export class SupervisorClient {
   exec(request: Omit<ExecControlRequest, 'kind'>): Channel {
     const body: ExecControlRequest = { kind: 'exec', ...request };
     return this.mux.open(body);
+  }
+
+  /** Follows a kept process of the agent's table; the channel carries it as an exec's. */
+  attachKept(id: number): Channel {
+    return this.mux.open({ kind: 'kept-attach', id });
+  }
+
+  /**
+   * The agent's kept processes (src/protocol/kept.ts), parsed and bounded where they enter:
+   * they come from the guest. Rejects when the agent answers with an error (an older agent
+   * does not know the request) or the link is lost.
+   */
+  keptList(timeoutMs = 30_000): Promise<KeptProcessInfo[]> {
+    return new Promise<KeptProcessInfo[]>((resolve, reject) => {
+      const channel = this.mux.open({ kind: 'kept-list' });
+      channel.setDataHandler(() => undefined);
+      let result: KeptProcessInfo[] | undefined;
+      let error: string | undefined;
+      const timer = setTimeout(() => {
+        error = `no list of kept processes from ${this.vmName} within ${Math.round(timeoutMs / 1000)} s`;
+        channel.close();
+      }, timeoutMs);
+      channel.on('message', (message: Record<string, unknown>) => {
+        if (message.type === 'error') error ??= String(message.message).slice(0, 500);
+        else result ??= parseKeptList(message);
+      });
+      channel.on('close', () => {
+        clearTimeout(timer);
+        channel.close();
+        if (result && error === undefined) resolve(result);
+        else reject(new ShoalError(error ?? `malformed list of kept processes from ${this.vmName}`));
+      });
+    });
   }
 
   /** A file operation in the container; the channel carries the exchange of src/protocol/files.ts. */

@@ -10,6 +10,7 @@
 import { FILES_OPS, MAX_PATH_LENGTH, type FilesOp } from '../protocol/files';
 import type { TerminalSize } from '../protocol/messages';
 import { terminalSizeOf } from '../protocol/messages';
+import { validKeptTag, type KeepOptions } from '../protocol/kept';
 import type { SnapshotRef, VmConfig } from '../state/vm-record';
 import type { VmSpec } from '../vmm/backend';
 
@@ -27,7 +28,15 @@ export type ExecControlRequest = {
   /** podman exec --user / --workdir (container commands only). */
   user?: string;
   workdir?: string;
+  /** Keep the process in the agent's table (src/protocol/kept.ts): it outlives this channel. */
+  keep?: KeepOptions;
 };
+
+/** List the agent's kept processes: one { type: 'result', processes } (parsed with parseKeptList), then the close. */
+export type KeptListControlRequest = { kind: 'kept-list' };
+
+/** Follow a kept process: the channel then carries its replayed and live output as an exec's does. */
+export type KeptAttachControlRequest = { kind: 'kept-attach'; id: number };
 
 /** Write state.bin, memory.raw and scratch.img of the VM into dir (an existing directory). */
 export type SnapshotControlRequest = { kind: 'snapshot'; dir: string };
@@ -38,7 +47,7 @@ export type FilesControlRequest = { kind: 'files'; op: FilesOp; path: string; to
 /** Graceful stop (the container gets SIGTERM through podman, then the VM powers off). */
 export type StopRequest = { kind: 'stop'; /** stop -t: seconds between SIGTERM and SIGKILL. */ timeoutSeconds?: number };
 
-export type ControlRequest = AttachRequest | ExecControlRequest | FilesControlRequest | SnapshotControlRequest | StopRequest;
+export type ControlRequest = AttachRequest | ExecControlRequest | FilesControlRequest | SnapshotControlRequest | StopRequest | KeptListControlRequest | KeptAttachControlRequest;
 
 /** What a snapshot request returns: what the CLI needs to write the snapshot's manifest. */
 export type SnapshotResult = {
@@ -100,8 +109,17 @@ export function parseControlRequest(value: unknown): Parsed<ControlRequest> {
         if (!isString(v) || v.length > 4096 || v.includes('\0')) return { ok: false, error: `malformed exec request: ${field} must be a string` };
         request[field] = v;
       }
+      if (value.keep !== undefined) {
+        if (!isObject(value.keep) || !validKeptTag(value.keep.tag)) return { ok: false, error: 'malformed exec request: keep.tag must be a string of at most 4096 bytes' };
+        request.keep = { tag: value.keep.tag };
+      }
       return { ok: true, value: request };
     }
+    case 'kept-list':
+      return { ok: true, value: { kind: 'kept-list' } };
+    case 'kept-attach':
+      if (typeof value.id !== 'number' || !Number.isSafeInteger(value.id) || value.id < 0) return { ok: false, error: 'malformed kept-attach request: id must be a whole number' };
+      return { ok: true, value: { kind: 'kept-attach', id: value.id } };
     case 'snapshot':
       if (!isString(value.dir)) return { ok: false, error: 'malformed snapshot request: dir must be a string' };
       return { ok: true, value: { kind: 'snapshot', dir: value.dir } };

@@ -7,12 +7,14 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import { Mux, type Channel } from '../protocol/mux';
-import { parseControlRequest, type AttachRequest, type ControlEvent, type ExecControlRequest, type FilesControlRequest, type SnapshotControlRequest, type StopRequest } from './messages';
+import { parseControlRequest, type AttachRequest, type ControlEvent, type ExecControlRequest, type FilesControlRequest, type KeptAttachControlRequest, type KeptListControlRequest, type SnapshotControlRequest, type StopRequest } from './messages';
 
 export interface ControlHandlers {
   attach(channel: Channel, request: AttachRequest): void;
   exec(channel: Channel, request: ExecControlRequest): void;
   files(channel: Channel, request: FilesControlRequest): void;
+  keptList(channel: Channel, request: KeptListControlRequest): void;
+  keptAttach(channel: Channel, request: KeptAttachControlRequest): void;
   snapshot(channel: Channel, request: SnapshotControlRequest): void;
   stop(channel: Channel, request: StopRequest): void;
 }
@@ -75,6 +77,12 @@ function dispatch(channel: Channel, handlers: ControlHandlers): void {
       return;
     case 'stop':
       handlers.stop(channel, request);
+      return;
+    case 'kept-list':
+      handlers.keptList(channel, request);
+      return;
+    case 'kept-attach':
+      handlers.keptAttach(channel, request);
       return;
   }
 }

@@ -13,11 +13,11 @@ import type { VmRecord } from '../state/vm-record';
 import { vmFiles } from '../state/vm-files';
 import { createVm, type CreateOptions } from './create';
 import { ConflictError, NotFoundError } from './errors';
-import { execVm } from './exec';
+import { attachKept, execVm, keptProcesses } from './exec';
 import { AgentFiles, type FileOps } from './files';
 import { forkVm, type ForkChild, type ForkOptions, type ForkResult } from './fork';
 import { removeVm } from './remove';
-import type { CreateSpec, ExecSpec, OnProgress, RemoteProcess, SnapshotView, VmView } from './types';
+import type { CreateSpec, ExecSpec, KeptProcessInfo, OnProgress, RemoteProcess, SnapshotView, VmView } from './types';
 
 export class VmCore {
   readonly files: FileOps;
@@ -56,6 +56,16 @@ export class VmCore {
 
   async exec(idOrName: string, spec: ExecSpec): Promise<RemoteProcess> {
     return execVm(this.store, this.runningRecord(idOrName), spec);
+  }
+
+  /** The guest agent's kept processes (ExecSpec.keep), running and recently ended. */
+  async keptProcesses(idOrName: string): Promise<KeptProcessInfo[]> {
+    return keptProcesses(this.store, this.runningRecord(idOrName));
+  }
+
+  /** Follows a kept process of the VM (its recent output first). */
+  async attachKept(idOrName: string, keptId: number): Promise<RemoteProcess> {
+    return attachKept(this.store, this.runningRecord(idOrName), keptId);
   }
 
   /** Kills and removes the VM (as `shoal rm -f`). */

@@ -12,6 +12,7 @@ import { STDERR, STDIN, STDOUT, type Channel } from '../protocol/mux';
 import type { StateStore } from '../state/store';
 import type { VmRecord } from '../state/vm-record';
 import { ShoalError } from '../util/errors';
+import { MAX_KEPT_TAG_BYTES, validKeptTag, type KeptProcessInfo } from '../protocol/kept';
 import { validating } from './errors';
 import type { ExecSpec, ProcessEnd, RemoteProcess } from './types';
 
@@ -20,6 +21,10 @@ export function execRequest(spec: ExecSpec): Omit<ExecControlRequest, 'kind'> {
   if (!Array.isArray(spec.argv) || spec.argv.length === 0) throw new ShoalError('exec needs a command to run');
   const request: Omit<ExecControlRequest, 'kind'> = { argv: spec.argv, env: spec.env, interactive: spec.stdin, vm: spec.vm };
   if (spec.tty) request.tty = spec.tty;
+  if (spec.keep !== undefined) {
+    if (!validKeptTag(spec.keep)) throw new ShoalError(`keep: a tag of at most ${MAX_KEPT_TAG_BYTES} bytes`);
+    request.keep = { tag: spec.keep };
+  }
   const cwd = spec.cwd === undefined ? undefined : parseWorkdir(spec.cwd, 'cwd');
   if (spec.vm) {
     if (spec.user !== undefined) throw new ShoalError('user is for the container, not the VM');
@@ -39,6 +44,22 @@ export async function execVm(store: StateStore, record: VmRecord, spec: ExecSpec
   return new ChannelProcess(client.exec(request), () => client.close());
 }
 
+/** The agent's kept processes (src/protocol/kept.ts), parsed and bounded by the control client. */
+export async function keptProcesses(store: StateStore, record: VmRecord): Promise<KeptProcessInfo[]> {
+  const client = await SupervisorClient.connect(store, record, 10_000);
+  try {
+    return await client.keptList();
+  } finally {
+    client.close();
+  }
+}
+
+/** Follows a kept process: its recent output replayed, then live; input, signals, its end as an exec's. */
+export async function attachKept(store: StateStore, record: VmRecord, id: number): Promise<RemoteProcess> {
+  const client = await SupervisorClient.connect(store, record, 10_000);
+  return new ChannelProcess(client.attachKept(id), () => client.close());
+}
+
 /** An exec channel (relayed by the supervisor to the agent) as a RemoteProcess. */
 export class ChannelProcess implements RemoteProcess {
   readonly done: Promise<ProcessEnd>;
@@ -54,7 +75,7 @@ export class ChannelProcess implements RemoteProcess {
       channel.on('close', () => {
         channel.close();
         onClose();
-        resolve(end ?? { error: 'the connection to the VM was lost' });
+        resolve(end ?? { error: 'the connection to the VM was lost', lost: true });
       });
     });
     channel.setDataHandler(() => undefined);

@@ -7,4 +7,4 @@ export { AgentFiles, filesChannel, type FileOps } from './files';
 export { forkVm, type ForkChild, type ForkOptions, type ForkResult } from './fork';
 export { checkCpus, checkMemory, MAX_CPUS, MIN_MEMORY_MIB } from './limits';
 export { discardVm, removeVm } from './remove';
-export type { CreateSpec, ExecSpec, OnProgress, ProcessEnd, ProgressEvent, RemoteProcess, SnapshotView, VmView } from './types';
+export type { CreateSpec, ExecSpec, KeptProcessInfo, OnProgress, ProcessEnd, ProgressEvent, RemoteProcess, SnapshotView, VmView } from './types';

@@ -88,9 +88,20 @@ export interface ExecSpec {
   stdin: boolean;
   /** Run on a terminal of this size (output on stdout only). */
   tty?: TerminalSize;
+  /**
+   * Keep the process in the guest agent's table with this tag (at most 4096 bytes; the front
+   * end's own label, e.g. its API and id): it outlives the connection, a restart of the front
+   * end and a pause/resume, and can be listed (keptProcesses) and attached to (attachKept).
+   */
+  keep?: string;
 }
 
-export type ProcessEnd = { exitCode: number | null; signal: string | null } | { error: string };
+/**
+ * How a process ended: its exit, or why it could not run. `lost`: the link to the VM went away
+ * before the end was known (the VM stopped or was paused, its supervisor died); a kept process
+ * may still run in the guest.
+ */
+export type ProcessEnd = { exitCode: number | null; signal: string | null } | { error: string; lost?: boolean };
 
 /** A process in a VM: output with flow control, input, signals, its end. */
 export interface RemoteProcess {
@@ -105,6 +116,8 @@ export interface RemoteProcess {
   /** Drops the link: the guest kills a process whose channel closed. */
   close(): void;
 }
+
+export type { KeptProcessInfo } from '../protocol/kept';
 
 export interface SnapshotView {
   tag: string;

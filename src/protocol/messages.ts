@@ -3,6 +3,7 @@
  * (Node built-ins only). Every channel starts with one request (the Open frame's JSON).
  */
 import os from 'node:os';
+import type { KeepOptions, KeptAttachRequest, KeptListRequest } from './kept';
 
 /** Run a process in the guest OS, with stdio on the channel (stream 0 in, 1 out, 2 err). */
 export interface ExecRequest {
@@ -28,6 +29,13 @@ export interface ExecRequest {
    * fallback when it cannot.
    */
   container?: ContainerExecTarget;
+  /**
+   * Record the process in the agent's table of kept processes (src/protocol/kept.ts): it outlives
+   * its channel and the host's session (a restarted API server, a pause and resume) and can be
+   * listed and attached to, its recent output replayed. It runs in its own process group, and
+   * signals reach the whole group.
+   */
+  keep?: KeepOptions;
 }
 
 /** A command for a running container, as `podman exec NAME ARGV` with `--env` pairs would run it. */
@@ -80,7 +88,7 @@ export interface AttachPersistentRequest {
   kind: 'attach-persistent';
 }
 
-export type AgentRequest = ExecRequest | InfoRequest | PowerOffRequest | FuseMountRequest | AttachPersistentRequest;
+export type AgentRequest = ExecRequest | InfoRequest | PowerOffRequest | FuseMountRequest | AttachPersistentRequest | KeptListRequest | KeptAttachRequest;
 
 /** Session start, host to guest, after the sync marker. */
 export interface Hello {

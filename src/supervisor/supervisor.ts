@@ -29,6 +29,7 @@ import { relayChannels } from './relay';
 import { waitHealthy } from './health-check';
 import { serveDirectoryMaps, type ServedMap } from './directory-maps';
 import type { ExecRequest } from '../protocol/messages';
+import type { KeptAttachRequest, KeptListRequest } from '../protocol/kept';
 import { ControlServer, refuse, sendEvent } from '../control/server';
 import type { ExecControlRequest, FilesControlRequest } from '../control/messages';
 import { cachedImageSnapshot, leaseSnapshotDir, sweepImageCacheTemps, touchImageCache } from '../snapshot/image-cache';
@@ -515,6 +516,8 @@ export class Supervisor {
       attach: (channel, request) => this.attachments.attach(channel, request.stdio),
       exec: (channel, request) => this.onExec(channel, request),
       files: (channel, request) => this.onFiles(channel, request),
+      keptList: (channel) => this.relayToAgent(channel, { kind: 'kept-list' }),
+      keptAttach: (channel, request) => this.relayToAgent(channel, { kind: 'kept-attach', id: request.id }),
       snapshot: (channel, request) => {
         channel.setDataHandler(() => undefined);
         void this.snapshotter.serve(channel, request.dir);
@@ -537,12 +540,22 @@ export class Supervisor {
     const podman = req.vm ? undefined : podmanExec(command, { env, interactive, tty: tty !== undefined, ...(user !== undefined ? { user } : {}), ...(workdir !== undefined ? { workdir } : {}) });
     const agentRequest: ExecRequest = { kind: 'exec', argv: podman?.argv ?? command, stdin: interactive };
     if (tty) agentRequest.tty = tty;
+    if (req.keep) agentRequest.keep = { tag: req.keep.tag };
     // In the VM: the command's env; through podman: the values of its bare `--env KEY`s.
     if (req.vm) agentRequest.env = env;
     else if (Object.keys(podman!.processEnv).length > 0) agentRequest.env = podman!.processEnv;
     // The agent enters the container directly (crun exec, so signals reach the process itself)
     // when it can, with -u and -w applied as podman applies them; argv is its fallback.
     if (!req.vm) agentRequest.container = { name: MAIN_CONTAINER, argv: command, env, ...(user !== undefined ? { user } : {}), ...(workdir !== undefined ? { workdir } : {}) };
+    relayChannels(channel, this.agent.open({ ...agentRequest }));
+  }
+
+  /** A request the agent answers itself (its kept processes), relayed as is. */
+  private relayToAgent(channel: Channel, agentRequest: KeptListRequest | KeptAttachRequest): void {
+    if (!this.agent || this.agent.destroyed || this.record.state !== 'running') {
+      refuse(channel, `VM ${this.record.config.name} is not running`);
+      return;
+    }
     relayChannels(channel, this.agent.open({ ...agentRequest }));
   }
 

@@ -38,7 +38,8 @@ let sbx: Sandbox;
 let socketPath = '';
 let token = '';
 
-before(async () => {
+/** Starts `shoal serve` on the test's state and socket (again after stopServe: same token). */
+async function startServe(): Promise<void> {
   // The Unix socket (the default is /run/shoal/api.sock as root; the test keeps its own), and
   // container logs rotated at the smallest size, so the log-follow case sees many rotations.
   serve = spawn(SHOAL_BIN, ['serve', '--socket', path.join(cli.stateDir, 'api.sock'), '--image-dir', path.dirname(image.file)], { env: cli.env({ SHOAL_LOG_MAX_BYTES: String(LOG_MAX_BYTES) }), stdio: ['ignore', 'pipe', 'pipe'] });
@@ -54,6 +55,21 @@ before(async () => {
   assert.equal(fs.statSync(started.tokenFile).mode & 0o777, 0o600);
   token = fs.readFileSync(started.tokenFile, 'utf8').trim();
   shoal = new Shoal({ socketPath, token });
+}
+
+/** SIGTERM, and the wait for its exit (within 20 s, else SIGKILL). */
+async function stopServe(): Promise<void> {
+  const proc = serve;
+  if (proc.exitCode !== null || proc.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
+  proc.kill('SIGTERM');
+  const timer = setTimeout(() => proc.kill('SIGKILL'), 20_000);
+  await exited;
+  clearTimeout(timer);
+}
+
+before(async () => {
+  await startServe();
   sbx = await shoal.sandboxes.create({ image: image.ref, memoryMiB: 512, metadata: { suite: 'api-e2e' }, timeoutMs: 900_000 });
 });
 
@@ -108,6 +124,48 @@ describe('shoal serve', { timeout: 1_200_000 }, () => {
     await boxed.kill('SIGTERM');
     await assert.rejects(boxed.wait(), (err: unknown) => err instanceof CommandExitError && (err.result.signal === 'SIGTERM' || err.result.exitCode === 143));
     assert.doesNotMatch((await sbx.commands.run('ps')).stdout, /sleep 1017/);
+  });
+
+  it('a process outlives a restart of shoal serve: listed, its recent output readable; a kill ends a compound command entirely', async () => {
+    const seen: string[] = [];
+    const ticker = await sbx.commands.run('echo started; i=0; while true; do echo tick$i; i=$((i+1)); sleep 1; done', { background: true, onStdout: (d) => seen.push(d) });
+    const compound = await sbx.commands.run(['sh', '-c', 'sleep 1000 & sleep 1001 & wait'], { background: true });
+    await waitUntil('the ticker\'s first ticks', 30_000, () => seen.join('').includes('tick1'));
+    ticker.disconnect();
+    compound.disconnect();
+    // serve goes away (its links to the guest with it) and comes back on the same state: its
+    // memory is empty, the guest agent's table is not.
+    await stopServe();
+    await startServe();
+    const back = await shoal.sandboxes.get(sbx.sandboxId);
+    const listed = await back.commands.list();
+    const tickerInfo = listed.find((p) => p.pid === ticker.pid);
+    const compoundInfo = listed.find((p) => p.pid === compound.pid);
+    assert.equal(tickerInfo?.running, true, `the ticker is listed after the restart: ${JSON.stringify(listed)}`);
+    assert.deepEqual(compoundInfo?.cmd, ['sh', '-c', 'sleep 1000 & sleep 1001 & wait']);
+    assert.equal(compoundInfo?.running, true);
+    // Its recent output (from before the restart) is replayed, then new output follows.
+    const again: string[] = [];
+    const followed = await back.commands.connect(ticker.pid, { onStdout: (d) => again.push(d) });
+    await waitUntil('the replay and a tick after the restart', 60_000, () => {
+      const text = again.join('');
+      const ticks = [...text.matchAll(/tick(\d+)/g)].map((m) => Number(m[1]));
+      return text.startsWith('started\n') && ticks.length > 0 && Math.max(...ticks) > Math.max(...[...seen.join('').matchAll(/tick(\d+)/g)].map((m) => Number(m[1])));
+    });
+    // A fresh exec does not take an adopted pid.
+    const fresh = await back.commands.run('echo fresh');
+    assert.ok(fresh.pid > Math.max(ticker.pid, compound.pid), `pid ${fresh.pid} is new`);
+    // The kill reaches the whole group: no sleep is left in the guest.
+    await back.commands.kill(compound.pid, 'SIGKILL');
+    const compoundEnd = await back.commands.connect(compound.pid);
+    await assert.rejects(compoundEnd.wait(), (err: unknown) => err instanceof CommandExitError);
+    await back.commands.kill(ticker.pid, 'SIGKILL');
+    await assert.rejects(followed.wait(), (err: unknown) => err instanceof CommandExitError);
+    const guest = await cli.run(['exec', '--vm', sbx.info.name, '--', 'sh', '-c', 'cat /proc/[0-9]*/cmdline | tr "\\0" " "'], { timeoutMs: 60_000 });
+    assert.equal(guest.code, 0, guest.stderr.toString());
+    assert.doesNotMatch(guest.stdout.toString(), /sleep 100[01]/, 'no sleep of the compound command is left');
+    assert.doesNotMatch(guest.stdout.toString(), /while true/, 'the ticker is gone');
+    sbx = back;
   });
 
   it('moves files through the agent, 10 MiB included, and refuses paths outside the container', async () => {
@@ -187,9 +245,9 @@ describe('shoal serve', { timeout: 1_200_000 }, () => {
     // list it as dead for a moment after the API stopped calling it running (CI saw that once).
     await waitUntil('the expired child to be gone for the CLI too', 30_000, async () => (await cli.vm(kids[2]!.info.name)) === undefined);
     // Pause and resume (a child, so the suite's sandbox keeps its id): the VM goes, the sandbox
-    // is listed as paused, and it comes back with its files and its running process (one of its
-    // own session: processes tied to an API exec stream end with it at the restore).
-    await kids[0]!.commands.run('setsid sleep 4242 </dev/null >/dev/null 2>&1 &');
+    // is listed as paused, and it comes back with its files and its running process, which the
+    // API lists again (the guest agent's kept table is in the snapshot).
+    const bg = await kids[0]!.commands.run('sleep 4242', { background: true });
     await kids[0]!.pause();
     assert.equal(kids[0]!.info.state, 'paused');
     assert.equal(await cli.vm(kids[0]!.info.name), undefined, 'no VM while paused');
@@ -198,6 +256,7 @@ describe('shoal serve', { timeout: 1_200_000 }, () => {
     assert.deepEqual([resumed.info.name, resumed.info.state], [kids[0]!.info.name, 'running']);
     assert.equal((await resumed.commands.run('cat /shared/own.txt')).stdout, 'child 0\n');
     assert.match((await resumed.commands.run('ps')).stdout, /sleep 4242/);
+    assert.ok((await resumed.commands.list()).some((p) => p.pid === bg.pid && p.running), 'the API lists the process started before the pause');
     await resumed.kill();
     await kids[1]!.kill();
   });

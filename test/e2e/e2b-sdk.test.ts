@@ -114,6 +114,13 @@ describe('the e2b SDK against shoal serve', { timeout: 600_000 }, () => {
     await sh(sbx.sandboxId, 'echo on-disk > /root/disk.txt; echo in-memory > /dev/shm/mem.txt; mkdir -p /www; echo served > /www/index.html; httpd -p 8080 -h /www');
     const served = await viaHost(sbx.getHost(8080), '/index.html');
     assert.deepEqual(served, { status: 200, body: 'served\n' });
+    // A background command from before the pause: the guest agent keeps it, as envd does.
+    const beats: string[] = [];
+    const beating = await sbx.commands.run('echo before-pause; i=0; while true; do echo beat$i; i=$((i+1)); sleep 1; done', { background: true, timeoutMs: 0, onStdout: (d) => { beats.push(d); } });
+    const deadline = Date.now() + 30_000;
+    while (!beats.join('').includes('beat1') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+    assert.match(beats.join(''), /beat1/);
+    await beating.disconnect();
     assert.equal(await sbx.pause({ requestTimeoutMs: 120_000 }), true);
     assert.equal(await cli.vm(sbx.sandboxId), undefined, 'no VM while paused');
     // Other local users: the paused sandbox's record (its tokens) is the server's alone.
@@ -129,6 +136,20 @@ describe('the e2b SDK against shoal serve', { timeout: 600_000 }, () => {
     assert.equal((await back.getInfo()).state, 'running');
     assert.equal(await sh(sbx.sandboxId, 'cat /root/disk.txt /dev/shm/mem.txt'), 'on-disk\nin-memory\n');
     assert.deepEqual(await viaHost(back.getHost(8080), '/index.html'), { status: 200, body: 'served\n' }, 'the server still listens after the resume');
+    // The command from before the pause is listed, and connect replays its recent output, then new output.
+    const listed = await back.commands.list();
+    assert.ok(listed.some((p) => p.pid === beating.pid), `pid ${beating.pid} is listed after the resume: ${JSON.stringify(listed.map((p) => p.pid))}`);
+    const lastBefore = Math.max(...[...beats.join('').matchAll(/beat(\d+)/g)].map((m) => Number(m[1])));
+    const again: string[] = [];
+    const reconnected = await back.commands.connect(beating.pid, { timeoutMs: 0, onStdout: (d) => { again.push(d); } });
+    const until = Date.now() + 60_000;
+    const newest = (): number => Math.max(-1, ...[...again.join('').matchAll(/beat(\d+)/g)].map((m) => Number(m[1])));
+    while (newest() <= lastBefore && Date.now() < until) await new Promise((r) => setTimeout(r, 200));
+    assert.match(again.join(''), /^before-pause\nbeat0\n/, 'the recent output is replayed');
+    assert.ok(newest() > lastBefore, `new output after the resume (beat${newest()} after beat${lastBefore})`);
+    assert.equal(await back.commands.kill(beating.pid), true);
+    await assert.rejects(reconnected.wait(), CommandExitError);
+    assert.doesNotMatch(await sh(sbx.sandboxId, 'ps'), /while true/, 'killed in the guest');
   });
 
   it('fork({count: 2}): two running children with their own ids and the parent\'s files', async () => {

@@ -9,7 +9,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
-import type { Core, ExecSpec, FileOps, LogRecord, OnProgress, ProcessEnd, RemoteProcess, SandboxSpec, SnapshotView, VmView } from '../../src/api/core';
+import type { Core, ExecSpec, FileOps, KeptProcessInfo, LogRecord, OnProgress, ProcessEnd, RemoteProcess, SandboxSpec, SnapshotView, VmView } from '../../src/api/core';
 import { ApiError } from '../../src/api/errors';
 import { tempDir } from './temp-dir';
 import type { FileEntry } from '../../src/protocol/files';
@@ -74,6 +74,16 @@ export class FakeCore implements Core {
     this.calls.push(`exec ${id} ${spec.argv.join(' ')}`);
     if (this.execDelayMs > 0) await new Promise((r) => setTimeout(r, this.execDelayMs));
     return new LocalProcess(spec, this.fsRoot(id));
+  }
+
+  /** No guest agent here: nothing is kept beyond this process. */
+  async keptProcesses(id: string): Promise<KeptProcessInfo[]> {
+    void id;
+    return [];
+  }
+
+  async attachKept(id: string, keptId: number): Promise<RemoteProcess> {
+    throw new ApiError('not_found', `no kept process ${keptId} in ${id}`);
   }
 
   logFile(id: string): string {

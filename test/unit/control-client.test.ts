@@ -35,6 +35,8 @@ async function fakeSupervisor(handlers: Partial<ControlHandlers>): Promise<{ cli
     files: (channel, request) => { received.push(request); (handlers.files ?? unexpected)(channel, request); },
     snapshot: (channel, request) => { received.push(request); (handlers.snapshot ?? unexpected)(channel, request); },
     stop: (channel, request) => { received.push(request); (handlers.stop ?? unexpected)(channel, request); },
+    keptList: (channel, request) => { received.push(request); (handlers.keptList ?? unexpected)(channel, request); },
+    keptAttach: (channel, request) => { received.push(request); (handlers.keptAttach ?? unexpected)(channel, request); },
   });
   const client = SupervisorClient.over(await connectUnix(socketPath), 'vm-test');
   return { client, received, close: () => { client.close(); server.close(); } };
@@ -258,7 +260,7 @@ test('connect waits for a supervisor that is starting, and gives up at once on a
   let server: ControlServer | undefined;
   const late = setTimeout(() => {
     void ControlServer.listen(socketPath, {
-      attach: () => undefined, exec: () => undefined, files: () => undefined, snapshot: () => undefined,
+      attach: () => undefined, exec: () => undefined, files: () => undefined, snapshot: () => undefined, keptList: () => undefined, keptAttach: () => undefined,
       stop: (channel) => { sendEvent(channel, { type: 'result' }); channel.close(); },
     }).then((s) => { server = s; });
   }, 150);

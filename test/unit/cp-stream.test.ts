@@ -74,7 +74,7 @@ before(async () => {
   });
   fs.mkdirSync(store.vmDir(id), { recursive: true });
   server = await ControlServer.listen(vmFiles(store.vmDir(id)).controlSocket, {
-    attach: () => undefined, files: () => undefined, snapshot: () => undefined, stop: () => undefined,
+    attach: () => undefined, files: () => undefined, snapshot: () => undefined, stop: () => undefined, keptList: () => undefined, keptAttach: () => undefined,
     exec: fakeExec,
   });
   fs.mkdirSync(path.join(containerRoot, 'tmp'), { recursive: true });

@@ -14,7 +14,7 @@ import { containerPathComponents } from '../../../protocol/files';
 import { toConnectError } from './errors';
 import { keepaliveMsOf } from './event-queue';
 import { Process, Signal, type ProcessEvent, type ProcessSelector, type StartRequest } from './gen/process/process_pb';
-import { EnvdProcess, EnvdProcessTable, type OutputEvent } from './process-table';
+import { envdTag, EnvdProcess, EnvdProcessTable, type OutputEvent } from './process-table';
 import { authenticate, requireRunning, type EnvdSandbox } from './sandbox-auth';
 import { commandArgv, execUser, userOfAuthorization, withCwd } from './users';
 import type { MessageInitShape } from '@bufbuild/protobuf';
@@ -110,7 +110,8 @@ export function processService({ core, table, bash, root }: ProcessServiceDeps):
       throw toConnectError(err);
     }
   };
-  const processOf = (sandbox: EnvdSandbox, selector: ProcessSelector | undefined): EnvdProcess => {
+  const processOf = async (sandbox: EnvdSandbox, selector: ProcessSelector | undefined): Promise<EnvdProcess> => {
+    await table.sync(sandbox.vm.id, core);
     const s = selector?.selector;
     if (!s || s.case === undefined) throw new ConnectError('process selector (pid or tag) is missing', Code.InvalidArgument);
     const p = s.case === 'pid' ? table.find(sandbox.vm.id, { pid: s.value }) : table.find(sandbox.vm.id, { tag: s.value.slice(0, PROCESS_LIMITS.maxTagLength) });
@@ -126,8 +127,7 @@ export function processService({ core, table, bash, root }: ProcessServiceDeps):
 
   /** Streams a process's events until it ends, the client leaves, or (for Start) the deadline. */
   async function* stream(p: EnvdProcess, ctx: HandlerContext, first?: OutputEvent): AsyncGenerator<{ event: EventInit }> {
-    const queue = p.follow();
-    if (first) queue.push(first);
+    const queue = p.follow(first);
     try {
       for await (const e of queue.events(ctx.signal, keepaliveMsOf(ctx.requestHeader.get('keepalive-ping-interval')), () => ({ kind: 'keepalive' }))) {
         yield { event: eventInit(e) };
@@ -141,13 +141,17 @@ export function processService({ core, table, bash, root }: ProcessServiceDeps):
     async *start(req: StartRequest, ctx: HandlerContext) {
       const sandbox = sandboxOf(ctx);
       const spec = await execSpecOf(req, ctx, sandbox, bash, root);
+      // What the guest kept from before (a restart of this server, a resume) first: its pids and tags stay taken.
+      await table.sync(sandbox.vm.id, core);
       if (req.tag !== undefined && table.tagTaken(sandbox.vm.id, req.tag)) throw new ConnectError(`a process tagged ${req.tag.slice(0, 64)} runs already`, Code.AlreadyExists);
-      if (!table.reserve(sandbox.vm.id)) throw new ConnectError(`sandbox ${sandbox.vm.name} runs ${table.limits.maxPerSandbox} processes already`, Code.ResourceExhausted);
+      const pid = table.reserve(sandbox.vm.id);
+      if (pid === undefined) throw new ConnectError(`sandbox ${sandbox.vm.name} runs ${table.limits.maxPerSandbox} processes already`, Code.ResourceExhausted);
       let p: EnvdProcess;
       try {
-        const remote = await core.exec(sandbox.vm.id, spec);
         const config = { cmd: req.process!.cmd, args: req.process!.args, envs: req.process!.envs, ...(req.process!.cwd !== undefined ? { cwd: req.process!.cwd } : {}) };
-        p = table.add(sandbox.vm.id, (pid) => new EnvdProcess(pid, req.tag, config, req.pty !== undefined, req.stdin === true, remote, table.limits.queue));
+        // Kept by the guest agent, as envd keeps it: it outlives this server and a pause.
+        const remote = await core.exec(sandbox.vm.id, { ...spec, keep: envdTag(pid, req.tag, config) });
+        p = table.add(sandbox.vm.id, pid, (id) => new EnvdProcess(id, req.tag, config, req.pty !== undefined, req.stdin === true, remote, table.limits.queue));
       } catch (err) {
         table.release(sandbox.vm.id);
         throw toConnectError(err);
@@ -161,19 +165,20 @@ export function processService({ core, table, bash, root }: ProcessServiceDeps):
 
     async *connect(req, ctx) {
       const sandbox = sandboxOf(ctx);
-      const p = processOf(sandbox, req.process);
+      const p = await processOf(sandbox, req.process);
       yield* stream(p, ctx, { kind: 'start', pid: p.pid });
     },
 
-    list(_req, ctx) {
+    async list(_req, ctx) {
       const sandbox = sandboxOf(ctx);
+      await table.sync(sandbox.vm.id, core);
       return {
         processes: table.list(sandbox.vm.id).map((p) => ({ pid: p.pid, ...(p.tag !== undefined ? { tag: p.tag } : {}), config: { cmd: p.config.cmd, args: p.config.args, envs: p.config.envs, ...(p.config.cwd !== undefined ? { cwd: p.config.cwd } : {}) } })),
       };
     },
 
     async sendInput(req, ctx) {
-      const p = processOf(sandboxOf(ctx), req.process);
+      const p = await processOf(sandboxOf(ctx), req.process);
       const i = req.input?.input;
       if (!i || i.case === undefined) throw new ConnectError('input is missing', Code.InvalidArgument);
       await input(p, Buffer.from(i.value), i.case === 'pty');
@@ -185,7 +190,7 @@ export function processService({ core, table, bash, root }: ProcessServiceDeps):
       let p: EnvdProcess | undefined;
       for await (const req of requests) {
         const e = req.event;
-        if (e.case === 'start') p = processOf(sandbox, e.value.process);
+        if (e.case === 'start') p = await processOf(sandbox, e.value.process);
         else if (e.case === 'data') {
           if (!p) throw new ConnectError('the stream must start with the process (a start event)', Code.InvalidArgument);
           const i = e.value.input?.input;
@@ -196,16 +201,16 @@ export function processService({ core, table, bash, root }: ProcessServiceDeps):
       return {};
     },
 
-    sendSignal(req, ctx) {
-      const p = processOf(sandboxOf(ctx), req.process);
+    async sendSignal(req, ctx) {
+      const p = await processOf(sandboxOf(ctx), req.process);
       if (req.signal === Signal.SIGKILL) p.remote.signal('SIGKILL');
       else if (req.signal === Signal.SIGTERM) p.remote.signal('SIGTERM');
       else throw new ConnectError('signal must be SIGTERM or SIGKILL', Code.InvalidArgument);
       return {};
     },
 
-    update(req, ctx) {
-      const p = processOf(sandboxOf(ctx), req.process);
+    async update(req, ctx) {
+      const p = await processOf(sandboxOf(ctx), req.process);
       const size = req.pty?.size;
       if (size) {
         if (!p.pty) throw new ConnectError('this process has no PTY', Code.FailedPrecondition);
@@ -215,8 +220,8 @@ export function processService({ core, table, bash, root }: ProcessServiceDeps):
       return {};
     },
 
-    closeStdin(req, ctx) {
-      const p = processOf(sandboxOf(ctx), req.process);
+    async closeStdin(req, ctx) {
+      const p = await processOf(sandboxOf(ctx), req.process);
       if (p.pty) throw new ConnectError('a PTY has no stdin to close: send Ctrl-D (0x04)', Code.FailedPrecondition);
       if (p.stdinOpen) {
         p.stdinOpen = false;
