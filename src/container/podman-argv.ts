@@ -46,11 +46,13 @@ export interface RunOptions {
   volumes?: { source: string; target: string; readOnly: boolean }[];
   /** --user, --workdir, --entrypoint, --privileged, ... (src/container/container-options.ts). */
   container?: ContainerOptions;
+  /** The container's name (default MAIN_CONTAINER; a pod's other containers have their own). */
+  name?: string;
 }
 
 /** `podman run`'s argv, and the environment its process needs for the bare `--env KEY`s. */
 export function podmanRun(options: RunOptions): { argv: string[]; processEnv: Record<string, string> } {
-  const argv = ['podman', 'run', '--name', MAIN_CONTAINER, '--network', 'host', '--pull', 'never', '--log-driver', 'none'];
+  const argv = ['podman', 'run', '--name', options.name ?? MAIN_CONTAINER, '--network', 'host', '--pull', 'never', '--log-driver', 'none'];
   if (options.interactive) argv.push('--interactive');
   if (options.tty) argv.push('--tty');
   for (const volume of options.volumes ?? []) argv.push('--volume', `${volume.source}:${volume.target}${volume.readOnly ? ':ro' : ''}`);
@@ -67,6 +69,8 @@ export interface ExecOptions {
   tty?: boolean;
   user?: string;
   workdir?: string;
+  /** Which container (default MAIN_CONTAINER). */
+  name?: string;
 }
 
 /** `podman exec`'s argv, and the environment its process needs for the bare `--env KEY`s. */
@@ -78,7 +82,7 @@ export function podmanExec(command: string[], options: ExecOptions): { argv: str
   if (options.workdir !== undefined) argv.push('--workdir', options.workdir);
   const env = podmanEnvArgs(options.env);
   argv.push(...env.args);
-  argv.push(MAIN_CONTAINER, ...command);
+  argv.push(options.name ?? MAIN_CONTAINER, ...command);
   return { argv, processEnv: env.processEnv };
 }
 

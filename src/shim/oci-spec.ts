@@ -28,7 +28,17 @@ export interface BundleSpec {
   /** From linux.resources, when given. */
   memoryMiB?: number;
   cpus?: number;
+  /** What CRI made this container: a pod's sandbox, or an app container of a pod; absent for ctr. */
+  criType?: 'sandbox' | 'container';
+  /** The pod (its sandbox container's id): CRI's io.kubernetes.cri.sandbox-id. */
+  sandboxId?: string;
+  /** linux.namespaces' network path: the pod's namespace CNI set up (a sandbox's). */
+  netnsPath?: string;
 }
+
+/** CRI's annotations (containerd 1.6, pkg/cri/annotations). */
+export const CRI_CONTAINER_TYPE = 'io.kubernetes.cri.container-type';
+export const CRI_SANDBOX_ID = 'io.kubernetes.cri.sandbox-id';
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 const isStringArray = (v: unknown): v is string[] => Array.isArray(v) && v.every((s) => typeof s === 'string');
@@ -70,6 +80,18 @@ export function parseBundleSpec(value: unknown): BundleSpec {
   }
   if (isObject(value.annotations)) {
     for (const [k, v] of Object.entries(value.annotations)) if (typeof v === 'string') spec.annotations[k] = v;
+  }
+  const type = spec.annotations[CRI_CONTAINER_TYPE];
+  if (type !== undefined) {
+    if (type !== 'sandbox' && type !== 'container') throw new ShoalError(`config.json: unknown ${CRI_CONTAINER_TYPE} "${type.slice(0, 40)}"`);
+    spec.criType = type;
+    const sandboxId = spec.annotations[CRI_SANDBOX_ID];
+    if (sandboxId === undefined || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(sandboxId)) throw new ShoalError(`config.json: a CRI container needs a valid ${CRI_SANDBOX_ID} annotation`);
+    spec.sandboxId = sandboxId;
+  }
+  const namespaces = isObject(value.linux) && Array.isArray(value.linux.namespaces) ? value.linux.namespaces : [];
+  for (const ns of namespaces) {
+    if (isObject(ns) && ns.type === 'network' && typeof ns.path === 'string' && ns.path !== '') spec.netnsPath = ns.path;
   }
   const resources = isObject(value.linux) && isObject(value.linux.resources) ? value.linux.resources : undefined;
   if (resources && isObject(resources.memory) && typeof resources.memory.limit === 'number' && resources.memory.limit > 0) {

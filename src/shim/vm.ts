@@ -4,8 +4,10 @@
  * core's removeVm, as `shoal rm -f`). Nothing here knows ttrpc.
  */
 import crypto from 'node:crypto';
+import fs from 'node:fs';
 import { onControlEvents, sendClientMessage, SupervisorClient } from '../control/client';
 import type { ContainerOptions } from '../container/container-options';
+import { podmanExec, podmanLoadArgv, podmanRun } from '../container/podman-argv';
 import { removeVm as removeCoreVm, startVm } from '../core';
 import { exitCodeOf, type TerminalSize } from '../protocol/messages';
 import { STDERR, STDIN, STDOUT, type Channel } from '../protocol/mux';
@@ -26,7 +28,27 @@ export interface VmRequest {
   tty?: TerminalSize;
   cpus: number;
   memoryMiB: number;
+  /** shoal's --network value: rootless for a lone container, ns:PATH for a pod's sandbox. */
+  network: string;
 }
+
+/** A container of a pod that runs beside the VM's main one, in the same guest (podman run). */
+export interface PodContainerRequest {
+  /** The podman container name in the guest (the containerd id). */
+  name: string;
+  /** The image reference the loaded archive carries. */
+  image: string;
+  args: string[];
+  env: Record<string, string>;
+  container: ContainerOptions;
+  stdin: boolean;
+  tty?: TerminalSize;
+}
+
+/** Bounds on the guest's answers while loading an archive (podman's messages, not data). */
+const MAX_LOAD_OUTPUT = 64 * 1024;
+const LOAD_TIMEOUT_MS = 300_000;
+const RUNNING_TIMEOUT_MS = 120_000;
 
 /** Where a process's output goes and where its exit is reported. */
 export interface ProcessSink {
@@ -76,7 +98,7 @@ export class ShimVm {
       ...(request.tty ? { tty: request.tty } : {}),
       // The supervisor holds the container back until the shim attaches (follow()).
       attached: true,
-      network: 'rootless',
+      network: request.network,
       containerOptions: request.container,
       vmm: process.env.SHOAL_VMM ?? 'auto',
       // Every rootfs archive is new to the cache (its key hashes the archive): saving one per
@@ -163,6 +185,111 @@ export class ShimVm {
         else reject(new ShoalError(`${argv.join(' ')} in the VM failed (exit ${exitCode ?? 'unknown'})`));
       });
     });
+  }
+
+  /**
+   * Loads a docker-archive into the guest's podman (streamed over a guest exec's stdin, as the
+   * supervisor loads a `docker-archive:` image), for a pod's further containers.
+   */
+  async loadImage(archive: string): Promise<void> {
+    const channel = this.client.exec({ argv: podmanLoadArgv(), env: {}, interactive: true, vm: true });
+    let exitCode: number | undefined;
+    let error: string | undefined;
+    let messages = '';
+    onControlEvents(channel, (event) => {
+      if (event.type === 'exit') exitCode = exitCodeOf(event);
+      else if (event.type === 'error') error = event.message;
+    });
+    channel.setDataHandler((stream, data) => {
+      if ((stream === STDOUT || stream === STDERR) && messages.length < MAX_LOAD_OUTPUT) messages += data.toString('utf8').slice(0, MAX_LOAD_OUTPUT - messages.length);
+    });
+    const closed = new Promise<void>((resolve) => channel.on('close', () => resolve()));
+    const timer = setTimeout(() => channel.close(), LOAD_TIMEOUT_MS);
+    try {
+      for await (const chunk of fs.createReadStream(archive, { highWaterMark: 64 * 1024 })) {
+        if (channel.closed) break;
+        await channel.write(STDIN, chunk as Buffer);
+      }
+      if (!channel.closed) channel.end(STDIN);
+      await closed;
+    } finally {
+      clearTimeout(timer);
+    }
+    if (exitCode !== 0) {
+      const last = messages.trim().split('\n').pop()?.replace(/^Error:\s*/, '') ?? '';
+      throw new ShoalError(`loading the container's rootfs into the pod's VM failed: ${error ?? (last || `podman load exited ${exitCode ?? 'without a code'}`)}`);
+    }
+  }
+
+  /**
+   * Runs a pod's container in the guest beside the main one (podman run, the guest's network, so
+   * the pod's containers reach each other on localhost). `running` resolves once podman reports
+   * it running, or once it already ended (a short-lived container); it rejects if it never ran.
+   */
+  runContainer(request: PodContainerRequest, sink: ProcessSink): { process: VmProcess; running: Promise<void> } {
+    const run = podmanRun({
+      name: request.name,
+      image: request.image,
+      command: request.args,
+      env: request.env,
+      interactive: request.stdin,
+      tty: request.tty !== undefined,
+      container: request.container,
+    });
+    const channel = this.client.exec({ argv: run.argv, env: run.processEnv, interactive: request.stdin, vm: true, ...(request.tty ? { tty: request.tty } : {}) });
+    let exitCode: number | undefined;
+    let error: string | undefined;
+    let ended = false;
+    onControlEvents(channel, (event) => {
+      if (event.type === 'exit') exitCode = exitCodeOf(event);
+      else if (event.type === 'error') error = event.message;
+    });
+    const closed = new Promise<void>((resolve) => channel.on('close', () => { ended = true; resolve(); }));
+    this.relay(channel, sink, () => sink.exited(exitCode ?? 255, exitCode === undefined ? error ?? 'lost the connection to the VM supervisor' : undefined));
+    const running = (async () => {
+      const deadline = Date.now() + RUNNING_TIMEOUT_MS;
+      while (!ended && Date.now() < deadline) {
+        const waited = this.guestOutput(['podman', 'wait', '--condition', 'running', '--interval', '100ms', request.name], 5000).then(() => true, () => false);
+        if (await Promise.race([waited, closed.then(() => false)])) return;
+        if (!ended) await new Promise((r) => setTimeout(r, 100));
+      }
+      if (ended && exitCode !== undefined) return; // it ran and already ended
+      throw new ShoalError(error ?? `container ${request.name} did not start in the pod's VM`);
+    })();
+    running.catch(() => undefined);
+    return { process: processOf(channel), running };
+  }
+
+  /** Runs a process in one of the pod's containers (podman exec in the guest). */
+  execInContainer(name: string, spec: { args: string[]; env: Record<string, string>; cwd?: string; user?: string; stdin: boolean; tty?: TerminalSize }, sink: ProcessSink): VmProcess {
+    const exec = podmanExec(spec.args, {
+      name,
+      env: spec.env,
+      interactive: spec.stdin,
+      tty: spec.tty !== undefined,
+      ...(spec.user !== undefined ? { user: spec.user } : {}),
+      ...(spec.cwd !== undefined ? { workdir: spec.cwd } : {}),
+    });
+    const channel = this.client.exec({ argv: exec.argv, env: exec.processEnv, interactive: spec.stdin, vm: true, ...(spec.tty ? { tty: spec.tty } : {}) });
+    let exitCode: number | undefined;
+    let error: string | undefined;
+    onControlEvents(channel, (event) => {
+      if (event.type === 'exit') exitCode = exitCodeOf(event);
+      else if (event.type === 'error') error = event.message;
+    });
+    this.relay(channel, sink, () => sink.exited(exitCode ?? 255, exitCode === undefined ? error ?? 'the exec ended without an exit code' : undefined));
+    return processOf(channel);
+  }
+
+  /** Signals one of the pod's containers (podman kill: SIGKILL reaches a process that ignores SIGTERM). */
+  async signalContainer(name: string, signal: string): Promise<void> {
+    await this.guestOutput(['podman', 'kill', '--signal', signal, name]);
+  }
+
+  /** Removes one of the pod's containers and its image from the guest (best effort: the VM may be gone). */
+  async removeContainer(name: string, image: string): Promise<void> {
+    await this.guestOutput(['podman', 'rm', '--force', '--time', '0', name], 20_000).catch(() => undefined);
+    await this.guestOutput(['podman', 'rmi', '--force', image], 20_000).catch(() => undefined);
   }
 
   /** Kills the VM and removes it (record, files, name), as `shoal rm -f` does. */
