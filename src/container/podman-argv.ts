@@ -48,6 +48,10 @@ export interface RunOptions {
   container?: ContainerOptions;
   /** The container's name (default MAIN_CONTAINER; a pod's other containers have their own). */
   name?: string;
+  /** `image` is a root filesystem directory in the guest (podman --rootfs), not an image. */
+  rootfs?: boolean;
+  /** podman --cidfile: where podman writes the container's id. */
+  cidfile?: string;
 }
 
 /** `podman run`'s argv, and the environment its process needs for the bare `--env KEY`s. */
@@ -55,10 +59,12 @@ export function podmanRun(options: RunOptions): { argv: string[]; processEnv: Re
   const argv = ['podman', 'run', '--name', options.name ?? MAIN_CONTAINER, '--network', 'host', '--pull', 'never', '--log-driver', 'none'];
   if (options.interactive) argv.push('--interactive');
   if (options.tty) argv.push('--tty');
+  if (options.cidfile !== undefined) argv.push('--cidfile', options.cidfile);
   for (const volume of options.volumes ?? []) argv.push('--volume', `${volume.source}:${volume.target}${volume.readOnly ? ':ro' : ''}`);
   argv.push(...containerOptionArgv(options.container ?? {}));
   const env = podmanEnvArgs(options.env);
   argv.push(...env.args);
+  if (options.rootfs) argv.push('--rootfs');
   argv.push(options.image, ...options.command);
   return { argv, processEnv: env.processEnv };
 }

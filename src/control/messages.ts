@@ -27,6 +27,11 @@ export type ExecControlRequest = {
   /** podman exec --user / --workdir (container commands only). */
   user?: string;
   workdir?: string;
+  /**
+   * Which container of the VM (container commands only; default the main one): a pod's other
+   * containers, which the containerd shim runs beside it.
+   */
+  container?: string;
 };
 
 /** Write state.bin, memory.raw and scratch.img of the VM into dir (an existing directory). */
@@ -99,6 +104,12 @@ export function parseControlRequest(value: unknown): Parsed<ControlRequest> {
         if (v === undefined) continue;
         if (!isString(v) || v.length > 4096 || v.includes('\0')) return { ok: false, error: `malformed exec request: ${field} must be a string` };
         request[field] = v;
+      }
+      if (value.container !== undefined) {
+        // A podman container name (the shim uses containerd's ids).
+        if (!isString(value.container) || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(value.container)) return { ok: false, error: 'malformed exec request: container must be a container name' };
+        if (value.vm === true) return { ok: false, error: 'malformed exec request: container is for container commands, not vm' };
+        request.container = value.container;
       }
       return { ok: true, value: request };
     }

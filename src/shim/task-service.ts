@@ -169,7 +169,8 @@ export class TaskService {
     const archive = path.join(r.bundle, ROOTFS_ARCHIVE_FILE);
     let io: ProcessIo | undefined;
     try {
-      await buildRootfsArchive(rootfsDir(r.bundle), archive, image);
+      // A pod's app container goes into the pod's VM as a plain tree at its Start (no image).
+      if (!sandbox) await buildRootfsArchive(rootfsDir(r.bundle), archive, image);
       io = ProcessIo.open({ stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, terminal: r.terminal });
     } catch (err) {
       await unmountRootfs(r.bundle);
@@ -235,14 +236,13 @@ export class TaskService {
     const vm = sandbox.vm;
     if (!vm || sandbox.main.status !== Status.RUNNING) throw new TtrpcError(Code.FAILED_PRECONDITION, `the pod's sandbox ${sandbox.id} is not running`);
     const { spec } = container;
-    await vm.loadImage(path.join(container.bundle, ROOTFS_ARCHIVE_FILE));
+    await vm.unpackRootfs(rootfsDir(container.bundle), container.id);
     container.vm = vm;
     const options = containerOptionsOf(spec);
     // The pod's hostname is the guest's (the sandbox's); podman refuses --hostname beside it.
     delete options.hostname;
     const { process, running } = vm.runContainer({
       name: container.id,
-      image: container.image,
       args: spec.process.args,
       env: spec.process.env,
       container: options,
@@ -281,8 +281,8 @@ export class TaskService {
       if (error) this.log(`${container.id}/${proc.execId}: ${error}`);
       void proc.finish(code).then(() => this.publishExit(container, proc));
     });
-    // A pod's app container is a podman container beside the VM's main one: podman exec.
-    const process = container.sandbox ? vm.execInContainer(container.id, execSpec, sink) : vm.exec(execSpec, sink);
+    // A pod's app container is a podman container beside the VM's main one, entered by name.
+    const process = vm.exec(execSpec, sink, container.sandbox ? container.id : undefined);
     proc.process = process;
     proc.status = Status.RUNNING;
     proc.pid = container.main.pid;
@@ -359,7 +359,7 @@ export class TaskService {
     await proc.io.close();
     // A pod's container goes from the guest while the pod's VM runs (after StopPodSandbox it is gone with the VM).
     if (container.sandbox) {
-      if (container.sandbox.main.status === Status.RUNNING) await container.vm?.removeContainer(container.id, container.image);
+      if (container.sandbox.main.status === Status.RUNNING) await container.vm?.removeContainer(container.id);
     }
     else await container.vm?.remove();
     await unmountRootfs(container.bundle);
