@@ -29,6 +29,30 @@ test('config.json: args, env, cwd, user, terminal, read-only root, resources', (
   assert.deepEqual(containerOptionsOf(spec), { user: '1000:100', workdir: '/w', hostname: 'pod1', readOnly: true });
 });
 
+test('config.json from CRI: the sandbox (its network namespace) and a pod\'s container', () => {
+  const sandbox = parseBundleSpec({
+    process: { args: ['/pause'] },
+    annotations: { 'io.kubernetes.cri.container-type': 'sandbox', 'io.kubernetes.cri.sandbox-id': 'p1' },
+    linux: { namespaces: [{ type: 'pid' }, { type: 'network', path: '/var/run/netns/cni-1234' }] },
+  });
+  assert.equal(sandbox.criType, 'sandbox');
+  assert.equal(sandbox.sandboxId, 'p1');
+  assert.equal(sandbox.netnsPath, '/var/run/netns/cni-1234');
+  const app = parseBundleSpec({
+    process: { args: ['httpd'] },
+    annotations: { 'io.kubernetes.cri.container-type': 'container', 'io.kubernetes.cri.sandbox-id': 'p1' },
+    linux: { namespaces: [{ type: 'network', path: '/proc/42/ns/net' }] },
+  });
+  assert.equal(app.criType, 'container');
+  assert.equal(app.sandboxId, 'p1');
+  const plain = parseBundleSpec({ process: { args: ['sh'] } });
+  assert.equal(plain.criType, undefined);
+  assert.equal(plain.netnsPath, undefined);
+  assert.throws(() => parseBundleSpec({ process: { args: ['x'] }, annotations: { 'io.kubernetes.cri.container-type': 'podlet', 'io.kubernetes.cri.sandbox-id': 'p1' } }), /unknown io.kubernetes.cri.container-type/);
+  assert.throws(() => parseBundleSpec({ process: { args: ['x'] }, annotations: { 'io.kubernetes.cri.container-type': 'container' } }), /needs a valid io.kubernetes.cri.sandbox-id/);
+  assert.throws(() => parseBundleSpec({ process: { args: ['x'] }, annotations: { 'io.kubernetes.cri.container-type': 'container', 'io.kubernetes.cri.sandbox-id': '../x' } }), /needs a valid/);
+});
+
 test('config.json: malformed input is one clear error', () => {
   assert.throws(() => parseBundleSpec([]), /not an object/);
   assert.throws(() => parseBundleSpec({ process: { args: [] } }), /args/);
