@@ -6,7 +6,9 @@
  * sandbox image imported from a local archive (registries point at a closed port, so a pull
  * would fail at once). One pod, so one VM boot: two containers that reach each other on
  * localhost, ExecSync, the exit code of a container that exits 7, the pod reached on its CNI
- * address from the host, and StopPodSandbox + RemovePodSandbox leaving nothing.
+ * address from the host, and StopPodSandbox + RemovePodSandbox leaving nothing. Before it, a
+ * pod on the host's network, which the shim refuses at Create (no VM): its reason is one line of
+ * the shim's in containerd's log (the bundle's `log` FIFO).
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -140,6 +142,15 @@ describe('pods through containerd\'s CRI on containerd-shim-shoal-v2', { skip: h
     spawnSync('ip', ['link', 'del', bridge], { timeout: 10_000 });
   });
 
+  test('a pod on the host\'s network is refused: one clear line from the shim in containerd\'s log, nothing left', async () => {
+    const config = { ...podConfig, metadata: { ...podConfig.metadata, name: 'shoal-hostnet', uid: `uid-h-${suffix}` }, linux: { security_context: { namespace_options: { network: 'NODE', pid: 'CONTAINER', ipc: 'POD' } } } };
+    await assert.rejects(cri('RunPodSandbox', { config, runtime_handler: 'shoal' }, 60_000), /hostNetwork\) cannot run in a shoal VM/);
+    const lines = fs.readFileSync(containerd.logFile, 'utf8').split('\n').filter((l) => /shim\[\d+\] containerd\.task\.v2\.Task\/Create: a pod on the host's network \(hostNetwork\) cannot run in a shoal VM/.test(l));
+    assert.equal(lines.length, 1, 'the shim\'s own line, through containerd\'s log FIFO');
+    await waitUntil('the refused pod\'s shim to end', 20_000, () => processesNaming(containerd.shimSockets).length === 0);
+    assert.deepEqual(vmIdsOf(sandbox), []);
+  });
+
   test('RunPodSandbox with the handler shoal: one VM on the pod\'s CNI address', async () => {
     netnsBefore = netnsEntries();
     const started = Date.now();
@@ -158,14 +169,15 @@ describe('pods through containerd\'s CRI on containerd-shim-shoal-v2', { skip: h
   test('two containers in the pod\'s VM reach each other on localhost; ExecSync; the host reaches the pod on its CNI address', async () => {
     assert.ok(podId, 'the pod runs');
     const started = Date.now();
-    for (const [name, command] of [
+    // Both at once (kubelet starts a pod's containers one after the other; the shim takes either).
+    await Promise.all(([
       ['web', ['sh', '-c', 'mkdir -p /www && echo "hello from $POD_TEST" > /www/index.html && exec httpd -f -p 8080 -h /www']],
       ['client', ['sh', '-c', 'until wget -q -O /tmp/got http://127.0.0.1:8080/; do sleep 0.2; done; exec sleep 2147483647']],
-    ] as const) {
+    ] as const).map(async ([name, command]) => {
       const created = await cri<{ container_id: string }>('CreateContainer', { pod_sandbox_id: podId, config: containerConfig(name, [...command]), sandbox_config: podConfig });
       containerIds[name] = created.container_id;
       await cri('StartContainer', { container_id: created.container_id });
-    }
+    }));
     console.log(`two containers created and started: ${Date.now() - started} ms`);
     assert.equal(vmIdsOf(sandbox).length, 1, 'the containers run in the pod\'s VM, not in VMs of their own');
     // The client fetched the page from the web container on localhost.
