@@ -5,7 +5,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import type { ContainerOptions } from '../container/container-options';
+import { CAPABILITIES, type ContainerOptions } from '../container/container-options';
 import { ShoalError } from '../util/errors';
 
 /** config.json larger than this is refused (runc's specs are a few KiB). */
@@ -25,6 +25,11 @@ export interface BundleSpec {
   hostname?: string;
   readOnly: boolean;
   annotations: Record<string, string>;
+  /**
+   * process.capabilities.bounding, without CAP_ (podman's spelling): the container gets exactly
+   * these (podman --cap-drop ALL --cap-add ...). Absent: podman's defaults.
+   */
+  capabilities?: string[];
   /** From linux.resources, when given. */
   memoryMiB?: number;
   cpus?: number;
@@ -81,6 +86,16 @@ export function parseBundleSpec(value: unknown): BundleSpec {
   if (isObject(value.annotations)) {
     for (const [k, v] of Object.entries(value.annotations)) if (typeof v === 'string') spec.annotations[k] = v;
   }
+  const caps = isObject(value.process) && isObject(value.process.capabilities) ? value.process.capabilities.bounding : undefined;
+  if (caps !== undefined) {
+    if (!isStringArray(caps) || caps.length > 64) throw new ShoalError('config.json: process.capabilities.bounding must be a list of capability names');
+    spec.capabilities = [...new Set(caps.map((cap) => {
+      const name = cap.toUpperCase().replace(/^CAP_/, '');
+      // A capability podman (in the guest) does not know is refused, not dropped in silence.
+      if (!CAPABILITIES.includes(name)) throw new ShoalError(`config.json: unknown capability "${cap.slice(0, 40)}"`);
+      return name;
+    }))];
+  }
   const type = spec.annotations[CRI_CONTAINER_TYPE];
   if (type !== undefined) {
     if (type !== 'sandbox' && type !== 'container') throw new ShoalError(`config.json: unknown ${CRI_CONTAINER_TYPE} "${type.slice(0, 40)}"`);
@@ -136,5 +151,9 @@ export function containerOptionsOf(spec: BundleSpec): ContainerOptions {
   const options: ContainerOptions = { user: spec.process.user, workdir: spec.process.cwd };
   if (spec.hostname !== undefined) options.hostname = spec.hostname;
   if (spec.readOnly) options.readOnly = true;
+  if (spec.capabilities !== undefined) {
+    options.capDrop = ['ALL'];
+    options.capAdd = spec.capabilities;
+  }
   return options;
 }

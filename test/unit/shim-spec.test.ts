@@ -53,6 +53,16 @@ test('config.json from CRI: the sandbox (its network namespace) and a pod\'s con
   assert.throws(() => parseBundleSpec({ process: { args: ['x'] }, annotations: { 'io.kubernetes.cri.container-type': 'container', 'io.kubernetes.cri.sandbox-id': '../x' } }), /needs a valid/);
 });
 
+test('config.json: the bounding capabilities are exactly the container\'s; an unknown one is refused', () => {
+  const spec = parseBundleSpec({ process: { args: ['x'], capabilities: { bounding: ['CAP_CHOWN', 'CAP_NET_RAW', 'CAP_CHOWN'], effective: ['CAP_CHOWN'] } } });
+  assert.deepEqual(spec.capabilities, ['CHOWN', 'NET_RAW']);
+  assert.deepEqual(containerOptionsOf(spec), { user: '0:0', workdir: '/', capDrop: ['ALL'], capAdd: ['CHOWN', 'NET_RAW'] });
+  assert.deepEqual(containerOptionsOf(parseBundleSpec({ process: { args: ['x'], capabilities: { bounding: [] } } })), { user: '0:0', workdir: '/', capDrop: ['ALL'], capAdd: [] });
+  assert.equal(parseBundleSpec({ process: { args: ['x'] } }).capabilities, undefined);
+  assert.throws(() => parseBundleSpec({ process: { args: ['x'], capabilities: { bounding: ['CAP_FLY'] } } }), /unknown capability "CAP_FLY"/);
+  assert.throws(() => parseBundleSpec({ process: { args: ['x'], capabilities: { bounding: 'CAP_CHOWN' } } }), /must be a list/);
+});
+
 test('config.json: malformed input is one clear error', () => {
   assert.throws(() => parseBundleSpec([]), /not an object/);
   assert.throws(() => parseBundleSpec({ process: { args: [] } }), /args/);
