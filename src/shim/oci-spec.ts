@@ -30,6 +30,15 @@ export interface BundleSpec {
    * these (podman --cap-drop ALL --cap-add ...). Absent: podman's defaults.
    */
   capabilities?: string[];
+  /** process.rlimits as podman --ulimit values (NAME=SOFT:HARD). */
+  ulimits: string[];
+  /** tmpfs mounts as podman --tmpfs values (DEST[:OPTIONS]); the runtime's own (/dev, /dev/shm...) excepted. */
+  tmpfs: string[];
+  /**
+   * Mounts that cannot apply in the VM (a host path bound in: CRI's /etc/hosts, volumes): one
+   * line each in the log, not applied.
+   */
+  ignoredMounts: string[];
   /** From linux.resources, when given. */
   memoryMiB?: number;
   cpus?: number;
@@ -78,7 +87,11 @@ export function parseBundleSpec(value: unknown): BundleSpec {
     process: parseProcessSpec(value.process, 'config.json process'),
     readOnly: isObject(value.root) && value.root.readonly === true,
     annotations: {},
+    ulimits: parseRlimits(isObject(value.process) ? value.process.rlimits : undefined),
+    tmpfs: [],
+    ignoredMounts: [],
   };
+  parseMounts(value.mounts, spec);
   if (value.hostname !== undefined) {
     if (typeof value.hostname !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$/.test(value.hostname)) throw new ShoalError('config.json: invalid hostname');
     spec.hostname = value.hostname;
@@ -118,6 +131,53 @@ export function parseBundleSpec(value: unknown): BundleSpec {
   return spec;
 }
 
+/** OCI rlimit types and podman's --ulimit names for them. */
+const RLIMITS: Record<string, string> = {
+  RLIMIT_AS: 'as', RLIMIT_CORE: 'core', RLIMIT_CPU: 'cpu', RLIMIT_DATA: 'data', RLIMIT_FSIZE: 'fsize', RLIMIT_LOCKS: 'locks',
+  RLIMIT_MEMLOCK: 'memlock', RLIMIT_MSGQUEUE: 'msgqueue', RLIMIT_NICE: 'nice', RLIMIT_NOFILE: 'nofile', RLIMIT_NPROC: 'nproc',
+  RLIMIT_RSS: 'rss', RLIMIT_RTPRIO: 'rtprio', RLIMIT_RTTIME: 'rttime', RLIMIT_SIGPENDING: 'sigpending', RLIMIT_STACK: 'stack',
+};
+
+function parseRlimits(value: unknown): string[] {
+  if (value === undefined) return [];
+  if (!Array.isArray(value) || value.length > 32) throw new ShoalError('config.json: process.rlimits must be a list');
+  // RLIM_INFINITY is 2^64-1, beyond a JSON number's precision: anything that large is unlimited.
+  const limit = (v: unknown): string => {
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) throw new ShoalError('config.json: an rlimit value must be a non-negative integer');
+    return v >= 2 ** 63 ? '-1' : String(v);
+  };
+  return value.map((entry) => {
+    if (!isObject(entry) || typeof entry.type !== 'string') throw new ShoalError('config.json: an rlimit needs a type');
+    const name = RLIMITS[entry.type];
+    if (!name) throw new ShoalError(`config.json: unknown rlimit "${entry.type.slice(0, 40)}"`);
+    return `${name}=${limit(entry.soft)}:${limit(entry.hard)}`;
+  });
+}
+
+/** Where the container runtime (podman in the guest) mounts its own filesystems: the bundle's are its defaults. */
+const RUNTIME_MOUNTS = new Set(['/proc', '/dev', '/dev/pts', '/dev/shm', '/dev/mqueue', '/sys', '/sys/fs/cgroup']);
+const TMPFS_OPTION = /^(nosuid|nodev|noexec|suid|dev|exec|ro|rw|strictatime|relatime|noatime|(mode=[0-7]{3,4})|(size=[0-9]+[kmg]?)|(nr_inodes=[0-9]+[kmg]?)|(uid=[0-9]+)|(gid=[0-9]+))$/;
+
+function parseMounts(value: unknown, spec: BundleSpec): void {
+  if (value === undefined) return;
+  if (!Array.isArray(value) || value.length > 256) throw new ShoalError('config.json: mounts must be a list');
+  for (const mount of value) {
+    if (!isObject(mount) || typeof mount.destination !== 'string' || !path.posix.isAbsolute(mount.destination) || /[\0\n:,]/.test(mount.destination)) {
+      throw new ShoalError('config.json: a mount needs an absolute destination (without : or ,)');
+    }
+    const destination = path.posix.normalize(mount.destination);
+    if (RUNTIME_MOUNTS.has(destination)) continue;
+    const options = isStringArray(mount.options) ? mount.options : [];
+    if (mount.type === 'tmpfs') {
+      const bad = options.find((o) => !TMPFS_OPTION.test(o));
+      if (bad !== undefined) throw new ShoalError(`config.json: tmpfs option "${bad.slice(0, 40)}" for ${destination} is not supported`);
+      spec.tmpfs.push(options.length > 0 ? `${destination}:${options.join(',')}` : destination);
+    } else {
+      spec.ignoredMounts.push(`${destination} (${typeof mount.type === 'string' ? mount.type.slice(0, 20) : 'bind'} from ${typeof mount.source === 'string' ? mount.source.slice(0, 200) : '?'})`);
+    }
+  }
+}
+
 /** An OCI process object (config.json's, or the JSON an exec's spec Any carries). */
 export function parseProcessSpec(value: unknown, where: string): ProcessSpec {
   if (!isObject(value)) throw new ShoalError(`${where}: missing`);
@@ -155,5 +215,7 @@ export function containerOptionsOf(spec: BundleSpec): ContainerOptions {
     options.capDrop = ['ALL'];
     options.capAdd = spec.capabilities;
   }
+  if (spec.ulimits.length > 0) options.ulimits = spec.ulimits;
+  if (spec.tmpfs.length > 0) options.tmpfs = spec.tmpfs;
   return options;
 }

@@ -178,6 +178,8 @@ export class TaskService {
       throw err;
     }
     const container = new Container(r.id, r.bundle, spec, new Proc('', io, spec.process), r.rootfs, image, sandbox);
+    // Not silent: a host path cannot be bound into the VM's container (hostPath/emptyDir through --map is not done).
+    for (const mount of spec.ignoredMounts) this.log(`${r.id}: mount ${mount} is not applied in the VM`);
     this.containers.set(r.id, container);
     this.events.publish(TOPICS.create, TaskCreateSchema, create(TaskCreateSchema, {
       containerId: r.id,

@@ -83,6 +83,10 @@ describe('containerd-shim-shoal-v2 with ctr', { skip: haveContainerd ? false : '
     assert.equal(exec.code, 3, exec.stderr);
     assert.equal(exec.stdout.trim(), 'exec-out');
     assert.equal(exec.stderr.trim(), 'exec-err');
+    // config.json's rlimits and tmpfs mounts (ctr's default spec: RLIMIT_NOFILE 1024, a tmpfs /run).
+    const limits = await ctr(['task', 'exec', '--exec-id', 'e2', 't-detached', 'sh', '-c', 'ulimit -n; grep -c "^tmpfs /run tmpfs" /proc/mounts']);
+    assert.equal(limits.code, 0, limits.stderr);
+    assert.deepEqual(limits.stdout.trim().split('\n'), ['1024', '1']);
     const ps = await ctr(['task', 'ps', 't-detached']);
     assert.equal(ps.code, 0, ps.stderr);
     assert.ok(ps.stdout.trim().split('\n').slice(1).some((l) => /^\s*\d+/.test(l)), ps.stdout);

@@ -101,6 +101,7 @@ test('a pod\'s other container: its own name, a root filesystem directory (--roo
     'podman', 'run', '--name', 'web', '--network', 'host', '--pull', 'never', '--log-driver', 'none', '--cidfile', '/run/shoal-pod.web.cid', '--rootfs', '/var/lib/containers/shoal-pod/web', 'httpd',
   ]);
   assert.deepEqual(podmanExecArgv(['id'], { name: 'web', env: {}, interactive: false }), ['podman', 'exec', 'web', 'id']);
+  assert.deepEqual(containerOptionArgv({ ulimits: ['nofile=512:1024'], tmpfs: ['/run:mode=755', '/scratch'] }), ['--ulimit', 'nofile=512:1024', '--tmpfs', '/run:mode=755', '--tmpfs', '/scratch']);
 });
 
 test('podman exec with --user and --workdir', () => {

@@ -63,6 +63,30 @@ test('config.json: the bounding capabilities are exactly the container\'s; an un
   assert.throws(() => parseBundleSpec({ process: { args: ['x'], capabilities: { bounding: 'CAP_CHOWN' } } }), /must be a list/);
 });
 
+test('config.json: rlimits become podman ulimits, tmpfs mounts podman tmpfs; host binds are named, not applied', () => {
+  const spec = parseBundleSpec({
+    process: { args: ['x'], rlimits: [{ type: 'RLIMIT_NOFILE', hard: 1024, soft: 512 }, { type: 'RLIMIT_CORE', hard: 18446744073709551615, soft: 0 }] },
+    mounts: [
+      { destination: '/proc', type: 'proc', source: 'proc' },
+      { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'size=65536k'] },
+      { destination: '/run', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
+      { destination: '/scratch', type: 'tmpfs', source: 'tmpfs' },
+      { destination: '/etc/hosts', type: 'bind', source: '/var/lib/containerd/sandboxes/p1/hosts', options: ['rbind', 'rw'] },
+    ],
+  });
+  assert.deepEqual(spec.ulimits, ['nofile=512:1024', 'core=0:-1']);
+  assert.deepEqual(spec.tmpfs, ['/run:nosuid,strictatime,mode=755,size=65536k', '/scratch']);
+  assert.deepEqual(spec.ignoredMounts, ['/etc/hosts (bind from /var/lib/containerd/sandboxes/p1/hosts)']);
+  const options = containerOptionsOf(spec);
+  assert.deepEqual(options.ulimits, ['nofile=512:1024', 'core=0:-1']);
+  assert.deepEqual(options.tmpfs, ['/run:nosuid,strictatime,mode=755,size=65536k', '/scratch']);
+  assert.throws(() => parseBundleSpec({ process: { args: ['x'], rlimits: [{ type: 'RLIMIT_WINGS', hard: 1, soft: 1 }] } }), /unknown rlimit "RLIMIT_WINGS"/);
+  assert.throws(() => parseBundleSpec({ process: { args: ['x'], rlimits: [{ type: 'RLIMIT_NOFILE', hard: -1, soft: 1 }] } }), /non-negative integer/);
+  assert.throws(() => parseBundleSpec({ process: { args: ['x'] }, mounts: [{ destination: '/t', type: 'tmpfs', options: ['size=1m,exec'] }] }), /tmpfs option "size=1m,exec" for \/t is not supported/);
+  assert.throws(() => parseBundleSpec({ process: { args: ['x'] }, mounts: [{ destination: 'rel', type: 'tmpfs' }] }), /absolute destination/);
+  assert.throws(() => parseBundleSpec({ process: { args: ['x'] }, mounts: [{ destination: '/a:b', type: 'tmpfs' }] }), /absolute destination/);
+});
+
 test('config.json: malformed input is one clear error', () => {
   assert.throws(() => parseBundleSpec([]), /not an object/);
   assert.throws(() => parseBundleSpec({ process: { args: [] } }), /args/);
