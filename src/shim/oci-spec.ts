@@ -156,7 +156,10 @@ function parseRlimits(value: unknown): string[] {
 
 /** Where the container runtime (podman in the guest) mounts its own filesystems: the bundle's are its defaults. */
 const RUNTIME_MOUNTS = new Set(['/proc', '/dev', '/dev/pts', '/dev/shm', '/dev/mqueue', '/sys', '/sys/fs/cgroup']);
-const TMPFS_OPTION = /^(nosuid|nodev|noexec|suid|dev|exec|ro|rw|strictatime|relatime|noatime|(mode=[0-7]{3,4})|(size=[0-9]+[kmg]?)|(nr_inodes=[0-9]+[kmg]?)|(uid=[0-9]+)|(gid=[0-9]+))$/;
+/** The tmpfs options podman's --tmpfs takes. */
+const TMPFS_OPTION = /^(nosuid|nodev|noexec|suid|dev|exec|ro|rw|(mode=[0-7]{3,4})|(size=[0-9]+[kmg]?))$/;
+/** Access-time policies, which podman's --tmpfs refuses and which change nothing a program relies on in a tmpfs: dropped. */
+const ATIME_OPTION = /^(strictatime|relatime|noatime|nodiratime)$/;
 
 function parseMounts(value: unknown, spec: BundleSpec): void {
   if (value === undefined) return;
@@ -167,7 +170,7 @@ function parseMounts(value: unknown, spec: BundleSpec): void {
     }
     const destination = path.posix.normalize(mount.destination);
     if (RUNTIME_MOUNTS.has(destination)) continue;
-    const options = isStringArray(mount.options) ? mount.options : [];
+    const options = (isStringArray(mount.options) ? mount.options : []).filter((o) => !ATIME_OPTION.test(o));
     if (mount.type === 'tmpfs') {
       const bad = options.find((o) => !TMPFS_OPTION.test(o));
       if (bad !== undefined) throw new ShoalError(`config.json: tmpfs option "${bad.slice(0, 40)}" for ${destination} is not supported`);

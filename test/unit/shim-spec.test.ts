@@ -75,11 +75,12 @@ test('config.json: rlimits become podman ulimits, tmpfs mounts podman tmpfs; hos
     ],
   });
   assert.deepEqual(spec.ulimits, ['nofile=512:1024', 'core=0:-1']);
-  assert.deepEqual(spec.tmpfs, ['/run:nosuid,strictatime,mode=755,size=65536k', '/scratch']);
+  assert.deepEqual(spec.tmpfs, ['/run:nosuid,mode=755,size=65536k', '/scratch']);
   assert.deepEqual(spec.ignoredMounts, ['/etc/hosts (bind from /var/lib/containerd/sandboxes/p1/hosts)']);
   const options = containerOptionsOf(spec);
   assert.deepEqual(options.ulimits, ['nofile=512:1024', 'core=0:-1']);
-  assert.deepEqual(options.tmpfs, ['/run:nosuid,strictatime,mode=755,size=65536k', '/scratch']);
+  assert.deepEqual(options.tmpfs, ['/run:nosuid,mode=755,size=65536k', '/scratch']);
+  assert.throws(() => parseBundleSpec({ process: { args: ['x'] }, mounts: [{ destination: '/t', type: 'tmpfs', options: ['nr_inodes=5'] }] }), /tmpfs option "nr_inodes=5" for \/t is not supported/);
   assert.throws(() => parseBundleSpec({ process: { args: ['x'], rlimits: [{ type: 'RLIMIT_WINGS', hard: 1, soft: 1 }] } }), /unknown rlimit "RLIMIT_WINGS"/);
   assert.throws(() => parseBundleSpec({ process: { args: ['x'], rlimits: [{ type: 'RLIMIT_NOFILE', hard: -1, soft: 1 }] } }), /non-negative integer/);
   assert.throws(() => parseBundleSpec({ process: { args: ['x'] }, mounts: [{ destination: '/t', type: 'tmpfs', options: ['size=1m,exec'] }] }), /tmpfs option "size=1m,exec" for \/t is not supported/);
