@@ -27,6 +27,10 @@ export interface ContainerOptions {
   privileged?: boolean;
   /** Seconds between SIGTERM and SIGKILL when the container is stopped. */
   stopTimeout?: number;
+  /** podman --ulimit NAME=SOFT:HARD (-1: unlimited), from an OCI bundle's process.rlimits. */
+  ulimits?: string[];
+  /** podman --tmpfs DEST[:OPTIONS], from an OCI bundle's tmpfs mounts. */
+  tmpfs?: string[];
 }
 
 /**
@@ -182,5 +186,7 @@ export function containerOptionArgv(options: ContainerOptions): string[] {
   for (const cap of options.capAdd ?? []) argv.push('--cap-add', cap);
   for (const cap of options.capDrop ?? []) argv.push('--cap-drop', cap);
   if (options.stopTimeout !== undefined) argv.push('--stop-timeout', String(options.stopTimeout));
+  for (const ulimit of options.ulimits ?? []) argv.push('--ulimit', ulimit);
+  for (const tmpfs of options.tmpfs ?? []) argv.push('--tmpfs', tmpfs);
   return argv;
 }

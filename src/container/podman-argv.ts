@@ -46,17 +46,25 @@ export interface RunOptions {
   volumes?: { source: string; target: string; readOnly: boolean }[];
   /** --user, --workdir, --entrypoint, --privileged, ... (src/container/container-options.ts). */
   container?: ContainerOptions;
+  /** The container's name (default MAIN_CONTAINER; a pod's other containers have their own). */
+  name?: string;
+  /** `image` is a root filesystem directory in the guest (podman --rootfs), not an image. */
+  rootfs?: boolean;
+  /** podman --cidfile: where podman writes the container's id. */
+  cidfile?: string;
 }
 
 /** `podman run`'s argv, and the environment its process needs for the bare `--env KEY`s. */
 export function podmanRun(options: RunOptions): { argv: string[]; processEnv: Record<string, string> } {
-  const argv = ['podman', 'run', '--name', MAIN_CONTAINER, '--network', 'host', '--pull', 'never', '--log-driver', 'none'];
+  const argv = ['podman', 'run', '--name', options.name ?? MAIN_CONTAINER, '--network', 'host', '--pull', 'never', '--log-driver', 'none'];
   if (options.interactive) argv.push('--interactive');
   if (options.tty) argv.push('--tty');
+  if (options.cidfile !== undefined) argv.push('--cidfile', options.cidfile);
   for (const volume of options.volumes ?? []) argv.push('--volume', `${volume.source}:${volume.target}${volume.readOnly ? ':ro' : ''}`);
   argv.push(...containerOptionArgv(options.container ?? {}));
   const env = podmanEnvArgs(options.env);
   argv.push(...env.args);
+  if (options.rootfs) argv.push('--rootfs');
   argv.push(options.image, ...options.command);
   return { argv, processEnv: env.processEnv };
 }
@@ -67,6 +75,8 @@ export interface ExecOptions {
   tty?: boolean;
   user?: string;
   workdir?: string;
+  /** Which container (default MAIN_CONTAINER). */
+  name?: string;
 }
 
 /** `podman exec`'s argv, and the environment its process needs for the bare `--env KEY`s. */
@@ -78,7 +88,7 @@ export function podmanExec(command: string[], options: ExecOptions): { argv: str
   if (options.workdir !== undefined) argv.push('--workdir', options.workdir);
   const env = podmanEnvArgs(options.env);
   argv.push(...env.args);
-  argv.push(MAIN_CONTAINER, ...command);
+  argv.push(options.name ?? MAIN_CONTAINER, ...command);
   return { argv, processEnv: env.processEnv };
 }
 

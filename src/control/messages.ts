@@ -30,6 +30,11 @@ export type ExecControlRequest = {
   workdir?: string;
   /** Keep the process in the agent's table (src/protocol/kept.ts): it outlives this channel. */
   keep?: KeepOptions;
+  /**
+   * Which container of the VM (container commands only; default the main one): a pod's other
+   * containers, which the containerd shim runs beside it.
+   */
+  container?: string;
 };
 
 /** List the agent's kept processes: one { type: 'result', processes } (parsed with parseKeptList), then the close. */
@@ -112,6 +117,12 @@ export function parseControlRequest(value: unknown): Parsed<ControlRequest> {
       if (value.keep !== undefined) {
         if (!isObject(value.keep) || !validKeptTag(value.keep.tag)) return { ok: false, error: 'malformed exec request: keep.tag must be a string of at most 4096 bytes' };
         request.keep = { tag: value.keep.tag };
+      }
+      if (value.container !== undefined) {
+        // A podman container name (the shim uses containerd's ids).
+        if (!isString(value.container) || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(value.container)) return { ok: false, error: 'malformed exec request: container must be a container name' };
+        if (value.vm === true) return { ok: false, error: 'malformed exec request: container is for container commands, not vm' };
+        request.container = value.container;
       }
       return { ok: true, value: request };
     }

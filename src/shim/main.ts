@@ -92,9 +92,10 @@ async function start(args: ShimArgs): Promise<void> {
     return;
   }
   fs.mkdirSync(socketDir(), { recursive: true, mode: 0o700 });
-  // The daemon's output: a file in the bundle (start's own stdout is containerd's reply channel,
-  // which it reads to the end: the daemon must not hold it).
-  const log = fs.openSync(path.join(bundle, 'shim.log'), 'a', 0o600);
+  // The daemon's output (start's own stdout is containerd's reply channel, which it reads to the
+  // end: the daemon must not hold it): containerd's `log` FIFO in the bundle, which containerd
+  // reads into its own log, else a file in the bundle.
+  const log = openShimLog(bundle);
   const child = spawn(process.execPath, [__filename, '-namespace', namespace, '-address', address, '-id', id, '-socket', socketPath, 'daemon'], {
     cwd: bundle,
     detached: true,
@@ -107,7 +108,7 @@ async function start(args: ShimArgs): Promise<void> {
   const deadline = Date.now() + 15_000;
   for (;;) {
     if (await canConnect(socketPath, 500)) break;
-    if (exited !== undefined) throw new Error(`the shim daemon exited at its start (${exited}); see ${path.join(bundle, 'shim.log')}`);
+    if (exited !== undefined) throw new Error(`the shim daemon exited at its start (${exited}); see containerd's log (or ${path.join(bundle, 'shim.log')})`);
     if (Date.now() > deadline) {
       child.kill('SIGKILL');
       throw new Error('the shim daemon did not listen within 15 s');
@@ -120,8 +121,26 @@ async function start(args: ShimArgs): Promise<void> {
   process.stdout.write(url);
 }
 
+/**
+ * containerd (runtime v2) makes a FIFO named `log` in the bundle and copies what comes out of it
+ * into its own log; opened without blocking, so a containerd that does not read it (none there,
+ * ENXIO) leaves the log in shim.log instead.
+ */
+function openShimLog(bundle: string): number {
+  const fifo = path.join(bundle, 'log');
+  try {
+    if (fs.lstatSync(fifo).isFIFO()) return fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK | fs.constants.O_NOFOLLOW);
+  } catch {
+    // no FIFO, or no reader on it
+  }
+  return fs.openSync(path.join(bundle, 'shim.log'), 'a', 0o600);
+}
+
 async function daemon(args: ShimArgs): Promise<void> {
   const { namespace, socket } = required(args, ['namespace', 'socket']);
+  // The log is containerd's FIFO: a containerd that went away must not end the shim (EPIPE).
+  process.stderr.on('error', () => undefined);
+  process.stdout.on('error', () => undefined);
   const log = (line: string): void => { process.stderr.write(`${new Date().toISOString()} shim[${process.pid}] ${line}\n`); };
   const events = new EventPublisher(process.env.TTRPC_ADDRESS ?? '', namespace, log);
   const server = new TtrpcServer();

@@ -58,10 +58,21 @@ class Proc {
 }
 
 class Container {
+  /** Its own VM (a lone container's, a pod sandbox's) or, for a pod's app container, the sandbox's. */
   vm: ShimVm | undefined;
   readonly execs = new Map<string, Proc>();
 
-  constructor(readonly id: string, readonly bundle: string, readonly spec: BundleSpec, readonly main: Proc, readonly rootfs: shim.CreateTaskRequest['rootfs']) {}
+  constructor(
+    readonly id: string,
+    readonly bundle: string,
+    readonly spec: BundleSpec,
+    readonly main: Proc,
+    readonly rootfs: shim.CreateTaskRequest['rootfs'],
+    /** The image reference its rootfs archive is tagged with. */
+    readonly image: string,
+    /** A pod's app container: the sandbox whose VM it runs in (podman container named by its id). */
+    readonly sandbox?: Container,
+  ) {}
 }
 
 export class TaskService {
@@ -98,7 +109,7 @@ export class TaskService {
     method('Start', shim.StartRequestSchema, shim.StartResponseSchema, (r) => this.start(r));
     method('State', shim.StateRequestSchema, shim.StateResponseSchema, async (r) => this.state(r));
     method('Wait', shim.WaitRequestSchema, shim.WaitResponseSchema, (r) => this.wait(r));
-    method('Kill', shim.KillRequestSchema, EmptySchema, async (r) => { this.kill(r); return empty; });
+    method('Kill', shim.KillRequestSchema, EmptySchema, async (r) => { await this.kill(r); return empty; });
     method('Delete', shim.DeleteRequestSchema, shim.DeleteResponseSchema, (r) => this.delete(r));
     method('Exec', shim.ExecProcessRequestSchema, EmptySchema, async (r) => { this.exec(r); return empty; });
     method('ResizePty', shim.ResizePtyRequestSchema, EmptySchema, async (r) => { this.resize(r); return empty; });
@@ -145,18 +156,30 @@ export class TaskService {
     if (!path.isAbsolute(r.bundle)) throw new TtrpcError(Code.INVALID_ARGUMENT, 'the bundle path must be absolute');
     const spec = readBundleSpec(r.bundle);
     if (spec.process.terminal !== r.terminal) throw new TtrpcError(Code.INVALID_ARGUMENT, 'config.json process.terminal and the request\'s terminal disagree');
+    let sandbox: Container | undefined;
+    if (spec.criType === 'container') {
+      sandbox = this.containers.get(spec.sandboxId!);
+      if (!sandbox || sandbox.spec.criType !== 'sandbox') throw new TtrpcError(Code.FAILED_PRECONDITION, `the pod's sandbox ${spec.sandboxId!.slice(0, 128)} is not in this shim: create it first`);
+    } else if (spec.criType === 'sandbox') {
+      if (spec.sandboxId !== r.id) throw new TtrpcError(Code.INVALID_ARGUMENT, `a sandbox's ${'io.kubernetes.cri.sandbox-id'} must be its own id`);
+      if (spec.netnsPath === undefined) throw new TtrpcError(Code.FAILED_PRECONDITION, 'a pod on the host\'s network (hostNetwork) cannot run in a shoal VM: the VM has its own network stack');
+    }
+    const image = `localhost/containerd-${r.id.toLowerCase().replace(/[^a-z0-9_.-]/g, '_').slice(0, 100)}:latest`;
     await mountRootfs(r.bundle, r.rootfs.map((m) => ({ type: m.type, source: m.source, options: m.options })));
     const archive = path.join(r.bundle, ROOTFS_ARCHIVE_FILE);
     let io: ProcessIo | undefined;
     try {
-      await buildRootfsArchive(rootfsDir(r.bundle), archive, `localhost/containerd-${r.id.toLowerCase().replace(/[^a-z0-9_.-]/g, '_').slice(0, 100)}:latest`);
+      // A pod's app container goes into the pod's VM as a plain tree at its Start (no image).
+      if (!sandbox) await buildRootfsArchive(rootfsDir(r.bundle), archive, image);
       io = ProcessIo.open({ stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, terminal: r.terminal });
     } catch (err) {
       await unmountRootfs(r.bundle);
       removeBundleFiles(r.bundle);
       throw err;
     }
-    const container = new Container(r.id, r.bundle, spec, new Proc('', io, spec.process), r.rootfs);
+    const container = new Container(r.id, r.bundle, spec, new Proc('', io, spec.process), r.rootfs, image, sandbox);
+    // Not silent: a host path cannot be bound into the VM's container (hostPath/emptyDir through --map is not done).
+    for (const mount of spec.ignoredMounts) this.log(`${r.id}: mount ${mount} is not applied in the VM`);
     this.containers.set(r.id, container);
     this.events.publish(TOPICS.create, TaskCreateSchema, create(TaskCreateSchema, {
       containerId: r.id,
@@ -175,6 +198,7 @@ export class TaskService {
     const proc = this.proc(r.id, r.execId);
     if (proc.status !== Status.CREATED) throw new TtrpcError(Code.FAILED_PRECONDITION, `${r.execId || r.id} is not in the created state`);
     if (r.execId !== '') return this.startExec(container, proc);
+    if (container.sandbox) return this.startInPod(container, container.sandbox, proc);
     const { spec } = container;
     const vm = await ShimVm.create({
       namespace: this.namespace,
@@ -187,6 +211,8 @@ export class TaskService {
       ...(spec.process.terminal ? { tty: { cols: 80, rows: 24 } } : {}),
       cpus: spec.cpus ?? 1,
       memoryMiB: spec.memoryMiB ?? DEFAULT_MEMORY_MIB,
+      // A pod's sandbox: the VM is the pod, its NIC wired into the namespace CNI set up.
+      network: spec.criType === 'sandbox' ? `ns:${spec.netnsPath!}` : 'rootless',
     });
     container.vm = vm;
     writeBundleState(container.bundle, { vmId: vm.record.id, stateDir: vm.store.root });
@@ -207,21 +233,58 @@ export class TaskService {
     return create(shim.StartResponseSchema, { pid: proc.pid });
   }
 
+  /** A pod's app container: its rootfs loaded into the sandbox's VM, run there beside the others. */
+  private async startInPod(container: Container, sandbox: Container, proc: Proc): Promise<shim.StartResponse> {
+    const vm = sandbox.vm;
+    if (!vm || sandbox.main.status !== Status.RUNNING) throw new TtrpcError(Code.FAILED_PRECONDITION, `the pod's sandbox ${sandbox.id} is not running`);
+    const { spec } = container;
+    await vm.unpackRootfs(rootfsDir(container.bundle), container.id);
+    container.vm = vm;
+    const options = containerOptionsOf(spec);
+    // The pod's hostname is the guest's (the sandbox's); podman refuses --hostname beside it.
+    delete options.hostname;
+    const { process, running } = vm.runContainer({
+      name: container.id,
+      args: spec.process.args,
+      env: spec.process.env,
+      container: options,
+      stdin: proc.io.hasStdin,
+      ...(spec.process.terminal ? { tty: { cols: 80, rows: 24 } } : {}),
+    }, proc.sink((code, error) => {
+      if (error) this.log(`${container.id}: ${error}`);
+      void proc.finish(code).then(() => this.publishExit(container, proc));
+    }));
+    proc.process = process;
+    proc.status = Status.RUNNING;
+    proc.io.relayStdin((data) => process.write(data), () => process.endStdin());
+    try {
+      await running;
+    } catch (err) {
+      throw new ShoalError(`starting ${container.id} in the pod's VM failed: ${(err as Error).message}`);
+    }
+    proc.pid = sandbox.main.pid;
+    this.events.publish(TOPICS.start, TaskStartSchema, create(TaskStartSchema, { containerId: container.id, pid: proc.pid }));
+    return create(shim.StartResponseSchema, { pid: proc.pid });
+  }
+
   private async startExec(container: Container, proc: Proc): Promise<shim.StartResponse> {
     const vm = container.vm;
     if (!vm || container.main.status !== Status.RUNNING) throw new TtrpcError(Code.FAILED_PRECONDITION, `container ${container.id} is not running`);
     const { spec } = proc;
-    const process = vm.exec({
+    const execSpec = {
       args: spec.args,
       env: spec.env,
       cwd: spec.cwd,
       user: spec.user,
       stdin: proc.io.hasStdin,
       ...(spec.terminal ? { tty: { cols: 80, rows: 24 } } : {}),
-    }, proc.sink((code, error) => {
+    };
+    const sink = proc.sink((code, error) => {
       if (error) this.log(`${container.id}/${proc.execId}: ${error}`);
       void proc.finish(code).then(() => this.publishExit(container, proc));
-    }));
+    });
+    // A pod's app container is a podman container beside the VM's main one, entered by name.
+    const process = vm.exec(execSpec, sink, container.sandbox ? container.id : undefined);
     proc.process = process;
     proc.status = Status.RUNNING;
     proc.pid = container.main.pid;
@@ -264,13 +327,21 @@ export class TaskService {
     return create(shim.WaitResponseSchema, { exitStatus: proc.exitStatus, ...(proc.exitedAt ? { exitedAt: proc.exitedAt } : {}) });
   }
 
-  private kill(r: shim.KillRequest): void {
+  private async kill(r: shim.KillRequest): Promise<void> {
     const proc = this.proc(r.id, r.execId);
     const name = signalName(r.signal);
     if (proc.status === Status.STOPPED) throw new TtrpcError(Code.NOT_FOUND, 'process already finished');
     if (proc.status === Status.CREATED || !proc.process) {
       // Never started: there is no process to signal; it ends as if killed, as runc's does.
       void proc.finish(128 + r.signal).then(() => this.publishExit(this.container(r.id), proc));
+      return;
+    }
+    const container = this.container(r.id);
+    if (container.sandbox && r.execId === '') {
+      // podman's own kill (the podman run in the guest is only its client).
+      await container.vm!.signalContainer(container.id, name).catch((err: Error) => {
+        if (proc.status !== Status.STOPPED) throw err;
+      });
       return;
     }
     proc.process.signal(name);
@@ -288,7 +359,11 @@ export class TaskService {
     }
     if ([...container.execs.values()].some((e) => e.status === Status.RUNNING)) throw new TtrpcError(Code.FAILED_PRECONDITION, `${r.id} still has running execs`);
     await proc.io.close();
-    await container.vm?.remove();
+    // A pod's container goes from the guest while the pod's VM runs (after StopPodSandbox it is gone with the VM).
+    if (container.sandbox) {
+      if (container.sandbox.main.status === Status.RUNNING) await container.vm?.removeContainer(container.id);
+    }
+    else await container.vm?.remove();
     await unmountRootfs(container.bundle);
     removeBundleFiles(container.bundle);
     this.containers.delete(r.id);
@@ -339,7 +414,7 @@ export class TaskService {
     const container = this.container(r.id);
     if (!container.vm || container.main.status !== Status.RUNNING) return create(shim.PidsResponseSchema, {});
     // The container's processes as the guest numbers them (podman's view of its container).
-    const output = await container.vm.guestOutput(['podman', 'top', 'main', 'hpid']);
+    const output = await container.vm.guestOutput(['podman', 'top', container.sandbox ? container.id : 'main', 'hpid']);
     const pids = output.split('\n').slice(1).map((l) => Number(l.trim())).filter((n) => Number.isInteger(n) && n > 0);
     return create(shim.PidsResponseSchema, { processes: pids.map((pid) => create(ProcessInfoSchema, { pid })) });
   }
@@ -352,7 +427,7 @@ export class TaskService {
   /** Best-effort removal of every VM (the daemon is going away). */
   async removeAll(): Promise<void> {
     for (const container of this.containers.values()) {
-      await container.vm?.remove().catch(() => undefined);
+      if (!container.sandbox) await container.vm?.remove().catch(() => undefined);
       await unmountRootfs(container.bundle);
     }
   }

@@ -537,7 +537,8 @@ export class Supervisor {
       return;
     }
     const { argv: command, env, interactive, tty, user, workdir } = req;
-    const podman = req.vm ? undefined : podmanExec(command, { env, interactive, tty: tty !== undefined, ...(user !== undefined ? { user } : {}), ...(workdir !== undefined ? { workdir } : {}) });
+    const name = req.container ?? MAIN_CONTAINER;
+    const podman = req.vm ? undefined : podmanExec(command, { name, env, interactive, tty: tty !== undefined, ...(user !== undefined ? { user } : {}), ...(workdir !== undefined ? { workdir } : {}) });
     const agentRequest: ExecRequest = { kind: 'exec', argv: podman?.argv ?? command, stdin: interactive };
     if (tty) agentRequest.tty = tty;
     if (req.keep) agentRequest.keep = { tag: req.keep.tag };
@@ -546,7 +547,7 @@ export class Supervisor {
     else if (Object.keys(podman!.processEnv).length > 0) agentRequest.env = podman!.processEnv;
     // The agent enters the container directly (crun exec, so signals reach the process itself)
     // when it can, with -u and -w applied as podman applies them; argv is its fallback.
-    if (!req.vm) agentRequest.container = { name: MAIN_CONTAINER, argv: command, env, ...(user !== undefined ? { user } : {}), ...(workdir !== undefined ? { workdir } : {}) };
+    if (!req.vm) agentRequest.container = { name, argv: command, env, ...(user !== undefined ? { user } : {}), ...(workdir !== undefined ? { workdir } : {}) };
     relayChannels(channel, this.agent.open({ ...agentRequest }));
   }
 

@@ -7,97 +7,33 @@
  * killed with -9 (containerd's clean-up through `delete` leaves no VM, process, mount or file).
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { haveContainerd, mountsUnder, processesNaming, TestContainerd, vmIdsOf } from '../helpers/containerd';
 import { buildBusyboxDockerArchive } from '../helpers/images';
 import { ShoalSandbox, waitUntil } from '../helpers/shoal-cli';
 
-const PROJECT = path.resolve(__dirname, '..', '..', '..');
 const NS = 'shoaltest';
 const IMAGE = 'localhost/shoal-shim-test:latest';
 const RUNTIME = 'io.containerd.shoal.v2';
-const haveContainerd = fs.existsSync('/usr/bin/containerd') && fs.existsSync('/usr/bin/ctr');
 
 const sandbox = new ShoalSandbox('shim');
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shim-ctrd-'));
-const sock = path.join(dir, 'c.sock');
-const shimSockets = path.join(dir, 's');
-let containerd: ChildProcess | undefined;
+const containerd = new TestContainerd('shim', sandbox);
+const dir = containerd.dir;
+const sock = containerd.socket;
+const shimSockets = containerd.shimSockets;
 
-interface Result { code: number | null; stdout: string; stderr: string }
-
-function ctr(args: string[], options: { input?: string; timeoutMs?: number } = {}): Promise<Result> {
-  return new Promise((resolve) => {
-    const child = spawn('ctr', ['-a', sock, '-n', NS, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (d: Buffer) => out.push(d));
-    child.stderr.on('data', (d: Buffer) => err.push(d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 90_000);
-    child.stdin.end(options.input ?? '');
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() });
-    });
-  });
-}
-
-function bundleOf(id: string): string {
-  return path.join(dir, 'state', 'io.containerd.runtime.v2.task', NS, id);
-}
-
+const ctr = (args: string[], options: { input?: string; timeoutMs?: number } = {}) => containerd.ctr(NS, args, options);
+const bundleOf = (id: string): string => containerd.bundleOf(NS, id);
 /** shoal's records of the sandbox (the shim's VMs are ordinary shoal VMs). */
-function vmIds(): string[] {
-  try {
-    return fs.readdirSync(path.join(sandbox.stateDir, 'vms'));
-  } catch {
-    return [];
-  }
-}
-
-function processesNaming(text: string): number[] {
-  const pids: number[] = [];
-  for (const entry of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
-    try {
-      if (fs.readFileSync(`/proc/${entry}/cmdline`, 'utf8').includes(text)) pids.push(Number(entry));
-    } catch {
-      // gone
-    }
-  }
-  return pids;
-}
-
-function mountsUnder(prefix: string): string[] {
-  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '').filter((m) => m.startsWith(prefix));
-}
+const vmIds = (): string[] => vmIdsOf(sandbox);
 
 describe('containerd-shim-shoal-v2 with ctr', { skip: haveContainerd ? false : 'containerd/ctr not installed' }, () => {
   before(async () => {
-    fs.mkdirSync(shimSockets, { mode: 0o700 });
-    fs.writeFileSync(path.join(dir, 'config.toml'), [
-      'version = 2',
-      `root = "${dir}/root"`,
-      `state = "${dir}/state"`,
-      'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper"]',
-      '[grpc]',
-      `  address = "${sock}"`,
-      '[ttrpc]',
-      `  address = "${sock}.ttrpc"`,
-      '[plugins."io.containerd.internal.v1.opt"]',
-      `  path = "${dir}/opt"`,
-      '',
-    ].join('\n'));
-    const log = fs.openSync(path.join(dir, 'containerd.log'), 'a');
-    containerd = spawn('containerd', ['--config', path.join(dir, 'config.toml')], {
-      stdio: ['ignore', log, log],
-      env: { ...sandbox.env(), PATH: `${path.join(PROJECT, 'bin')}:${process.env.PATH}`, SHOAL_SHIM_SOCKET_DIR: shimSockets },
-    });
-    fs.closeSync(log);
-    await waitUntil('containerd to serve', 15_000, async () => (await ctr(['version'], { timeoutMs: 5000 })).code === 0);
+    await containerd.start();
     const archive = await buildBusyboxDockerArchive(path.join(dir, 'image.tar'), IMAGE);
     const imported = await ctr(['images', 'import', archive]);
     assert.equal(imported.code, 0, imported.stderr);
@@ -110,16 +46,9 @@ describe('containerd-shim-shoal-v2 with ctr', { skip: haveContainerd ? false : '
       await ctr(['task', 'delete', '-f', id], { timeoutMs: 20_000 });
       await ctr(['container', 'delete', id], { timeoutMs: 10_000 });
     }
-    if (containerd?.pid !== undefined && containerd.exitCode === null) {
-      containerd.kill('SIGTERM');
-      await waitUntil('containerd to exit', 10_000, () => containerd!.exitCode !== null || containerd!.signalCode !== null).catch(() => containerd!.kill('SIGKILL'));
-    }
-    for (const pid of processesNaming(shimSockets)) {
-      try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
-    }
+    await containerd.stop();
     sandbox.cleanup();
-    for (const mount of mountsUnder(dir).reverse()) spawnSync('umount', ['-l', mount]);
-    fs.rmSync(dir, { recursive: true, force: true });
+    containerd.removeFiles();
   });
 
   test('ctr run: the guest kernel, exit code 7, stdout and stderr apart, stdin', async () => {
@@ -154,6 +83,10 @@ describe('containerd-shim-shoal-v2 with ctr', { skip: haveContainerd ? false : '
     assert.equal(exec.code, 3, exec.stderr);
     assert.equal(exec.stdout.trim(), 'exec-out');
     assert.equal(exec.stderr.trim(), 'exec-err');
+    // config.json's rlimits and tmpfs mounts (ctr's default spec: RLIMIT_NOFILE 1024, a tmpfs /run).
+    const limits = await ctr(['task', 'exec', '--exec-id', 'e2', 't-detached', 'sh', '-c', 'ulimit -n; grep -c "^tmpfs /run tmpfs" /proc/mounts']);
+    assert.equal(limits.code, 0, limits.stderr);
+    assert.deepEqual(limits.stdout.trim().split('\n'), ['1024', '1']);
     const ps = await ctr(['task', 'ps', 't-detached']);
     assert.equal(ps.code, 0, ps.stderr);
     assert.ok(ps.stdout.trim().split('\n').slice(1).some((l) => /^\s*\d+/.test(l)), ps.stdout);

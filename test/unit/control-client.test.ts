@@ -235,6 +235,15 @@ test('parseControlRequest keeps only the fields of the protocol', () => {
   assert.deepEqual(parseControlRequest({ kind: 'files', op: 'read', path: 7 }), { ok: false, error: 'malformed files request' });
 });
 
+test('an exec names a pod\'s other container by a podman name, and only for container commands', () => {
+  const exec = { kind: 'exec', argv: ['true'], env: {}, interactive: false, vm: false };
+  assert.deepEqual(parseControlRequest({ ...exec, container: 'b6c7e4f.web_1' }), { ok: true, value: { ...exec, container: 'b6c7e4f.web_1' } });
+  for (const container of ['', '-rm', '../x', 'a b', 'x'.repeat(129), 7]) {
+    assert.deepEqual(parseControlRequest({ ...exec, container }), { ok: false, error: 'malformed exec request: container must be a container name' });
+  }
+  assert.deepEqual(parseControlRequest({ ...exec, vm: true, container: 'web' }), { ok: false, error: 'malformed exec request: container is for container commands, not vm' });
+});
+
 test('exitCodeOf: code, then 128+signal, then the fallback', () => {
   assert.equal(exitCodeOf({ code: 3, signal: null }), 3);
   assert.equal(exitCodeOf({ code: null, signal: 'SIGTERM' }), 143);

@@ -96,6 +96,14 @@ test('only the flags given are stored, and they become podman run arguments in o
   ]);
 });
 
+test('a pod\'s other container: its own name, a root filesystem directory (--rootfs) and an id file', () => {
+  assert.deepEqual(podmanRunArgv({ name: 'web', image: '/var/lib/containers/shoal-pod/web', rootfs: true, cidfile: '/run/shoal-pod.web.cid', command: ['httpd'], env: {}, interactive: false }), [
+    'podman', 'run', '--name', 'web', '--network', 'host', '--pull', 'never', '--log-driver', 'none', '--cidfile', '/run/shoal-pod.web.cid', '--rootfs', '/var/lib/containers/shoal-pod/web', 'httpd',
+  ]);
+  assert.deepEqual(podmanExecArgv(['id'], { name: 'web', env: {}, interactive: false }), ['podman', 'exec', 'web', 'id']);
+  assert.deepEqual(containerOptionArgv({ ulimits: ['nofile=512:1024'], tmpfs: ['/run:mode=755', '/scratch'] }), ['--ulimit', 'nofile=512:1024', '--tmpfs', '/run:mode=755', '--tmpfs', '/scratch']);
+});
+
 test('podman exec with --user and --workdir', () => {
   assert.deepEqual(podmanExecArgv(['id'], { env: { X: '1' }, interactive: false, user: '0:0', workdir: '/' }), ['podman', 'exec', '--user', '0:0', '--workdir', '/', '--env', 'X', 'main', 'id']);
   assert.deepEqual(podmanExecArgv(['id'], { env: {}, interactive: false }), ['podman', 'exec', 'main', 'id']);

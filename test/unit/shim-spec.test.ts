@@ -29,6 +29,65 @@ test('config.json: args, env, cwd, user, terminal, read-only root, resources', (
   assert.deepEqual(containerOptionsOf(spec), { user: '1000:100', workdir: '/w', hostname: 'pod1', readOnly: true });
 });
 
+test('config.json from CRI: the sandbox (its network namespace) and a pod\'s container', () => {
+  const sandbox = parseBundleSpec({
+    process: { args: ['/pause'] },
+    annotations: { 'io.kubernetes.cri.container-type': 'sandbox', 'io.kubernetes.cri.sandbox-id': 'p1' },
+    linux: { namespaces: [{ type: 'pid' }, { type: 'network', path: '/var/run/netns/cni-1234' }] },
+  });
+  assert.equal(sandbox.criType, 'sandbox');
+  assert.equal(sandbox.sandboxId, 'p1');
+  assert.equal(sandbox.netnsPath, '/var/run/netns/cni-1234');
+  const app = parseBundleSpec({
+    process: { args: ['httpd'] },
+    annotations: { 'io.kubernetes.cri.container-type': 'container', 'io.kubernetes.cri.sandbox-id': 'p1' },
+    linux: { namespaces: [{ type: 'network', path: '/proc/42/ns/net' }] },
+  });
+  assert.equal(app.criType, 'container');
+  assert.equal(app.sandboxId, 'p1');
+  const plain = parseBundleSpec({ process: { args: ['sh'] } });
+  assert.equal(plain.criType, undefined);
+  assert.equal(plain.netnsPath, undefined);
+  assert.throws(() => parseBundleSpec({ process: { args: ['x'] }, annotations: { 'io.kubernetes.cri.container-type': 'podlet', 'io.kubernetes.cri.sandbox-id': 'p1' } }), /unknown io.kubernetes.cri.container-type/);
+  assert.throws(() => parseBundleSpec({ process: { args: ['x'] }, annotations: { 'io.kubernetes.cri.container-type': 'container' } }), /needs a valid io.kubernetes.cri.sandbox-id/);
+  assert.throws(() => parseBundleSpec({ process: { args: ['x'] }, annotations: { 'io.kubernetes.cri.container-type': 'container', 'io.kubernetes.cri.sandbox-id': '../x' } }), /needs a valid/);
+});
+
+test('config.json: the bounding capabilities are exactly the container\'s; an unknown one is refused', () => {
+  const spec = parseBundleSpec({ process: { args: ['x'], capabilities: { bounding: ['CAP_CHOWN', 'CAP_NET_RAW', 'CAP_CHOWN'], effective: ['CAP_CHOWN'] } } });
+  assert.deepEqual(spec.capabilities, ['CHOWN', 'NET_RAW']);
+  assert.deepEqual(containerOptionsOf(spec), { user: '0:0', workdir: '/', capDrop: ['ALL'], capAdd: ['CHOWN', 'NET_RAW'] });
+  assert.deepEqual(containerOptionsOf(parseBundleSpec({ process: { args: ['x'], capabilities: { bounding: [] } } })), { user: '0:0', workdir: '/', capDrop: ['ALL'], capAdd: [] });
+  assert.equal(parseBundleSpec({ process: { args: ['x'] } }).capabilities, undefined);
+  assert.throws(() => parseBundleSpec({ process: { args: ['x'], capabilities: { bounding: ['CAP_FLY'] } } }), /unknown capability "CAP_FLY"/);
+  assert.throws(() => parseBundleSpec({ process: { args: ['x'], capabilities: { bounding: 'CAP_CHOWN' } } }), /must be a list/);
+});
+
+test('config.json: rlimits become podman ulimits, tmpfs mounts podman tmpfs; host binds are named, not applied', () => {
+  const spec = parseBundleSpec({
+    process: { args: ['x'], rlimits: [{ type: 'RLIMIT_NOFILE', hard: 1024, soft: 512 }, { type: 'RLIMIT_CORE', hard: 18446744073709551615, soft: 0 }] },
+    mounts: [
+      { destination: '/proc', type: 'proc', source: 'proc' },
+      { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'size=65536k'] },
+      { destination: '/run', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
+      { destination: '/scratch', type: 'tmpfs', source: 'tmpfs' },
+      { destination: '/etc/hosts', type: 'bind', source: '/var/lib/containerd/sandboxes/p1/hosts', options: ['rbind', 'rw'] },
+    ],
+  });
+  assert.deepEqual(spec.ulimits, ['nofile=512:1024', 'core=0:-1']);
+  assert.deepEqual(spec.tmpfs, ['/run:nosuid,mode=755,size=65536k', '/scratch']);
+  assert.deepEqual(spec.ignoredMounts, ['/etc/hosts (bind from /var/lib/containerd/sandboxes/p1/hosts)']);
+  const options = containerOptionsOf(spec);
+  assert.deepEqual(options.ulimits, ['nofile=512:1024', 'core=0:-1']);
+  assert.deepEqual(options.tmpfs, ['/run:nosuid,mode=755,size=65536k', '/scratch']);
+  assert.throws(() => parseBundleSpec({ process: { args: ['x'] }, mounts: [{ destination: '/t', type: 'tmpfs', options: ['nr_inodes=5'] }] }), /tmpfs option "nr_inodes=5" for \/t is not supported/);
+  assert.throws(() => parseBundleSpec({ process: { args: ['x'], rlimits: [{ type: 'RLIMIT_WINGS', hard: 1, soft: 1 }] } }), /unknown rlimit "RLIMIT_WINGS"/);
+  assert.throws(() => parseBundleSpec({ process: { args: ['x'], rlimits: [{ type: 'RLIMIT_NOFILE', hard: -1, soft: 1 }] } }), /non-negative integer/);
+  assert.throws(() => parseBundleSpec({ process: { args: ['x'] }, mounts: [{ destination: '/t', type: 'tmpfs', options: ['size=1m,exec'] }] }), /tmpfs option "size=1m,exec" for \/t is not supported/);
+  assert.throws(() => parseBundleSpec({ process: { args: ['x'] }, mounts: [{ destination: 'rel', type: 'tmpfs' }] }), /absolute destination/);
+  assert.throws(() => parseBundleSpec({ process: { args: ['x'] }, mounts: [{ destination: '/a:b', type: 'tmpfs' }] }), /absolute destination/);
+});
+
 test('config.json: malformed input is one clear error', () => {
   assert.throws(() => parseBundleSpec([]), /not an object/);
   assert.throws(() => parseBundleSpec({ process: { args: [] } }), /args/);
