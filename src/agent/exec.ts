@@ -33,14 +33,7 @@ export function runExec(request: ExecRequest, channel: Channel): void {
     runKeptExec(request, channel);
     return;
   }
-  // Into the container without podman where possible (see container-exec.ts).
-  const direct = request.container ? enterContainer(request.container, false) : undefined;
-  const argv = direct?.argv ?? request.argv;
-  const child = spawn(argv[0]!, argv.slice(1), {
-    cwd: request.cwd ?? '/',
-    env: { ...baseEnv(), ...(request.env ?? {}) },
-    stdio: [request.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
-  });
+  const { child, direct } = spawnExec(request, false);
   let spawnFailed = false;
   child.on('error', (err) => {
     spawnFailed = true;
@@ -124,14 +117,7 @@ function runKeptExec(request: ExecRequest, channel: Channel): void {
     channel.close();
     return;
   }
-  const direct = request.container ? enterContainer(request.container, false) : undefined;
-  const argv = direct?.argv ?? request.argv;
-  const child = spawn(argv[0]!, argv.slice(1), {
-    cwd: request.cwd ?? '/',
-    env: { ...baseEnv(), ...(request.env ?? {}) },
-    stdio: [request.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
-    detached: true,
-  });
+  const { child, direct } = spawnExec(request, true);
   const pid = child.pid;
   if (pid === undefined) {
     // Not started (the error event says why, on the next tick).
@@ -317,4 +303,20 @@ export function attachPersistent(channel: Channel): void {
 async function pump(readable: Readable, sink: Pick<OutputSink, 'write'> & { end(stream: number): unknown }, stream: number): Promise<void> {
   for await (const chunk of readable) await sink.write(stream, chunk as Buffer);
   await sink.end(stream);
+}
+
+/**
+ * The exec's process: into the container without podman where possible (container-exec.ts),
+ * else its argv; `detached` (kept processes) gives it a session and group of its own.
+ */
+function spawnExec(request: ExecRequest, detached: boolean): { child: ReturnType<typeof spawn>; direct: ReturnType<typeof enterContainer> | undefined } {
+  const direct = request.container ? enterContainer(request.container, false) : undefined;
+  const argv = direct?.argv ?? request.argv;
+  const child = spawn(argv[0]!, argv.slice(1), {
+    cwd: request.cwd ?? '/',
+    env: { ...baseEnv(), ...(request.env ?? {}) },
+    stdio: [request.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+    detached,
+  });
+  return { child, direct };
 }

@@ -216,21 +216,31 @@ export class TaskService {
     });
     container.vm = vm;
     writeBundleState(container.bundle, { vmId: vm.record.id, stateDir: vm.store.root });
-    const { process, running } = vm.follow(proc.sink((code, error) => {
-      if (error) this.log(`${r.id}: ${error}`);
+    await this.untilRunning(proc, vm.follow(this.exitSink(container, proc)), `starting the VM for ${r.id} failed`);
+    proc.pid = vm.pid();
+    this.events.publish(TOPICS.start, TaskStartSchema, create(TaskStartSchema, { containerId: r.id, pid: proc.pid }));
+    return create(shim.StartResponseSchema, { pid: proc.pid });
+  }
+
+  /** A container's main process's end: logged if it failed, then TaskExit once it is recorded. */
+  private exitSink(container: Container, proc: Proc): ProcessSink {
+    return proc.sink((code, error) => {
+      if (error) this.log(`${container.id}: ${error}`);
       void proc.finish(code).then(() => this.publishExit(container, proc));
-    }));
+    });
+  }
+
+  /** The started process as the Proc's (running, stdin relayed), once it really runs. */
+  private async untilRunning(proc: Proc, started: { process: VmProcess; running: Promise<void> }, failure: string): Promise<void> {
+    const { process } = started;
     proc.process = process;
     proc.status = Status.RUNNING;
     proc.io.relayStdin((data) => process.write(data), () => process.endStdin());
     try {
-      await running;
+      await started.running;
     } catch (err) {
-      throw new ShoalError(`starting the VM for ${r.id} failed: ${(err as Error).message}`);
+      throw new ShoalError(`${failure}: ${(err as Error).message}`);
     }
-    proc.pid = vm.pid();
-    this.events.publish(TOPICS.start, TaskStartSchema, create(TaskStartSchema, { containerId: r.id, pid: proc.pid }));
-    return create(shim.StartResponseSchema, { pid: proc.pid });
   }
 
   /** A pod's app container: its rootfs loaded into the sandbox's VM, run there beside the others. */
@@ -243,25 +253,15 @@ export class TaskService {
     const options = containerOptionsOf(spec);
     // The pod's hostname is the guest's (the sandbox's); podman refuses --hostname beside it.
     delete options.hostname;
-    const { process, running } = vm.runContainer({
+    const started = vm.runContainer({
       name: container.id,
       args: spec.process.args,
       env: spec.process.env,
       container: options,
       stdin: proc.io.hasStdin,
       ...(spec.process.terminal ? { tty: { cols: 80, rows: 24 } } : {}),
-    }, proc.sink((code, error) => {
-      if (error) this.log(`${container.id}: ${error}`);
-      void proc.finish(code).then(() => this.publishExit(container, proc));
-    }));
-    proc.process = process;
-    proc.status = Status.RUNNING;
-    proc.io.relayStdin((data) => process.write(data), () => process.endStdin());
-    try {
-      await running;
-    } catch (err) {
-      throw new ShoalError(`starting ${container.id} in the pod's VM failed: ${(err as Error).message}`);
-    }
+    }, this.exitSink(container, proc));
+    await this.untilRunning(proc, started, `starting ${container.id} in the pod's VM failed`);
     proc.pid = sandbox.main.pid;
     this.events.publish(TOPICS.start, TaskStartSchema, create(TaskStartSchema, { containerId: container.id, pid: proc.pid }));
     return create(shim.StartResponseSchema, { pid: proc.pid });
