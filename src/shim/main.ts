@@ -170,10 +170,11 @@ async function daemon(args: ShimArgs): Promise<void> {
 async function deleteAction(args: ShimArgs): Promise<void> {
   const bundle = args.flags.bundle ?? process.cwd();
   const state = readBundleState(bundle);
+  // The daemon and its socket first: quick, and nothing of the dead shim answers while the VM goes.
+  killDeadShimDaemon(bundle);
   await unmountRootfs(bundle);
   if (state) await removeVm(new StateStore(state.stateDir), state.vmId);
   removeBundleFiles(bundle);
-  killDeadShimDaemon(bundle);
   // As runc's shim: the process is reported killed (128 + SIGKILL), now.
   const response = create(DeleteResponseSchema, { pid: 0, exitStatus: 137, exitedAt: timestampFromDate(new Date()) });
   process.stdout.write(toBinary(DeleteResponseSchema, response));

@@ -122,7 +122,12 @@ describe('containerd-shim-shoal-v2 with ctr', { skip: haveContainerd ? false : '
     assert.ok(processesNaming(vmId).length > 0, 'the VM runs');
     process.kill(shimPid, 'SIGKILL');
     // containerd sees the connection drop and runs `containerd-shim-shoal-v2 delete`.
-    await waitUntil('the clean-up after the dead shim', 30_000, () => vmIds().length === 0 && processesNaming(vmId).length === 0 && mountsUnder(bundle).length === 0);
+    // The delete's steps end at different moments: wait for all of them, then check each.
+    await waitUntil('the clean-up after the dead shim', 30_000, () => vmIds().length === 0 && processesNaming(vmId).length === 0 && mountsUnder(bundle).length === 0 && fs.readdirSync(shimSockets).length === 0)
+      .catch(() => undefined);
+    assert.deepEqual(vmIds(), []);
+    assert.deepEqual(processesNaming(vmId), []);
+    assert.deepEqual(mountsUnder(bundle), []);
     assert.deepEqual(fs.readdirSync(shimSockets), []);
     await ctr(['task', 'delete', 't-kill9']);
     assert.equal((await ctr(['container', 'delete', 't-kill9'])).code, 0);
