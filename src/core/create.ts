@@ -175,11 +175,15 @@ async function cloneVm(store: StateStore, spec: CreateSpec, options: CreateOptio
   for (const field of ['cpus', 'memoryMiB', 'env', 'cmd', 'container', 'maps', 'healthCheck', 'interactive', 'tty', 'attached', 'vmm', 'jailer'] as const) {
     if (spec[field] !== undefined) throw new InvalidSpecError(`${field} cannot be given with a snapshot (a clone is its snapshot's VM)`);
   }
+  // A clone keeps its snapshot's network mode; only a namespace of its own may be named (a
+  // snapshot of a VM in a pod's namespace, cloned into another pod's: startClone checks the pair).
+  const network = spec.network !== undefined ? parseNetwork(spec.network) : undefined;
+  if (network !== undefined && network.netnsPath === undefined) throw new InvalidSpecError(`network cannot be given with a snapshot, except ns:PATH (a clone keeps its snapshot's network)`);
   const { dir, manifest } = findSnapshot(store, spec.snapshot!);
   const publish = validating(() => parsePublish(spec.publish ?? []));
   await assertPortsFree(publish);
   const name = spec.name ?? `${manifest.config.name}-${Math.random().toString(16).slice(2, 6)}`;
-  const record = startClone(store, dir, manifest, { name, autoRemove: spec.autoRemove === true, publish });
+  const record = startClone(store, dir, manifest, { name, autoRemove: spec.autoRemove === true, publish, ...(network?.netnsPath !== undefined ? { netnsPath: network.netnsPath } : {}) });
   options.onProgress?.({ stage: 'clone', message: `restoring ${name} from ${manifest.tag}` });
   try {
     await waitForClone(store, record, (message) => options.onProgress?.({ stage: 'clone', message }));

@@ -48,7 +48,12 @@ export interface BundleSpec {
   sandboxId?: string;
   /** linux.namespaces' network path: the pod's namespace CNI set up (a sandbox's). */
   netnsPath?: string;
+  /** shoal.dev/restore-from on a pod (a sandbox container): the snapshot tag its VM is cloned from. */
+  restoreFrom?: string;
 }
+
+/** A pod annotation (through containerd's pod_annotations): start the pod's VM from this snapshot. */
+export const RESTORE_FROM = 'shoal.dev/restore-from';
 
 /** CRI's annotations (containerd 1.6, pkg/cri/annotations). */
 export const CRI_CONTAINER_TYPE = 'io.kubernetes.cri.container-type';
@@ -116,6 +121,12 @@ export function parseBundleSpec(value: unknown): BundleSpec {
     const sandboxId = spec.annotations[CRI_SANDBOX_ID];
     if (sandboxId === undefined || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(sandboxId)) throw new ShoalError(`config.json: a CRI container needs a valid ${CRI_SANDBOX_ID} annotation`);
     spec.sandboxId = sandboxId;
+  }
+  const restoreFrom = spec.annotations[RESTORE_FROM];
+  if (restoreFrom !== undefined) {
+    if (spec.criType !== 'sandbox') throw new ShoalError(`config.json: ${RESTORE_FROM} is a pod annotation (for the pod's sandbox)`);
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/.test(restoreFrom)) throw new ShoalError(`config.json: ${RESTORE_FROM} must be a snapshot tag, not ${JSON.stringify(restoreFrom.slice(0, 40))}`);
+    spec.restoreFrom = restoreFrom;
   }
   const namespaces = isObject(value.linux) && Array.isArray(value.linux.namespaces) ? value.linux.namespaces : [];
   for (const ns of namespaces) {

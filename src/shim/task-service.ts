@@ -200,20 +200,23 @@ export class TaskService {
     if (r.execId !== '') return this.startExec(container, proc);
     if (container.sandbox) return this.startInPod(container, container.sandbox, proc);
     const { spec } = container;
-    const vm = await ShimVm.create({
-      namespace: this.namespace,
-      containerId: r.id,
-      archive: path.join(container.bundle, ROOTFS_ARCHIVE_FILE),
-      args: spec.process.args,
-      env: spec.process.env,
-      container: containerOptionsOf(spec),
-      stdin: proc.io.hasStdin,
-      ...(spec.process.terminal ? { tty: { cols: 80, rows: 24 } } : {}),
-      cpus: spec.cpus ?? 1,
-      memoryMiB: spec.memoryMiB ?? DEFAULT_MEMORY_MIB,
-      // A pod's sandbox: the VM is the pod, its NIC wired into the namespace CNI set up.
-      network: spec.criType === 'sandbox' ? `ns:${spec.netnsPath!}` : 'rootless',
-    });
+    // A pod annotated shoal.dev/restore-from starts as a clone of that snapshot, not a boot.
+    const vm = spec.restoreFrom !== undefined
+      ? await ShimVm.restore({ namespace: this.namespace, containerId: r.id, snapshot: spec.restoreFrom, netnsPath: spec.netnsPath! })
+      : await ShimVm.create({
+        namespace: this.namespace,
+        containerId: r.id,
+        archive: path.join(container.bundle, ROOTFS_ARCHIVE_FILE),
+        args: spec.process.args,
+        env: spec.process.env,
+        container: containerOptionsOf(spec),
+        stdin: proc.io.hasStdin,
+        ...(spec.process.terminal ? { tty: { cols: 80, rows: 24 } } : {}),
+        cpus: spec.cpus ?? 1,
+        memoryMiB: spec.memoryMiB ?? DEFAULT_MEMORY_MIB,
+        // A pod's sandbox: the VM is the pod, its NIC wired into the namespace CNI set up.
+        network: spec.criType === 'sandbox' ? `ns:${spec.netnsPath!}` : 'rootless',
+      });
     container.vm = vm;
     writeBundleState(container.bundle, { vmId: vm.record.id, stateDir: vm.store.root });
     await this.untilRunning(proc, vm.follow(this.exitSink(container, proc)), `starting the VM for ${r.id} failed`);

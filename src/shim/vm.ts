@@ -8,7 +8,7 @@ import crypto from 'node:crypto';
 import { onControlEvents, sendClientMessage, SupervisorClient } from '../control/client';
 import type { ContainerOptions } from '../container/container-options';
 import { podmanRun } from '../container/podman-argv';
-import { removeVm as removeCoreVm, startVm } from '../core';
+import { createVm, removeVm as removeCoreVm, startVm } from '../core';
 import { exitCodeOf, type TerminalSize } from '../protocol/messages';
 import { STDERR, STDIN, STDOUT, type Channel } from '../protocol/mux';
 import { StateStore } from '../state/store';
@@ -114,6 +114,21 @@ export class ShimVm {
       imageCache: false,
     }, undefined, false);
     return new ShimVm(store, record, client);
+  }
+
+  /**
+   * A pod's VM as a clone of a snapshot (shoal.dev/restore-from) in the pod's namespace: it takes
+   * the namespace's address as bridged clones take theirs, and it runs what its snapshot ran.
+   */
+  static async restore(request: { namespace: string; containerId: string; snapshot: string; netnsPath: string }): Promise<ShimVm> {
+    const store = new StateStore();
+    const record = await createVm(store, { snapshot: request.snapshot, name: vmNameFor(request.namespace, request.containerId), network: `ns:${request.netnsPath}` });
+    try {
+      return new ShimVm(store, record, await SupervisorClient.connect(store, record));
+    } catch (err) {
+      await removeCoreVm(store, record);
+      throw err;
+    }
   }
 
   /** The record as the supervisor keeps it now. */

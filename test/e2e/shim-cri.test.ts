@@ -108,6 +108,8 @@ describe('pods through containerd\'s CRI on containerd-shim-shoal-v2', { skip: h
       '  default_runtime_name = "shoal"',
       '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.shoal]',
       '  runtime_type = "io.containerd.shoal.v2"',
+      // The pod annotations the shim reads (shoal.dev/restore-from) reach the sandbox's spec.
+      '  pod_annotations = ["shoal.dev/*"]',
       '[plugins."io.containerd.grpc.v1.cri".cni]',
       '  bin_dir = "/usr/lib/cni"',
       `  conf_dir = "${cniConf}"`,
@@ -212,6 +214,37 @@ describe('pods through containerd\'s CRI on containerd-shim-shoal-v2', { skip: h
     assert.equal(status!.exit_code, 7);
     assert.ok(status!.finished_at > 0);
     await cri('RemoveContainer', { container_id: created.container_id });
+  });
+
+  test('a pod annotated shoal.dev/restore-from starts as a clone of a snapshot of the first pod, on its own CNI address', async () => {
+    assert.ok(podId, 'the pod runs');
+    const [first] = await sandbox.json<Array<{ name: string; id: string }>>(['ls', '--json']);
+    const snap = await sandbox.run(['snapshot', 'create', first!.name, '--tag', 'pod-snap'], { timeoutMs: 180_000 });
+    assert.equal(snap.code, 0, snap.stderr.toString());
+    const config = { ...podConfig, metadata: { ...podConfig.metadata, name: 'shoal-restored', uid: `uid-r-${suffix}` }, annotations: { 'shoal.dev/restore-from': 'pod-snap' } };
+    const started = Date.now();
+    const restored = await cri<{ pod_sandbox_id: string }>('RunPodSandbox', { config, runtime_handler: 'shoal' }, 180_000);
+    console.log(`RunPodSandbox restored from a snapshot: ${Date.now() - started} ms`);
+    try {
+      const status = await cri<{ status: { state: string; network: { ip: string } } }>('PodSandboxStatus', { pod_sandbox_id: restored.pod_sandbox_id, verbose: false });
+      assert.equal(status.status.state, 'SANDBOX_READY');
+      const ip = status.status.network.ip;
+      assert.match(ip, /^10\.97\.\d+\.\d+$/);
+      assert.notEqual(ip, podIp);
+      const vms = await sandbox.json<Array<{ name: string; id: string }>>(['ls', '--json']);
+      const clone = vms.find((v) => v.id !== first!.id);
+      assert.ok(clone && vms.length === 2, 'a second VM, for the restored pod');
+      const record = JSON.parse(fs.readFileSync(path.join(sandbox.stateDir, 'vms', clone.id, 'state.json'), 'utf8')) as { restoredFrom?: { tag: string } };
+      assert.equal(record.restoredFrom?.tag, 'pod-snap', 'restored, not booted');
+      // The clone took its own pod's address (the snapshot's guest had the first pod's).
+      const addr = await sandbox.run(['exec', '--vm', clone.name, '--', 'ip', '-4', 'addr', 'show', 'eth0'], { timeoutMs: 60_000 });
+      assert.match(addr.stdout.toString(), new RegExp(`inet ${ip.replace(/\./g, '\\.')}/`));
+    } finally {
+      await cri('StopPodSandbox', { pod_sandbox_id: restored.pod_sandbox_id }, 60_000);
+      await cri('RemovePodSandbox', { pod_sandbox_id: restored.pod_sandbox_id }, 60_000);
+      await sandbox.run(['snapshot', 'rm', '-f', 'pod-snap'], { timeoutMs: 60_000 });
+    }
+    await waitUntil('the restored pod\'s VM to be gone', 30_000, () => vmIdsOf(sandbox).length === 1);
   });
 
   test('StopPodSandbox + RemovePodSandbox leave no shim, VM, supervisor, namespace, mount or state file', async () => {

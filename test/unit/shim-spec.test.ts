@@ -53,6 +53,17 @@ test('config.json from CRI: the sandbox (its network namespace) and a pod\'s con
   assert.throws(() => parseBundleSpec({ process: { args: ['x'] }, annotations: { 'io.kubernetes.cri.container-type': 'container', 'io.kubernetes.cri.sandbox-id': '../x' } }), /needs a valid/);
 });
 
+test('config.json: shoal.dev/restore-from names a snapshot for a pod\'s sandbox only', () => {
+  const sandbox = (restoreFrom: string, type = 'sandbox') => parseBundleSpec({
+    process: { args: ['/pause'] },
+    annotations: { 'io.kubernetes.cri.container-type': type, 'io.kubernetes.cri.sandbox-id': 'p1', 'shoal.dev/restore-from': restoreFrom },
+  });
+  assert.equal(sandbox('pod-snap').restoreFrom, 'pod-snap');
+  assert.equal(parseBundleSpec({ process: { args: ['x'] } }).restoreFrom, undefined);
+  assert.throws(() => sandbox('pod-snap', 'container'), /shoal.dev\/restore-from is a pod annotation/);
+  for (const bad of ['../x', '', 'a b', 'x'.repeat(200)]) assert.throws(() => sandbox(bad), /must be a snapshot tag/, bad);
+});
+
 test('config.json: the bounding capabilities are exactly the container\'s; an unknown one is refused', () => {
   const spec = parseBundleSpec({ process: { args: ['x'], capabilities: { bounding: ['CAP_CHOWN', 'CAP_NET_RAW', 'CAP_CHOWN'], effective: ['CAP_CHOWN'] } } });
   assert.deepEqual(spec.capabilities, ['CHOWN', 'NET_RAW']);
