@@ -94,7 +94,8 @@ describe('pods through containerd\'s CRI on containerd-shim-shoal-v2', { skip: h
     fs.writeFileSync(path.join(cniConf, '10-shoal-test.conflist'), JSON.stringify({
       cniVersion: '0.4.0',
       name: `shoalcri${suffix}`,
-      plugins: [{ type: 'bridge', bridge, isGateway: true, ipMasq: false, ipam: { type: 'host-local', subnet, dataDir: path.join(containerd.dir, 'ipam') } }],
+      // A default route, as pod networks have (a restored pod's guest takes it with the address).
+      plugins: [{ type: 'bridge', bridge, isGateway: true, ipMasq: false, ipam: { type: 'host-local', subnet, routes: [{ dst: '0.0.0.0/0' }], dataDir: path.join(containerd.dir, 'ipam') } }],
     }));
     const closed = 'http://127.0.0.1:1';
     await containerd.start([
@@ -223,10 +224,11 @@ describe('pods through containerd\'s CRI on containerd-shim-shoal-v2', { skip: h
     assert.equal(snap.code, 0, snap.stderr.toString());
     const config = { ...podConfig, metadata: { ...podConfig.metadata, name: 'shoal-restored', uid: `uid-r-${suffix}` }, annotations: { 'shoal.dev/restore-from': 'pod-snap' } };
     const started = Date.now();
-    const restored = await cri<{ pod_sandbox_id: string }>('RunPodSandbox', { config, runtime_handler: 'shoal' }, 180_000);
-    console.log(`RunPodSandbox restored from a snapshot: ${Date.now() - started} ms`);
+    let restored: { pod_sandbox_id: string } | undefined;
     try {
-      const status = await cri<{ status: { state: string; network: { ip: string } } }>('PodSandboxStatus', { pod_sandbox_id: restored.pod_sandbox_id, verbose: false });
+      restored = await cri<{ pod_sandbox_id: string }>('RunPodSandbox', { config, runtime_handler: 'shoal' }, 180_000);
+      console.log(`RunPodSandbox restored from a snapshot: ${Date.now() - started} ms`);
+      const status = await cri<{ status: { state: string; network: { ip: string } } }>('PodSandboxStatus', { pod_sandbox_id: restored!.pod_sandbox_id, verbose: false });
       assert.equal(status.status.state, 'SANDBOX_READY');
       const ip = status.status.network.ip;
       assert.match(ip, /^10\.97\.\d+\.\d+$/);
@@ -240,8 +242,10 @@ describe('pods through containerd\'s CRI on containerd-shim-shoal-v2', { skip: h
       const addr = await sandbox.run(['exec', '--vm', clone.name, '--', 'ip', '-4', 'addr', 'show', 'eth0'], { timeoutMs: 60_000 });
       assert.match(addr.stdout.toString(), new RegExp(`inet ${ip.replace(/\./g, '\\.')}/`));
     } finally {
-      await cri('StopPodSandbox', { pod_sandbox_id: restored.pod_sandbox_id }, 60_000);
-      await cri('RemovePodSandbox', { pod_sandbox_id: restored.pod_sandbox_id }, 60_000);
+      if (restored) {
+        await cri('StopPodSandbox', { pod_sandbox_id: restored.pod_sandbox_id }, 60_000);
+        await cri('RemovePodSandbox', { pod_sandbox_id: restored.pod_sandbox_id }, 60_000);
+      }
       await sandbox.run(['snapshot', 'rm', '-f', 'pod-snap'], { timeoutMs: 60_000 });
     }
     await waitUntil('the restored pod\'s VM to be gone', 30_000, () => vmIdsOf(sandbox).length === 1);
